@@ -1,0 +1,405 @@
+//! `pages-PID.img`: a 4096-byte header (magic, version, compression, zeros) followed by
+//! page data chunks back to back, each raw or one zstd frame. Chunks are located by the
+//! pagemap entries, which also carry each chunk's CRC.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::frame::{le_u32, read_header};
+use crate::{FORMAT_VERSION, ImageError, ImageKind};
+
+/// Size of a page, the unit of page data.
+pub const PAGE_SIZE: u64 = 4096;
+/// Size of the pages file header; chunk data starts at this offset.
+pub const PAGES_HEADER_LEN: u64 = 4096;
+/// zstd level used by [`PagesWriter::create`].
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
+/// How page data chunks are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Raw,
+    Zstd,
+}
+
+impl Compression {
+    /// The on-disk code (also used by `Inventory.page_compression`): 0 raw, 1 zstd.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Raw => 0,
+            Self::Zstd => 1,
+        }
+    }
+
+    /// Inverse of [`Compression::code`].
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::Raw),
+            1 => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    /// "raw" or "zstd".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// Where one appended chunk landed, as recorded in a pagemap entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    pub offset: u64,
+    pub stored_len: u64,
+    /// CRC32 of the stored (possibly compressed) bytes.
+    pub crc32: u32,
+}
+
+/// Appends page data chunks to a new pages file.
+pub struct PagesWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl PagesWriter {
+    /// Creates (or truncates) `dir/pages-PID.img`; zstd uses [`DEFAULT_ZSTD_LEVEL`].
+    pub fn create(dir: &Path, pid: u32, compression: Compression) -> Result<Self, ImageError> {
+        Self::with_level(dir, pid, compression, DEFAULT_ZSTD_LEVEL)
+    }
+
+    /// Like [`PagesWriter::create`] with an explicit zstd level (ignored for raw).
+    pub fn with_level(
+        dir: &Path,
+        pid: u32,
+        compression: Compression,
+        level: i32,
+    ) -> Result<Self, ImageError> {
+        let path = dir.join(ImageKind::Pages.file_name(pid));
+        let io_err = |path: &Path, e| ImageError::io(path, 0, None, e);
+        let compressor = match compression {
+            Compression::Raw => None,
+            Compression::Zstd => {
+                Some(zstd::bulk::Compressor::new(level).map_err(|e| io_err(&path, e))?)
+            }
+        };
+        let file = File::create(&path).map_err(|e| io_err(&path, e))?;
+        let mut file = BufWriter::new(file);
+        let mut header = [0u8; PAGES_HEADER_LEN as usize];
+        header[..4].copy_from_slice(&ImageKind::Pages.magic().to_le_bytes());
+        header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&compression.code().to_le_bytes());
+        file.write_all(&header).map_err(|e| io_err(&path, e))?;
+        Ok(Self {
+            path,
+            file,
+            compressor,
+            offset: PAGES_HEADER_LEN,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Stores `raw` as one chunk (compressed if the file is zstd) and says where.
+    pub fn append(&mut self, raw: &[u8]) -> Result<StoredChunk, ImageError> {
+        let offset = self.offset;
+        let io_err = |path: &Path, e| ImageError::io(path, offset, None, e);
+        let stored: &[u8] = match &mut self.compressor {
+            None => raw,
+            Some(c) => {
+                self.buf.clear();
+                self.buf.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                c.compress_to_buffer(raw, &mut self.buf)
+                    .map_err(|e| io_err(&self.path, e))?;
+                &self.buf
+            }
+        };
+        self.file
+            .write_all(stored)
+            .map_err(|e| io_err(&self.path, e))?;
+        let chunk = StoredChunk {
+            offset,
+            stored_len: stored.len() as u64,
+            crc32: crc32fast::hash(stored),
+        };
+        self.offset += chunk.stored_len;
+        Ok(chunk)
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Current file size, i.e. the offset the next chunk will get.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn flush(self) -> Result<(PathBuf, File), ImageError> {
+        let Self {
+            path, file, offset, ..
+        } = self;
+        match file.into_inner() {
+            Ok(f) => Ok((path, f)),
+            Err(e) => Err(ImageError::io(&path, offset, None, e.into_error())),
+        }
+    }
+
+    /// Flushes buffered data to the file (no fsync).
+    pub fn finish(self) -> Result<(), ImageError> {
+        self.flush().map(drop)
+    }
+
+    /// Flushes buffered data and fsyncs the file.
+    pub fn finish_sync(self) -> Result<(), ImageError> {
+        let (path, file) = self.flush()?;
+        file.sync_all()
+            .map_err(|source| ImageError::Io { path, source })
+    }
+}
+
+/// Random access to the chunks of a pages file.
+pub struct PagesReader {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    compression: Compression,
+    decompressor: zstd::bulk::Decompressor<'static>,
+    buf: Vec<u8>,
+}
+
+/// Reads `[pos, end)` of a file through `read_at`, feeding a CRC as it goes.
+struct RegionReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl Read for RegionReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.end - self.pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.crc.update(&buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl PagesReader {
+    /// Opens `dir/pages-PID.img` and checks its header.
+    pub fn open(dir: &Path, pid: u32) -> Result<Self, ImageError> {
+        Self::open_path(&dir.join(ImageKind::Pages.file_name(pid)))
+    }
+
+    /// Opens a pages file by path and checks its header.
+    pub fn open_path(path: &Path) -> Result<Self, ImageError> {
+        let path = path.to_path_buf();
+        let mut file = File::open(&path).map_err(|e| ImageError::io(&path, 0, None, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| ImageError::io(&path, 0, None, e))?
+            .len();
+        let mut header = [0u8; PAGES_HEADER_LEN as usize];
+        read_header(&path, &mut file, &mut header, Some(ImageKind::Pages))?;
+        let code = le_u32(&header, 8);
+        let compression = Compression::from_code(code).ok_or_else(|| ImageError::Compression {
+            path: path.clone(),
+            found: code,
+        })?;
+        if let Some(i) = header[12..].iter().position(|b| *b != 0) {
+            return Err(ImageError::Reserved {
+                path,
+                offset: 12 + i as u64,
+            });
+        }
+        let decompressor = zstd::bulk::Decompressor::new().map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path,
+            file,
+            file_len,
+            compression,
+            decompressor,
+            buf: Vec::new(),
+        })
+    }
+
+    /// How the chunks of this file are stored.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of bytes of chunk data (file size minus header).
+    pub fn data_len(&self) -> u64 {
+        self.file_len.saturating_sub(PAGES_HEADER_LEN)
+    }
+
+    /// Checks that `[offset, offset + len)` lies in the chunk area; returns its length.
+    fn check_range(&self, offset: u64, len: u64) -> Result<usize, ImageError> {
+        let end = offset.checked_add(len);
+        match (end, usize::try_from(len)) {
+            (Some(end), Ok(l)) if offset >= PAGES_HEADER_LEN && end <= self.file_len => Ok(l),
+            _ => Err(self.range_error(offset, len)),
+        }
+    }
+
+    fn range_error(&self, offset: u64, len: u64) -> ImageError {
+        ImageError::ChunkRange {
+            path: self.path.clone(),
+            offset,
+            len,
+            file_len: self.file_len,
+        }
+    }
+
+    fn read_error(&self, offset: u64, len: u64, e: io::Error) -> ImageError {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => self.range_error(offset, len),
+            _ => ImageError::Io {
+                path: self.path.clone(),
+                source: e,
+            },
+        }
+    }
+
+    fn size_error(&self, offset: u64, expected: u64, found: u64) -> ImageError {
+        ImageError::PageSize {
+            path: self.path.clone(),
+            offset,
+            expected,
+            found,
+        }
+    }
+
+    /// Reads the chunk at `offset` (`stored_len` bytes, CRC `crc32` as recorded in the
+    /// pagemap) into `dst`, which must be exactly the chunk's page data size.
+    ///
+    /// Raw chunks are read straight into `dst`; zstd chunks go through a buffer that is
+    /// reused across calls.
+    pub fn read_into(
+        &mut self,
+        offset: u64,
+        stored_len: u64,
+        crc32: u32,
+        dst: &mut [u8],
+    ) -> Result<(), ImageError> {
+        let len = self.check_range(offset, stored_len)?;
+        let expected = dst.len() as u64;
+        if self.compression == Compression::Raw {
+            if len != dst.len() {
+                return Err(self.size_error(offset, expected, stored_len));
+            }
+            self.file
+                .read_exact_at(dst, offset)
+                .map_err(|e| self.read_error(offset, stored_len, e))?;
+            if crc32fast::hash(dst) != crc32 {
+                return Err(ImageError::ChunkCrc {
+                    path: self.path.clone(),
+                    offset,
+                });
+            }
+            return Ok(());
+        }
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        let read = self.file.read_exact_at(&mut self.buf[..len], offset);
+        read.map_err(|e| self.read_error(offset, stored_len, e))?;
+        let src = &self.buf[..len];
+        if crc32fast::hash(src) != crc32 {
+            return Err(ImageError::ChunkCrc {
+                path: self.path.clone(),
+                offset,
+            });
+        }
+        if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(src) {
+            if n != expected {
+                return Err(self.size_error(offset, expected, n));
+            }
+        }
+        let n = self
+            .decompressor
+            .decompress_to_buffer(src, dst)
+            .map_err(|source| ImageError::Decompress {
+                path: self.path.clone(),
+                offset,
+                source,
+            })?;
+        if n as u64 != expected {
+            return Err(self.size_error(offset, expected, n as u64));
+        }
+        Ok(())
+    }
+
+    /// Checks a chunk without a destination buffer: its range, its CRC, and that it
+    /// holds exactly `data_len` bytes of page data (decompressing zstd chunks in a
+    /// stream). Memory use is bounded whatever the recorded sizes.
+    pub fn verify_chunk(
+        &mut self,
+        offset: u64,
+        stored_len: u64,
+        crc32: u32,
+        data_len: u64,
+    ) -> Result<(), ImageError> {
+        self.check_range(offset, stored_len)?;
+        let region = |pos| RegionReader {
+            file: &self.file,
+            pos,
+            end: offset + stored_len,
+            crc: crc32fast::Hasher::new(),
+        };
+        // First pass: range and CRC of the stored bytes.
+        let mut stored = region(offset);
+        io::copy(&mut stored, &mut io::sink())
+            .map_err(|e| self.read_error(offset, stored_len, e))?;
+        if stored.crc.finalize() != crc32 {
+            return Err(ImageError::ChunkCrc {
+                path: self.path.clone(),
+                offset,
+            });
+        }
+        // Second pass (zstd): count the decompressed bytes, stopping past `data_len`.
+        let found = match self.compression {
+            Compression::Raw => stored_len,
+            Compression::Zstd => zstd::stream::read::Decoder::new(region(offset))
+                .and_then(|d| io::copy(&mut d.take(data_len.saturating_add(1)), &mut io::sink()))
+                .map_err(|source| ImageError::Decompress {
+                    path: self.path.clone(),
+                    offset,
+                    source,
+                })?,
+        };
+        if found != data_len {
+            return Err(ImageError::PageSize {
+                path: self.path.clone(),
+                offset,
+                expected: data_len,
+                found,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! Whole-directory integrity check of an image set.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::json::{decode_dynamic, message_descriptor};
+use crate::pb::PagemapEntry;
+use crate::{ImageError, ImageKind, ImageReader, PAGE_SIZE, PagesReader, read_entries};
+
+/// What [`verify_dir`] checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Every image file, sorted by path, with its number of entries (framed kinds) or
+    /// chunks (pages).
+    pub files: Vec<(PathBuf, u64)>,
+}
+
+/// Checks every `*.img` file of `dir`, in sorted order: framing and CRC of every
+/// entry, that every entry decodes as its kind's message, that single-entry kinds
+/// (inventory, core, mm) hold exactly one entry, and for every `pages-PID.img` that
+/// each chunk of `pagemap-PID.img` lies within the file, matches its CRC and holds
+/// `nr_pages * 4096` bytes of page data. Files not ending in `.img` are ignored; an
+/// `.img` file with an unknown magic is a [`ImageError::BadMagic`] error.
+pub fn verify_dir(dir: &Path) -> Result<VerifyReport, ImageError> {
+    let io_err = |source| ImageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for dent in fs::read_dir(dir).map_err(io_err)? {
+        let path = dent.map_err(io_err)?.path();
+        let is_img = path.extension().is_some_and(|e| e == "img");
+        if is_img && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+
+    let mut report = VerifyReport::default();
+    for path in paths {
+        let parsed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(ImageKind::parse_file_name);
+        let count = match parsed {
+            Some((ImageKind::Pages, pid)) => verify_pages(dir, pid, &path)?,
+            Some((kind, pid)) => {
+                let reader = ImageReader::open(dir, kind, pid)?;
+                verify_framed(dir, Some(pid), reader)?
+            }
+            // Not a canonical name: go by the magic (pages need the PID from the name).
+            None => match ImageReader::open_path(&path) {
+                Ok((reader, _)) => verify_framed(dir, None, reader)?,
+                Err(ImageError::NotFramed { path, kind }) => {
+                    return Err(ImageError::BadName { path, kind });
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        report.files.push((path, count));
+    }
+    Ok(report)
+}
+
+/// Reads every entry of a framed file, decoding it with the schema; returns the count.
+/// `pid` comes from a canonical file name and locates the pages file of a pagemap.
+fn verify_framed(dir: &Path, pid: Option<u32>, mut reader: ImageReader) -> Result<u64, ImageError> {
+    let kind = reader.kind();
+    let path = reader.path().to_path_buf();
+    let desc = message_descriptor(&path, kind)?;
+    while let Some((offset, payload)) = reader.next_raw()? {
+        let entry = reader.entries_read() - 1;
+        decode_dynamic(&path, &desc, offset, entry, &payload)?;
+    }
+    let found = reader.entries_read();
+    if matches!(kind, ImageKind::Inventory | ImageKind::Core | ImageKind::Mm) && found != 1 {
+        return Err(ImageError::Count {
+            path,
+            expected: 1,
+            found,
+        });
+    }
+    if let (ImageKind::Pagemap, Some(pid), 1..) = (kind, pid, found) {
+        let pages = dir.join(ImageKind::Pages.file_name(pid));
+        if !pages.is_file() {
+            return Err(ImageError::Missing { path: pages });
+        }
+    }
+    Ok(found)
+}
+
+/// Checks every chunk of a pages file against its pagemap; returns the chunk count.
+fn verify_pages(dir: &Path, pid: u32, path: &Path) -> Result<u64, ImageError> {
+    let mut pages = PagesReader::open_path(path)?;
+    let map: Vec<PagemapEntry> = read_entries(dir, ImageKind::Pagemap, pid)?;
+    for e in &map {
+        let data_len = u64::from(e.nr_pages) * PAGE_SIZE;
+        pages.verify_chunk(e.offset, e.stored_len, e.crc32, data_len)?;
+    }
+    Ok(map.len() as u64)
+}

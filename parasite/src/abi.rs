@@ -1,0 +1,205 @@
+//! The contract between crtool and its two blobs (the dump-side parasite and the
+//! restorer). This one file is compiled into crtool and into both blobs, so the two
+//! sides cannot drift apart. Everything here is `#[repr(C)]` plain data.
+
+#![allow(dead_code)]
+
+/// Size of the parasite's command/reply buffer (one SOCK_SEQPACKET message).
+pub const PARASITE_MSG_MAX: usize = 64 * 1024;
+/// Stack the injector gives each blob.
+pub const BLOB_STACK_SIZE: usize = 256 * 1024;
+/// Most iovecs crtool puts in one `CMD_DUMP_PAGES`.
+pub const MAX_IOVS: usize = 1024;
+/// Most fds moved by one `CMD_SEND_FDS`.
+pub const MAX_FDS_PER_MSG: usize = 64;
+
+/// Parasite commands.
+pub const CMD_TAKE_PIPE: u32 = 1;
+pub const CMD_DUMP_PAGES: u32 = 2;
+pub const CMD_GET_INFO: u32 = 3;
+pub const CMD_SEND_FDS: u32 = 4;
+pub const CMD_FINI: u32 = 5;
+
+/// Arguments block the parasite entry receives in `rdi`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ParasiteArgs {
+    /// The parasite's end of the control socket.
+    pub sock: i32,
+    /// Filled by an injected socketpair(2).
+    pub socketpair: [i32; 2],
+    pub _pad: i32,
+}
+
+/// Header of every command; a payload may follow (iovecs for `CMD_DUMP_PAGES`,
+/// i32 fds for `CMD_SEND_FDS`). `n` counts payload items.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cmd {
+    pub op: u32,
+    pub n: u32,
+    pub arg: u64,
+}
+
+/// Header of every reply; `ret` is >= 0 on success or a negated errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reply {
+    pub op: u32,
+    pub n: u32,
+    pub ret: i64,
+}
+
+/// One iovec, as the kernel's `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoVec {
+    pub base: u64,
+    pub len: u64,
+}
+
+/// Kernel `struct sigaction` as used by rt_sigaction(2) on x86_64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// `struct itimerval` (two timevals).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Itimerval {
+    pub interval_sec: i64,
+    pub interval_usec: i64,
+    pub value_sec: i64,
+    pub value_usec: i64,
+}
+
+/// `stack_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackT {
+    pub sp: u64,
+    pub flags: i32,
+    pub _pad: i32,
+    pub size: u64,
+}
+
+/// What `CMD_GET_INFO` returns: state only the task itself can read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ParasiteInfo {
+    /// Index i holds signal i+1.
+    pub sigactions: [KSigaction; 64],
+    pub itimers: [Itimerval; 3],
+    pub altstack: StackT,
+    pub brk: u64,
+    pub clear_child_tid: u64,
+    pub umask: u32,
+    pub dumpable: i32,
+    pub personality: i64,
+}
+
+/// Kernel `struct prctl_mm_map` (PR_SET_MM_MAP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrctlMmMap {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: u64,
+    pub auxv_size: u32,
+    pub exe_fd: u32,
+}
+
+/// A mapping the restorer moves into place with mremap(2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmaMove {
+    pub from: u64,
+    pub len: u64,
+    pub to: u64,
+}
+
+/// An rseq(2) registration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RseqReg {
+    pub ptr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+pub const MAX_SPECIALS: usize = 4;
+pub const MAX_GROUPS: usize = 64;
+
+/// Everything the restorer needs; crtool fills it in, the restorer never parses images.
+/// Pointers point into the restorer area, which stays mapped until the end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RestorerArgs {
+    /// Where the restorer reports a failure (a `RestorerFailure`) before exiting.
+    pub status_fd: i32,
+    pub exe_fd: i32,
+    /// crtool's own rseq registration, dropped before its memory goes away.
+    pub self_rseq: RseqReg,
+    /// The premap area (premapped VMAs, this blob, its data and stack): kept mapped.
+    pub area_start: u64,
+    pub area_len: u64,
+    /// vdso/vvar mappings moved from where crtool has them to where the task had them,
+    /// through `scratch` so that moves never clobber each other.
+    pub specials: [VmaMove; MAX_SPECIALS],
+    pub nr_specials: u32,
+    pub nr_vmas: u32,
+    pub scratch: u64,
+    pub vmas: u64,
+    pub mm: PrctlMmMap,
+    pub sigactions: [KSigaction; 64],
+    pub itimers: [Itimerval; 3],
+    pub rseq: RseqReg,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    pub clear_child_tid: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// XSAVE features to request with ARCH_REQ_XCOMP_PERM (0: none).
+    pub xcomp_perm_feature: u64,
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub nr_groups: u32,
+    pub dumpable: i32,
+    pub groups: [u32; MAX_GROUPS],
+    /// The prepared rt_sigframe; rt_sigreturn runs with rsp = sigframe + 8.
+    pub sigframe: u64,
+}
+
+/// Steps of the restorer, reported with the errno when one fails.
+pub const STEP_DROP_RSEQ: u32 = 1;
+pub const STEP_UNMAP: u32 = 2;
+pub const STEP_SPECIALS: u32 = 3;
+pub const STEP_VMAS: u32 = 4;
+pub const STEP_MM: u32 = 5;
+pub const STEP_XCOMP: u32 = 6;
+pub const STEP_SIGACTIONS: u32 = 7;
+pub const STEP_ITIMERS: u32 = 8;
+pub const STEP_THREAD: u32 = 9;
+pub const STEP_CREDS: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestorerFailure {
+    pub step: u32,
+    pub index: u32,
+    pub errno: i64,
+}

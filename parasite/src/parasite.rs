@@ -1,0 +1,241 @@
+//! The dump-side parasite: injected into a frozen task, it serves crtool's commands
+//! over a SOCK_SEQPACKET socket and reports what only the task itself can see. Every
+//! decision stays in crtool; this loop only executes.
+
+#![no_std]
+#![no_main]
+
+#[path = "abi.rs"]
+mod abi;
+mod rt;
+
+use abi::*;
+use core::mem::size_of;
+use rt::*;
+
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+
+#[repr(C)]
+struct MsgHdr {
+    name: u64,
+    namelen: u32,
+    _pad: u32,
+    iov: *mut IoVec,
+    iovlen: u64,
+    control: *mut u8,
+    controllen: u64,
+    flags: i32,
+    _pad2: i32,
+}
+
+const CMSG_HDR: usize = 16; // struct cmsghdr: len u64, level i32, type i32
+const CMSG_SPACE_MAX: usize = CMSG_HDR + MAX_FDS_PER_MSG * 4;
+
+/// All mutable state lives on the stack frame of `serve`; the blob has no statics.
+struct Parasite {
+    sock: i32,
+    pipe: i32,
+    buf: [u8; PARASITE_MSG_MAX],
+    cbuf: [u64; CMSG_SPACE_MAX / 8 + 1],
+}
+
+/// Entry: crtool sets rip here with rdi = &ParasiteArgs and rsp at the top of the
+/// blob's own stack; when the loop ends the `int3` hands control back to crtool.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.entry")]
+pub unsafe extern "C" fn _start() -> ! {
+    core::arch::naked_asm!("and rsp, -16", "call {main}", "2:", "int3", "jmp 2b", main = sym parasite_main);
+}
+
+extern "C" fn parasite_main(args: *mut ParasiteArgs) {
+    // SAFETY: crtool passes a pointer to the args block inside the blob mapping.
+    let sock = unsafe { (*args).sock };
+    let mut p = Parasite { sock, pipe: -1, buf: [0; PARASITE_MSG_MAX], cbuf: [0; CMSG_SPACE_MAX / 8 + 1] };
+    p.serve();
+    if p.pipe >= 0 {
+        // SAFETY: closing an fd this parasite received.
+        unsafe { syscall3(NR_CLOSE, p.pipe as usize, 0, 0) };
+    }
+    // SAFETY: closing the parasite's end of the control socket.
+    unsafe { syscall3(NR_CLOSE, p.sock as usize, 0, 0) };
+}
+
+impl Parasite {
+    fn serve(&mut self) {
+        loop {
+            let (len, fd) = self.recv();
+            if len < size_of::<Cmd>() as isize {
+                return; // crtool closed the socket or sent garbage: stop serving
+            }
+            // SAFETY: buf holds at least size_of::<Cmd>() received bytes.
+            let cmd = unsafe { core::ptr::read_unaligned(self.buf.as_ptr() as *const Cmd) };
+            let payload_len = len as usize - size_of::<Cmd>();
+            match cmd.op {
+                CMD_TAKE_PIPE => {
+                    if self.pipe >= 0 {
+                        // SAFETY: closing our previous pipe fd.
+                        unsafe { syscall3(NR_CLOSE, self.pipe as usize, 0, 0) };
+                    }
+                    self.pipe = fd;
+                    self.reply(cmd.op, 0, if fd >= 0 { 0 } else { -9 }, &[]);
+                }
+                CMD_DUMP_PAGES => {
+                    let n = (cmd.n as usize).min(payload_len / size_of::<IoVec>());
+                    let ret = self.dump_pages(n);
+                    self.reply(cmd.op, 0, ret, &[]);
+                }
+                CMD_GET_INFO => {
+                    let info = get_info();
+                    // SAFETY: ParasiteInfo is plain data; we view it as bytes to send it.
+                    let bytes = unsafe {
+                        core::slice::from_raw_parts(&info as *const ParasiteInfo as *const u8, size_of::<ParasiteInfo>())
+                    };
+                    self.reply(cmd.op, 1, 0, bytes);
+                }
+                CMD_SEND_FDS => {
+                    let n = (cmd.n as usize).min(payload_len / 4).min(MAX_FDS_PER_MSG);
+                    self.send_fds(n);
+                }
+                CMD_FINI => {
+                    self.reply(cmd.op, 0, 0, &[]);
+                    return;
+                }
+                _ => self.reply(cmd.op, 0, -22, &[]),
+            }
+        }
+    }
+
+    /// Receives one command into `buf`; returns its length and a passed fd (or -1).
+    fn recv(&mut self) -> (isize, i32) {
+        let mut iov = IoVec { base: self.buf.as_mut_ptr() as u64, len: self.buf.len() as u64 };
+        let mut hdr = MsgHdr {
+            name: 0, namelen: 0, _pad: 0, iov: &mut iov, iovlen: 1,
+            control: self.cbuf.as_mut_ptr() as *mut u8, controllen: (CMSG_HDR + 8) as u64, flags: 0, _pad2: 0,
+        };
+        // SAFETY: hdr points at buffers owned by self, sized as declared.
+        let n = unsafe { syscall3(NR_RECVMSG, self.sock as usize, &mut hdr as *mut MsgHdr as usize, 0x40000000 /* MSG_CMSG_CLOEXEC */) };
+        let mut fd = -1;
+        if n > 0 && hdr.controllen as usize >= CMSG_HDR + 4 {
+            let c = self.cbuf.as_ptr() as *const u8;
+            // SAFETY: the kernel wrote a cmsghdr of controllen bytes into cbuf.
+            unsafe {
+                let level = core::ptr::read_unaligned(c.add(8) as *const i32);
+                let ty = core::ptr::read_unaligned(c.add(12) as *const i32);
+                if level == SOL_SOCKET && ty == SCM_RIGHTS {
+                    fd = core::ptr::read_unaligned(c.add(CMSG_HDR) as *const i32);
+                }
+            }
+        }
+        (n, fd)
+    }
+
+    fn reply(&mut self, op: u32, n: u32, ret: i64, payload: &[u8]) {
+        let r = Reply { op, n, ret };
+        let mut iov = [
+            IoVec { base: &r as *const Reply as u64, len: size_of::<Reply>() as u64 },
+            IoVec { base: payload.as_ptr() as u64, len: payload.len() as u64 },
+        ];
+        let hdr = MsgHdr {
+            name: 0, namelen: 0, _pad: 0, iov: iov.as_mut_ptr(), iovlen: 2,
+            control: core::ptr::null_mut(), controllen: 0, flags: 0, _pad2: 0,
+        };
+        // SAFETY: hdr describes live buffers on this stack frame.
+        unsafe { syscall3(NR_SENDMSG, self.sock as usize, &hdr as *const MsgHdr as usize, 0x4000 /* MSG_NOSIGNAL */) };
+    }
+
+    /// vmsplice()s the iovecs that follow the command into the pipe crtool gave us.
+    fn dump_pages(&mut self, n: usize) -> i64 {
+        if self.pipe < 0 {
+            return -9;
+        }
+        let iovs = (self.buf.as_mut_ptr() as usize + size_of::<Cmd>()) as *mut IoVec;
+        let mut i = 0;
+        let mut total: i64 = 0;
+        while i < n {
+            // SAFETY: iovs[i..n] lie inside buf (checked against the payload length).
+            let ret = unsafe { syscall6(NR_VMSPLICE, self.pipe as usize, iovs.add(i) as usize, n - i, 0, 0, 0) };
+            if ret < 0 {
+                return ret as i64;
+            }
+            if ret == 0 {
+                return -5;
+            }
+            total += ret as i64;
+            // Skip the fully consumed iovecs and trim a partially consumed one.
+            let mut left = ret as u64;
+            while i < n && left > 0 {
+                // SAFETY: i < n, inside buf.
+                let v = unsafe { &mut *iovs.add(i) };
+                if left >= v.len {
+                    left -= v.len;
+                    i += 1;
+                } else {
+                    v.base += left;
+                    v.len -= left;
+                    left = 0;
+                }
+            }
+        }
+        total
+    }
+
+    /// Sends the task's fds listed in the command back to crtool with SCM_RIGHTS.
+    fn send_fds(&mut self, n: usize) {
+        let fds = (self.buf.as_ptr() as usize + size_of::<Cmd>()) as *const u8;
+        let c = self.cbuf.as_mut_ptr() as *mut u8;
+        let clen = CMSG_HDR + n * 4;
+        // SAFETY: cbuf has room for CMSG_SPACE_MAX bytes and n <= MAX_FDS_PER_MSG; fds
+        // lies inside buf.
+        unsafe {
+            core::ptr::write_unaligned(c as *mut u64, clen as u64);
+            core::ptr::write_unaligned(c.add(8) as *mut i32, SOL_SOCKET);
+            core::ptr::write_unaligned(c.add(12) as *mut i32, SCM_RIGHTS);
+            memcpy(c.add(CMSG_HDR), fds, n * 4);
+        }
+        let r = Reply { op: CMD_SEND_FDS, n: n as u32, ret: 0 };
+        let mut iov = IoVec { base: &r as *const Reply as u64, len: size_of::<Reply>() as u64 };
+        let hdr = MsgHdr {
+            name: 0, namelen: 0, _pad: 0, iov: &mut iov, iovlen: 1,
+            control: c, controllen: ((clen + 7) & !7) as u64, flags: 0, _pad2: 0,
+        };
+        // SAFETY: hdr describes live buffers; a bad fd makes sendmsg fail with EBADF,
+        // which crtool sees as a missing reply payload.
+        let ret = unsafe { syscall3(NR_SENDMSG, self.sock as usize, &hdr as *const MsgHdr as usize, 0x4000) };
+        if ret < 0 {
+            self.reply(CMD_SEND_FDS, 0, ret as i64, &[]);
+        }
+    }
+}
+
+fn get_info() -> ParasiteInfo {
+    let mut info = ParasiteInfo {
+        sigactions: [KSigaction::default(); 64],
+        itimers: [Itimerval::default(); 3],
+        altstack: StackT::default(),
+        brk: 0,
+        clear_child_tid: 0,
+        umask: 0,
+        dumpable: 0,
+        personality: 0,
+    };
+    // SAFETY: every call below writes only into `info`, with the kernel's layouts.
+    unsafe {
+        for sig in 1..=64usize {
+            syscall6(NR_RT_SIGACTION, sig, 0, &mut info.sigactions[sig - 1] as *mut KSigaction as usize, 8, 0, 0);
+        }
+        for which in 0..3usize {
+            syscall3(NR_GETITIMER, which, &mut info.itimers[which] as *mut Itimerval as usize, 0);
+        }
+        syscall3(NR_SIGALTSTACK, 0, &mut info.altstack as *mut StackT as usize, 0);
+        info.brk = syscall3(NR_BRK, 0, 0, 0) as u64;
+        let old = syscall3(NR_UMASK, 0, 0, 0);
+        syscall3(NR_UMASK, old as usize, 0, 0);
+        info.umask = old as u32;
+        syscall6(NR_PRCTL, 40 /* PR_GET_TID_ADDRESS */, &mut info.clear_child_tid as *mut u64 as usize, 0, 0, 0, 0);
+        info.dumpable = syscall6(NR_PRCTL, 3 /* PR_GET_DUMPABLE */, 0, 0, 0, 0, 0) as i32;
+        info.personality = syscall3(NR_PERSONALITY, 0xffffffff, 0, 0) as i64;
+    }
+    info
+}

@@ -1,0 +1,8 @@
+//! The compel analogue: seize and freeze a task, run syscalls inside it, inject the
+//! parasite blob, talk to it, and cure the task afterwards.
+
+pub mod parasite;
+pub mod tracee;
+
+pub use parasite::Parasite;
+pub use tracee::Tracee;

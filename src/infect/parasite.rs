@@ -1,0 +1,235 @@
+//! Injecting the parasite blob into a frozen task and talking to it.
+
+use super::tracee::Tracee;
+use crate::error::{Error, PtraceCtx, Result};
+use crate::sys::abi::{self, Cmd, IoVec, ParasiteArgs, ParasiteInfo, Reply};
+use crate::sys::blobs;
+use crate::sys::process::{pidfd_getfd, pidfd_open, read_remote, write_remote};
+use crate::sys::ptrace::{self, Stop};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+const PAGE: u64 = 4096;
+/// Longest crtool waits for one parasite reply before giving up on it.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A parasite running inside a tracee. `finish` (or drop) stops it, unmaps it and
+/// leaves the tracee stopped with its state ready to be restored.
+pub struct Parasite<'t> {
+    tracee: &'t Tracee,
+    base: u64,
+    size: u64,
+    sock: Option<OwnedFd>,
+    /// The blob has trapped back (or died): no more commands.
+    stopped: bool,
+    unmapped: bool,
+}
+
+fn layout() -> (u64, u64, u64) {
+    let image = blobs::PARASITE_IMAGE.len() as u64;
+    let args = image;
+    let stack_top = (args + PAGE + abi::BLOB_STACK_SIZE as u64).next_multiple_of(PAGE);
+    (args, stack_top, stack_top)
+}
+
+impl<'t> Parasite<'t> {
+    /// Maps the blob into the task, creates the control socket and starts the blob.
+    pub fn inject(tracee: &'t Tracee) -> Result<Parasite<'t>> {
+        let pid = tracee.pid;
+        let (args_off, stack_top, size) = layout();
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let base = tracee.syscall_ok("mmap", libc::SYS_mmap, &[0, size, prot, flags, u64::MAX, 0])?;
+        let mut p = Parasite { tracee, base, size, sock: None, stopped: true, unmapped: false };
+
+        let image = blobs::relocated(blobs::PARASITE_IMAGE, blobs::PARASITE_RELOCS, base);
+        write_remote(pid, base, &image).ptrace(pid, "process_vm_writev")?;
+
+        let sv_addr = base + args_off + std::mem::offset_of!(ParasiteArgs, socketpair) as u64;
+        let domain_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
+        tracee.syscall_ok("socketpair", libc::SYS_socketpair, &[libc::AF_UNIX as u64, domain_type, 0, sv_addr])?;
+        let mut sv = [0u8; 8];
+        read_remote(pid, sv_addr, &mut sv).ptrace(pid, "process_vm_readv")?;
+        let ours = i32::from_le_bytes(sv[4..8].try_into().unwrap());
+        let theirs = i32::from_le_bytes(sv[0..4].try_into().unwrap());
+        let pidfd = pidfd_open(pid).ptrace(pid, "pidfd_open")?;
+        let sock = pidfd_getfd(&pidfd, ours).ptrace(pid, "pidfd_getfd");
+        tracee.syscall_ok("close", libc::SYS_close, &[ours as u64])?;
+        p.sock = Some(sock?);
+
+        let args = ParasiteArgs { sock: theirs, socketpair: [theirs, ours], _pad: 0 };
+        write_remote(pid, base + args_off, as_bytes(&args)).ptrace(pid, "process_vm_writev")?;
+        let mut r = tracee.regs;
+        r.rip = base + blobs::PARASITE_ENTRY;
+        r.rdi = base + args_off;
+        r.rsp = base + stack_top;
+        r.orig_rax = u64::MAX;
+        r.rax = 0;
+        ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
+        ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?;
+        p.stopped = false;
+        Ok(p)
+    }
+
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::Parasite { pid: self.tracee.pid.as_raw(), msg: msg.into() }
+    }
+
+    fn send(&mut self, op: u32, payload: &[u8], n: u32, fd: Option<BorrowedFd>) -> Result<()> {
+        let cmd = Cmd { op, n, arg: 0 };
+        let iov = [IoSlice::new(as_bytes(&cmd)), IoSlice::new(payload)];
+        let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let sock = self.sock.as_ref().ok_or_else(|| self.err("control socket closed"))?.as_raw_fd();
+        sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| self.err(format!("send command {op}: {e}")))?;
+        Ok(())
+    }
+
+    /// Waits for a reply; notices a parasite that crashed instead of answering.
+    fn recv(&mut self, want_op: u32, payload: &mut [u8]) -> Result<(Reply, usize, Vec<OwnedFd>)> {
+        let start = Instant::now();
+        let sock = self.sock.as_ref().ok_or_else(|| self.err("control socket closed"))?;
+        loop {
+            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+            let n = poll(&mut fds, PollTimeout::from(100u16)).map_err(|e| self.err(format!("poll: {e}")))?;
+            if n > 0 {
+                break;
+            }
+            if let Some(stop) = ptrace::wait(self.tracee.pid, true).ptrace(self.tracee.pid, "waitpid")? {
+                self.stopped = true;
+                return Err(self.err(format!("stopped unexpectedly ({stop:?}) instead of answering command {want_op}")));
+            }
+            if start.elapsed() > REPLY_TIMEOUT {
+                return Err(self.err(format!("no answer to command {want_op} in {REPLY_TIMEOUT:?}")));
+            }
+        }
+        let mut hdr = Reply::default();
+        let mut cbuf = nix::cmsg_space!([i32; abi::MAX_FDS_PER_MSG]);
+        let (bytes, got_fds) = {
+            let mut iov = [IoSliceMut::new(as_bytes_mut(&mut hdr)), IoSliceMut::new(payload)];
+            let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cbuf), MsgFlags::MSG_CMSG_CLOEXEC)
+                .map_err(|e| self.err(format!("receive reply: {e}")))?;
+            let mut got = Vec::new();
+            for c in msg.cmsgs().map_err(|e| self.err(format!("control message: {e}")))? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    // SAFETY: SCM_RIGHTS installed these fds in our table; we own them now.
+                    got.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+            (msg.bytes, got)
+        };
+        if bytes < size_of::<Reply>() {
+            self.stopped = true;
+            return Err(self.err(format!("short reply ({bytes} bytes) to command {want_op}")));
+        }
+        if hdr.op != want_op {
+            return Err(self.err(format!("reply to command {} while waiting for {want_op}", hdr.op)));
+        }
+        Ok((hdr, bytes - size_of::<Reply>(), got_fds))
+    }
+
+    /// Gives the parasite the write end of the pipe it vmsplice()s pages into.
+    pub fn take_pipe(&mut self, pipe_w: BorrowedFd) -> Result<()> {
+        self.send(abi::CMD_TAKE_PIPE, &[], 0, Some(pipe_w))?;
+        let (r, _, _) = self.recv(abi::CMD_TAKE_PIPE, &mut [])?;
+        if r.ret < 0 {
+            return Err(self.err(format!("taking the page pipe failed: errno {}", -r.ret)));
+        }
+        Ok(())
+    }
+
+    /// vmsplice()s the given ranges of the task's memory into the page pipe.
+    pub fn splice_pages(&mut self, iovs: &[IoVec]) -> Result<u64> {
+        let bytes: &[u8] = slice_as_bytes(iovs);
+        self.send(abi::CMD_DUMP_PAGES, bytes, iovs.len() as u32, None)?;
+        let (r, _, _) = self.recv(abi::CMD_DUMP_PAGES, &mut [])?;
+        if r.ret < 0 {
+            return Err(self.err(format!("vmsplice failed: {}", nix::errno::Errno::from_raw(-r.ret as i32))));
+        }
+        Ok(r.ret as u64)
+    }
+
+    pub fn info(&mut self) -> Result<ParasiteInfo> {
+        self.send(abi::CMD_GET_INFO, &[], 0, None)?;
+        // SAFETY: ParasiteInfo is plain integers; zero is a valid value.
+        let mut info: ParasiteInfo = unsafe { std::mem::zeroed() };
+        let (_, len, _) = self.recv(abi::CMD_GET_INFO, as_bytes_mut(&mut info))?;
+        if len != size_of::<ParasiteInfo>() {
+            return Err(self.err(format!("info reply has {len} bytes, expected {}", size_of::<ParasiteInfo>())));
+        }
+        Ok(info)
+    }
+
+    /// Receives duplicates of the task's fds (in the same order).
+    pub fn fds(&mut self, fds: &[i32]) -> Result<Vec<OwnedFd>> {
+        let mut out = Vec::with_capacity(fds.len());
+        for chunk in fds.chunks(abi::MAX_FDS_PER_MSG) {
+            self.send(abi::CMD_SEND_FDS, slice_as_bytes(chunk), chunk.len() as u32, None)?;
+            let (r, _, got) = self.recv(abi::CMD_SEND_FDS, &mut [])?;
+            if r.ret < 0 || got.len() != chunk.len() {
+                return Err(self.err(format!("sending fds {chunk:?} failed (errno {}, got {})", -r.ret, got.len())));
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
+    /// Stops the blob (it traps back with int3) and unmaps it. The tracee is left
+    /// stopped; its original registers are put back by `Tracee::restore_state`.
+    pub fn finish(mut self) -> Result<()> {
+        self.stop_and_unmap()
+    }
+
+    fn stop_and_unmap(&mut self) -> Result<()> {
+        let pid = self.tracee.pid;
+        if !self.stopped {
+            let said_bye = self.send(abi::CMD_FINI, &[], 0, None).and_then(|_| self.recv(abi::CMD_FINI, &mut []));
+            // Closing our end ends the parasite's loop even if FINI did not get through.
+            self.sock = None;
+            self.stopped = true;
+            match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
+                Some(Stop::Signal(libc::SIGTRAP)) => {}
+                Some(Stop::Exited(_)) | Some(Stop::Killed(_)) => {
+                    self.unmapped = true;
+                    return Err(Error::TaskGone { pid: pid.as_raw(), state: "died in the parasite".into() });
+                }
+                other => log::warn!("pid {pid}: parasite ended with {other:?}"),
+            }
+            said_bye?;
+        }
+        self.sock = None;
+        if !self.unmapped {
+            self.unmapped = true;
+            self.tracee.syscall_ok("munmap", libc::SYS_munmap, &[self.base, self.size])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Parasite<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_and_unmap() {
+            log::error!("pid {}: removing the parasite: {e}", self.tracee.pid);
+        }
+    }
+}
+
+fn as_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain #[repr(C)] ABI struct; viewing it as bytes is sound.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }
+}
+
+fn as_bytes_mut<T: Copy>(v: &mut T) -> &mut [u8] {
+    // SAFETY: T is a plain #[repr(C)] ABI struct of integers; any bytes are valid.
+    unsafe { std::slice::from_raw_parts_mut(v as *mut T as *mut u8, size_of::<T>()) }
+}
+
+fn slice_as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: as for `as_bytes`, over a slice.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}

@@ -1,0 +1,148 @@
+//! A seized, frozen task and the remote syscalls crtool runs in it.
+
+use crate::error::{Error, PtraceCtx, Result};
+use crate::sys::ptrace::{self, Regs, Stop, PTRACE_EVENT_STOP};
+use nix::unistd::Pid;
+
+/// A task under crtool's ptrace control, frozen in a PTRACE_EVENT_STOP. Everything
+/// crtool changes while it holds the task (registers, XSAVE state, signal mask) is put
+/// back by `restore_state`; dropping a `Tracee` without `release` does that and
+/// detaches, so no error path can leave the task stopped or altered.
+pub struct Tracee {
+    pub pid: Pid,
+    /// Registers, XSAVE area and blocked mask as they were when the task froze.
+    pub regs: Regs,
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    /// A `syscall` instruction in the task (in its vdso) used for remote syscalls.
+    syscall_ip: u64,
+    /// Whether regs/xstate/sigmask above hold the task's real state (so that putting
+    /// them back is right).
+    captured: bool,
+    released: bool,
+}
+
+impl Tracee {
+    /// Seizes and interrupts `pid`, then blocks its signals while crtool works.
+    pub fn seize(pid: Pid, xsave_size: usize) -> Result<Tracee> {
+        ptrace::seize(pid, false).map_err(|errno| match errno {
+            nix::errno::Errno::ESRCH => Error::NoProcess(pid.as_raw()),
+            errno => Error::Ptrace { pid: pid.as_raw(), op: "PTRACE_SEIZE", errno },
+        })?;
+        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, captured: false, released: false };
+        ptrace::interrupt(pid).ptrace(pid, "PTRACE_INTERRUPT")?;
+        loop {
+            match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
+                Some(Stop::Event(PTRACE_EVENT_STOP, _)) => break,
+                // A signal was on its way: let it be delivered as it would have been;
+                // the interrupt stays pending and comes next.
+                Some(Stop::Signal(sig)) => ptrace::cont_signal(pid, sig).ptrace(pid, "PTRACE_CONT")?,
+                Some(Stop::Exited(_)) | Some(Stop::Killed(_)) => {
+                    t.released = true;
+                    return Err(Error::TaskGone { pid: pid.as_raw(), state: "exited".into() });
+                }
+                other => {
+                    return Err(Error::Parasite { pid: pid.as_raw(), msg: format!("unexpected stop {other:?} while freezing") });
+                }
+            }
+        }
+        t.regs = ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS")?;
+        t.xstate = ptrace::get_xstate(pid, xsave_size).ptrace(pid, "PTRACE_GETREGSET(NT_X86_XSTATE)")?;
+        t.sigmask = ptrace::get_sigmask(pid).ptrace(pid, "PTRACE_GETSIGMASK")?;
+        t.captured = true;
+        ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
+        Ok(t)
+    }
+
+    pub fn set_syscall_ip(&mut self, ip: u64) {
+        self.syscall_ip = ip;
+    }
+
+    /// Runs one syscall in the task and returns its raw result (negative errno on
+    /// failure). The task stays stopped before and after.
+    pub fn syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
+        let pid = self.pid;
+        if self.syscall_ip == 0 {
+            return Err(Error::Parasite { pid: pid.as_raw(), msg: "no syscall instruction found in the task".into() });
+        }
+        let mut r = self.regs;
+        r.rip = self.syscall_ip;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
+        for _ in 0..2 {
+            ptrace::cont_syscall(pid).ptrace(pid, "PTRACE_SYSCALL")?;
+            self.expect(Stop::Syscall)?;
+        }
+        let out = ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS")?;
+        Ok(out.rax as i64)
+    }
+
+    /// Like `syscall` but turns a negative result into an error naming the call.
+    pub fn syscall_ok(&self, name: &'static str, nr: i64, args: &[u64]) -> Result<u64> {
+        let r = self.syscall(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(Error::Ptrace { pid: self.pid.as_raw(), op: name, errno: nix::errno::Errno::from_raw(-r as i32) });
+        }
+        Ok(r as u64)
+    }
+
+    /// Waits for the next stop and checks that it is `want`.
+    pub fn expect(&self, want: Stop) -> Result<()> {
+        match ptrace::wait(self.pid, false).ptrace(self.pid, "waitpid")? {
+            Some(s) if s == want => Ok(()),
+            Some(Stop::Exited(c)) => Err(Error::TaskGone { pid: self.pid.as_raw(), state: format!("exited with {c}") }),
+            Some(Stop::Killed(s)) => Err(Error::TaskGone { pid: self.pid.as_raw(), state: format!("was killed by signal {s}") }),
+            other => Err(Error::Parasite { pid: self.pid.as_raw(), msg: format!("unexpected stop {other:?}, wanted {want:?}") }),
+        }
+    }
+
+    /// Puts back registers, XSAVE state and signal mask as they were at seize time.
+    pub fn restore_state(&self) -> Result<()> {
+        let pid = self.pid;
+        if !self.captured {
+            return Ok(());
+        }
+        ptrace::setregs(pid, &self.regs).ptrace(pid, "PTRACE_SETREGS")?;
+        ptrace::set_xstate(pid, &self.xstate).ptrace(pid, "PTRACE_SETREGSET(NT_X86_XSTATE)")?;
+        ptrace::set_sigmask(pid, self.sigmask).ptrace(pid, "PTRACE_SETSIGMASK")?;
+        Ok(())
+    }
+
+    /// Restores the task's state and lets it run on (detach), or kills it.
+    pub fn release(mut self, kill: bool) -> Result<()> {
+        self.released = true;
+        let restored = self.restore_state();
+        if kill {
+            nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL).ptrace(self.pid, "kill")?;
+            while let Ok(Some(s)) = ptrace::wait(self.pid, false) {
+                if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        restored?;
+        ptrace::detach(self.pid).ptrace(self.pid, "PTRACE_DETACH")
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        if !self.released {
+            if let Err(e) = self.restore_state() {
+                log::error!("pid {}: could not restore state while releasing: {e}", self.pid);
+            }
+            if let Err(e) = ptrace::detach(self.pid) {
+                log::error!("pid {}: detach failed: {e}", self.pid);
+            }
+        }
+    }
+}
+
+fn unsafe_zeroed_regs() -> Regs {
+    // SAFETY: user_regs_struct is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}

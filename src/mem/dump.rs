@@ -1,0 +1,174 @@
+//! Dumping memory: find the pages worth saving with pagemap, have the parasite
+//! vmsplice() them into a pipe, drain the pipe into the page image.
+
+use crate::error::{Error, Result};
+use crate::infect::Parasite;
+use crate::mem::vma;
+use crate::sys::abi::IoVec;
+use crate::sys::mm::{PAGE, PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap};
+use images_format::pb::{self, VmaKind};
+use images_format::PagesWriter;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+/// Pagemap entries read at once (bounds crtool's memory use for huge VMAs).
+const PAGEMAP_BATCH: u64 = 64 * 1024;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageStats {
+    pub scanned: u64,
+    pub dumped: u64,
+    pub zero: u64,
+}
+
+struct Run {
+    vaddr: u64,
+    pages: u64,
+}
+
+pub struct PageDumper {
+    pid: i32,
+    pagemap: File,
+    mem: File,
+    zero_pfn: Option<u64>,
+    pipe_r: OwnedFd,
+    pipe_w: OwnedFd,
+    chunk: u64,
+    buf: Vec<u8>,
+    pm: Vec<u64>,
+    pub entries: Vec<pb::PagemapEntry>,
+    pub stats: PageStats,
+}
+
+impl PageDumper {
+    pub fn new(pid: i32, zero_pfn: Option<u64>) -> Result<PageDumper> {
+        let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e));
+        let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+        let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20)
+            .min(4 << 20);
+        let got = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(max as i32)).unwrap_or(65536) as u64;
+        let chunk = (got / PAGE).max(1) * PAGE;
+        Ok(PageDumper {
+            pid,
+            pagemap: open("pagemap")?,
+            mem: open("mem")?,
+            zero_pfn,
+            pipe_r,
+            pipe_w,
+            chunk,
+            buf: vec![0; chunk as usize],
+            pm: Vec::new(),
+            entries: Vec::new(),
+            stats: PageStats::default(),
+        })
+    }
+
+    /// Dumps the pages of every VMA that keeps data of its own.
+    pub fn dump(&mut self, vmas: &[pb::Vma], parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
+        parasite.take_pipe(self.pipe_w.as_fd())?;
+        for v in vmas.iter().filter(|v| vma::has_private_pages(v)) {
+            let runs = self.runs(v)?;
+            let readable = v.prot & libc::PROT_READ as u32 != 0;
+            let mut batch: Vec<Run> = Vec::new();
+            let mut batch_bytes = 0;
+            for run in runs {
+                if batch_bytes + run.pages * PAGE > self.chunk {
+                    self.flush(&mut batch, readable, parasite, out)?;
+                    batch_bytes = 0;
+                }
+                batch_bytes += run.pages * PAGE;
+                batch.push(run);
+            }
+            self.flush(&mut batch, readable, parasite, out)?;
+        }
+        Ok(())
+    }
+
+    /// Runs of wanted pages in `v`, each at most one pipe-full long.
+    fn runs(&mut self, v: &pb::Vma) -> Result<Vec<Run>> {
+        let kind = v.kind();
+        let mut runs: Vec<Run> = Vec::new();
+        let max_pages = self.chunk / PAGE;
+        let mut at = v.start;
+        while at < v.end {
+            let end = (at + PAGEMAP_BATCH * PAGE).min(v.end);
+            read_pagemap(&self.pagemap, at, end, &mut self.pm).map_err(|e| Error::proc(self.pid, "pagemap", e))?;
+            for (i, &e) in self.pm.iter().enumerate() {
+                let addr = at + i as u64 * PAGE;
+                self.stats.scanned += 1;
+                let present = e & PM_PRESENT != 0;
+                let swapped = e & PM_SWAP != 0;
+                let wanted = match kind {
+                    VmaKind::VmaAnonPrivate => {
+                        let zero = present && self.zero_pfn == Some(e & PM_PFN_MASK);
+                        if zero {
+                            self.stats.zero += 1;
+                        }
+                        (present && !zero) || swapped
+                    }
+                    VmaKind::VmaFilePrivate => (present && e & PM_FILE == 0) || swapped,
+                    _ => present || swapped,
+                };
+                if !wanted {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some(r) if r.vaddr + r.pages * PAGE == addr && r.pages < max_pages => r.pages += 1,
+                    _ => runs.push(Run { vaddr: addr, pages: 1 }),
+                }
+            }
+            at = end;
+        }
+        Ok(runs)
+    }
+
+    fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let total: u64 = batch.iter().map(|r| r.pages * PAGE).sum();
+        if readable {
+            let iovs: Vec<IoVec> = batch.iter().map(|r| IoVec { base: r.vaddr, len: r.pages * PAGE }).collect();
+            for part in iovs.chunks(crate::sys::abi::MAX_IOVS) {
+                parasite.splice_pages(part)?;
+            }
+            let mut got = 0usize;
+            while got < total as usize {
+                let n = nix::unistd::read(&self.pipe_r, &mut self.buf[got..total as usize])
+                    .map_err(|e| Error::sys(format!("pid {}: reading the page pipe", self.pid), e))?;
+                if n == 0 {
+                    return Err(Error::sys(format!("pid {}: page pipe closed early", self.pid), nix::errno::Errno::EPIPE));
+                }
+                got += n;
+            }
+        } else {
+            // Not readable by the task itself (PROT_NONE): /proc/PID/mem reads it anyway.
+            let mut off = 0usize;
+            for r in batch.iter() {
+                let len = (r.pages * PAGE) as usize;
+                self.mem.read_exact_at(&mut self.buf[off..off + len], r.vaddr).map_err(|e| Error::proc(self.pid, "mem", e))?;
+                off += len;
+            }
+        }
+        let mut off = 0usize;
+        for r in batch.drain(..) {
+            let len = (r.pages * PAGE) as usize;
+            let stored = out.append(&self.buf[off..off + len])?;
+            self.entries.push(pb::PagemapEntry {
+                vaddr: r.vaddr,
+                nr_pages: r.pages as u32,
+                offset: stored.offset,
+                stored_len: stored.stored_len,
+                crc32: stored.crc32,
+            });
+            self.stats.dumped += r.pages;
+            off += len;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Restoring memory, first half: inside the future task (still running crtool code),
+//! reserve one "premap area" where neither crtool nor the task has anything, map every
+//! VMA there, fill it from the page image, and list the moves the restorer makes.
+
+use crate::error::{Error, Result};
+use crate::mem::vma;
+use crate::sys::abi::VmaMove;
+use crate::sys::mm::{self, PAGE};
+use images_format::pb::{self, VmaKind};
+use images_format::PagesReader;
+use std::fs::OpenOptions;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Lowest address the area may start at, and the highest it may end at.
+const AREA_MIN: u64 = 0x1000_0000;
+const AREA_MAX: u64 = 0x7ff0_0000_0000;
+
+/// Finds `len` free bytes that are free both in this process and in the task's
+/// layout, so that moving VMAs into place can never overwrite the area.
+pub fn find_area(pid: i32, target: &[pb::Vma], len: u64) -> Result<u64> {
+    let mut used: Vec<(u64, u64)> = target.iter().map(|v| (v.start, v.end)).collect();
+    let own = std::fs::read_to_string("/proc/self/maps").map_err(|e| Error::io("/proc/self/maps", e))?;
+    for l in own.lines() {
+        let r = l.split_whitespace().next().and_then(|r| r.split_once('-'));
+        if let Some((s, e)) = r {
+            if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+                used.push((s, e));
+            }
+        }
+    }
+    used.sort();
+    // Top-down: the highest gap below AREA_MAX that fits, with a guard page each side.
+    let mut hi = AREA_MAX;
+    for &(s, e) in used.iter().rev() {
+        if e + PAGE <= hi && hi - (e + PAGE) >= len + PAGE && e + PAGE >= AREA_MIN {
+            return Ok((hi - len - PAGE) & !(PAGE - 1));
+        }
+        hi = hi.min(s);
+    }
+    if hi >= AREA_MIN + len + PAGE {
+        return Ok((hi - len - PAGE) & !(PAGE - 1));
+    }
+    Err(Error::Restore { pid, msg: format!("no free address range of {len} bytes for the restore area") })
+}
+
+/// Total bytes the VMAs that get premapped need.
+pub fn premap_size(vmas: &[pb::Vma]) -> u64 {
+    vmas.iter().filter(|v| vma::is_restorable(v)).map(|v| v.end - v.start).sum()
+}
+
+/// Maps every restorable VMA at `area`, fills private pages from the page image and
+/// applies final protections. Returns the moves for the restorer, in VMA order.
+pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: u64) -> Result<Vec<VmaMove>> {
+    let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
+    let mut moves = Vec::new();
+    let mut slots = Vec::new();
+    let mut at = area;
+    for v in vmas.iter().filter(|v| vma::is_restorable(v)) {
+        let len = v.end - v.start;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let anon = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+        let r = match v.kind() {
+            VmaKind::VmaAnonPrivate => mm::map_at(at, len, rw, libc::MAP_PRIVATE | anon | gd, None, 0, true),
+            VmaKind::VmaAnonShared => mm::map_at(at, len, rw, libc::MAP_SHARED | anon, None, 0, true),
+            VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
+                let shared = v.kind() == VmaKind::VmaFileShared;
+                let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
+                let f = OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(&v.path)
+                    .map_err(|e| Error::Restore { pid, msg: format!("cannot open {} mapped at {:#x}: {e}", v.path, v.start) })?;
+                let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE) };
+                mm::map_at(at, len, prot, flags, Some(f.as_fd()), v.pgoff, true)
+            }
+            _ => unreachable!("filtered by is_restorable"),
+        };
+        r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.end, v.path), e))?;
+        slots.push((v, at));
+        moves.push(VmaMove { from: at, len, to: v.start });
+        at += len;
+    }
+
+    // Fill: pagemap entries are in address order, like the VMAs.
+    let mut i = 0;
+    for e in pagemap {
+        let len = e.nr_pages as u64 * PAGE;
+        while i < slots.len() && slots[i].0.end <= e.vaddr {
+            i += 1;
+        }
+        let Some(&(v, slot)) = slots.get(i).filter(|(v, _)| v.start <= e.vaddr && e.vaddr + len <= v.end) else {
+            return Err(Error::BadImage {
+                file: format!("pagemap-{pid}.img"),
+                msg: format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr),
+            });
+        };
+        if !vma::has_private_pages(v) {
+            return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("pages at {:#x} belong to a shared file mapping", e.vaddr) });
+        }
+        // SAFETY: [slot + off, +len) lies inside a private RW mapping created above,
+        // which no Rust object aliases.
+        let dst = unsafe { mm::slice_at(slot + (e.vaddr - v.start), len as usize) };
+        pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
+    }
+
+    for &(v, slot) in &slots {
+        if v.kind() != VmaKind::VmaFileShared && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE {
+            mm::protect(slot, v.end - v.start, v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
+        }
+    }
+    Ok(moves)
+}

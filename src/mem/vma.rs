@@ -1,0 +1,82 @@
+//! The task's VMAs: read from /proc/PID/smaps, classified, and checked for what this
+//! version can restore.
+
+use crate::error::{Error, Result};
+use images_format::pb::{self, VmaKind};
+use procfs::process::{MMapPath, Process};
+
+/// Reads and classifies every VMA of `pid`, failing on kinds crtool cannot restore.
+pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
+    let proc = Process::new(pid).map_err(|e| Error::proc(pid, "", std::io::Error::other(e)))?;
+    let maps = proc.smaps().map_err(|e| Error::proc(pid, "smaps", std::io::Error::other(e)))?;
+    let mut out = Vec::new();
+    for m in maps {
+        let (start, end) = m.address;
+        let p = m.perms;
+        use procfs::process::MMPermissions as P;
+        let mut prot = 0u32;
+        if p.contains(P::READ) { prot |= libc::PROT_READ as u32; }
+        if p.contains(P::WRITE) { prot |= libc::PROT_WRITE as u32; }
+        if p.contains(P::EXECUTE) { prot |= libc::PROT_EXEC as u32; }
+        let shared = p.contains(P::SHARED);
+        let flags = m.extension.vm_flags;
+        let growsdown = flags.contains(procfs::process::VmFlags::GD);
+        let mut v = pb::Vma { start, end, prot, pgoff: m.offset, growsdown, ..Default::default() };
+        let unsupported = |what: String| Error::Unsupported { pid, fd: None, what, hint: None };
+        let kind = match &m.pathname {
+            MMapPath::Vdso => VmaKind::VmaVdso,
+            MMapPath::Vvar => VmaKind::VmaVvar,
+            MMapPath::Other(n) if n == "vvar_vclock" || n == "[vvar_vclock]" => VmaKind::VmaVvarVclock,
+            MMapPath::Vsyscall => VmaKind::VmaVsyscall,
+            MMapPath::Vsys(key) => {
+                return Err(unsupported(format!("SysV shared memory (key {key}) mapped at {start:#x} is not supported yet")));
+            }
+            MMapPath::Heap | MMapPath::Stack | MMapPath::TStack(_) | MMapPath::Anonymous => {
+                if m.inode != 0 {
+                    return Err(unsupported(format!("mapping at {start:#x} has an inode but no path")));
+                }
+                if shared { VmaKind::VmaAnonShared } else { VmaKind::VmaAnonPrivate }
+            }
+            MMapPath::Path(path) => {
+                let s = path.to_string_lossy();
+                if s.ends_with(" (deleted)") {
+                    return Err(unsupported(format!("mapping at {start:#x} of deleted file {s} is not supported yet")));
+                }
+                if s.starts_with("/memfd:") || s.starts_with("/dev/zero") || s.starts_with("/SYSV") {
+                    return Err(unsupported(format!("mapping at {start:#x} of {s} is not supported yet")));
+                }
+                v.path = s.into_owned();
+                v.dev = ((m.dev.0 as u64) << 8) | m.dev.1 as u64;
+                v.ino = m.inode;
+                if shared && prot & libc::PROT_WRITE as u32 != 0 {
+                    v.open_flags = libc::O_RDWR as u32;
+                }
+                if shared { VmaKind::VmaFileShared } else { VmaKind::VmaFilePrivate }
+            }
+            other => {
+                // Named anonymous mappings ("[anon:...]") are anonymous memory too.
+                let name = format!("{other:?}");
+                if m.inode == 0 && name.contains("anon") {
+                    if shared { VmaKind::VmaAnonShared } else { VmaKind::VmaAnonPrivate }
+                } else {
+                    return Err(unsupported(format!("mapping at {start:#x} ({name}) is not supported yet")));
+                }
+            }
+        };
+        if matches!(m.pathname, MMapPath::Heap) { v.path = "[heap]".into(); }
+        if matches!(m.pathname, MMapPath::Stack) { v.path = "[stack]".into(); }
+        v.set_kind(kind);
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Whether the restorer recreates this VMA from the image (vs. kernel-provided ones).
+pub fn is_restorable(v: &pb::Vma) -> bool {
+    !matches!(v.kind(), VmaKind::VmaVdso | VmaKind::VmaVvar | VmaKind::VmaVvarVclock | VmaKind::VmaVsyscall)
+}
+
+/// Whether dumped pages of this VMA live in the page image (vs. in its file).
+pub fn has_private_pages(v: &pb::Vma) -> bool {
+    matches!(v.kind(), VmaKind::VmaAnonPrivate | VmaKind::VmaAnonShared | VmaKind::VmaFilePrivate)
+}

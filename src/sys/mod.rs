@@ -1,0 +1,26 @@
+//! Everything that talks to the kernel through raw syscalls or ptrace. Modules above
+//! this one see safe functions only.
+
+pub mod cpu;
+pub mod mm;
+pub mod process;
+pub mod ptrace;
+
+/// The embedded blobs (built by build.rs from `parasite/`).
+pub mod blobs {
+    include!(concat!(env!("OUT_DIR"), "/blobs.rs"));
+
+    /// A copy of `image` relocated for loading at `base`.
+    pub fn relocated(image: &[u8], relocs: &[(u64, u64)], base: u64) -> Vec<u8> {
+        let mut v = image.to_vec();
+        for &(off, addend) in relocs {
+            let o = off as usize;
+            v[o..o + 8].copy_from_slice(&(base + addend).to_le_bytes());
+        }
+        v
+    }
+}
+
+/// The parasite/restorer ABI shared with the blobs.
+#[path = "../../parasite/src/abi.rs"]
+pub mod abi;

@@ -1,0 +1,160 @@
+//! ptrace(2) and waitpid(2) on top of nix, plus the requests nix does not wrap
+//! (XSAVE regsets, signal masks, rseq configuration).
+
+use libc::{c_void, pid_t, user_regs_struct};
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::unistd::Pid;
+
+pub type Regs = user_regs_struct;
+
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+pub const PTRACE_EVENT_STOP: i32 = 128;
+
+/// What a waited-for tracee did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// PTRACE_EVENT_STOP (after PTRACE_INTERRUPT, or a group stop).
+    Event(i32, i32),
+    /// Syscall entry or exit stop (PTRACE_O_TRACESYSGOOD).
+    Syscall,
+    /// Signal-delivery stop with this signal.
+    Signal(i32),
+    Exited(i32),
+    Killed(i32),
+}
+
+/// Waits for one state change of `pid` (any kind of child or tracee).
+pub fn wait(pid: Pid, nohang: bool) -> Result<Option<Stop>, Errno> {
+    let mut status = 0;
+    let flags = libc::__WALL | if nohang { libc::WNOHANG } else { 0 };
+    loop {
+        // SAFETY: waitpid writes only into `status`.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, flags) };
+        if r < 0 {
+            let e = Errno::last();
+            if e == Errno::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        break;
+    }
+    let s = if libc::WIFEXITED(status) {
+        Stop::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Stop::Killed(libc::WTERMSIG(status))
+    } else {
+        let sig = libc::WSTOPSIG(status);
+        let event = status >> 16;
+        if sig == (libc::SIGTRAP | 0x80) {
+            Stop::Syscall
+        } else if event != 0 {
+            Stop::Event(event, sig)
+        } else {
+            Stop::Signal(sig)
+        }
+    };
+    Ok(Some(s))
+}
+
+pub fn seize(pid: Pid, exit_kill: bool) -> Result<(), Errno> {
+    let mut opts = ptrace::Options::PTRACE_O_TRACESYSGOOD;
+    if exit_kill {
+        opts |= ptrace::Options::PTRACE_O_EXITKILL;
+    }
+    ptrace::seize(pid, opts)
+}
+
+pub fn interrupt(pid: Pid) -> Result<(), Errno> {
+    ptrace::interrupt(pid)
+}
+pub fn getregs(pid: Pid) -> Result<Regs, Errno> {
+    ptrace::getregs(pid)
+}
+pub fn setregs(pid: Pid, regs: &Regs) -> Result<(), Errno> {
+    ptrace::setregs(pid, *regs)
+}
+/// Resumes, suppressing whatever signal the tracee stopped with.
+pub fn cont(pid: Pid) -> Result<(), Errno> {
+    ptrace::cont(pid, None)
+}
+/// Resumes to the next syscall entry/exit stop.
+pub fn cont_syscall(pid: Pid) -> Result<(), Errno> {
+    ptrace::syscall(pid, None)
+}
+pub fn detach(pid: Pid) -> Result<(), Errno> {
+    ptrace::detach(pid, None)
+}
+
+fn raw(req: libc::c_uint, pid: Pid, addr: usize, data: *mut c_void) -> Result<libc::c_long, Errno> {
+    // SAFETY: callers pass `data` pointing at a buffer of the size the request needs.
+    let r = unsafe { libc::ptrace(req, pid.as_raw() as pid_t, addr as *mut c_void, data) };
+    Errno::result(r)
+}
+
+/// The task's XSAVE area (standard format), `size` bytes as sized from CPUID.
+pub fn get_xstate(pid: Pid, size: usize) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; size];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: size };
+    raw(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE as usize, (&mut iov as *mut libc::iovec).cast())?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(pid: Pid, xstate: &[u8]) -> Result<(), Errno> {
+    let mut copy = xstate.to_vec();
+    let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
+    raw(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, (&mut iov as *mut libc::iovec).cast())?;
+    Ok(())
+}
+
+pub fn get_sigmask(pid: Pid) -> Result<u64, Errno> {
+    let mut m = 0u64;
+    raw(PTRACE_GETSIGMASK, pid, 8, (&mut m as *mut u64).cast())?;
+    Ok(m)
+}
+
+pub fn set_sigmask(pid: Pid, mask: u64) -> Result<(), Errno> {
+    let mut m = mask;
+    raw(PTRACE_SETSIGMASK, pid, 8, (&mut m as *mut u64).cast())?;
+    Ok(())
+}
+
+/// `struct ptrace_rseq_configuration`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RseqConfig {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+pub fn get_rseq(pid: Pid) -> Result<RseqConfig, Errno> {
+    let mut c = RseqConfig::default();
+    raw(PTRACE_GET_RSEQ_CONFIGURATION, pid, std::mem::size_of::<RseqConfig>(), (&mut c as *mut RseqConfig).cast())?;
+    Ok(c)
+}
+
+/// get_robust_list(2) of another task: (head, len).
+pub fn get_robust_list(tid: Pid) -> Result<(u64, u64), Errno> {
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: the kernel writes one pointer and one size_t into our locals.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid.as_raw(), &mut head as *mut u64, &mut len as *mut usize) };
+    Errno::result(r)?;
+    Ok((head, len as u64))
+}
+
+/// Resumes delivering signal `sig` (used when a signal arrives before our stop).
+pub fn cont_signal(pid: Pid, sig: i32) -> Result<(), Errno> {
+    raw(libc::PTRACE_CONT, pid, 0, sig as usize as *mut c_void).map(drop)
+}

@@ -1,0 +1,178 @@
+//! Process core state: registers and FPU (see `regs`), signals, timers, credentials,
+//! limits, cwd/root, umask, personality. Dumped from /proc, ptrace and the parasite;
+//! restored partly by crtool in the new task and partly by the restorer.
+
+pub mod regs;
+
+use crate::error::{Error, Result};
+use crate::infect::Tracee;
+use crate::sys::abi::{Itimerval, KSigaction, ParasiteInfo, RestorerArgs, RseqReg};
+use crate::sys::ptrace;
+use images_format::pb;
+use nix::unistd::Pid;
+
+fn read_proc(pid: i32, what: &str) -> Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e))
+}
+
+fn link_proc(pid: i32, what: &str) -> Result<String> {
+    std::fs::read_link(format!("/proc/{pid}/{what}")).map(|p| p.to_string_lossy().into_owned()).map_err(|e| Error::proc(pid, what, e))
+}
+
+/// Parses the credentials out of /proc/PID/status.
+fn creds(pid: i32) -> Result<pb::Creds> {
+    let status = read_proc(pid, "status")?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>()).unwrap_or_default();
+    let ids = |name: &str| -> Vec<u32> { field(name).iter().filter_map(|v| v.parse().ok()).collect() };
+    let cap = |name: &str| field(name).first().and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    let (u, g) = (ids("Uid:"), ids("Gid:"));
+    if u.len() != 4 || g.len() != 4 {
+        return Err(Error::proc(pid, "status", std::io::Error::other("no Uid/Gid lines")));
+    }
+    Ok(pb::Creds {
+        ruid: u[0], euid: u[1], suid: u[2], fsuid: u[3],
+        rgid: g[0], egid: g[1], sgid: g[2], fsgid: g[3],
+        groups: ids("Groups:"),
+        cap_inh: cap("CapInh:"), cap_prm: cap("CapPrm:"), cap_eff: cap("CapEff:"), cap_bnd: cap("CapBnd:"), cap_amb: cap("CapAmb:"),
+    })
+}
+
+fn rlimits(pid: i32) -> Result<Vec<pb::Rlimit>> {
+    let mut out = Vec::new();
+    for res in 0..16u32 {
+        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit64 with a NULL new limit only writes `old`.
+        let r = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
+        if r < 0 {
+            return Err(Error::sys(format!("pid {pid}: prlimit({res})"), nix::errno::Errno::last()));
+        }
+        out.push(pb::Rlimit { resource: res as u32, cur: old.rlim_cur, max: old.rlim_max });
+    }
+    Ok(out)
+}
+
+fn usec(sec: i64, usec: i64) -> u64 {
+    (sec as u64) * 1_000_000 + usec as u64
+}
+
+/// Collects the core image of a single-threaded task.
+pub fn dump(tracee: &Tracee, info: &ParasiteInfo) -> Result<pb::TaskCore> {
+    let pid = tracee.pid.as_raw();
+    let comm = read_proc(pid, "comm")?.trim_end_matches('\n').to_string();
+    let rseq = ptrace::get_rseq(tracee.pid).map_err(|e| Error::Ptrace { pid, op: "PTRACE_GET_RSEQ_CONFIGURATION", errno: e })?;
+    let (robust, robust_len) = ptrace::get_robust_list(tracee.pid).unwrap_or((0, 0));
+    let thread = pb::ThreadCore {
+        tid: pid as u32,
+        regs: Some(regs::to_image(&tracee.regs)),
+        fpu: Some(regs::fpu_to_image(tracee.xstate.clone())),
+        blocked: tracee.sigmask,
+        altstack: Some(pb::SigAltStack { sp: info.altstack.sp, flags: info.altstack.flags, size: info.altstack.size }),
+        rseq: Some(pb::Rseq { ptr: rseq.rseq_abi_pointer, len: rseq.rseq_abi_size, flags: rseq.flags, sig: rseq.signature }),
+        robust_list: robust,
+        robust_list_len: robust_len,
+        clear_child_tid: info.clear_child_tid,
+        comm: comm.clone(),
+    };
+    let sigactions = info
+        .sigactions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| pb::SigAction { sig: i as u32 + 1, handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask })
+        .collect();
+    let itimers = info
+        .itimers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| pb::Itimer { which: i as u32, interval_usec: usec(t.interval_sec, t.interval_usec), value_usec: usec(t.value_sec, t.value_usec) })
+        .collect();
+    Ok(pb::TaskCore {
+        pid: pid as u32,
+        comm,
+        threads: vec![thread],
+        sigactions,
+        itimers,
+        creds: Some(creds(pid)?),
+        rlimits: rlimits(pid)?,
+        umask: info.umask,
+        cwd: link_proc(pid, "cwd")?,
+        root: link_proc(pid, "root")?,
+        personality: info.personality as u32,
+        dumpable: info.dumpable as u32,
+    })
+}
+
+/// Applies in the restoring task what crtool sets with ordinary syscalls before the
+/// restorer runs: name, umask, personality, root and cwd.
+pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
+    let pid = core.pid as i32;
+    let fail = |what: String, e: std::io::Error| Error::Restore { pid, msg: format!("{what}: {e}") };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(core.umask));
+    // SAFETY: personality(2) takes a plain integer.
+    unsafe { libc::personality(core.personality as libc::c_ulong) };
+    let name = std::ffi::CString::new(core.comm.as_bytes()).unwrap_or_default();
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    if core.root != "/" {
+        std::os::unix::fs::chroot(&core.root).map_err(|e| fail(format!("chroot {}", core.root), e))?;
+    }
+    std::env::set_current_dir(&core.cwd).map_err(|e| fail(format!("chdir {}", core.cwd), e))?;
+    Ok(())
+}
+
+/// Sets resource limits (late, so that lowered limits do not get in crtool's way).
+/// A hard limit above crtool's own cannot be raised without CAP_SYS_RESOURCE; that
+/// is reported, and the limit is kept as close as allowed.
+pub fn apply_rlimits(core: &pb::TaskCore) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for l in &core.rlimits {
+        let new = libc::rlimit64 { rlim_cur: l.cur, rlim_max: l.max };
+        // SAFETY: prlimit64 on ourselves reading a local struct.
+        let r = unsafe { libc::prlimit64(0, l.resource as _, &new, std::ptr::null_mut()) };
+        if r < 0 {
+            warnings.push(format!("rlimit {}: cannot set {}/{}: {}", l.resource, l.cur, l.max, std::io::Error::last_os_error()));
+        }
+    }
+    warnings
+}
+
+/// Fills the restorer's view of signals, timers, thread registration and creds.
+pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs) {
+    for s in &core.sigactions {
+        if (1..=64).contains(&s.sig) {
+            a.sigactions[s.sig as usize - 1] = KSigaction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
+        }
+    }
+    for t in &core.itimers {
+        if t.which < 3 {
+            a.itimers[t.which as usize] = Itimerval {
+                interval_sec: (t.interval_usec / 1_000_000) as i64,
+                interval_usec: (t.interval_usec % 1_000_000) as i64,
+                value_sec: (t.value_usec / 1_000_000) as i64,
+                value_usec: (t.value_usec % 1_000_000) as i64,
+            };
+        }
+    }
+    if let Some(t) = core.threads.first() {
+        if let Some(r) = &t.rseq {
+            a.rseq = RseqReg { ptr: r.ptr, len: r.len, sig: r.sig };
+        }
+        a.robust_list = t.robust_list;
+        a.robust_list_len = t.robust_list_len;
+        a.clear_child_tid = t.clear_child_tid;
+        if let Some(r) = &t.regs {
+            a.fs_base = r.fs_base;
+            a.gs_base = r.gs_base;
+        }
+    }
+    let c = core.creds.clone().unwrap_or_default();
+    a.uids = [c.ruid, c.euid, c.suid, c.fsuid];
+    a.gids = [c.rgid, c.egid, c.sgid, c.fsgid];
+    let n = c.groups.len().min(a.groups.len());
+    a.groups[..n].copy_from_slice(&c.groups[..n]);
+    a.nr_groups = n as u32;
+    a.dumpable = core.dumpable as i32;
+}
+
+pub fn pid_of(core: &pb::TaskCore) -> Pid {
+    Pid::from_raw(core.pid as i32)
+}

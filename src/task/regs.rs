@@ -1,0 +1,133 @@
+//! Registers and FPU state: conversions between ptrace and image, the CPU
+//! compatibility check, and the rt_sigframe the restorer returns through.
+
+use crate::error::{Error, Result};
+use crate::sys::cpu::{self, SigFrameXstate};
+use crate::sys::ptrace::Regs;
+use images_format::pb;
+
+pub fn to_image(r: &Regs) -> pb::Regs {
+    pb::Regs {
+        r15: r.r15, r14: r.r14, r13: r.r13, r12: r.r12, rbp: r.rbp, rbx: r.rbx, r11: r.r11, r10: r.r10,
+        r9: r.r9, r8: r.r8, rax: r.rax, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, orig_rax: r.orig_rax,
+        rip: r.rip, cs: r.cs, eflags: r.eflags, rsp: r.rsp, ss: r.ss, fs_base: r.fs_base, gs_base: r.gs_base,
+        ds: r.ds, es: r.es, fs: r.fs, gs: r.gs,
+    }
+}
+
+pub fn fpu_to_image(xsave: Vec<u8>) -> pb::Fpu {
+    let layout = cpu::xsave_layout()
+        .into_iter()
+        .map(|c| pb::XsaveComponent { feature: c.feature, offset: c.offset, size: c.size })
+        .collect();
+    pb::Fpu { xsave, xcr0: cpu::xcr0(), layout }
+}
+
+const XSTATE_BV: usize = 512;
+const SW_BYTES: usize = 464;
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+const XFEATURE_XTILEDATA: u64 = 18;
+
+/// The features whose state the image actually holds (XSAVE header xstate_bv).
+fn xstate_bv(x: &[u8]) -> u64 {
+    x.get(XSTATE_BV..XSTATE_BV + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).unwrap_or(0)
+}
+
+/// Fails unless this CPU can hold every state component the image uses, at the same
+/// place in the XSAVE area.
+pub fn check_cpu(pid: i32, fpu: &pb::Fpu) -> Result<()> {
+    let used = xstate_bv(&fpu.xsave);
+    let here = cpu::xcr0();
+    let missing = used & !here;
+    if missing != 0 {
+        return Err(Error::Cpu { pid, msg: format!("lacks XSAVE features {missing:#x} the image uses (image xcr0 {:#x}, here {here:#x})", fpu.xcr0) });
+    }
+    let layout = cpu::xsave_layout();
+    for c in &fpu.layout {
+        if used & (1 << c.feature) == 0 {
+            continue;
+        }
+        let same = layout.iter().any(|l| l.feature == c.feature && l.offset == c.offset && l.size == c.size);
+        if !same {
+            return Err(Error::Cpu { pid, msg: format!("lays out XSAVE feature {} differently from the dumping CPU", c.feature) });
+        }
+    }
+    if fpu.xsave.len() < 576 {
+        return Err(Error::BadImage { file: format!("core-{pid}.img"), msg: format!("XSAVE area of {} bytes is too short", fpu.xsave.len()) });
+    }
+    Ok(())
+}
+
+/// Whether the task had AMX tile data enabled (needs ARCH_REQ_XCOMP_PERM first).
+pub fn needs_amx(fpu: &pb::Fpu) -> bool {
+    xstate_bv(&fpu.xsave) & (1 << XFEATURE_XTILEDATA) != 0
+}
+
+/// Offsets inside the frame buffer `build_sigframe` returns.
+pub const FRAME_FPSTATE: usize = 448;
+
+/// Builds the rt_sigframe for the task's saved registers, signal mask, sigaltstack and
+/// XSAVE state, to be placed at `addr` (64-byte aligned). rt_sigreturn then restores
+/// all of them at once.
+pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
+    let r = t.regs.clone().unwrap_or_default();
+    let fpu = t.fpu.clone().unwrap_or_default();
+    let (mut rax, mut rip) = (r.rax, r.rip);
+    // A task stopped inside an interrupted syscall resumes it, as the kernel would have.
+    if (r.orig_rax as i64) >= 0 {
+        match -(r.rax as i64) {
+            512 | 513 | 514 => {
+                // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND: run the syscall again.
+                rax = r.orig_rax;
+                rip -= 2;
+            }
+            516 => rax = (-(libc::EINTR as i64)) as u64, // ERESTART_RESTARTBLOCK: no restart block here
+            _ => {}
+        }
+    }
+    let amx = needs_amx(&fpu);
+    let (size, features) = if amx {
+        (fpu.xsave.len(), geometry.xfeatures | (1 << XFEATURE_XTILEDATA))
+    } else {
+        (geometry.xstate_size as usize, geometry.xfeatures)
+    };
+    let size = size.min(fpu.xsave.len()).max(576);
+    let mut f = vec![0u8; FRAME_FPSTATE + size + 4];
+    let put = |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    // struct rt_sigframe { pretcode; struct ucontext uc; struct siginfo info; }
+    let uc = 8;
+    put(&mut f, uc, 0x7); // UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
+    let st = t.altstack.clone().unwrap_or_default();
+    put(&mut f, uc + 16, st.sp);
+    f[uc + 24..uc + 28].copy_from_slice(&st.flags.to_le_bytes());
+    put(&mut f, uc + 32, st.size);
+    let sc = uc + 40; // struct sigcontext
+    for (i, v) in [r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, rax, r.rcx, r.rsp, rip, r.eflags]
+        .into_iter()
+        .enumerate()
+    {
+        put(&mut f, sc + i * 8, v);
+    }
+    // cs, gs, fs, ss (16 bits each)
+    let segs = [r.cs as u16, 0, 0, r.ss as u16];
+    for (i, s) in segs.into_iter().enumerate() {
+        f[sc + 144 + i * 2..sc + 146 + i * 2].copy_from_slice(&s.to_le_bytes());
+    }
+    put(&mut f, sc + 184, addr + FRAME_FPSTATE as u64); // fpstate pointer
+    put(&mut f, uc + 40 + 256, t.blocked); // uc_sigmask
+
+    let fp = FRAME_FPSTATE;
+    f[fp..fp + size].copy_from_slice(&fpu.xsave[..size]);
+    // struct _fpx_sw_bytes in the reserved bytes of the legacy area.
+    f[fp + SW_BYTES..fp + 512].fill(0);
+    f[fp + SW_BYTES..fp + SW_BYTES + 4].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+    f[fp + SW_BYTES + 4..fp + SW_BYTES + 8].copy_from_slice(&(size as u32 + 4).to_le_bytes());
+    put(&mut f, fp + SW_BYTES + 8, features);
+    f[fp + SW_BYTES + 16..fp + SW_BYTES + 20].copy_from_slice(&(size as u32).to_le_bytes());
+    let bv = xstate_bv(&f[fp..]) & features;
+    put(&mut f, fp + XSTATE_BV, bv);
+    put(&mut f, fp + XSTATE_BV + 8, 0); // xcomp_bv: standard format
+    f[fp + size..fp + size + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+    f
+}
