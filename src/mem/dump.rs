@@ -40,6 +40,8 @@ pub struct PageDumper {
     pm: Vec<u64>,
     pub entries: Vec<pb::PagemapEntry>,
     pub stats: PageStats,
+    /// Page count at which the next progress line is logged (every 256 MiB).
+    next_report: u64,
 }
 
 impl PageDumper {
@@ -65,6 +67,7 @@ impl PageDumper {
             pm: Vec::new(),
             entries: Vec::new(),
             stats: PageStats::default(),
+            next_report: 64 * 1024,
         })
     }
 
@@ -168,6 +171,10 @@ impl PageDumper {
             });
             self.stats.dumped += r.pages;
             off += len;
+            if self.stats.dumped >= self.next_report {
+                self.next_report += 64 * 1024;
+                log::info!("pid {}: {} MiB of memory dumped", self.pid, self.stats.dumped / 256);
+            }
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
     for v in vmas.iter().filter(|v| vma::is_restorable(v)) {
         let len = v.end - v.start;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let anon = libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        let anon = libc::MAP_ANONYMOUS;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let r = match v.kind() {
             VmaKind::VmaAnonPrivate => mm::map_at(at, len, rw, libc::MAP_PRIVATE | anon | gd, None, 0, true),
@@ -87,7 +87,8 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
         while i < slots.len() && slots[i].0.end <= e.vaddr {
             i += 1;
         }
-        let Some(&(v, slot)) = slots.get(i).filter(|(v, _)| v.start <= e.vaddr && e.vaddr + len <= v.end) else {
+        let inside = |v: &pb::Vma| v.start <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|end| end <= v.end);
+        let Some(&(v, slot)) = slots.get(i).filter(|(v, _)| inside(v)) else {
             return Err(Error::BadImage {
                 file: format!("pagemap-{pid}.img"),
                 msg: format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr),

@@ -80,3 +80,20 @@ pub fn is_restorable(v: &pb::Vma) -> bool {
 pub fn has_private_pages(v: &pb::Vma) -> bool {
     matches!(v.kind(), VmaKind::VmaAnonPrivate | VmaKind::VmaAnonShared | VmaKind::VmaFilePrivate)
 }
+
+/// Checks that VMAs read from an image are sane before anything trusts them: page
+/// aligned, non-empty, sorted, non-overlapping and inside the user address space.
+pub fn validate(pid: u32, vmas: &[pb::Vma]) -> Result<()> {
+    const TASK_SIZE: u64 = (1 << 47) - 4096;
+    let bad = |msg: String| Error::BadImage { file: format!("mm-{pid}.img"), msg };
+    let mut prev_end = 0;
+    for (i, v) in vmas.iter().enumerate() {
+        let aligned = v.start % 4096 == 0 && v.end % 4096 == 0;
+        let user = v.end <= TASK_SIZE || v.kind() == VmaKind::VmaVsyscall;
+        if !aligned || v.start >= v.end || v.start < prev_end || !user {
+            return Err(bad(format!("VMA {i} ({:#x}-{:#x}) is malformed or overlaps the previous one", v.start, v.end)));
+        }
+        prev_end = v.end;
+    }
+    Ok(())
+}

@@ -58,6 +58,7 @@ pub fn load(dir: &std::path::Path) -> Result<(pb::Inventory, TaskImages)> {
         return Err(bad(&format!("core-{pid}.img"), format!("{} threads; this version restores one", core.threads.len())));
     }
     let mm: pb::Mm = read_one(dir, ImageKind::Mm, pid)?;
+    crate::mem::vma::validate(pid, &mm.vmas)?;
     let pagemap = read_entries(dir, ImageKind::Pagemap, pid)?;
     let fds = read_entries(dir, ImageKind::Fdinfo, pid)?;
     let files = read_entries(dir, ImageKind::Files, 0)?;

@@ -80,7 +80,7 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
             512 | 513 | 514 => {
                 // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND: run the syscall again.
                 rax = r.orig_rax;
-                rip -= 2;
+                rip = rip.wrapping_sub(2);
             }
             516 => rax = (-(libc::EINTR as i64)) as u64, // ERESTART_RESTARTBLOCK: no restart block here
             _ => {}
