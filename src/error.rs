@@ -44,6 +44,10 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// An error the restore child already worded in full.
+    #[error("{0}")]
+    Reported(String),
+
     #[error("{what}: {errno}")]
     Sys { what: String, errno: Errno },
 }

@@ -23,7 +23,7 @@ unsafe extern "C" {
 
 pub fn run(dir: &Path, imgs: &TaskImages, status_w: OwnedFd, go_r: OwnedFd, geometry: SigFrameXstate) -> ! {
     let status = status_w.as_raw_fd();
-    let Err(e) = setup(dir, imgs, status_w, go_r, geometry);
+    let Err(e) = setup(dir, imgs, &status_w, go_r, geometry);
     let msg = format!("M{e}");
     // SAFETY: write(2) of a local buffer, then _exit without running crtool's
     // destructors or atexit handlers in this forked copy.
@@ -56,7 +56,7 @@ fn special_name(k: pb::VmaKind) -> Option<&'static str> {
     }
 }
 
-fn setup(dir: &Path, imgs: &TaskImages, status_w: OwnedFd, go_r: OwnedFd, geometry: SigFrameXstate) -> Result<Infallible> {
+fn setup(dir: &Path, imgs: &TaskImages, status_w: &OwnedFd, go_r: OwnedFd, geometry: SigFrameXstate) -> Result<Infallible> {
     let core = &imgs.core;
     let pid = core.pid as i32;
     let fail = |msg: String| Error::Restore { pid, msg };
@@ -196,7 +196,6 @@ fn setup(dir: &Path, imgs: &TaskImages, status_w: OwnedFd, go_r: OwnedFd, geomet
     }
     // SAFETY: as above.
     let exe_hi = unsafe { libc::fcntl(exe_fd, libc::F_DUPFD_CLOEXEC, status + 1) };
-    std::mem::forget(status_w);
     // SAFETY: closes every fd except the two parked ones; no Rust object below uses
     // the closed fds (the image files were dropped above).
     unsafe {

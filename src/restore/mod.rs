@@ -131,14 +131,19 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
 }
 
 /// Reads what the child or restorer reported before dying, if anything.
-fn failure(pid: i32, status_r: &OwnedFd) -> String {
+fn failure(pid: i32, status_r: &OwnedFd) -> Error {
     let mut buf = vec![0u8; 4096];
     let n = nix::unistd::read(status_r, &mut buf).unwrap_or(0);
-    if n == 0 {
-        return "no report".into();
+    if n > 0 && buf[0] == b'M' {
+        return Error::Reported(String::from_utf8_lossy(&buf[1..n]).into_owned());
     }
-    if buf[0] == b'M' {
-        return String::from_utf8_lossy(&buf[1..n]).into_owned();
+    Error::Restore { pid, msg: failure_text(pid, &buf[..n]) }
+}
+
+fn failure_text(pid: i32, buf: &[u8]) -> String {
+    let n = buf.len();
+    if n == 0 {
+        return "the new task died without a report".into();
     }
     if n >= std::mem::size_of::<crate::sys::abi::RestorerFailure>() {
         let step = u32::from_le_bytes(buf[0..4].try_into().unwrap());
@@ -176,7 +181,7 @@ fn supervise(child: Pid, status_r: &OwnedFd, go_w: &OwnedFd, syscall_ip: u64) ->
         match ptrace::wait(child, false).ptrace(child, "waitpid")? {
             Some(Stop::Signal(libc::SIGTRAP)) => break,
             Some(Stop::Exited(_)) | Some(Stop::Killed(_)) => {
-                return Err(Error::Restore { pid, msg: failure(pid, status_r) });
+                return Err(failure(pid, status_r));
             }
             Some(Stop::Signal(sig)) => {
                 let regs = ptrace::getregs(child).ok();
