@@ -13,6 +13,7 @@ pub enum ImageKind {
     Fdinfo,
     Files,
     Pages,
+    Pipes,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -22,7 +23,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes]
     }
 
     fn number(self) -> u32 {
@@ -35,6 +36,7 @@ impl ImageKind {
             Self::Fdinfo => 6,
             Self::Files => 7,
             Self::Pages => 8,
+            Self::Pipes => 9,
         }
     }
 
@@ -59,12 +61,13 @@ impl ImageKind {
             Self::Fdinfo => "fdinfo",
             Self::Files => "files",
             Self::Pages => "pages",
+            Self::Pipes => "pipes",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -113,6 +116,7 @@ impl ImageKind {
             Self::Pagemap => "crtool.PagemapEntry",
             Self::Fdinfo => "crtool.FdEntry",
             Self::Files => "crtool.FileEntry",
+            Self::Pipes => "crtool.PipeData",
             Self::Pages => return None,
         })
     }

@@ -142,6 +142,48 @@ pub struct RseqReg {
 }
 
 pub const MAX_SPECIALS: usize = 4;
+/// Size of one raw siginfo.
+pub const SIGINFO_SIZE: usize = 128;
+
+/// Per-thread state the restorer sets from inside each thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadArgs {
+    pub tid: i32,
+    /// Signals queued for this thread only: `nr_pending` siginfos at `pending`.
+    pub nr_pending: u32,
+    pub pending: u64,
+    /// Top of this thread's restorer stack (threads other than the main one).
+    pub stack_top: u64,
+    pub stack_size: u64,
+    /// Its rt_sigframe (registers, FPU, sigmask, altstack).
+    pub sigframe: u64,
+    pub rseq: RseqReg,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    pub clear_child_tid: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// The process's RestorerArgs (for credentials).
+    pub process: u64,
+}
+
+/// A POSIX timer to recreate with its id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimerArgs {
+    pub id: i32,
+    pub clock: i32,
+    pub signo: i32,
+    pub notify: i32,
+    pub notify_tid: i32,
+    pub _pad: i32,
+    pub sigev_value: u64,
+    pub interval_sec: i64,
+    pub interval_nsec: i64,
+    pub value_sec: i64,
+    pub value_nsec: i64,
+}
 pub const MAX_GROUPS: usize = 64;
 
 /// Everything the restorer needs; crtool fills it in, the restorer never parses images.
@@ -167,12 +209,18 @@ pub struct RestorerArgs {
     pub mm: PrctlMmMap,
     pub sigactions: [KSigaction; 64],
     pub itimers: [Itimerval; 3],
-    pub rseq: RseqReg,
-    pub robust_list: u64,
-    pub robust_list_len: u64,
-    pub clear_child_tid: u64,
-    pub fs_base: u64,
-    pub gs_base: u64,
+    /// The main thread's own state (its sigframe is `sigframe` below).
+    pub main: ThreadArgs,
+    /// Other threads: `nr_threads` ThreadArgs at `threads`, created with clone3.
+    pub threads: u64,
+    pub nr_threads: u32,
+    /// Process-wide queued signals: `nr_shared_pending` siginfos at `shared_pending`.
+    pub nr_shared_pending: u32,
+    pub shared_pending: u64,
+    /// POSIX timers: `nr_timers` TimerArgs at `timers`.
+    pub timers: u64,
+    pub nr_timers: u32,
+    pub tgid: i32,
     /// XSAVE features to request with ARCH_REQ_XCOMP_PERM (0: none).
     pub xcomp_perm_feature: u64,
     pub uids: [u32; 4],
@@ -195,6 +243,9 @@ pub const STEP_SIGACTIONS: u32 = 7;
 pub const STEP_ITIMERS: u32 = 8;
 pub const STEP_THREAD: u32 = 9;
 pub const STEP_CREDS: u32 = 10;
+pub const STEP_SIGNALS: u32 = 11;
+pub const STEP_THREADS: u32 = 12;
+pub const STEP_TIMERS: u32 = 13;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

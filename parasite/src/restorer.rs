@@ -45,7 +45,8 @@ pub unsafe extern "C" fn _start() -> ! {
 extern "C" fn restorer_main(args: *const RestorerArgs) {
     // SAFETY: crtool passes a pointer to a fully initialised RestorerArgs in the area.
     let a = unsafe { &*args };
-    if let Err((step, index, errno)) = restore(a) {
+    // SAFETY: `a` is the prepared args block.
+    if let Err((step, index, errno)) = unsafe { restore(a) } {
         let f = RestorerFailure { step, index, errno };
         // SAFETY: writes the plain-data failure record to the status pipe.
         unsafe {
@@ -63,7 +64,9 @@ fn check(step: u32, index: usize, ret: isize) -> Result<isize, Failure> {
     if ret < 0 && ret > -4096 { Err((step, index as u32, -ret as i64)) } else { Ok(ret) }
 }
 
-fn restore(a: &RestorerArgs) -> Result<(), Failure> {
+/// # Safety
+/// `a` is a fully prepared args block inside the area.
+unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
     // SAFETY (whole function): this blob owns the address space now. Each syscall
     // gets pointers into the area, which stays mapped until crtool removes it.
     unsafe {
@@ -121,22 +124,27 @@ fn restore(a: &RestorerArgs) -> Result<(), Failure> {
             check(STEP_ITIMERS, which, syscall3(NR_SETITIMER, which, t as *const Itimerval as usize, 0))?;
         }
 
-        if a.robust_list != 0 {
-            check(STEP_THREAD, 0, syscall3(NR_SET_ROBUST_LIST, a.robust_list as usize, a.robust_list_len as usize, 0))?;
+        let shared = a.shared_pending as *const [u8; SIGINFO_SIZE];
+        for i in 0..a.nr_shared_pending as usize {
+            let info = shared.add(i);
+            let sig = core::ptr::read_unaligned(info as *const i32);
+            check(STEP_SIGNALS, i, syscall3(NR_RT_SIGQUEUEINFO, a.tgid as usize, sig as usize, info as usize))?;
         }
-        syscall3(NR_SET_TID_ADDRESS, a.clear_child_tid as usize, 0, 0);
-        if a.rseq.ptr != 0 {
-            check(STEP_THREAD, 1, syscall6(NR_RSEQ, a.rseq.ptr as usize, a.rseq.len as usize, 0, a.rseq.sig as usize, 0, 0))?;
+        let timers = a.timers as *const TimerArgs;
+        if a.nr_timers > 0 {
+            // PR_TIMER_CREATE_RESTORE_IDS: timer_create takes the id we ask for.
+            check(STEP_TIMERS, 999, syscall6(NR_PRCTL, 77, 1, 0, 0, 0, 0))?;
+            for i in 0..a.nr_timers as usize {
+                create_timer(&*timers.add(i)).map_err(|e| (STEP_TIMERS, i as u32, e))?;
+            }
+            syscall6(NR_PRCTL, 77, 0, 0, 0, 0, 0);
         }
-        check(STEP_THREAD, 2, syscall3(NR_ARCH_PRCTL, 0x1002 /* ARCH_SET_FS */, a.fs_base as usize, 0))?;
-        check(STEP_THREAD, 3, syscall3(NR_ARCH_PRCTL, 0x1001 /* ARCH_SET_GS */, a.gs_base as usize, 0))?;
-
-        let ng = (a.nr_groups as usize).min(MAX_GROUPS);
-        check(STEP_CREDS, 0, syscall3(NR_SETGROUPS, ng, a.groups.as_ptr() as usize, 0))?;
-        check(STEP_CREDS, 1, syscall3(NR_SETRESGID, a.gids[0] as usize, a.gids[1] as usize, a.gids[2] as usize))?;
-        syscall3(NR_SETFSGID, a.gids[3] as usize, 0, 0);
-        check(STEP_CREDS, 2, syscall3(NR_SETRESUID, a.uids[0] as usize, a.uids[1] as usize, a.uids[2] as usize))?;
-        syscall3(NR_SETFSUID, a.uids[3] as usize, 0, 0);
+        let threads = a.threads as *const ThreadArgs;
+        for i in 0..a.nr_threads as usize {
+            spawn_thread(threads.add(i)).map_err(|e| (STEP_THREADS, i as u32, e))?;
+        }
+        apply_thread(&a.main)?;
+        apply_creds(a)?;
         check(STEP_CREDS, 3, syscall6(NR_PRCTL, 4 /* PR_SET_DUMPABLE */, a.dumpable as usize, 0, 0, 0, 0))?;
     }
     Ok(())
@@ -175,4 +183,161 @@ unsafe fn unmap_all_but_kept(a: &RestorerArgs) -> Result<(), Failure> {
         check(STEP_UNMAP, kept.len(), unsafe { syscall3(NR_MUNMAP, cur as usize, (TASK_SIZE - cur) as usize, 0) })?;
     }
     Ok(())
+}
+
+/// Per-thread state, set by the thread itself.
+///
+/// # Safety
+/// `t` points at prepared ThreadArgs inside the area.
+unsafe fn apply_thread(t: &ThreadArgs) -> Result<(), Failure> {
+    // SAFETY: plain syscalls on this thread with pointers into the task's memory or
+    // the area.
+    unsafe {
+        if t.robust_list != 0 {
+            check(STEP_THREAD, 0, syscall3(NR_SET_ROBUST_LIST, t.robust_list as usize, t.robust_list_len as usize, 0))?;
+        }
+        syscall3(NR_SET_TID_ADDRESS, t.clear_child_tid as usize, 0, 0);
+        if t.rseq.ptr != 0 {
+            check(STEP_THREAD, 1, syscall6(NR_RSEQ, t.rseq.ptr as usize, t.rseq.len as usize, 0, t.rseq.sig as usize, 0, 0))?;
+        }
+        check(STEP_THREAD, 2, syscall3(NR_ARCH_PRCTL, 0x1002 /* ARCH_SET_FS */, t.fs_base as usize, 0))?;
+        check(STEP_THREAD, 3, syscall3(NR_ARCH_PRCTL, 0x1001 /* ARCH_SET_GS */, t.gs_base as usize, 0))?;
+        let pending = t.pending as *const [u8; SIGINFO_SIZE];
+        let tgid = (*(t.process as *const RestorerArgs)).tgid;
+        for i in 0..t.nr_pending as usize {
+            let info = pending.add(i);
+            let sig = core::ptr::read_unaligned(info as *const i32);
+            check(STEP_SIGNALS, 100 + i, syscall6(NR_RT_TGSIGQUEUEINFO, tgid as usize, t.tid as usize, sig as usize, info as usize, 0, 0))?;
+        }
+    }
+    Ok(())
+}
+
+/// Credentials are per thread at the syscall level: every thread sets its own.
+fn apply_creds(a: &RestorerArgs) -> Result<(), Failure> {
+    let ng = (a.nr_groups as usize).min(MAX_GROUPS);
+    // SAFETY: credential syscalls with pointers into the args block.
+    unsafe {
+        check(STEP_CREDS, 0, syscall3(NR_SETGROUPS, ng, a.groups.as_ptr() as usize, 0))?;
+        check(STEP_CREDS, 1, syscall3(NR_SETRESGID, a.gids[0] as usize, a.gids[1] as usize, a.gids[2] as usize))?;
+        syscall3(NR_SETFSGID, a.gids[3] as usize, 0, 0);
+        check(STEP_CREDS, 2, syscall3(NR_SETRESUID, a.uids[0] as usize, a.uids[1] as usize, a.uids[2] as usize))?;
+        syscall3(NR_SETFSUID, a.uids[3] as usize, 0, 0);
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
+
+/// Creates one thread with its exact TID. The new thread runs `thread_main` on its
+/// own stack, traps for crtool, then returns to its saved registers.
+///
+/// # Safety
+/// `t` points at prepared ThreadArgs whose stack lies inside the area.
+unsafe fn spawn_thread(t: *const ThreadArgs) -> Result<(), i64> {
+    // SAFETY: t is valid (caller); the clone args live on this stack for the call.
+    let tid = unsafe { [(*t).tid] };
+    let args = CloneArgs {
+        flags: THREAD_FLAGS,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: 0,
+        // SAFETY: as above.
+        stack: unsafe { (*t).stack_top - (*t).stack_size },
+        stack_size: unsafe { (*t).stack_size },
+        tls: 0,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        cgroup: 0,
+    };
+    let ret: isize;
+    // SAFETY: clone3 with CLONE_VM: the child starts on its own stack inside the area
+    // with r12 = t, calls thread_main, traps, and returns to user code through
+    // rt_sigreturn; it never returns into this function.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call {entry}",
+            "int3",
+            "mov rsp, [r12 + {frame}]",
+            "add rsp, 8",
+            "mov eax, 15",
+            "syscall",
+            "ud2",
+            "2:",
+            entry = sym thread_main,
+            frame = const core::mem::offset_of!(ThreadArgs, sigframe),
+            inlateout("rax") NR_CLONE3 as isize => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") core::mem::size_of::<CloneArgs>(),
+            in("r12") t,
+            lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    if ret < 0 { Err(-ret as i64) } else { Ok(()) }
+}
+
+extern "C" fn thread_main(t: *const ThreadArgs) {
+    // SAFETY: t is the ThreadArgs this thread was created for.
+    let t = unsafe { &*t };
+    // SAFETY: t.process points at the process's RestorerArgs.
+    let a = unsafe { &*(t.process as *const RestorerArgs) };
+    // SAFETY: this thread's own state.
+    let r = unsafe { apply_thread(t) }.and_then(|_| apply_creds(a));
+    if let Err((step, index, errno)) = r {
+        let f = RestorerFailure { step, index, errno };
+        // SAFETY: report and take the whole process down.
+        unsafe {
+            syscall3(NR_WRITE, a.status_fd as usize, &f as *const RestorerFailure as usize, core::mem::size_of::<RestorerFailure>());
+        }
+        exit_group(1);
+    }
+}
+
+/// Recreates a POSIX timer with its original id (PR_TIMER_CREATE_RESTORE_IDS).
+///
+/// # Safety
+/// Plain syscalls with pointers to locals.
+unsafe fn create_timer(t: &TimerArgs) -> Result<(), i64> {
+    #[repr(C)]
+    struct SigEvent {
+        value: u64,
+        signo: i32,
+        notify: i32,
+        tid: i32,
+        _pad: [i32; 11],
+    }
+    let sev = SigEvent { value: t.sigev_value, signo: t.signo, notify: t.notify, tid: t.notify_tid, _pad: [0; 11] };
+    let mut id: i32 = t.id;
+    // SAFETY: timer_create reads sev and reads/writes id (the requested id).
+    let r = unsafe { syscall3(NR_TIMER_CREATE, t.clock as usize, &sev as *const SigEvent as usize, &mut id as *mut i32 as usize) };
+    if r < 0 {
+        return Err(-r as i64);
+    }
+    if id != t.id {
+        return Err(-(id as i64) - 1000);
+    }
+    let spec = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
+    // SAFETY: timer_settime reads one itimerspec.
+    let r = unsafe { syscall6(NR_TIMER_SETTIME, id as usize, 0, spec.as_ptr() as usize, 0, 0, 0) };
+    if r < 0 { Err(-r as i64) } else { Ok(()) }
 }

@@ -32,6 +32,12 @@ pub const NR_SET_TID_ADDRESS: usize = 218;
 pub const NR_SET_ROBUST_LIST: usize = 273;
 pub const NR_VMSPLICE: usize = 278;
 pub const NR_RSEQ: usize = 334;
+pub const NR_RT_SIGQUEUEINFO: usize = 129;
+pub const NR_RT_TGSIGQUEUEINFO: usize = 297;
+pub const NR_GETTID: usize = 186;
+pub const NR_TIMER_CREATE: usize = 222;
+pub const NR_TIMER_SETTIME: usize = 223;
+pub const NR_CLONE3: usize = 435;
 
 /// # Safety
 /// The caller upholds the contract of syscall `nr` for these arguments.

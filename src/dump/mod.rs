@@ -1,14 +1,16 @@
-//! `crtool dump`: discover → freeze → collect (proc, ptrace, parasite) → write images
-//! → cure and detach, or kill. This module only sequences; resource knowledge lives
-//! in `task`, `mem` and `files`.
+//! `crtool dump`: discover and freeze the tree → collect each process (proc, ptrace,
+//! parasite) → write images → cure and detach, or kill. This module only sequences;
+//! resource knowledge lives in `task`, `mem` and `files`.
+
+mod process;
+mod tree;
 
 use crate::error::{Error, Result};
-use crate::infect::{Parasite, Tracee};
-use crate::mem::{dump::PageDumper, dump::PageStats, vma};
+use crate::files::FileTable;
+use crate::mem::dump::PageStats;
 use crate::sys::{cpu, mm};
-use crate::{files, task};
-use images_format::{pb, Compression, ImageKind, PagesWriter, write_entries};
-use nix::unistd::Pid;
+use images_format::{pb, Compression, ImageKind, write_entries};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -27,146 +29,161 @@ pub struct DumpStats {
     pub pages: PageStats,
     pub vmas: usize,
     pub fds: usize,
+    pub processes: usize,
+    pub threads: usize,
 }
 
-/// Fields of /proc/PID/stat after the command name, 0-based from "state".
-struct Stat(Vec<u64>);
+/// State shared by the per-process dumps.
+pub struct DumpCtx {
+    pub opts: DumpOpts,
+    pub compression: Compression,
+    pub zero_pfn: Option<u64>,
+    pub vdso_syscall: Option<u64>,
+    pub files: FileTable,
+    pub shmem_seen: BTreeSet<u64>,
+    pub stats: DumpStats,
+    /// (outer tid, tid in the tree's namespace) for every thread.
+    tids: Vec<(i32, i32)>,
+}
 
-impl Stat {
-    fn read(pid: i32) -> Result<Stat> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NoProcess(pid),
-            _ => Error::proc(pid, "stat", e),
-        })?;
-        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        Ok(Stat(rest.split_whitespace().skip(1).map(|v| v.parse::<i64>().map(|x| x as u64).unwrap_or(0)).collect()))
+impl DumpCtx {
+    pub fn vtid(&self, tid: i32) -> i32 {
+        self.tids.iter().find(|(t, _)| *t == tid).map(|&(_, v)| v).unwrap_or(tid)
     }
-    /// Field number `n` as numbered in proc(5).
-    fn field(&self, n: usize) -> u64 {
-        self.0.get(n - 4).copied().unwrap_or(0)
-    }
+}
+
+fn ns_tid(tid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 
 pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let pid = opts.pid;
-    Stat::read(pid)?; // a clear "no such process" before anything else
+    process::Stat::read(pid)?; // a clear "no such process" before anything else
     std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
-    let xsave_size = cpu::xsave_size();
-    let zero_pfn = mm::zero_pfn();
-    let vdso_syscall = mm::vdso_syscall_offset();
+    let mut ctx = DumpCtx {
+        opts: opts.clone(),
+        compression: if opts.compress { Compression::Zstd } else { Compression::Raw },
+        zero_pfn: mm::zero_pfn(),
+        vdso_syscall: mm::vdso_syscall_offset(),
+        files: FileTable::default(),
+        shmem_seen: BTreeSet::new(),
+        stats: DumpStats::default(),
+        tids: Vec::new(),
+    };
 
     let t0 = Instant::now();
-    let mut tracee = Tracee::seize(Pid::from_raw(pid), xsave_size)?;
-    log::info!("pid {pid}: frozen");
-    let mut stats = DumpStats::default();
-    let result = collect(&mut tracee, opts, zero_pfn, vdso_syscall, &mut stats);
+    let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
+    log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
+    let result = collect(&mut frozen, &mut ctx);
     match result {
         Ok(()) => {
             let kill = !opts.leave_running;
-            tracee.release(kill)?;
-            stats.frozen = t0.elapsed();
-            log::info!("pid {pid}: {} after {:?} frozen", if kill { "killed" } else { "resumed" }, stats.frozen);
-            Ok(stats)
+            release(frozen, kill)?;
+            ctx.stats.frozen = t0.elapsed();
+            log::info!("tree of pid {pid}: {} after {:?} frozen", if kill { "killed" } else { "resumed" }, ctx.stats.frozen);
+            Ok(ctx.stats)
         }
         Err(e) => {
-            // The task's state goes back exactly; it runs on as if nothing happened.
-            let released = tracee.release(false);
-            remove_images(&opts.dir, pid);
-            if let Err(r) = released {
-                log::error!("pid {pid}: releasing after a failed dump: {r}");
+            // Every task goes back exactly as it was and runs on.
+            if let Err(r) = release(frozen, false) {
+                log::error!("releasing the tree after a failed dump: {r}");
             }
+            remove_images(&opts.dir);
             Err(e)
         }
     }
 }
 
-fn collect(tracee: &mut Tracee, opts: &DumpOpts, zero_pfn: Option<u64>, vdso_syscall: Option<u64>, stats: &mut DumpStats) -> Result<()> {
-    let pid = opts.pid;
-    let unsupported = |what: String, hint: Option<&'static str>| Error::Unsupported { pid, fd: None, what, hint };
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| Error::proc(pid, "task", e))?.count();
-    if threads != 1 {
-        return Err(unsupported(format!("it has {threads} threads"), Some("multi-threaded processes are not supported yet")));
+fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
+    let mut first_err = None;
+    for p in tree.procs {
+        for t in p.threads {
+            if let Err(e) = t.release(kill) {
+                first_err.get_or_insert(e);
+            }
+        }
     }
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).map_err(|e| Error::proc(pid, "children", e))?;
-    if !children.trim().is_empty() {
-        return Err(unsupported(format!("it has child processes ({})", children.trim()), Some("process trees are not supported yet")));
+    first_err.map_or(Ok(()), Err)
+}
+
+fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
+    let root = ctx.opts.pid;
+    for p in &tree.procs {
+        for t in &p.threads {
+            let tid = t.pid.as_raw();
+            ctx.tids.push((tid, if tree.new_pid_ns { ns_tid(tid).unwrap_or(tid) } else { tid }));
+        }
+        ctx.tids.push((p.pid, p.vpid));
     }
-    let stat = Stat::read(pid)?;
-    let (ppid, pgid, sid) = (stat.field(4), stat.field(5), stat.field(6));
-    if sid != pid as u64 && !opts.shell_job {
-        return Err(unsupported(format!("it is not a session leader (session {sid})"), Some("start it with setsid, or use --shell-job")));
+    let to_v: Vec<(i32, i32)> = tree.procs.iter().map(|p| (p.pid, p.vpid)).collect();
+    let lookup = |pid: i32| to_v.iter().find(|(o, _)| *o == pid).map(|&(_, v)| v);
+    let mut entries = Vec::new();
+    for p in tree.procs.iter_mut() {
+        let (pgid, sid, vpgid, vsid) = process::pgid_sid(p.pid, &lookup)?;
+        let in_tree = |id: i32, v: i32| v != 0 || id == 0;
+        if p.pid == root && (!in_tree(sid, vsid) || !in_tree(pgid, vpgid)) && !ctx.opts.shell_job {
+            return Err(Error::Unsupported {
+                pid: p.pid,
+                fd: None,
+                what: format!("it is not a session leader (session {sid}, group {pgid})"),
+                hint: Some("start it with setsid, or use --shell-job"),
+            });
+        }
+        if p.pid != root && (vsid == 0 || vpgid == 0) && !ctx.opts.shell_job {
+            return Err(Error::Unsupported {
+                pid: p.pid,
+                fd: None,
+                what: format!("its session {sid} or process group {pgid} leader is outside the dumped tree"),
+                hint: Some("dump from the session leader, or use --shell-job"),
+            });
+        }
+        // Outside the tree (shell job): keep the raw ids; restore inherits them.
+        let vpgid = if vpgid == 0 { pgid } else { vpgid };
+        let vsid = if vsid == 0 { sid } else { vsid };
+        if let Some(status) = p.zombie {
+            entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status });
+            continue;
+        }
+        process::dump_process(p, ctx)?;
+        ctx.stats.processes += 1;
+        ctx.stats.threads += p.threads.len();
+        let threads = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw()) as u32).collect();
+        entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0 });
     }
 
-    let fds = files::list(pid)?;
-    files::precheck(pid, &fds)?;
-    let vmas = vma::collect(pid)?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| Error::proc(pid, "exe", e))?.to_string_lossy().into_owned();
-    if exe.ends_with(" (deleted)") {
-        return Err(unsupported(format!("its executable {exe} was deleted"), None));
-    }
-    let vdso = vmas.iter().find(|v| v.kind() == pb::VmaKind::VmaVdso);
-    match (vdso, vdso_syscall) {
-        (Some(v), Some(off)) => tracee.set_syscall_ip(v.start + off),
-        _ => return Err(unsupported("it has no vdso to run syscalls through".into(), None)),
-    }
-
-    let mut parasite = Parasite::inject(tracee)?;
-    let info = parasite.info()?;
-    let numbers: Vec<i32> = fds.iter().map(|f| f.fd).collect();
-    let dups = parasite.fds(&numbers)?;
-    let (fd_entries, file_entries) = files::dump(pid, &fds, &dups)?;
-    drop(dups);
-
-    let compression = if opts.compress { Compression::Zstd } else { Compression::Raw };
-    let mut pages = PagesWriter::create(&opts.dir, pid as u32, compression)?;
-    let mut dumper = PageDumper::new(pid, zero_pfn)?;
-    dumper.dump(&vmas, &mut parasite, &mut pages)?;
-    parasite.finish()?;
-    pages.finish()?;
-    stats.pages = dumper.stats;
-    stats.vmas = vmas.len();
-    stats.fds = fds.len();
-    log::info!("pid {pid}: {} pages dumped ({} scanned, {} zero), {} VMAs, {} fds",
-        dumper.stats.dumped, dumper.stats.scanned, dumper.stats.zero, vmas.len(), fds.len());
-
-    let core = task::dump(tracee, &info)?;
-    let auxv_bytes = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| Error::proc(pid, "auxv", e))?;
-    let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-    let mm_img = pb::Mm {
-        start_code: stat.field(26),
-        end_code: stat.field(27),
-        start_stack: stat.field(28),
-        start_data: stat.field(45),
-        end_data: stat.field(46),
-        start_brk: stat.field(47),
-        brk: info.brk,
-        arg_start: stat.field(48),
-        arg_end: stat.field(49),
-        env_start: stat.field(50),
-        env_end: stat.field(51),
-        auxv,
-        exe,
-        vmas,
+    let dir = &ctx.opts.dir;
+    let pids: Vec<u32> = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.vpid as u32).collect();
+    let outer_pids = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid as u32).collect();
+    let inventory = pb::Inventory {
+        format_version: images_format::FORMAT_VERSION,
+        root_pid: tree.procs[0].vpid as u32,
+        page_compression: ctx.compression.code(),
+        pids,
+        new_pid_ns: tree.new_pid_ns,
+        new_mount_ns: tree.new_mount_ns,
+        outer_pids,
     };
-    let p = pid as u32;
-    let dir = &opts.dir;
-    let inventory = pb::Inventory { format_version: images_format::FORMAT_VERSION, root_pid: p, page_compression: compression.code(), pids: vec![p] };
+    write_entries(dir, ImageKind::Pstree, 0, &entries)?;
+    write_entries(dir, ImageKind::Files, 0, &ctx.files.entries)?;
+    let mut pipes = ctx.files.pipes.clone();
+    pipes.sort_by_key(|p| p.pipe_id);
+    write_entries(dir, ImageKind::Pipes, 0, &pipes)?;
+    // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
-    let tree = pb::PstreeEntry { pid: p, ppid: ppid as u32, pgid: pgid as u32, sid: sid as u32, threads: vec![p] };
-    write_entries(dir, ImageKind::Pstree, 0, &[tree])?;
-    write_entries(dir, ImageKind::Core, p, &[core])?;
-    write_entries(dir, ImageKind::Mm, p, &[mm_img])?;
-    write_entries(dir, ImageKind::Pagemap, p, &dumper.entries)?;
-    write_entries(dir, ImageKind::Fdinfo, p, &fd_entries)?;
-    write_entries(dir, ImageKind::Files, 0, &file_entries)?;
-    // Like CRIU, images are not fsync()ed: they sit in the page cache when the task
-    // is killed, which survives everything but a host crash.
+    // Like CRIU, images are not fsync()ed: they sit in the page cache when the tasks
+    // are killed, which survives everything but a host crash.
     Ok(())
 }
 
 /// Removes the image files a failed dump may have left, so that nobody restores them.
-fn remove_images(dir: &std::path::Path, pid: i32) {
-    for k in ImageKind::all() {
-        let _ = std::fs::remove_file(dir.join(k.file_name(pid as u32)));
+fn remove_images(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ImageKind::parse_file_name(&name).is_some() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }

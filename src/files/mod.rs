@@ -1,12 +1,16 @@
-//! The fd table. Each open file kind lives in its own module with its dump and
-//! restore side by side, behind the `FileKind` trait; this module only walks fds.
+//! Open files. Each kind lives in its own module with its dump and restore side by
+//! side, behind the `FileKind` trait; this module keeps the tree-wide table of open
+//! file descriptions (shared ones found with kcmp) and installs fds at restore.
 
 mod chr;
+mod pipe;
 mod reg;
 
 use crate::error::{Error, Result};
+use crate::sys::process::same_file;
 use images_format::pb::{self, file_entry::Kind};
 use nix::sys::stat::{SFlag, fstat};
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// One open fd of a task as /proc shows it.
@@ -26,7 +30,7 @@ pub trait FileKind {
     fn dump(pid: i32, info: &FdInfo, fd: &OwnedFd, st: &libc::stat) -> Result<Kind>
     where
         Self: Sized;
-    /// Reopens it in the restoring task, positioned as it was.
+    /// Reopens it, positioned as it was.
     fn open(&self) -> std::io::Result<OwnedFd>;
 }
 
@@ -54,10 +58,7 @@ pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
     for f in fds {
         let what = if f.link.starts_with("socket:") {
             Some(("socket", Some("sockets are not supported yet")))
-        } else if f.link.starts_with("pipe:") {
-            Some(("pipe", Some("pipes are not supported yet")))
-        } else if let Some(k) = f.link.strip_prefix("anon_inode:") {
-            let _ = k;
+        } else if f.link.starts_with("anon_inode:") {
             Some(("anon inode", Some("epoll/eventfd/signalfd/timerfd and similar are not supported yet")))
         } else if f.link.ends_with(" (deleted)") {
             Some(("deleted file", Some("open deleted files are not supported yet")))
@@ -73,79 +74,151 @@ pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
     Ok(())
 }
 
-/// Describes every fd, given duplicates of them received from the task.
-pub fn dump(pid: i32, fds: &[FdInfo], dups: &[OwnedFd]) -> Result<(Vec<pb::FdEntry>, Vec<pb::FileEntry>)> {
-    let mut entries = Vec::new();
-    let mut files = Vec::new();
-    for (i, (info, dup)) in fds.iter().zip(dups).enumerate() {
-        let st = fstat(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: fstat", info.fd), e))?;
-        let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        let kind = match ty {
-            SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
-            SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
-            _ => {
-                return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("file {} of type {:o}", info.link, st.st_mode & libc::S_IFMT), hint: Some("not supported yet") });
-            }
-        };
-        let id = i as u32 + 1;
-        files.push(pb::FileEntry { id, kind: Some(kind) });
-        entries.push(pb::FdEntry { fd: info.fd, file_id: id, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0 });
-    }
-    Ok((entries, files))
+/// The open file descriptions of the whole tree.
+#[derive(Default)]
+pub struct FileTable {
+    pub entries: Vec<pb::FileEntry>,
+    /// Where each entry was first seen: (pid, fd, dev, ino), for kcmp.
+    owners: Vec<(i32, i32, u64, u64)>,
+    /// Buffered data of every pipe and FIFO, by pipe id.
+    pub pipes: Vec<pb::PipeData>,
 }
 
-fn reopen(kind: &Kind) -> std::io::Result<OwnedFd> {
-    match kind {
-        Kind::Reg(r) => reg::RegFileKind(r.clone()).open(),
-        Kind::Chr(c) => chr::ChrDevKind(c.clone()).open(),
-    }
-}
-
-/// Opens every file and installs it at its fd number (run in the restoring task after
-/// it closed crtool's own fds).
-pub fn restore(pid: i32, fds: &[pb::FdEntry], files: &[pb::FileEntry]) -> Result<()> {
-    use std::collections::BTreeMap;
-    let by_id: BTreeMap<u32, &pb::FileEntry> = files.iter().map(|f| (f.id, f)).collect();
-    let mut opened: BTreeMap<u32, RawFd> = BTreeMap::new();
-    // Originals are parked above every target number so no dup3 can clobber them.
-    let park = fds.iter().map(|e| e.fd).max().unwrap_or(0) + 1;
-    for e in fds {
-        let file = by_id.get(&e.file_id).and_then(|f| f.kind.as_ref()).ok_or_else(|| Error::BadImage {
-            file: format!("fdinfo-{pid}.img"),
-            msg: format!("fd {} refers to missing file id {}", e.fd, e.file_id),
-        })?;
-        let src = match opened.get(&e.file_id) {
-            Some(&fd) => fd,
-            None => {
-                let fd = reopen(file).map_err(|err| Error::Restore { pid, msg: format!("fd {}: cannot reopen {}: {err}", e.fd, describe(file)) })?;
-                // SAFETY: F_DUPFD_CLOEXEC on an fd we own; the parked copy is closed below.
-                let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, park) };
-                if raw < 0 {
-                    return Err(Error::Restore { pid, msg: format!("fd {}: F_DUPFD: {}", e.fd, std::io::Error::last_os_error()) });
+impl FileTable {
+    /// Describes every fd of `pid` (given duplicates received from it), reusing the
+    /// entry of a description another fd already shares.
+    pub fn dump_fds(&mut self, pid: i32, fds: &[FdInfo], dups: &[OwnedFd]) -> Result<Vec<pb::FdEntry>> {
+        let mut out = Vec::new();
+        for (info, dup) in fds.iter().zip(dups) {
+            let st = fstat(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: fstat", info.fd), e))?;
+            let mut id = None;
+            for (i, &(opid, ofd, dev, ino)) in self.owners.iter().enumerate() {
+                if dev == st.st_dev && ino == st.st_ino && same_file(pid, info.fd, opid, ofd).unwrap_or(false) {
+                    id = Some(self.entries[i].id);
+                    break;
                 }
-                drop(fd);
-                opened.insert(e.file_id, raw);
-                raw
             }
-        };
-        let flags = if e.cloexec { libc::O_CLOEXEC } else { 0 };
-        // SAFETY: dup3 onto the target number; crtool's own fds were closed before and
-        // parked originals sit above every target.
-        let r = unsafe { libc::dup3(src, e.fd, flags) };
-        if r < 0 {
-            return Err(Error::Restore { pid, msg: format!("fd {}: dup3: {}", e.fd, std::io::Error::last_os_error()) });
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+                    let kind = match ty {
+                        SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
+                        SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
+                        SFlag::S_IFIFO => {
+                            let k = pipe::PipeKind::dump(pid, info, dup, &st)?;
+                            pipe::capture_data(pid, info, &st, &mut self.pipes)?;
+                            k
+                        }
+                        _ => {
+                            return Err(Error::Unsupported {
+                                pid,
+                                fd: Some(info.fd),
+                                what: format!("file {} of type {:o}", info.link, st.st_mode & libc::S_IFMT),
+                                hint: Some("not supported yet"),
+                            });
+                        }
+                    };
+                    let id = self.entries.len() as u32 + 1;
+                    self.entries.push(pb::FileEntry { id, kind: Some(kind) });
+                    self.owners.push((pid, info.fd, st.st_dev, st.st_ino));
+                    id
+                }
+            };
+            out.push(pb::FdEntry { fd: info.fd, file_id: id, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0 });
+        }
+        Ok(out)
+    }
+}
+
+/// Every open file description of the tree, opened by crtool before it forks the
+/// tree and parked at high fd numbers; forked tasks inherit them all and install
+/// theirs, so descriptions shared between tasks are shared again.
+pub struct Parked {
+    by_id: BTreeMap<u32, RawFd>,
+    /// Extra fds that only keep objects alive (FIFO keepers).
+    keepers: Vec<RawFd>,
+}
+
+impl Parked {
+    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32) -> Result<Parked> {
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new() };
+        let mut pipe_ends = pipe::Restorer::new(pipes);
+        for f in files {
+            let kind = f.kind.as_ref().ok_or_else(|| Error::BadImage { file: "files.img".into(), msg: format!("file {} has no kind", f.id) })?;
+            let fd = match kind {
+                Kind::Reg(r) => reg::RegFileKind(r.clone()).open(),
+                Kind::Chr(c) => chr::ChrDevKind(c.clone()).open(),
+                Kind::Pipe(p) => pipe_ends.open_end(p),
+                Kind::Fifo(p) => pipe_ends.open_fifo(p),
+            }
+            .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
+            parked.by_id.insert(f.id, park(fd, park_at)?);
+        }
+        for k in pipe_ends.into_keepers() {
+            parked.keepers.push(park(k, park_at)?);
+        }
+        Ok(parked)
+    }
+
+    /// Highest parked fd number.
+    pub fn max_fd(&self) -> RawFd {
+        self.by_id.values().chain(self.keepers.iter()).copied().max().unwrap_or(0)
+    }
+
+    /// Installs a task's fds at their numbers (in the restoring task, after it closed
+    /// every fd of crtool's except the parked ones and `keep`).
+    pub fn install(&self, pid: i32, fds: &[pb::FdEntry]) -> Result<()> {
+        for e in fds {
+            let src = *self.by_id.get(&e.file_id).ok_or_else(|| Error::BadImage {
+                file: format!("fdinfo-{pid}.img"),
+                msg: format!("fd {} refers to missing file id {}", e.fd, e.file_id),
+            })?;
+            let flags = if e.cloexec { libc::O_CLOEXEC } else { 0 };
+            // SAFETY: dup3 onto the target number; target numbers lie below every
+            // parked fd, and crtool's own fds there are closed.
+            if unsafe { libc::dup3(src, e.fd, flags) } < 0 {
+                return Err(Error::Restore { pid, msg: format!("fd {}: dup3: {}", e.fd, std::io::Error::last_os_error()) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every parked fd (in a task, once its own are installed).
+    pub fn close_all(&self) {
+        for &fd in self.by_id.values().chain(self.keepers.iter()) {
+            // SAFETY: closing inherited parked fds this task no longer needs.
+            unsafe { libc::close(fd) };
         }
     }
-    for &raw in opened.values() {
-        // SAFETY: closing the parked originals opened above.
-        unsafe { libc::close(raw) };
+
+    pub fn is_parked(&self, fd: RawFd) -> bool {
+        self.by_id.values().chain(self.keepers.iter()).any(|&p| p == fd)
     }
-    Ok(())
+}
+
+impl Drop for Parked {
+    /// In crtool, once the tree holds its own fds (forked tasks never drop this).
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+fn park(fd: OwnedFd, at: i32) -> Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own; the duplicate lives until the tasks
+    // close it (crtool itself keeps it until the restore ends).
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) };
+    if raw < 0 {
+        return Err(Error::sys("parking an fd (F_DUPFD)", nix::errno::Errno::last()));
+    }
+    Ok(raw)
 }
 
 pub fn describe(kind: &Kind) -> String {
     match kind {
         Kind::Reg(r) => r.path.clone(),
         Kind::Chr(c) => format!("{} ({}:{})", c.path, c.major, c.minor),
+        Kind::Pipe(p) => format!("pipe:[{}] ({})", p.pipe_id, if p.flags & 3 == 0 { "read end" } else { "write end" }),
+        Kind::Fifo(f) => format!("FIFO {}", f.path),
     }
 }

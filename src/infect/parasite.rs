@@ -185,7 +185,29 @@ impl<'t> Parasite<'t> {
         self.stop_and_unmap()
     }
 
+    /// Stops the blob but keeps its memory, so that remote syscalls in any thread of
+    /// the task can use `scratch()` until the parasite is dropped.
+    pub fn stop(&mut self) -> Result<()> {
+        self.stop_blob()
+    }
+
+    /// 2 KiB of the task's memory (inside the parasite mapping) free for remote
+    /// syscalls' in/out arguments.
+    pub fn scratch(&self) -> u64 {
+        let (args_off, _, _) = layout();
+        self.base + args_off + 2048
+    }
+
     fn stop_and_unmap(&mut self) -> Result<()> {
+        self.stop_blob()?;
+        if !self.unmapped {
+            self.unmapped = true;
+            self.tracee.syscall_ok("munmap", libc::SYS_munmap, &[self.base, self.size])?;
+        }
+        Ok(())
+    }
+
+    fn stop_blob(&mut self) -> Result<()> {
         let pid = self.tracee.pid;
         if !self.stopped {
             let said_bye = self.send(abi::CMD_FINI, &[], 0, None).and_then(|_| self.recv(abi::CMD_FINI, &mut []));
@@ -203,10 +225,6 @@ impl<'t> Parasite<'t> {
             said_bye?;
         }
         self.sock = None;
-        if !self.unmapped {
-            self.unmapped = true;
-            self.tracee.syscall_ok("munmap", libc::SYS_munmap, &[self.base, self.size])?;
-        }
         Ok(())
     }
 }

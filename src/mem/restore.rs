@@ -7,6 +7,7 @@ use crate::mem::vma;
 use crate::sys::abi::VmaMove;
 use crate::sys::mm::{self, PAGE};
 use images_format::pb::{self, VmaKind};
+use crate::mem::shmem::ShmemObjects;
 use images_format::PagesReader;
 use std::fs::OpenOptions;
 use std::os::fd::AsFd;
@@ -51,7 +52,7 @@ pub fn premap_size(vmas: &[pb::Vma]) -> u64 {
 
 /// Maps every restorable VMA at `area`, fills private pages from the page image and
 /// applies final protections. Returns the moves for the restorer, in VMA order.
-pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: u64) -> Result<Vec<VmaMove>> {
+pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: u64, shmem: &ShmemObjects) -> Result<Vec<VmaMove>> {
     let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
     let mut moves = Vec::new();
     let mut slots = Vec::new();
@@ -63,7 +64,15 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let r = match v.kind() {
             VmaKind::VmaAnonPrivate => mm::map_at(at, len, rw, libc::MAP_PRIVATE | anon | gd, None, 0, true),
-            VmaKind::VmaAnonShared => mm::map_at(at, len, rw, libc::MAP_SHARED | anon, None, 0, true),
+            VmaKind::VmaAnonShared => {
+                let path = shmem.path(v.shmid).ok_or_else(|| Error::BadImage {
+                    file: format!("mm-{pid}.img"),
+                    msg: format!("shared memory object {} of VMA {:#x} is unknown", v.shmid, v.start),
+                })?;
+                let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(&path)
+                    .map_err(|e| Error::Restore { pid, msg: format!("cannot open shared memory {path}: {e}") })?;
+                mm::map_at(at, len, v.prot as i32, libc::MAP_SHARED, Some(f.as_fd()), v.pgoff, true)
+            }
             VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
                 let shared = v.kind() == VmaKind::VmaFileShared;
                 let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
@@ -94,6 +103,9 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
                 msg: format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr),
             });
         };
+        if v.kind() == VmaKind::VmaAnonShared {
+            continue; // filled once, in the shared object, by crtool
+        }
         if !vma::has_private_pages(v) {
             return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("pages at {:#x} belong to a shared file mapping", e.vaddr) });
         }
@@ -104,7 +116,8 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
     }
 
     for &(v, slot) in &slots {
-        if v.kind() != VmaKind::VmaFileShared && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE {
+        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
+        if !shared && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE {
             mm::protect(slot, v.end - v.start, v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
         }
     }

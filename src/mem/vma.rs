@@ -76,9 +76,27 @@ pub fn is_restorable(v: &pb::Vma) -> bool {
     !matches!(v.kind(), VmaKind::VmaVdso | VmaKind::VmaVvar | VmaKind::VmaVvarVclock | VmaKind::VmaVsyscall)
 }
 
-/// Whether dumped pages of this VMA live in the page image (vs. in its file).
+/// Whether this task's page image holds pages of this VMA (shared anonymous memory is
+/// stored once, with its first owner; file-backed shared memory lives in its file).
 pub fn has_private_pages(v: &pb::Vma) -> bool {
-    matches!(v.kind(), VmaKind::VmaAnonPrivate | VmaKind::VmaAnonShared | VmaKind::VmaFilePrivate)
+    match v.kind() {
+        VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate => true,
+        VmaKind::VmaAnonShared => v.shmem_owner,
+        _ => false,
+    }
+}
+
+/// Identifies shared anonymous memory by its shmem inode, and makes the first task
+/// seen mapping each object its owner.
+pub fn mark_shmem(pid: i32, vmas: &mut [pb::Vma], seen: &mut std::collections::BTreeSet<u64>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for v in vmas.iter_mut().filter(|v| v.kind() == VmaKind::VmaAnonShared) {
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+        let md = std::fs::metadata(&path).map_err(|e| Error::proc(pid, format!("map_files/{:x}-{:x}", v.start, v.end), e))?;
+        v.shmid = md.ino();
+        v.shmem_owner = seen.insert(md.ino());
+    }
+    Ok(())
 }
 
 /// Checks that VMAs read from an image are sane before anything trusts them: page

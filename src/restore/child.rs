@@ -1,18 +1,22 @@
-//! The restore child: a fork of crtool that already has the task's PID. It sets up
-//! session, files and memory, prepares the restorer's arguments, and jumps. Nothing
-//! here may log after crtool's fds are closed (fd numbers now belong to the task).
+//! A restoring task: a fork of crtool that already has its PID. It joins its session
+//! and group, forks its own children (so that they get the right parent), then sets
+//! up files and memory, prepares the restorer's arguments and jumps. Nothing here may
+//! log after crtool's fds are closed (fd numbers now belong to the task).
 
-use super::TaskImages;
+use super::{TaskImages, TreeImages};
 use crate::error::{Error, Result};
+use crate::files::Parked;
 use crate::mem::restore::{find_area, premap, premap_size};
-use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, RseqReg, VmaMove};
+use crate::mem::shmem::ShmemObjects;
+use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, RseqReg, ThreadArgs, VmaMove};
 use crate::sys::blobs;
 use crate::sys::cpu::SigFrameXstate;
 use crate::sys::mm::{self, PAGE};
-use crate::{files, task};
+use crate::sys::process::{Forked, fork_with_pids};
+use crate::{task, task::timers};
 use images_format::{pb, PagesReader};
 use std::convert::Infallible;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::RawFd;
 use std::path::Path;
 
 unsafe extern "C" {
@@ -21,16 +25,106 @@ unsafe extern "C" {
     static __rseq_size: u32;
 }
 
-pub fn run(dir: &Path, imgs: &TaskImages, status_w: OwnedFd, go_r: OwnedFd, geometry: SigFrameXstate) -> ! {
-    let status = status_w.as_raw_fd();
-    let Err(e) = setup(dir, imgs, &status_w, go_r, geometry);
+/// What every restoring task inherits from crtool.
+pub struct Ctx<'a> {
+    pub dir: &'a Path,
+    pub imgs: &'a TreeImages,
+    pub parked: &'a Parked,
+    pub shmem: &'a ShmemObjects,
+    pub status_w: RawFd,
+    pub go_r: RawFd,
+    pub geometry: SigFrameXstate,
+}
+
+/// Runs process `idx` of the tree in this (just forked) process. Never returns.
+pub fn run(ctx: &Ctx, idx: usize) -> ! {
+    let Err(e) = setup(ctx, idx);
+    report_and_exit(ctx.status_w, &e)
+}
+
+fn report_and_exit(status: RawFd, e: &Error) -> ! {
     let msg = format!("M{e}");
-    // SAFETY: write(2) of a local buffer, then _exit without running crtool's
-    // destructors or atexit handlers in this forked copy.
+    // SAFETY: write(2) of a local buffer (atomic below PIPE_BUF), then _exit without
+    // running crtool's destructors in this forked copy.
     unsafe {
-        libc::write(status, msg.as_ptr().cast(), msg.len());
+        libc::write(status, msg.as_ptr().cast(), msg.len().min(4000));
         libc::_exit(1)
     }
+}
+
+/// A zombie: exit the way the original did, and stay unreaped.
+fn become_zombie(status: i32) -> ! {
+    // SAFETY: signal/kill/_exit on ourselves.
+    unsafe {
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit(libc::WEXITSTATUS(status))
+    }
+}
+
+fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
+    let imgs = ctx.imgs;
+    let me = &imgs.procs[idx];
+    let t = &me.tree;
+    let pid = t.pid as i32;
+    let fail = |msg: String| Error::Restore { pid, msg };
+    if idx == 0 {
+        let mut go = [0u8; 1];
+        // SAFETY: read(2) into a local byte from the inherited go pipe.
+        if unsafe { libc::read(ctx.go_r, go.as_mut_ptr().cast(), 1) } != 1 {
+            return Err(fail("crtool went away".into()));
+        }
+        if imgs.inv.new_mount_ns {
+            remount_proc().map_err(|e| fail(format!("mounting /proc for the new PID namespace: {e}")))?;
+        }
+    }
+    if let Some(status) = me.task.is_none().then_some(t.exit_status) {
+        become_zombie(status);
+    }
+
+    // Session and process group; children inherit them, so before forking them.
+    if t.sid as i32 == pid {
+        nix::unistd::setsid().map_err(|e| fail(format!("setsid: {e}")))?;
+    } else if idx == 0 {
+        let ours = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(0);
+        if ours != t.sid as i32 && !imgs.inv.new_pid_ns {
+            return Err(fail(format!("it belonged to session {} which does not exist here (this shell's session is {ours}; restore from the same shell with --shell-job)", t.sid)));
+        }
+    }
+    let own_pgid = nix::unistd::getpgrp().as_raw();
+    if t.pgid as i32 != own_pgid && (t.pgid as i32 == pid || imgs.procs.iter().any(|p| p.tree.pid == t.pgid)) {
+        let target = nix::unistd::Pid::from_raw(if t.pgid as i32 == pid { 0 } else { t.pgid as i32 });
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), target).map_err(|e| fail(format!("setpgid({}): {e}", t.pgid)))?;
+    }
+
+    for c in imgs.children(t.pid) {
+        let cpid = imgs.procs[c].tree.pid as i32;
+        let outer = if imgs.inv.new_pid_ns { imgs.outer_pid(cpid as u32) } else { None };
+        // SAFETY: this process is single-threaded (a fork of single-threaded crtool).
+        let forked = outer
+            .and_then(|o| unsafe { fork_with_pids(&[cpid, o], 0) }.ok())
+            .map_or_else(|| unsafe { fork_with_pids(&[cpid], 0) }, Ok)
+            .map_err(|e| fail(format!("forking child {cpid}: {e}")))?;
+        if let Forked::Child = forked {
+            run(ctx, c);
+        }
+    }
+    let task = me.task.as_ref().ok_or_else(|| fail("no task images".into()))?;
+    setup_task(ctx, pid, task)
+}
+
+/// A private mount namespace with a /proc of the new PID namespace (what
+/// `unshare --mount-proc` gave the original).
+fn remount_proc() -> nix::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+    mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
 }
 
 /// Our own special mappings ([vdso], [vvar], [vvar_vclock]) by name.
@@ -56,33 +150,60 @@ fn special_name(k: pb::VmaKind) -> Option<&'static str> {
     }
 }
 
-fn setup(dir: &Path, imgs: &TaskImages, status_w: &OwnedFd, go_r: OwnedFd, geometry: SigFrameXstate) -> Result<Infallible> {
-    let core = &imgs.core;
-    let pid = core.pid as i32;
-    let fail = |msg: String| Error::Restore { pid, msg };
-    let mut go = [0u8; 1];
-    nix::unistd::read(&go_r, &mut go).map_err(|e| fail(format!("waiting for crtool: {e}")))?;
-    drop(go_r);
+/// Byte layout of the restorer region that follows the premapped VMAs.
+struct Region {
+    args: u64,
+    threads: u64,
+    vmas: u64,
+    auxv: u64,
+    siginfo: u64,
+    timers: u64,
+    frames: Vec<u64>,
+    stacks: u64,
+    scratch: u64,
+    len: u64,
+}
 
-    // Session and process group.
-    let t = &imgs.tree;
-    if t.sid as i32 == pid {
-        nix::unistd::setsid().map_err(|e| fail(format!("setsid: {e}")))?;
-    } else {
-        let ours = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(0);
-        if ours != t.sid as i32 {
-            return Err(fail(format!("it belonged to session {} which does not exist here (this shell's session is {ours}; restore from the same shell with --shell-job)", t.sid)));
-        }
-    }
-    if t.pgid as i32 == pid && t.sid as i32 != pid {
-        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0)).map_err(|e| fail(format!("setpgid: {e}")))?;
-    }
+const THREAD_STACK: u64 = 64 * 1024;
+
+fn layout(task: &TaskImages, nr_vmas: usize, frame_sizes: &[u64], scratch_len: u64) -> Region {
+    let core = &task.core;
+    let mut at = blobs::RESTORER_IMAGE.len() as u64;
+    let mut take = |len: u64, align: u64| {
+        let o = at.next_multiple_of(align);
+        at = o + len;
+        o
+    };
+    let args = take(std::mem::size_of::<RestorerArgs>() as u64, 64);
+    let threads = take((core.threads.len() * std::mem::size_of::<ThreadArgs>()) as u64, 64);
+    let vmas = take(nr_vmas as u64 * 24, 64);
+    let auxv = take(task.mm.auxv.len() as u64 * 8, 64);
+    let nr_siginfo = core.shared_pending.len() + core.threads.iter().map(|t| t.pending.len()).sum::<usize>();
+    let siginfo = take(nr_siginfo as u64 * abi::SIGINFO_SIZE as u64, 64);
+    let timers = take((core.posix_timers.len() * std::mem::size_of::<abi::TimerArgs>()) as u64, 64);
+    let frames = frame_sizes.iter().map(|&s| take(s, 64)).collect();
+    // The main thread's stack is BLOB_STACK_SIZE; every other thread gets THREAD_STACK.
+    let stacks = take(abi::BLOB_STACK_SIZE as u64 + (core.threads.len() as u64 - 1) * THREAD_STACK, PAGE);
+    let scratch = at.next_multiple_of(PAGE);
+    Region { args, threads, vmas, auxv, siginfo, timers, frames, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
+}
+
+fn put<T: Copy>(mem: &mut [u8], off: u64, v: &T) {
+    let n = std::mem::size_of::<T>();
+    // SAFETY: T is a plain #[repr(C)] ABI struct; we copy its bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, n) };
+    mem[off as usize..off as usize + n].copy_from_slice(bytes);
+}
+
+fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
+    let core = &task.core;
+    let fail = |msg: String| Error::Restore { pid, msg };
     task::apply_early(core)?;
 
     // Specials: ours must match the task's one for one (same kernel image).
     let own = own_specials()?;
     let mut specials = Vec::new();
-    for v in &imgs.mm.vmas {
+    for v in &task.mm.vmas {
         let Some(name) = special_name(v.kind()) else { continue };
         let Some(&(_, s, e)) = own.iter().find(|(n, _, _)| n == name) else {
             return Err(fail(format!("this kernel has no {name} mapping")));
@@ -98,50 +219,70 @@ fn setup(dir: &Path, imgs: &TaskImages, status_w: &OwnedFd, go_r: OwnedFd, geome
     let scratch_len: u64 = specials.iter().map(|s| s.len).sum();
 
     // Memory: one area holds every premapped VMA, then the restorer region.
-    let vmas = &imgs.mm.vmas;
+    let vmas = &task.mm.vmas;
     let nr_vmas = vmas.iter().filter(|v| crate::mem::vma::is_restorable(v)).count();
-    let thread = &core.threads[0];
-    let frame_probe = task::regs::build_sigframe(thread, 0, geometry).len() as u64;
-    let blob_len = blobs::RESTORER_IMAGE.len() as u64;
-    let args_off = blob_len;
-    let vmas_off = (args_off + std::mem::size_of::<RestorerArgs>() as u64).next_multiple_of(64);
-    let auxv_off = (vmas_off + nr_vmas as u64 * 24).next_multiple_of(64);
-    let frame_off = (auxv_off + imgs.mm.auxv.len() as u64 * 8).next_multiple_of(PAGE);
-    let stack_off = (frame_off + frame_probe).next_multiple_of(PAGE);
-    let scratch_off = stack_off + abi::BLOB_STACK_SIZE as u64;
-    let region_len = scratch_off + scratch_len.next_multiple_of(PAGE);
+    let frame_sizes: Vec<u64> = core.threads.iter().map(|t| task::regs::build_sigframe(t, 0, ctx.geometry).len() as u64).collect();
+    let reg = layout(task, nr_vmas, &frame_sizes, scratch_len);
     let premapped = premap_size(vmas);
-    let area_len = premapped + region_len;
+    let area_len = premapped + reg.len;
     let area = find_area(pid, vmas, area_len)?;
     let none = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     mm::map_at(area, area_len, libc::PROT_NONE, none, None, 0, false).map_err(|e| fail(format!("reserving the restore area at {area:#x}: {e}")))?;
 
-    let mut pages = PagesReader::open(dir, pid as u32)?;
-    let moves = premap(pid, vmas, &imgs.pagemap, &mut pages, area)?;
+    let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
+    let moves = premap(pid, vmas, &task.pagemap, &mut pages, area, ctx.shmem)?;
     drop(pages);
 
     let region = area + premapped;
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-    mm::map_at(region, scratch_off, rwx, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None, 0, true)
+    mm::map_at(region, reg.scratch, rwx, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None, 0, true)
         .map_err(|e| fail(format!("mapping the restorer: {e}")))?;
+    // SAFETY: [region, region+scratch) was just mapped RW and nothing else uses it.
+    let mem = unsafe { mm::slice_at(region, reg.scratch as usize) };
     let image = blobs::relocated(blobs::RESTORER_IMAGE, blobs::RESTORER_RELOCS, region);
-    // SAFETY: [region, region+scratch_off) was just mapped RW and nothing else uses it.
-    let mem = unsafe { mm::slice_at(region, scratch_off as usize) };
     mem[..image.len()].copy_from_slice(&image);
     for (i, m) in moves.iter().enumerate() {
-        let o = vmas_off as usize + i * 24;
-        for (j, v) in [m.from, m.len, m.to].into_iter().enumerate() {
-            mem[o + j * 8..o + j * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        put(mem, reg.vmas + i as u64 * 24, m);
+    }
+    for (i, v) in task.mm.auxv.iter().enumerate() {
+        put(mem, reg.auxv + i as u64 * 8, v);
+    }
+    let mut si = reg.siginfo;
+    let mut siginfos = |list: &[Vec<u8>], mem: &mut [u8]| -> (u64, u32) {
+        let start = si;
+        for s in list {
+            let n = s.len().min(abi::SIGINFO_SIZE);
+            mem[si as usize..si as usize + n].copy_from_slice(&s[..n]);
+            si += abi::SIGINFO_SIZE as u64;
         }
+        (region + start, list.len() as u32)
+    };
+    let (shared_pending, nr_shared) = siginfos(&core.shared_pending, mem);
+    for (i, tm) in core.posix_timers.iter().enumerate() {
+        put(mem, reg.timers + (i * std::mem::size_of::<abi::TimerArgs>()) as u64, &timers::to_args(tm));
     }
-    for (i, v) in imgs.mm.auxv.iter().enumerate() {
-        let o = auxv_off as usize + i * 8;
-        mem[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    let mut thread_args = Vec::new();
+    let mut stack_at = region + reg.stacks + abi::BLOB_STACK_SIZE as u64;
+    for (i, t) in core.threads.iter().enumerate() {
+        let frame_addr = region + reg.frames[i];
+        let frame = task::regs::build_sigframe(t, frame_addr, ctx.geometry);
+        mem[reg.frames[i] as usize..reg.frames[i] as usize + frame.len()].copy_from_slice(&frame);
+        let mut ta = task::thread_args(t);
+        ta.sigframe = frame_addr;
+        (ta.pending, ta.nr_pending) = siginfos(&t.pending, mem);
+        ta.process = region + reg.args;
+        if i > 0 {
+            stack_at += THREAD_STACK;
+            ta.stack_top = stack_at;
+            ta.stack_size = THREAD_STACK;
+        }
+        thread_args.push(ta);
     }
-    let frame = task::regs::build_sigframe(thread, region + frame_off, geometry);
-    mem[frame_off as usize..frame_off as usize + frame.len()].copy_from_slice(&frame);
+    for (i, ta) in thread_args.iter().skip(1).enumerate() {
+        put(mem, reg.threads + (i * std::mem::size_of::<ThreadArgs>()) as u64, ta);
+    }
 
-    let m = &imgs.mm;
+    let m = &task.mm;
     let mut args = Box::new(RestorerArgs {
         status_fd: -1,
         exe_fd: -1,
@@ -151,28 +292,30 @@ fn setup(dir: &Path, imgs: &TaskImages, status_w: &OwnedFd, go_r: OwnedFd, geome
         specials: [VmaMove::default(); abi::MAX_SPECIALS],
         nr_specials: specials.len() as u32,
         nr_vmas: moves.len() as u32,
-        scratch: region + scratch_off,
-        vmas: region + vmas_off,
+        scratch: region + reg.scratch,
+        vmas: region + reg.vmas,
         mm: PrctlMmMap {
             start_code: m.start_code, end_code: m.end_code, start_data: m.start_data, end_data: m.end_data,
             start_brk: m.start_brk, brk: m.brk, start_stack: m.start_stack, arg_start: m.arg_start, arg_end: m.arg_end,
-            env_start: m.env_start, env_end: m.env_end, auxv: region + auxv_off, auxv_size: (m.auxv.len() * 8) as u32, exe_fd: 0,
+            env_start: m.env_start, env_end: m.env_end, auxv: region + reg.auxv, auxv_size: (m.auxv.len() * 8) as u32, exe_fd: 0,
         },
         sigactions: [abi::KSigaction::default(); 64],
         itimers: [abi::Itimerval::default(); 3],
-        rseq: RseqReg::default(),
-        robust_list: 0,
-        robust_list_len: 0,
-        clear_child_tid: 0,
-        fs_base: 0,
-        gs_base: 0,
-        xcomp_perm_feature: if thread.fpu.as_ref().is_some_and(task::regs::needs_amx) { 18 } else { 0 },
+        main: thread_args[0],
+        threads: region + reg.threads,
+        nr_threads: core.threads.len() as u32 - 1,
+        nr_shared_pending: nr_shared,
+        shared_pending,
+        timers: region + reg.timers,
+        nr_timers: core.posix_timers.len() as u32,
+        tgid: pid,
+        xcomp_perm_feature: if core.threads.iter().any(|t| t.fpu.as_ref().is_some_and(task::regs::needs_amx)) { 18 } else { 0 },
         uids: [0; 4],
         gids: [0; 4],
         nr_groups: 0,
         dumpable: 1,
         groups: [0; abi::MAX_GROUPS],
-        sigframe: region + frame_off,
+        sigframe: region + reg.frames[0],
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
     task::fill_restorer_args(core, &mut args);
@@ -180,11 +323,11 @@ fn setup(dir: &Path, imgs: &TaskImages, status_w: &OwnedFd, go_r: OwnedFd, geome
         return Err(fail(format!("more than {} supplementary groups", abi::MAX_GROUPS)));
     }
 
-    // Files: park the status pipe above every target fd, drop all of crtool's fds,
-    // then install the task's.
-    let top = imgs.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 64;
-    // SAFETY: F_DUPFD_CLOEXEC on an fd we own.
-    let status = unsafe { libc::fcntl(status_w.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    // Files: keep the status pipe and exe above every target fd, drop all of crtool's
+    // other fds, install the task's from the parked ones, close those.
+    let top = ctx.parked.max_fd() + 1;
+    // SAFETY: F_DUPFD_CLOEXEC on an inherited fd.
+    let status = unsafe { libc::fcntl(ctx.status_w, libc::F_DUPFD_CLOEXEC, top) };
     if status < 0 {
         return Err(fail(format!("F_DUPFD: {}", std::io::Error::last_os_error())));
     }
@@ -196,41 +339,34 @@ fn setup(dir: &Path, imgs: &TaskImages, status_w: &OwnedFd, go_r: OwnedFd, geome
     }
     // SAFETY: as above.
     let exe_hi = unsafe { libc::fcntl(exe_fd, libc::F_DUPFD_CLOEXEC, status + 1) };
-    // SAFETY: closes every fd except the two parked ones; no Rust object below uses
-    // the closed fds (the image files were dropped above).
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 0, status - 1, 0);
-        libc::syscall(libc::SYS_close_range, status + 1, exe_hi - 1, 0);
-        libc::syscall(libc::SYS_close_range, exe_hi + 1, u32::MAX, 0);
+    close_all_but(ctx.parked, &[status, exe_hi]);
+    if let Err(e) = ctx.parked.install(pid, &task.fds) {
+        report_and_exit(status, &e);
     }
-    let report = |msg: String| -> Error {
-        // The caller writes to `status`; the fd numbers have moved.
-        Error::Restore { pid, msg }
-    };
-    if let Err(e) = files::restore(pid, &imgs.fds, &imgs.files) {
-        return Err(write_and_exit(status, report(e.to_string())));
-    }
+    ctx.parked.close_all();
     args.status_fd = status;
     args.exe_fd = exe_hi;
     args.mm.exe_fd = exe_hi as u32;
-    let warnings = task::apply_rlimits(core);
-    drop(warnings); // nowhere to log them from here; limits stay as close as allowed
+    let _warnings = task::apply_rlimits(core); // nowhere to log them from here
 
-    // SAFETY: the args slot inside the region is sized for RestorerArgs.
-    unsafe { std::ptr::write_unaligned((region + args_off) as *mut RestorerArgs, *args) };
+    put(mem, reg.args, &*args);
     mm::block_all_signals();
     // SAFETY: the restorer blob is mapped and relocated at `region`, its args and
     // stack prepared inside the area, which the restorer keeps.
-    unsafe { mm::jump_to_restorer(region + blobs::RESTORER_ENTRY, region + args_off, region + scratch_off) }
+    unsafe { mm::jump_to_restorer(region + blobs::RESTORER_ENTRY, region + reg.args, region + reg.stacks + abi::BLOB_STACK_SIZE as u64) }
 }
 
-/// Reports through the (moved) status fd and exits; never returns.
-fn write_and_exit(status: i32, e: Error) -> Error {
-    let msg = format!("M{e}");
-    // SAFETY: write(2) of a local buffer, then _exit.
-    unsafe {
-        libc::write(status, msg.as_ptr().cast(), msg.len());
-        libc::_exit(1)
+/// Closes every fd except the parked ones and `keep`.
+fn close_all_but(parked: &Parked, keep: &[RawFd]) {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds {
+        if !keep.contains(&fd) && !parked.is_parked(fd) {
+            // SAFETY: closing crtool's own fds in this forked copy; nothing below uses
+            // them (image files were dropped above).
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

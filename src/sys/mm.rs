@@ -117,3 +117,10 @@ pub fn vdso_syscall_offset() -> Option<u64> {
     let code = unsafe { std::slice::from_raw_parts(s as *const u8, (e - s) as usize) };
     code.windows(2).position(|w| w == [0x0f, 0x05]).map(|p| p as u64)
 }
+
+/// mmap(2) anywhere; returns the address.
+pub fn map_anywhere(len: u64, prot: i32, flags: i32) -> Result<u64, Errno> {
+    // SAFETY: a fresh mapping at a kernel-chosen address touches nothing existing.
+    let r = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
+    if r == libc::MAP_FAILED { Err(Errno::last()) } else { Ok(r as u64) }
+}

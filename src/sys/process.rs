@@ -33,11 +33,21 @@ pub enum Forked {
 /// The caller must be single-threaded: the child continues with a copy of this
 /// thread only (as after fork), and must not rely on other threads' locks.
 pub unsafe fn fork_with_pid(pid: i32) -> Result<Forked, Errno> {
-    let tid = [pid];
+    // SAFETY: forwarded contract.
+    unsafe { fork_with_pids(&[pid], 0) }
+}
+
+/// fork(2) with `flags` (e.g. CLONE_NEWPID) and the child's PIDs from its innermost
+/// PID namespace outwards (`set_tid`).
+///
+/// # Safety
+/// As for [`fork_with_pid`].
+pub unsafe fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> {
     let args = Clone3Args {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: pids.as_ptr() as u64,
+        set_tid_size: pids.len() as u64,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM duplicates the address space like fork; `args`
@@ -100,4 +110,12 @@ pub fn read_remote(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         done += n;
     }
     Ok(())
+}
+
+/// kcmp(2) KCMP_FILE: whether fd `a` of `pid_a` and fd `b` of `pid_b` are one open
+/// file description.
+pub fn same_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes no pointers for KCMP_FILE.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, 0 /* KCMP_FILE */, a, b) };
+    Ok(Errno::result(r)? == 0)
 }

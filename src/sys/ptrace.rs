@@ -46,7 +46,11 @@ pub fn wait(pid: Pid, nohang: bool) -> Result<Option<Stop>, Errno> {
         }
         break;
     }
-    let s = if libc::WIFEXITED(status) {
+    Ok(Some(decode(status)))
+}
+
+fn decode(status: i32) -> Stop {
+    if libc::WIFEXITED(status) {
         Stop::Exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
         Stop::Killed(libc::WTERMSIG(status))
@@ -60,8 +64,7 @@ pub fn wait(pid: Pid, nohang: bool) -> Result<Option<Stop>, Errno> {
         } else {
             Stop::Signal(sig)
         }
-    };
-    Ok(Some(s))
+    }
 }
 
 pub fn seize(pid: Pid, exit_kill: bool) -> Result<(), Errno> {
@@ -70,6 +73,48 @@ pub fn seize(pid: Pid, exit_kill: bool) -> Result<(), Errno> {
         opts |= ptrace::Options::PTRACE_O_EXITKILL;
     }
     ptrace::seize(pid, opts)
+}
+
+/// Seizes a task so that everything it forks or clones is traced too, and dies if
+/// crtool dies (used for the tree being restored).
+pub fn seize_tree(pid: Pid) -> Result<(), Errno> {
+    use ptrace::Options as O;
+    ptrace::seize(pid, O::PTRACE_O_TRACESYSGOOD | O::PTRACE_O_EXITKILL | O::PTRACE_O_TRACEFORK | O::PTRACE_O_TRACECLONE)
+}
+
+/// Waits for a state change of any child or tracee; returns who and what.
+pub fn wait_any() -> Result<(Pid, Stop), Errno> {
+    let mut status = 0;
+    let r = loop {
+        // SAFETY: waitpid writes only into `status`.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        break Errno::result(r)?;
+    };
+    Ok((Pid::from_raw(r), decode(status)))
+}
+
+/// Queued signals of a thread (`shared` = the process-wide queue), as raw siginfos.
+pub fn peek_siginfo(tid: Pid, shared: bool) -> Result<Vec<[u8; 128]>, Errno> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    loop {
+        let mut buf = [[0u8; 128]; 32];
+        let mut a = Args { off: out.len() as u64, flags: if shared { 1 } else { 0 }, nr: 32 };
+        let n = raw(0x4209 /* PTRACE_PEEKSIGINFO */, tid, (&mut a as *mut Args) as usize, buf.as_mut_ptr().cast())?;
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    Ok(out)
 }
 
 pub fn interrupt(pid: Pid) -> Result<(), Errno> {

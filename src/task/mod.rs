@@ -3,10 +3,11 @@
 //! restored partly by crtool in the new task and partly by the restorer.
 
 pub mod regs;
+pub mod timers;
 
 use crate::error::{Error, Result};
 use crate::infect::Tracee;
-use crate::sys::abi::{Itimerval, KSigaction, ParasiteInfo, RestorerArgs, RseqReg};
+use crate::sys::abi::{Itimerval, KSigaction, ParasiteInfo, RestorerArgs, RseqReg, StackT, ThreadArgs};
 use crate::sys::ptrace;
 use images_format::pb;
 use nix::unistd::Pid;
@@ -55,24 +56,47 @@ fn usec(sec: i64, usec: i64) -> u64 {
     (sec as u64) * 1_000_000 + usec as u64
 }
 
-/// Collects the core image of a single-threaded task.
-pub fn dump(tracee: &Tracee, info: &ParasiteInfo) -> Result<pb::TaskCore> {
-    let pid = tracee.pid.as_raw();
-    let comm = read_proc(pid, "comm")?.trim_end_matches('\n').to_string();
-    let rseq = ptrace::get_rseq(tracee.pid).map_err(|e| Error::Ptrace { pid, op: "PTRACE_GET_RSEQ_CONFIGURATION", errno: e })?;
-    let (robust, robust_len) = ptrace::get_robust_list(tracee.pid).unwrap_or((0, 0));
-    let thread = pb::ThreadCore {
-        tid: pid as u32,
-        regs: Some(regs::to_image(&tracee.regs)),
-        fpu: Some(regs::fpu_to_image(tracee.xstate.clone())),
-        blocked: tracee.sigmask,
-        altstack: Some(pb::SigAltStack { sp: info.altstack.sp, flags: info.altstack.flags, size: info.altstack.size }),
+/// What crtool learned about one thread besides its registers.
+pub struct ThreadExtra {
+    pub altstack: StackT,
+    pub clear_child_tid: u64,
+}
+
+fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::ThreadCore> {
+    let tid = t.pid.as_raw();
+    let rseq = ptrace::get_rseq(t.pid).map_err(|e| Error::Ptrace { pid: tid, op: "PTRACE_GET_RSEQ_CONFIGURATION", errno: e })?;
+    let (robust, robust_len) = ptrace::get_robust_list(t.pid).unwrap_or((0, 0));
+    let pending = ptrace::peek_siginfo(t.pid, false).map_err(|e| Error::Ptrace { pid: tid, op: "PTRACE_PEEKSIGINFO", errno: e })?;
+    Ok(pb::ThreadCore {
+        tid: tid as u32,
+        regs: Some(regs::to_image(&t.regs)),
+        fpu: Some(regs::fpu_to_image(t.xstate.clone())),
+        blocked: t.sigmask,
+        altstack: Some(pb::SigAltStack { sp: extra.altstack.sp, flags: extra.altstack.flags, size: extra.altstack.size }),
         rseq: Some(pb::Rseq { ptr: rseq.rseq_abi_pointer, len: rseq.rseq_abi_size, flags: rseq.flags, sig: rseq.signature }),
         robust_list: robust,
         robust_list_len: robust_len,
-        clear_child_tid: info.clear_child_tid,
-        comm: comm.clone(),
-    };
+        clear_child_tid: extra.clear_child_tid,
+        comm,
+        pending: pending.into_iter().map(|s| s.to_vec()).collect(),
+    })
+}
+
+/// Collects the core image of a task: `threads[0]` is the main thread, `extras`
+/// holds what remote syscalls found for each thread, `info` what the parasite found.
+/// Thread ids in the image are `vtids` (the tree's PID namespace).
+pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra], info: &ParasiteInfo, timers: Vec<pb::PosixTimer>) -> Result<pb::TaskCore> {
+    let main = &threads[0];
+    let pid = main.pid.as_raw();
+    let comm = read_proc(pid, "comm")?.trim_end_matches('\n').to_string();
+    let mut cores = Vec::new();
+    for (i, (t, x)) in threads.iter().zip(extras).enumerate() {
+        let tcomm = read_proc(pid, &format!("task/{}/comm", t.pid)).map(|c| c.trim_end_matches('\n').to_string()).unwrap_or_default();
+        let mut c = thread_core(t, x, tcomm)?;
+        c.tid = vtids[i] as u32;
+        cores.push(c);
+    }
+    let shared = ptrace::peek_siginfo(main.pid, true).map_err(|e| Error::Ptrace { pid, op: "PTRACE_PEEKSIGINFO", errno: e })?;
     let sigactions = info
         .sigactions
         .iter()
@@ -86,9 +110,9 @@ pub fn dump(tracee: &Tracee, info: &ParasiteInfo) -> Result<pb::TaskCore> {
         .map(|(i, t)| pb::Itimer { which: i as u32, interval_usec: usec(t.interval_sec, t.interval_usec), value_usec: usec(t.value_sec, t.value_usec) })
         .collect();
     Ok(pb::TaskCore {
-        pid: pid as u32,
+        pid: vpid as u32,
         comm,
-        threads: vec![thread],
+        threads: cores,
         sigactions,
         itimers,
         creds: Some(creds(pid)?),
@@ -98,6 +122,8 @@ pub fn dump(tracee: &Tracee, info: &ParasiteInfo) -> Result<pb::TaskCore> {
         root: link_proc(pid, "root")?,
         personality: info.personality as u32,
         dumpable: info.dumpable as u32,
+        shared_pending: shared.into_iter().map(|s| s.to_vec()).collect(),
+        posix_timers: timers,
     })
 }
 
@@ -135,7 +161,7 @@ pub fn apply_rlimits(core: &pb::TaskCore) -> Vec<String> {
     warnings
 }
 
-/// Fills the restorer's view of signals, timers, thread registration and creds.
+/// Fills the restorer's view of signals, timers and creds.
 pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs) {
     for s in &core.sigactions {
         if (1..=64).contains(&s.sig) {
@@ -152,18 +178,6 @@ pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs) {
             };
         }
     }
-    if let Some(t) = core.threads.first() {
-        if let Some(r) = &t.rseq {
-            a.rseq = RseqReg { ptr: r.ptr, len: r.len, sig: r.sig };
-        }
-        a.robust_list = t.robust_list;
-        a.robust_list_len = t.robust_list_len;
-        a.clear_child_tid = t.clear_child_tid;
-        if let Some(r) = &t.regs {
-            a.fs_base = r.fs_base;
-            a.gs_base = r.gs_base;
-        }
-    }
     let c = core.creds.clone().unwrap_or_default();
     a.uids = [c.ruid, c.euid, c.suid, c.fsuid];
     a.gids = [c.rgid, c.egid, c.sgid, c.fsgid];
@@ -171,6 +185,23 @@ pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs) {
     a.groups[..n].copy_from_slice(&c.groups[..n]);
     a.nr_groups = n as u32;
     a.dumpable = core.dumpable as i32;
+    a.tgid = core.pid as i32;
+}
+
+/// The restorer's per-thread arguments for one thread (pointers filled by the caller).
+pub fn thread_args(t: &pb::ThreadCore) -> ThreadArgs {
+    let mut a = ThreadArgs { tid: t.tid as i32, ..Default::default() };
+    if let Some(r) = &t.rseq {
+        a.rseq = RseqReg { ptr: r.ptr, len: r.len, sig: r.sig };
+    }
+    a.robust_list = t.robust_list;
+    a.robust_list_len = t.robust_list_len;
+    a.clear_child_tid = t.clear_child_tid;
+    if let Some(r) = &t.regs {
+        a.fs_base = r.fs_base;
+        a.gs_base = r.gs_base;
+    }
+    a
 }
 
 pub fn pid_of(core: &pb::TaskCore) -> Pid {

@@ -64,6 +64,34 @@ pub fn needs_amx(fpu: &pb::Fpu) -> bool {
     xstate_bv(&fpu.xsave) & (1 << XFEATURE_XTILEDATA) != 0
 }
 
+/// Where a task stopped inside a syscall resumes: (rax, rip, rdi, rdx). Interrupted
+/// syscalls run again as the kernel would have restarted them; an interrupted
+/// nanosleep/clock_nanosleep (whose restart block does not survive) restarts with the
+/// remaining time the kernel wrote to its `rem` argument, or with its absolute
+/// deadline; anything else that needed a restart block returns EINTR.
+fn resume_point(r: &pb::Regs) -> (u64, u64, u64, u64) {
+    const NANOSLEEP: u64 = 35;
+    const CLOCK_NANOSLEEP: u64 = 230;
+    const TIMER_ABSTIME: u64 = 1;
+    let (rax, rip, rdi, rdx) = (r.rax, r.rip, r.rdi, r.rdx);
+    if (r.orig_rax as i64) < 0 {
+        return (rax, rip, rdi, rdx);
+    }
+    let again = rip.wrapping_sub(2);
+    match -(r.rax as i64) {
+        // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND: run the syscall again.
+        512..=514 => (r.orig_rax, again, rdi, rdx),
+        // ERESTART_RESTARTBLOCK
+        516 => match r.orig_rax {
+            NANOSLEEP if r.rsi != 0 => (NANOSLEEP, again, r.rsi, rdx),
+            CLOCK_NANOSLEEP if r.rsi & TIMER_ABSTIME != 0 => (CLOCK_NANOSLEEP, again, rdi, rdx),
+            CLOCK_NANOSLEEP if r.r10 != 0 => (CLOCK_NANOSLEEP, again, rdi, r.r10),
+            _ => ((-(libc::EINTR as i64)) as u64, rip, rdi, rdx),
+        },
+        _ => (rax, rip, rdi, rdx),
+    }
+}
+
 /// Offsets inside the frame buffer `build_sigframe` returns.
 pub const FRAME_FPSTATE: usize = 448;
 
@@ -73,19 +101,7 @@ pub const FRAME_FPSTATE: usize = 448;
 pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
     let r = t.regs.clone().unwrap_or_default();
     let fpu = t.fpu.clone().unwrap_or_default();
-    let (mut rax, mut rip) = (r.rax, r.rip);
-    // A task stopped inside an interrupted syscall resumes it, as the kernel would have.
-    if (r.orig_rax as i64) >= 0 {
-        match -(r.rax as i64) {
-            512 | 513 | 514 => {
-                // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND: run the syscall again.
-                rax = r.orig_rax;
-                rip = rip.wrapping_sub(2);
-            }
-            516 => rax = (-(libc::EINTR as i64)) as u64, // ERESTART_RESTARTBLOCK: no restart block here
-            _ => {}
-        }
-    }
+    let (rax, rip, rdi, rdx) = resume_point(&r);
     let amx = needs_amx(&fpu);
     let (size, features) = if amx {
         (fpu.xsave.len(), geometry.xfeatures | (1 << XFEATURE_XTILEDATA))
@@ -103,7 +119,7 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
     f[uc + 24..uc + 28].copy_from_slice(&st.flags.to_le_bytes());
     put(&mut f, uc + 32, st.size);
     let sc = uc + 40; // struct sigcontext
-    for (i, v) in [r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, rax, r.rcx, r.rsp, rip, r.eflags]
+    for (i, v) in [r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, rdi, r.rsi, r.rbp, r.rbx, rdx, rax, r.rcx, r.rsp, rip, r.eflags]
         .into_iter()
         .enumerate()
     {

@@ -1,0 +1,127 @@
+//! Dumping one frozen process: its fds, memory (through the parasite), core state of
+//! every thread, then its image files.
+
+use super::tree::FrozenProc;
+use super::DumpCtx;
+use crate::error::{Error, Result};
+use crate::infect::Parasite;
+use crate::mem::{dump::PageDumper, vma};
+use crate::sys::abi::StackT;
+use crate::sys::process::read_remote;
+use crate::task::{self, ThreadExtra};
+use crate::{files, task::timers};
+use images_format::{pb, ImageKind, PagesWriter, write_entries};
+
+/// Fields of /proc/PID/stat after the command name.
+pub struct Stat(Vec<u64>);
+
+impl Stat {
+    pub fn read(pid: i32) -> Result<Stat> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoProcess(pid),
+            _ => Error::proc(pid, "stat", e),
+        })?;
+        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        Ok(Stat(rest.split_whitespace().skip(1).map(|v| v.parse::<i64>().map(|x| x as u64).unwrap_or(0)).collect()))
+    }
+    /// Field number `n` as numbered in proc(5).
+    pub fn field(&self, n: usize) -> u64 {
+        self.0.get(n - 4).copied().unwrap_or(0)
+    }
+}
+
+/// The process group and session of `pid`, in the tree's namespace terms given the
+/// (outer pid → vpid) map.
+pub fn pgid_sid(pid: i32, to_v: &dyn Fn(i32) -> Option<i32>) -> Result<(i32, i32, i32, i32)> {
+    let st = Stat::read(pid)?;
+    let (pgid, sid) = (st.field(5) as i32, st.field(6) as i32);
+    Ok((pgid, sid, to_v(pgid).unwrap_or(0), to_v(sid).unwrap_or(0)))
+}
+
+pub fn dump_process(p: &mut FrozenProc, ctx: &mut DumpCtx) -> Result<()> {
+    let pid = p.pid;
+    let unsupported = |what: String, hint: Option<&'static str>| Error::Unsupported { pid, fd: None, what, hint };
+    let fds = files::list(pid)?;
+    files::precheck(pid, &fds)?;
+    let mut vmas = vma::collect(pid)?;
+    vma::mark_shmem(pid, &mut vmas, &mut ctx.shmem_seen)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| Error::proc(pid, "exe", e))?.to_string_lossy().into_owned();
+    if exe.ends_with(" (deleted)") {
+        return Err(unsupported(format!("its executable {exe} was deleted"), None));
+    }
+    let vdso = vmas.iter().find(|v| v.kind() == pb::VmaKind::VmaVdso).map(|v| v.start);
+    let (Some(vdso), Some(off)) = (vdso, ctx.vdso_syscall) else {
+        return Err(unsupported("it has no vdso to run syscalls through".into(), None));
+    };
+    for t in p.threads.iter_mut() {
+        t.set_syscall_ip(vdso + off);
+    }
+    let mut timers = timers::list(pid)?;
+
+    let (main, others) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
+    let mut parasite = Parasite::inject(main)?;
+    let info = parasite.info()?;
+    let numbers: Vec<i32> = fds.iter().map(|f| f.fd).collect();
+    let dups = parasite.fds(&numbers)?;
+    let fd_entries = ctx.files.dump_fds(pid, &fds, &dups)?;
+    drop(dups);
+
+    let mut pages = PagesWriter::create(&ctx.opts.dir, p.vpid as u32, ctx.compression)?;
+    let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
+    dumper.dump(&vmas, &mut parasite, &mut pages)?;
+    pages.finish()?;
+    parasite.stop()?;
+
+    // Per-thread state only the thread can report, through remote syscalls that use
+    // the parasite's memory as scratch.
+    let scratch = parasite.scratch();
+    let mut extras = vec![ThreadExtra { altstack: info.altstack, clear_child_tid: info.clear_child_tid }];
+    for t in others {
+        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
+        t.syscall_ok("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch + 64])?;
+        let mut b = [0u8; 72];
+        read_remote(t.pid, scratch, &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
+        let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let altstack = StackT { sp: w(0), flags: i32::from_le_bytes(b[8..12].try_into().unwrap()), _pad: 0, size: w(16) };
+        extras.push(ThreadExtra { altstack, clear_child_tid: w(64) });
+    }
+    timers::read_values(main, &mut timers, scratch)?;
+    drop(parasite);
+
+    ctx.stats.pages.dumped += dumper.stats.dumped;
+    ctx.stats.pages.scanned += dumper.stats.scanned;
+    ctx.stats.pages.zero += dumper.stats.zero;
+    ctx.stats.vmas += vmas.len();
+    ctx.stats.fds += fds.len();
+    log::info!("pid {pid}: {} pages dumped ({} scanned, {} zero), {} VMAs, {} fds, {} threads",
+        dumper.stats.dumped, dumper.stats.scanned, dumper.stats.zero, vmas.len(), fds.len(), p.threads.len());
+
+    let vtids: Vec<i32> = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw())).collect();
+    let core = task::dump(p.vpid, &p.threads, &vtids, &extras, &info, timers)?;
+    let stat = Stat::read(pid)?;
+    let auxv_bytes = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| Error::proc(pid, "auxv", e))?;
+    let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    let mm_img = pb::Mm {
+        start_code: stat.field(26),
+        end_code: stat.field(27),
+        start_stack: stat.field(28),
+        start_data: stat.field(45),
+        end_data: stat.field(46),
+        start_brk: stat.field(47),
+        brk: info.brk,
+        arg_start: stat.field(48),
+        arg_end: stat.field(49),
+        env_start: stat.field(50),
+        env_end: stat.field(51),
+        auxv,
+        exe,
+        vmas,
+    };
+    let v = p.vpid as u32;
+    let dir = &ctx.opts.dir;
+    write_entries(dir, ImageKind::Core, v, &[core])?;
+    write_entries(dir, ImageKind::Mm, v, &[mm_img])?;
+    write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?;
+    write_entries(dir, ImageKind::Fdinfo, v, &fd_entries)?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Discovering and freezing the whole process tree: every process below the root and
+//! every thread of each, seized with ptrace until a full pass finds nothing new.
+
+use crate::error::{Error, Result};
+use crate::infect::Tracee;
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+
+/// One process of the frozen tree.
+pub struct FrozenProc {
+    /// PID as crtool sees it.
+    pub pid: i32,
+    /// PID in the tree's own PID namespace.
+    pub vpid: i32,
+    pub ppid: i32,
+    /// Threads, the main thread first (empty for a zombie).
+    pub threads: Vec<Tracee>,
+    pub zombie: Option<i32>,
+}
+
+pub struct FrozenTree {
+    /// Parents before children (breadth first from the root).
+    pub procs: Vec<FrozenProc>,
+    /// The root is PID 1 of a PID namespace of its own.
+    pub new_pid_ns: bool,
+    pub new_mount_ns: bool,
+}
+
+fn read(path: String) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// Last field of the NSpid line: the PID in the task's own innermost namespace, and
+/// the number of levels.
+fn nspid(pid: i32) -> Option<Vec<i32>> {
+    let status = read(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    Some(line.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+}
+
+fn stat_state(pid: i32) -> Option<(char, i32, i32)> {
+    let s = read(format!("/proc/{pid}/stat"))?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // state, ppid, ..., exit_code is field 52 (index 49 after the name)
+    let state = f.first()?.chars().next()?;
+    let ppid = f.get(1)?.parse().ok()?;
+    let exit = f.get(49).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some((state, ppid, exit))
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        if let Some(c) = read(format!("/proc/{pid}/task/{tid}/children")) {
+            out.extend(c.split_whitespace().filter_map(|v| v.parse::<i32>().ok()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn threads_of(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect())
+        .unwrap_or_default();
+    v.sort();
+    // The main thread first.
+    if let Some(i) = v.iter().position(|&t| t == pid) {
+        v.remove(i);
+        v.insert(0, pid);
+    }
+    v
+}
+
+fn ns_id(pid: i32, ns: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()
+}
+
+/// Seizes every thread of every process in the tree rooted at `root`.
+pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
+    let root_ns = nspid(root).ok_or(Error::NoProcess(root))?;
+    let own_levels = nspid(std::process::id() as i32).map(|v| v.len()).unwrap_or(1);
+    let (new_pid_ns, levels) = match root_ns.len() {
+        n if n == own_levels => (false, n),
+        n if n == own_levels + 1 && root_ns[n - 1] == 1 => (true, n),
+        _ => {
+            return Err(Error::Unsupported {
+                pid: root,
+                fd: None,
+                what: format!("it lives in a nested PID namespace ({root_ns:?}) but is not its init"),
+                hint: Some("dump the namespace's init (PID 1) instead"),
+            })
+        }
+    };
+    let new_mount_ns = new_pid_ns && ns_id(root, "mnt") != ns_id(std::process::id() as i32, "mnt");
+
+    let mut procs: Vec<FrozenProc> = Vec::new();
+    let mut seen_threads: BTreeSet<i32> = BTreeSet::new();
+    loop {
+        let mut changed = false;
+        let mut queue: Vec<i32> = vec![root];
+        let mut i = 0;
+        while i < queue.len() {
+            let pid = queue[i];
+            i += 1;
+            let Some((state, ppid, exit)) = stat_state(pid) else {
+                if pid == root {
+                    return Err(Error::NoProcess(root));
+                }
+                continue; // gone before we got to it
+            };
+            let idx = match procs.iter().position(|p| p.pid == pid) {
+                Some(idx) => idx,
+                None => {
+                    let ns = nspid(pid).unwrap_or_default();
+                    if ns.len() != levels {
+                        return Err(Error::Unsupported { pid, fd: None, what: format!("it is in a nested PID namespace ({ns:?})"), hint: Some("nested PID namespaces are not supported yet") });
+                    }
+                    let vpid = *ns.last().unwrap_or(&pid);
+                    procs.push(FrozenProc { pid, vpid, ppid, threads: Vec::new(), zombie: None });
+                    changed = true;
+                    procs.len() - 1
+                }
+            };
+            if state == 'Z' {
+                procs[idx].zombie = Some(exit);
+                continue;
+            }
+            for tid in threads_of(pid) {
+                if seen_threads.contains(&tid) {
+                    continue;
+                }
+                match Tracee::seize(Pid::from_raw(tid), xsave_size) {
+                    Ok(t) => {
+                        seen_threads.insert(tid);
+                        procs[idx].threads.push(t);
+                        changed = true;
+                    }
+                    Err(Error::NoProcess(_)) | Err(Error::TaskGone { .. }) if tid != root => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            // Keep the main thread first even if it was seized after others.
+            procs[idx].threads.sort_by_key(|t| (t.pid.as_raw() != pid, t.pid.as_raw()));
+            for c in children_of(pid) {
+                if !queue.contains(&c) {
+                    queue.push(c);
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    // Resolve parents to the tree's namespace.
+    let vpids: Vec<(i32, i32)> = procs.iter().map(|p| (p.pid, p.vpid)).collect();
+    for p in procs.iter_mut() {
+        p.ppid = vpids.iter().find(|(pid, _)| *pid == p.ppid).map(|&(_, v)| v).unwrap_or(0);
+    }
+    Ok(FrozenTree { procs, new_pid_ns, new_mount_ns })
+}

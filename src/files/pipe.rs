@@ -1,0 +1,145 @@
+//! Pipes and named FIFOs: which end, its flags, and the bytes sitting in the buffer.
+//! Data is copied with tee(2) from a second read end, so the task's buffer is never
+//! consumed; at restore it is written back into the new pipe before anyone runs.
+
+use super::{FdInfo, FileKind};
+use crate::error::{Error, Result};
+use images_format::pb::{self, file_entry::Kind};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+pub struct PipeKind;
+
+impl FileKind for PipeKind {
+    fn dump(_pid: i32, info: &FdInfo, _fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        if info.link.starts_with("pipe:") {
+            Ok(Kind::Pipe(pb::PipeEnd { pipe_id: st.st_ino, flags }))
+        } else {
+            Ok(Kind::Fifo(pb::Fifo { path: info.link.clone(), pipe_id: st.st_ino, flags }))
+        }
+    }
+    fn open(&self) -> std::io::Result<OwnedFd> {
+        Err(std::io::Error::other("pipes are opened through pipe::Restorer"))
+    }
+}
+
+/// Records the buffered bytes of the pipe behind `info` (once per pipe).
+pub fn capture_data(pid: i32, info: &FdInfo, st: &libc::stat, pipes: &mut Vec<pb::PipeData>) -> Result<()> {
+    if pipes.iter().any(|p| p.pipe_id == st.st_ino) {
+        return Ok(());
+    }
+    let err = |what: &str, e: nix::errno::Errno| Error::Unsupported { pid, fd: Some(info.fd), what: format!("pipe {}: {what}: {e}", info.link), hint: None };
+    // Opening /proc/PID/fd/N read-only yields a fresh read end of the same pipe.
+    let path = format!("/proc/{pid}/fd/{}", info.fd);
+    let peek = nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(|e| err("reopen", e))?;
+    let capacity = fcntl(&peek, FcntlArg::F_GETPIPE_SZ).map_err(|e| err("F_GETPIPE_SZ", e))? as u32;
+    let (tr, tw) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| err("pipe2", e))?;
+    let _ = fcntl(&tw, FcntlArg::F_SETPIPE_SZ(capacity as i32));
+    let mut data = Vec::new();
+    // SAFETY: tee(2) between two pipe fds we own; it duplicates buffer references
+    // without consuming them from the task's pipe.
+    let n = unsafe { libc::tee(peek.as_raw_fd(), tw.as_raw_fd(), capacity as usize, libc::SPLICE_F_NONBLOCK) };
+    if n < 0 && nix::errno::Errno::last() != nix::errno::Errno::EAGAIN {
+        return Err(err("tee", nix::errno::Errno::last()));
+    }
+    if n > 0 {
+        data.resize(n as usize, 0);
+        let mut got = 0;
+        while got < data.len() {
+            match nix::unistd::read(&tr, &mut data[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        data.truncate(got);
+    }
+    pipes.push(pb::PipeData { pipe_id: st.st_ino, capacity, data });
+    Ok(())
+}
+
+/// Recreates pipes and FIFOs (in crtool, before the tree is forked).
+pub struct Restorer<'a> {
+    data: BTreeMap<u64, &'a pb::PipeData>,
+    /// pipe id → (read end, write end) of the new pipe, until first used.
+    fresh: BTreeMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
+    /// Any end of each new pipe, to open further descriptions through /proc.
+    any_end: BTreeMap<u64, OwnedFd>,
+    keepers: Vec<OwnedFd>,
+}
+
+impl<'a> Restorer<'a> {
+    pub fn new(pipes: &'a [pb::PipeData]) -> Self {
+        Restorer { data: pipes.iter().map(|p| (p.pipe_id, p)).collect(), fresh: BTreeMap::new(), any_end: BTreeMap::new(), keepers: Vec::new() }
+    }
+
+    fn fill(&self, id: u64, w: &OwnedFd) -> std::io::Result<()> {
+        if let Some(d) = self.data.get(&id) {
+            if d.capacity > 0 {
+                let _ = fcntl(w, FcntlArg::F_SETPIPE_SZ(d.capacity as i32));
+            }
+            let mut off = 0;
+            while off < d.data.len() {
+                off += nix::unistd::write(w.as_fd(), &d.data[off..]).map_err(std::io::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn open_end(&mut self, p: &pb::PipeEnd) -> std::io::Result<OwnedFd> {
+        if !self.fresh.contains_key(&p.pipe_id) && !self.any_end.contains_key(&p.pipe_id) {
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+            self.fill(p.pipe_id, &w)?;
+            self.any_end.insert(p.pipe_id, r.try_clone()?);
+            self.fresh.insert(p.pipe_id, (Some(r), Some(w)));
+        }
+        let write = p.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+        let slot = self.fresh.get_mut(&p.pipe_id).and_then(|(r, w)| if write { w.take() } else { r.take() });
+        let fd = match slot {
+            Some(fd) => fd,
+            None => {
+                let any = &self.any_end[&p.pipe_id];
+                let path = format!("/proc/self/fd/{}", any.as_raw_fd());
+                let mode = if write { OFlag::O_WRONLY } else { OFlag::O_RDONLY };
+                let raw = nix::fcntl::open(path.as_str(), mode | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, nix::sys::stat::Mode::empty())?;
+                raw
+            }
+        };
+        set_status_flags(&fd, p.flags)?;
+        Ok(fd)
+    }
+
+    pub fn open_fifo(&mut self, f: &pb::Fifo) -> std::io::Result<OwnedFd> {
+        if !self.any_end.contains_key(&f.pipe_id) {
+            // A read-write keeper creates the FIFO's pipe and keeps it alive.
+            let keeper = nix::fcntl::open(f.path.as_str(), OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+            self.fill(f.pipe_id, &keeper)?;
+            self.any_end.insert(f.pipe_id, keeper.try_clone()?);
+            self.keepers.push(keeper);
+        }
+        let acc = OFlag::from_bits_truncate((f.flags & libc::O_ACCMODE as u32) as i32);
+        let fd = nix::fcntl::open(f.path.as_str(), acc | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+        set_status_flags(&fd, f.flags)?;
+        Ok(fd)
+    }
+
+    /// Fds that must stay open until the tasks hold their own.
+    pub fn into_keepers(self) -> Vec<OwnedFd> {
+        let mut k = self.keepers;
+        k.extend(self.any_end.into_values());
+        for (r, w) in self.fresh.into_values() {
+            k.extend(r);
+            k.extend(w);
+        }
+        k
+    }
+}
+
+fn set_status_flags(fd: &OwnedFd, flags: u32) -> std::io::Result<()> {
+    let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
+    let f = OFlag::from_bits_truncate(flags as i32 & keep);
+    fcntl(fd, FcntlArg::F_SETFL(f)).map(drop).map_err(std::io::Error::from)
+}
+

@@ -1,0 +1,61 @@
+//! Shared anonymous memory across the tree: at restore crtool creates each shmem
+//! object once, fills it from its owner's pages, and every task maps that same object
+//! (through /proc/self/map_files of the inherited mapping), so writes are shared again.
+
+use crate::error::{Error, Result};
+use crate::sys::mm::{self, PAGE};
+use images_format::pb::{self, VmaKind};
+use images_format::PagesReader;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// shmid → (address in crtool's (and every forked task's) address space, size).
+#[derive(Default, Clone)]
+pub struct ShmemObjects(pub BTreeMap<u64, (u64, u64)>);
+
+impl ShmemObjects {
+    /// Creates and fills every shmem object the tree uses. `tasks` lists each task's
+    /// PID, VMAs and page map.
+    pub fn create(dir: &Path, tasks: &[(u32, &pb::Mm, &[pb::PagemapEntry])]) -> Result<ShmemObjects> {
+        let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
+        for (_, mm, _) in tasks {
+            for v in mm.vmas.iter().filter(|v| v.kind() == VmaKind::VmaAnonShared) {
+                let end = v.pgoff + (v.end - v.start);
+                let s = sizes.entry(v.shmid).or_default();
+                *s = (*s).max(end);
+            }
+        }
+        let mut objs = ShmemObjects::default();
+        for (&id, &size) in &sizes {
+            let addr = mm::map_anywhere(size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS)
+                .map_err(|e| Error::sys(format!("creating shared memory object {id} ({size} bytes)"), e))?;
+            objs.0.insert(id, (addr, size));
+        }
+        for &(pid, mm, pagemap) in tasks {
+            let owned: Vec<&pb::Vma> = mm.vmas.iter().filter(|v| v.kind() == VmaKind::VmaAnonShared && v.shmem_owner).collect();
+            if owned.is_empty() {
+                continue;
+            }
+            let mut pages = PagesReader::open(dir, pid)?;
+            for e in pagemap {
+                let len = e.nr_pages as u64 * PAGE;
+                let Some(v) = owned.iter().find(|v| v.start <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|x| x <= v.end)) else { continue };
+                let (addr, size) = objs.0[&v.shmid];
+                let off = v.pgoff + (e.vaddr - v.start);
+                if off + len > size {
+                    return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("shared pages at {:#x} lie past the object", e.vaddr) });
+                }
+                // SAFETY: [addr+off, +len) is inside the shared mapping created above,
+                // which nothing else references yet.
+                let dst = unsafe { mm::slice_at(addr + off, len as usize) };
+                pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
+            }
+        }
+        Ok(objs)
+    }
+
+    /// The path that opens object `id` (valid in crtool and in every task it forks).
+    pub fn path(&self, id: u64) -> Option<String> {
+        self.0.get(&id).map(|&(a, s)| format!("/proc/self/map_files/{:x}-{:x}", a, a + s))
+    }
+}

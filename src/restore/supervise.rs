@@ -1,0 +1,255 @@
+//! crtool's side of a restore once the root is forked: it traces the whole tree (new
+//! tasks and threads are auto-attached), waits until every thread of every task sits
+//! at the restorer's final int3, then walks each through rt_sigreturn, removes each
+//! task's restorer area with one injected munmap, and lets them all go at once. Any
+//! failure kills everything it created.
+
+use super::TreeImages;
+use crate::error::{Error, PtraceCtx, Result};
+use crate::sys::abi::RestorerArgs;
+use crate::sys::process::read_remote;
+use crate::sys::ptrace::{self, Regs, Stop};
+use nix::unistd::Pid;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, OwnedFd};
+
+const PTRACE_EVENT_FORK: i32 = 1;
+const PTRACE_EVENT_CLONE: i32 = 3;
+
+/// What the finished tree must look like.
+pub struct Expected {
+    threads: usize,
+    zombie_statuses: Vec<i32>,
+}
+
+impl Expected {
+    pub fn from(imgs: &TreeImages) -> Expected {
+        Expected {
+            threads: imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| t.core.threads.len()).sum(),
+            zombie_statuses: imgs.procs.iter().filter(|p| p.task.is_none()).map(|p| p.tree.exit_status).collect(),
+        }
+    }
+}
+
+pub struct Supervisor {
+    root: Pid,
+    status_r: OwnedFd,
+    vdso_syscall: u64,
+    /// Every traced task we know of (outer tids).
+    known: BTreeSet<Pid>,
+    /// Threads waiting at their final int3, with the registers they had there.
+    ready: BTreeMap<Pid, Regs>,
+    /// Threads already through rt_sigreturn: their restored registers.
+    restored: BTreeMap<Pid, Regs>,
+}
+
+impl Supervisor {
+    pub fn new(root: Pid, status_r: OwnedFd, vdso_syscall: u64, _imgs: &TreeImages) -> Supervisor {
+        Supervisor { root, status_r, vdso_syscall, known: BTreeSet::from([root]), ready: BTreeMap::new(), restored: BTreeMap::new() }
+    }
+
+    pub fn run(mut self, go_w: &OwnedFd, expected: Expected) -> Result<Supervisor> {
+        match self.build(go_w, expected).and_then(|_| self.finish()) {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                self.kill_all();
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&self, msg: String) -> Error {
+        Error::Restore { pid: self.root.as_raw(), msg }
+    }
+
+    /// Reads what a task or restorer reported before dying, if anything.
+    fn report(&self) -> Option<Error> {
+        let mut buf = vec![0u8; 4096];
+        nix::fcntl::fcntl(&self.status_r, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).ok()?;
+        let n = nix::unistd::read(&self.status_r, &mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[0] == b'M' {
+            return Some(Error::Reported(String::from_utf8_lossy(&buf[1..n]).into_owned()));
+        }
+        Some(self.fail(failure_text(&buf[..n])))
+    }
+
+    fn build(&mut self, go_w: &OwnedFd, mut expected: Expected) -> Result<()> {
+        let root = self.root;
+        ptrace::seize_tree(root).ptrace(root, "PTRACE_SEIZE")?;
+        nix::unistd::write(go_w.as_fd(), b"g").map_err(|e| Error::sys("go pipe", e))?;
+        while self.ready.len() < expected.threads {
+            let (pid, stop) = ptrace::wait_any().map_err(|e| Error::sys("waitpid", e))?;
+            self.known.insert(pid);
+            match stop {
+                Stop::Signal(libc::SIGTRAP) => {
+                    let regs = ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS")?;
+                    self.ready.insert(pid, regs);
+                }
+                Stop::Event(PTRACE_EVENT_FORK | PTRACE_EVENT_CLONE, _) => {
+                    if let Ok(child) = nix::sys::ptrace::getevent(pid) {
+                        self.known.insert(Pid::from_raw(child as i32));
+                    }
+                    ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?;
+                }
+                Stop::Event(..) | Stop::Syscall => ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?,
+                Stop::Signal(libc::SIGSTOP) => ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?,
+                Stop::Exited(code) => {
+                    self.known.remove(&pid);
+                    if let Some(e) = self.report() {
+                        return Err(e);
+                    }
+                    let status = code << 8;
+                    match expected.zombie_statuses.iter().position(|&s| s == status) {
+                        Some(i) => {
+                            expected.zombie_statuses.remove(i);
+                        }
+                        None => return Err(self.fail(format!("task {pid} exited with {code} during the restore"))),
+                    }
+                }
+                Stop::Killed(sig) => {
+                    self.known.remove(&pid);
+                    if let Some(e) = self.report() {
+                        return Err(e);
+                    }
+                    match expected.zombie_statuses.iter().position(|&s| s & 0x7f == sig && s & 0x7f != 0) {
+                        Some(i) => {
+                            expected.zombie_statuses.remove(i);
+                        }
+                        None => return Err(self.fail(format!("task {pid} was killed by signal {sig} during the restore"))),
+                    }
+                }
+                Stop::Signal(sig) => {
+                    let rip = ptrace::getregs(pid).map(|r| r.rip).unwrap_or(0);
+                    return Err(self.fail(format!("task {pid} got signal {sig} at rip {rip:#x} while restoring")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every thread through rt_sigreturn; then each process's restorer area goes.
+    fn finish(&mut self) -> Result<()> {
+        let ready: Vec<(Pid, Regs)> = self.ready.iter().map(|(&p, &r)| (p, r)).collect();
+        for (tid, _) in &ready {
+            for _ in 0..2 {
+                ptrace::cont_syscall(*tid).ptrace(*tid, "PTRACE_SYSCALL")?;
+                self.expect_syscall(*tid)?;
+            }
+            let mut regs = ptrace::getregs(*tid).ptrace(*tid, "PTRACE_GETREGS")?;
+            regs.orig_rax = u64::MAX;
+            self.restored.insert(*tid, regs);
+        }
+        for (tid, at_trap) in &ready {
+            if !is_main_thread(*tid) {
+                continue;
+            }
+            // r12 holds the RestorerArgs pointer at the main thread's final trap.
+            let mut area = [0u8; 16];
+            let off = std::mem::offset_of!(RestorerArgs, area_start) as u64;
+            read_remote(*tid, at_trap.r12 + off, &mut area).ptrace(*tid, "process_vm_readv")?;
+            let start = u64::from_le_bytes(area[0..8].try_into().unwrap());
+            let len = u64::from_le_bytes(area[8..16].try_into().unwrap());
+            let vdso = vdso_start(*tid).ok_or_else(|| self.fail(format!("task {tid} has no vdso after restore")))?;
+            let restored = self.restored[tid];
+            let mut r = restored;
+            r.rip = vdso + self.vdso_syscall;
+            r.rax = libc::SYS_munmap as u64;
+            (r.rdi, r.rsi) = (start, len);
+            ptrace::setregs(*tid, &r).ptrace(*tid, "PTRACE_SETREGS")?;
+            for _ in 0..2 {
+                ptrace::cont_syscall(*tid).ptrace(*tid, "PTRACE_SYSCALL")?;
+                self.expect_syscall(*tid)?;
+            }
+            let res = ptrace::getregs(*tid).ptrace(*tid, "PTRACE_GETREGS")?.rax as i64;
+            if res != 0 {
+                return Err(self.fail(format!("task {tid}: removing the restorer area failed: {res}")));
+            }
+            ptrace::setregs(*tid, &restored).ptrace(*tid, "PTRACE_SETREGS")?;
+        }
+        Ok(())
+    }
+
+    fn expect_syscall(&self, tid: Pid) -> Result<()> {
+        match ptrace::wait(tid, false).ptrace(tid, "waitpid")? {
+            Some(Stop::Syscall) => Ok(()),
+            other => Err(self.fail(format!("task {tid}: unexpected {other:?} while finishing the restore"))),
+        }
+    }
+
+    /// Lets every restored thread run.
+    pub fn detach_all(&mut self) -> Result<()> {
+        let mut first = None;
+        for (&tid, regs) in &self.restored {
+            let r = ptrace::setregs(tid, regs).and_then(|_| ptrace::detach(tid)).ptrace(tid, "PTRACE_DETACH");
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        self.restored.clear();
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Detaches, then waits for the root to end: its exit code, or 128 + signal.
+    pub fn detach_and_wait_root(mut self) -> Result<i32> {
+        self.detach_all()?;
+        loop {
+            match ptrace::wait(self.root, false).map_err(|e| Error::sys("waitpid", e))? {
+                Some(Stop::Exited(c)) => return Ok(c),
+                Some(Stop::Killed(s)) => return Ok(128 + s),
+                _ => {}
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for &pid in self.known.iter().rev() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        // Reap what we can; EXITKILL covers the rest if crtool dies.
+        while let Ok((_, _)) = ptrace::wait_any() {}
+    }
+}
+
+fn is_main_thread(tid: Pid) -> bool {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok()) == Some(tid.as_raw())
+}
+
+fn vdso_start(tid: Pid) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
+    let l = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    u64::from_str_radix(l.split('-').next()?, 16).ok()
+}
+
+fn failure_text(buf: &[u8]) -> String {
+    if buf.len() >= std::mem::size_of::<crate::sys::abi::RestorerFailure>() {
+        let step = u32::from_le_bytes(buf[0..4].try_into().unwrap());
+        let index = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+        let errno = i64::from_le_bytes(buf[8..16].try_into().unwrap());
+        return format!("restorer step {} (item {index}) failed: {}", step_name(step), nix::errno::Errno::from_raw(errno as i32));
+    }
+    "unreadable report from the restorer".into()
+}
+
+fn step_name(step: u32) -> &'static str {
+    use crate::sys::abi::*;
+    match step {
+        STEP_DROP_RSEQ => "drop crtool's rseq",
+        STEP_UNMAP => "unmap crtool",
+        STEP_SPECIALS => "move vdso/vvar",
+        STEP_VMAS => "move VMAs into place",
+        STEP_MM => "PR_SET_MM_MAP",
+        STEP_XCOMP => "request AMX permission",
+        STEP_SIGACTIONS => "sigactions",
+        STEP_ITIMERS => "itimers",
+        STEP_THREAD => "thread state (robust list, rseq, fs/gs)",
+        STEP_CREDS => "credentials",
+        STEP_SIGNALS => "queue pending signals",
+        STEP_THREADS => "create threads",
+        STEP_TIMERS => "POSIX timers",
+        _ => "unknown",
+    }
+}

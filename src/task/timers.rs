@@ -1,0 +1,78 @@
+//! POSIX timers (timer_create): ids, clocks and notification from /proc/PID/timers,
+//! values from timer_gettime in the task; recreated with their ids by the restorer.
+
+use crate::error::{Error, Result};
+use crate::infect::Tracee;
+use crate::sys::abi::TimerArgs;
+use crate::sys::process::read_remote;
+use images_format::pb;
+
+/// Parses /proc/PID/timers (without values).
+pub fn list(pid: i32) -> Result<Vec<pb::PosixTimer>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).map_err(|e| Error::proc(pid, "timers", e))?;
+    let mut out: Vec<pb::PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let (k, v) = line.split_once(':').map(|(k, v)| (k.trim(), v.trim())).unwrap_or(("", ""));
+        match k {
+            "ID" => out.push(pb::PosixTimer { id: v.parse().unwrap_or(-1), ..Default::default() }),
+            "signal" => {
+                if let (Some(t), Some((sig, val))) = (out.last_mut(), v.split_once('/')) {
+                    t.signo = sig.parse().unwrap_or(0);
+                    t.sigev_value = u64::from_str_radix(val.trim_start_matches("0x"), 16).unwrap_or(0);
+                }
+            }
+            "notify" => {
+                if let (Some(t), Some((how, who))) = (out.last_mut(), v.split_once('/')) {
+                    let base = match how { "signal" => 0, "none" => 1, "thread" => 2, _ => 0 };
+                    let (kind, id) = who.split_once('.').unwrap_or(("pid", "0"));
+                    t.notify = base | if kind == "tid" { 4 } else { 0 };
+                    t.notify_tid = if kind == "tid" { id.parse().unwrap_or(0) } else { 0 };
+                }
+            }
+            "ClockID" => {
+                if let Some(t) = out.last_mut() {
+                    t.clock = v.parse().unwrap_or(0);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort_by_key(|t| t.id);
+    Ok(out)
+}
+
+/// Reads each timer's interval, remaining time and overrun with remote syscalls.
+pub fn read_values(t: &Tracee, timers: &mut [pb::PosixTimer], scratch: u64) -> Result<()> {
+    for timer in timers.iter_mut() {
+        t.syscall_ok("timer_gettime", libc::SYS_timer_gettime, &[timer.id as u64, scratch])?;
+        let mut b = [0u8; 32];
+        read_remote(t.pid, scratch, &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
+        let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap()) as u64;
+        timer.interval_ns = w(0) * 1_000_000_000 + w(1);
+        timer.value_ns = w(2) * 1_000_000_000 + w(3);
+        timer.overrun = t.syscall_ok("timer_getoverrun", libc::SYS_timer_getoverrun, &[timer.id as u64])? as i32;
+    }
+    Ok(())
+}
+
+pub fn to_args(t: &pb::PosixTimer) -> TimerArgs {
+    let split = |ns: u64| ((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64);
+    let (is, ins) = split(t.interval_ns);
+    let (vs, vns) = split(t.value_ns);
+    // A disarmed timer keeps value 0; an armed one that is due right now must still
+    // fire, so give it the smallest positive value.
+    let (vs, vns) = if t.value_ns == 0 && t.interval_ns != 0 { (0, 1) } else { (vs, vns) };
+    TimerArgs {
+        id: t.id,
+        clock: t.clock,
+        signo: t.signo,
+        notify: t.notify,
+        notify_tid: t.notify_tid,
+        _pad: 0,
+        sigev_value: t.sigev_value,
+        interval_sec: is,
+        interval_nsec: ins,
+        value_sec: vs,
+        value_nsec: vns,
+    }
+}
