@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""The `pyloop` workload: prints an increasing counter, one number a line, flushed,
+every 0.05 s, forever.
+
+    loop.py [--hold socket|pipe|fifo:PATH|ptmx] [--alternate]
+
+--hold keeps a resource crtool cannot dump open for the whole run (a socket pair, a
+pipe, a named FIFO opened read-write, or a pseudo-terminal master), to test that a
+refused dump leaves the process running. --alternate writes even numbers to stdout and odd ones to stderr
+(started with 2>&1, both fds share one open file description and its offset).
+"""
+import os
+import socket
+import sys
+import time
+
+held = []
+args = sys.argv[1:]
+alternate = "--alternate" in args
+if alternate:
+    args.remove("--alternate")
+if args[:1] == ["--hold"] and len(args) == 2:
+    kind = args[1]
+    if kind == "socket":
+        held.extend(socket.socketpair())
+    elif kind == "pipe":
+        held.extend(os.pipe())
+    elif kind.startswith("fifo:"):
+        held.append(os.open(kind[len("fifo:"):], os.O_RDWR | os.O_NONBLOCK))
+    elif kind == "ptmx":
+        held.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+    else:
+        sys.exit(f"loop.py: unknown --hold {kind!r}")
+elif args:
+    sys.exit(f"loop.py: unknown arguments {args!r}")
+
+i = 0
+while True:
+    if alternate:
+        os.write(1 if i % 2 == 0 else 2, b"%d\n" % i)
+    else:
+        print(i, flush=True)
+    i += 1
+    time.sleep(0.05)
