@@ -96,10 +96,31 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
 }
 
 fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
+    if kill {
+        // Kill every process first: a thread-group leader reports its death only
+        // after its other threads are reaped, so waiting one by one would hang.
+        for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let mut left: usize = tree.procs.iter().map(|p| p.threads.len()).sum();
+        for p in tree.procs {
+            for t in p.threads {
+                t.forget();
+            }
+        }
+        while left > 0 {
+            match crate::sys::ptrace::wait_any() {
+                Ok((_, crate::sys::ptrace::Stop::Exited(_) | crate::sys::ptrace::Stop::Killed(_))) => left -= 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        return Ok(());
+    }
     let mut first_err = None;
     for p in tree.procs {
         for t in p.threads {
-            if let Err(e) = t.release(kill) {
+            if let Err(e) = t.release(false) {
                 first_err.get_or_insert(e);
             }
         }

@@ -68,6 +68,11 @@ pub fn dump_process(p: &mut FrozenProc, ctx: &mut DumpCtx) -> Result<()> {
 
     let mut pages = PagesWriter::create(&ctx.opts.dir, p.vpid as u32, ctx.compression)?;
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
+    for t in &p.threads {
+        if let Ok(r) = crate::sys::ptrace::get_rseq(t.pid) {
+            dumper.add_rseq_area(r.rseq_abi_pointer);
+        }
+    }
     dumper.dump(&vmas, &mut parasite, &mut pages)?;
     pages.finish()?;
     parasite.stop()?;
@@ -97,7 +102,10 @@ pub fn dump_process(p: &mut FrozenProc, ctx: &mut DumpCtx) -> Result<()> {
         dumper.stats.dumped, dumper.stats.scanned, dumper.stats.zero, vmas.len(), fds.len(), p.threads.len());
 
     let vtids: Vec<i32> = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw())).collect();
-    let core = task::dump(p.vpid, &p.threads, &vtids, &extras, &info, timers)?;
+    let mut core = task::dump(p.vpid, &p.threads, &vtids, &extras, &info, timers)?;
+    for (t, c) in p.threads.iter().zip(core.threads.iter_mut()) {
+        c.sleep_remaining_ns = p.sleeps.get(&t.pid.as_raw()).copied();
+    }
     let stat = Stat::read(pid)?;
     let auxv_bytes = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| Error::proc(pid, "auxv", e))?;
     let auxv = auxv_bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();

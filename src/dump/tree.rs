@@ -16,6 +16,8 @@ pub struct FrozenProc {
     /// Threads, the main thread first (empty for a zombie).
     pub threads: Vec<Tracee>,
     pub zombie: Option<i32>,
+    /// tid → remaining time of a relative sleep without `rem` (see `sleep_remaining`).
+    pub sleeps: std::collections::BTreeMap<i32, u64>,
 }
 
 pub struct FrozenTree {
@@ -120,7 +122,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                         return Err(Error::Unsupported { pid, fd: None, what: format!("it is in a nested PID namespace ({ns:?})"), hint: Some("nested PID namespaces are not supported yet") });
                     }
                     let vpid = *ns.last().unwrap_or(&pid);
-                    procs.push(FrozenProc { pid, vpid, ppid, threads: Vec::new(), zombie: None });
+                    procs.push(FrozenProc { pid, vpid, ppid, threads: Vec::new(), zombie: None, sleeps: Default::default() });
                     changed = true;
                     procs.len() - 1
                 }
@@ -133,10 +135,14 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                 if seen_threads.contains(&tid) {
                     continue;
                 }
+                let sleep = sleep_remaining(pid, tid);
                 match Tracee::seize(Pid::from_raw(tid), xsave_size) {
                     Ok(t) => {
                         seen_threads.insert(tid);
                         procs[idx].threads.push(t);
+                        if let Some(ns) = sleep {
+                            procs[idx].sleeps.insert(tid, ns);
+                        }
                         changed = true;
                     }
                     Err(Error::NoProcess(_)) | Err(Error::TaskGone { .. }) if tid != root => continue,
@@ -161,4 +167,32 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
         p.ppid = vpids.iter().find(|(pid, _)| *pid == p.ppid).map(|&(_, v)| v).unwrap_or(0);
     }
     Ok(FrozenTree { procs, new_pid_ns, new_mount_ns })
+}
+
+/// For a thread sleeping in a relative nanosleep/clock_nanosleep without a `rem`
+/// pointer, how long it still has to sleep. Interrupting it for the dump loses the
+/// kernel's restart block, so this is read before seizing: the request from its
+/// memory, minus the time since it last ran (scheduler clock, /proc/TID/sched).
+fn sleep_remaining(pid: i32, tid: i32) -> Option<u64> {
+    let sc = read(format!("/proc/{pid}/task/{tid}/syscall"))?;
+    let f: Vec<u64> = sc.split_whitespace().map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap_or(u64::MAX)).collect();
+    let nr = sc.split_whitespace().next()?.parse::<u64>().ok()?;
+    let (req, rem) = match nr {
+        35 => (*f.get(1)?, *f.get(2)?),
+        230 if f.get(2)? & 1 == 0 => (*f.get(3)?, *f.get(4)?),
+        _ => return None,
+    };
+    if rem != 0 {
+        return None; // the kernel writes the remaining time to *rem itself
+    }
+    let exec_start = |path: String| -> Option<f64> {
+        read(path)?.lines().find(|l| l.starts_with("se.exec_start"))?.split(':').nth(1)?.trim().parse::<f64>().ok()
+    };
+    let slept_ms = exec_start("/proc/thread-self/sched".into())? - exec_start(format!("/proc/{pid}/task/{tid}/sched"))?;
+    let mut ts = [0u8; 16];
+    crate::sys::process::read_remote(Pid::from_raw(pid), req, &mut ts).ok()?;
+    let sec = i64::from_le_bytes(ts[0..8].try_into().ok()?);
+    let nsec = i64::from_le_bytes(ts[8..16].try_into().ok()?);
+    let want = (sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(nsec.max(0) as u64);
+    Some(want.saturating_sub((slept_ms.max(0.0) * 1e6) as u64))
 }

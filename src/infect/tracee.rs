@@ -111,6 +111,11 @@ impl Tracee {
         Ok(())
     }
 
+    /// Gives up control without touching the task (it is being killed).
+    pub fn forget(mut self) {
+        self.released = true;
+    }
+
     /// Restores the task's state and lets it run on (detach), or kills it.
     pub fn release(mut self, kill: bool) -> Result<()> {
         self.released = true;

@@ -42,6 +42,9 @@ pub struct PageDumper {
     pub stats: PageStats,
     /// Page count at which the next progress line is logged (every 256 MiB).
     next_report: u64,
+    /// Byte ranges the kernel rewrites on the task's next return to user space (the
+    /// rseq cpu/node/cid fields): stored as zeros so that dumps stay reproducible.
+    volatile: Vec<(u64, u64)>,
 }
 
 impl PageDumper {
@@ -68,7 +71,17 @@ impl PageDumper {
             entries: Vec::new(),
             stats: PageStats::default(),
             next_report: 64 * 1024,
+            volatile: Vec::new(),
         })
+    }
+
+    /// Registers a thread's rseq area: its cpu_id_start/cpu_id and node_id/mm_cid
+    /// fields are saved as zeros (the kernel refills them after restore).
+    pub fn add_rseq_area(&mut self, addr: u64) {
+        if addr != 0 {
+            self.volatile.push((addr, 8));
+            self.volatile.push((addr + 20, 8));
+        }
     }
 
     /// Dumps the pages of every VMA that keeps data of its own.
@@ -161,6 +174,13 @@ impl PageDumper {
         let mut off = 0usize;
         for r in batch.drain(..) {
             let len = (r.pages * PAGE) as usize;
+            let end = r.vaddr + len as u64;
+            for &(a, l) in &self.volatile {
+                if a >= r.vaddr && a + l <= end {
+                    let o = off + (a - r.vaddr) as usize;
+                    self.buf[o..o + l as usize].fill(0);
+                }
+            }
             let stored = out.append(&self.buf[off..off + len])?;
             self.entries.push(pb::PagemapEntry {
                 vaddr: r.vaddr,

@@ -31,12 +31,14 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
             MMapPath::Vsys(key) => {
                 return Err(unsupported(format!("SysV shared memory (key {key}) mapped at {start:#x} is not supported yet")));
             }
-            MMapPath::Heap | MMapPath::Stack | MMapPath::TStack(_) | MMapPath::Anonymous => {
+            MMapPath::Heap | MMapPath::Stack | MMapPath::TStack(_) | MMapPath::Anonymous if !shared || m.inode == 0 => {
                 if m.inode != 0 {
                     return Err(unsupported(format!("mapping at {start:#x} has an inode but no path")));
                 }
                 if shared { VmaKind::VmaAnonShared } else { VmaKind::VmaAnonPrivate }
             }
+            // MAP_SHARED|MAP_ANONYMOUS memory is a shmem file named "/dev/zero (deleted)".
+            MMapPath::Path(path) if shared && path.as_os_str() == "/dev/zero (deleted)" => VmaKind::VmaAnonShared,
             MMapPath::Path(path) => {
                 let s = path.to_string_lossy();
                 if s.ends_with(" (deleted)") {

@@ -34,6 +34,7 @@ pub struct Ctx<'a> {
     pub status_w: RawFd,
     pub go_r: RawFd,
     pub geometry: SigFrameXstate,
+    pub cpu_tick_usec: u64,
 }
 
 /// Runs process `idx` of the tree in this (just forked) process. Never returns.
@@ -232,6 +233,20 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
     let moves = premap(pid, vmas, &task.pagemap, &mut pages, area, ctx.shmem)?;
     drop(pages);
+    for (addr, bytes) in core.threads.iter().filter_map(task::regs::sleep_patch) {
+        // The request timespec of an interrupted sleep now holds the time left.
+        // Only a writable private variable is rewritten; a constant request stays.
+        let writable = vmas.iter().any(|v| {
+            v.start <= addr && addr + 16 <= v.end && v.prot & libc::PROT_WRITE as u32 != 0
+                && matches!(v.kind(), pb::VmaKind::VmaAnonPrivate | pb::VmaKind::VmaFilePrivate)
+        });
+        let slot = moves.iter().find(|m| m.to <= addr && addr + 16 <= m.to + m.len).map(|m| m.from + (addr - m.to));
+        if let (true, Some(slot)) = (writable, slot) {
+            // SAFETY: 16 bytes inside a premapped, writable private VMA of this task
+            // that nothing in crtool references.
+            unsafe { mm::slice_at(slot, 16) }.copy_from_slice(&bytes);
+        }
+    }
 
     let region = area + premapped;
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
@@ -318,7 +333,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         sigframe: region + reg.frames[0],
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
-    task::fill_restorer_args(core, &mut args);
+    task::fill_restorer_args(core, &mut args, ctx.cpu_tick_usec);
     if core.creds.as_ref().is_some_and(|c| c.groups.len() > abi::MAX_GROUPS) {
         return Err(fail(format!("more than {} supplementary groups", abi::MAX_GROUPS)));
     }

@@ -165,6 +165,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         status_w: status_w.as_raw_fd(),
         go_r: go_r.as_raw_fd(),
         geometry,
+        cpu_tick_usec: crate::sys::process::cpu_itimer_tick_usec(),
     };
     log::info!("pid {root_pid}: forking the tree ({} processes)", imgs.procs.len());
     let forked = if imgs.inv.new_pid_ns {

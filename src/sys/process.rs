@@ -119,3 +119,20 @@ pub fn same_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<bool, Errno> 
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, 0 /* KCMP_FILE */, a, b) };
     Ok(Errno::result(r)? == 0)
 }
+
+/// How much the kernel adds to an ITIMER_VIRTUAL/ITIMER_PROF value when it is set
+/// (one scheduler tick), in microseconds: set 1 s on ourselves and read it back.
+pub fn cpu_itimer_tick_usec() -> u64 {
+    let one_sec = libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: libc::timeval { tv_sec: 1, tv_usec: 0 } };
+    let mut got = one_sec;
+    let zero = libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 }, it_value: libc::timeval { tv_sec: 0, tv_usec: 0 } };
+    // SAFETY: arms and disarms crtool's own ITIMER_PROF with local structs; it cannot
+    // fire in between (a second of CPU time is not spent here).
+    unsafe {
+        libc::setitimer(libc::ITIMER_PROF, &one_sec, std::ptr::null_mut());
+        libc::getitimer(libc::ITIMER_PROF, &mut got);
+        libc::setitimer(libc::ITIMER_PROF, &zero, std::ptr::null_mut());
+    }
+    let usec = got.it_value.tv_sec as u64 * 1_000_000 + got.it_value.tv_usec as u64;
+    usec.saturating_sub(1_000_000).min(100_000)
+}

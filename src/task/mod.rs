@@ -79,6 +79,7 @@ fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::Thre
         clear_child_tid: extra.clear_child_tid,
         comm,
         pending: pending.into_iter().map(|s| s.to_vec()).collect(),
+        sleep_remaining_ns: None,
     })
 }
 
@@ -161,8 +162,9 @@ pub fn apply_rlimits(core: &pb::TaskCore) -> Vec<String> {
     warnings
 }
 
-/// Fills the restorer's view of signals, timers and creds.
-pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs) {
+/// Fills the restorer's view of signals, timers and creds. `cpu_tick_usec` is what
+/// the kernel adds when arming CPU-time itimers (it was already in the dumped value).
+pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs, cpu_tick_usec: u64) {
     for s in &core.sigactions {
         if (1..=64).contains(&s.sig) {
             a.sigactions[s.sig as usize - 1] = KSigaction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
@@ -170,6 +172,10 @@ pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs) {
     }
     for t in &core.itimers {
         if t.which < 3 {
+            let mut t = t.clone();
+            if t.which != 0 && t.value_usec > cpu_tick_usec {
+                t.value_usec -= cpu_tick_usec;
+            }
             a.itimers[t.which as usize] = Itimerval {
                 interval_sec: (t.interval_usec / 1_000_000) as i64,
                 interval_usec: (t.interval_usec % 1_000_000) as i64,

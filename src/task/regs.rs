@@ -69,7 +69,7 @@ pub fn needs_amx(fpu: &pb::Fpu) -> bool {
 /// nanosleep/clock_nanosleep (whose restart block does not survive) restarts with the
 /// remaining time the kernel wrote to its `rem` argument, or with its absolute
 /// deadline; anything else that needed a restart block returns EINTR.
-fn resume_point(r: &pb::Regs) -> (u64, u64, u64, u64) {
+fn resume_point(r: &pb::Regs, sleep_remaining: Option<u64>) -> (u64, u64, u64, u64) {
     const NANOSLEEP: u64 = 35;
     const CLOCK_NANOSLEEP: u64 = 230;
     const TIMER_ABSTIME: u64 = 1;
@@ -86,10 +86,32 @@ fn resume_point(r: &pb::Regs) -> (u64, u64, u64, u64) {
             NANOSLEEP if r.rsi != 0 => (NANOSLEEP, again, r.rsi, rdx),
             CLOCK_NANOSLEEP if r.rsi & TIMER_ABSTIME != 0 => (CLOCK_NANOSLEEP, again, rdi, rdx),
             CLOCK_NANOSLEEP if r.r10 != 0 => (CLOCK_NANOSLEEP, again, rdi, r.r10),
+            // No `rem`: restart with the request, which `sleep_patch` rewrites to the
+            // remaining time measured at dump.
+            NANOSLEEP | CLOCK_NANOSLEEP if sleep_remaining.is_some() => (r.orig_rax, again, rdi, rdx),
             _ => ((-(libc::EINTR as i64)) as u64, rip, rdi, rdx),
         },
         _ => (rax, rip, rdi, rdx),
     }
+}
+
+/// For a thread restarted into a sleep without `rem` (see `resume_point`): where its
+/// request timespec is and what to write there (the remaining time).
+pub fn sleep_patch(t: &pb::ThreadCore) -> Option<(u64, [u8; 16])> {
+    let r = t.regs.as_ref()?;
+    let left = t.sleep_remaining_ns?;
+    if -(r.rax as i64) != 516 {
+        return None;
+    }
+    let req = match r.orig_rax {
+        35 if r.rsi == 0 => r.rdi,
+        230 if r.rsi & 1 == 0 && r.r10 == 0 => r.rdx,
+        _ => return None,
+    };
+    let mut ts = [0u8; 16];
+    ts[0..8].copy_from_slice(&((left / 1_000_000_000) as i64).to_le_bytes());
+    ts[8..16].copy_from_slice(&((left % 1_000_000_000) as i64).to_le_bytes());
+    Some((req, ts))
 }
 
 /// Offsets inside the frame buffer `build_sigframe` returns.
@@ -101,7 +123,7 @@ pub const FRAME_FPSTATE: usize = 448;
 pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
     let r = t.regs.clone().unwrap_or_default();
     let fpu = t.fpu.clone().unwrap_or_default();
-    let (rax, rip, rdi, rdx) = resume_point(&r);
+    let (rax, rip, rdi, rdx) = resume_point(&r, t.sleep_remaining_ns);
     let amx = needs_amx(&fpu);
     let (size, features) = if amx {
         (fpu.xsave.len(), geometry.xfeatures | (1 << XFEATURE_XTILEDATA))
