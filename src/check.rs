@@ -1,7 +1,6 @@
 //! `crtool check`: probes the kernel features crtool relies on, on a real child.
 
 use crate::sys::{cpu, mm, process, ptrace};
-use nix::unistd::{ForkResult, fork};
 
 pub struct Probe {
     pub name: &'static str,
@@ -24,26 +23,14 @@ pub fn check() -> Vec<Probe> {
     let g = cpu::sigframe_xstate();
     out.push(probe("signal frame XSAVE geometry", if g.xstate_size > 0 { Ok(format!("{} bytes, features {:#x}", g.xstate_size, g.xfeatures)) } else { Err("no fx_sw_bytes in the signal frame".into()) }));
     out.push(probe("pagemap PFNs (zero page detection)", mm::zero_pfn().map(|p| format!("zero pfn {p:#x}")).ok_or("no PFNs in pagemap".into())));
-    let mm_size = {
-        let mut size: u32 = 0;
-        // SAFETY: PR_SET_MM_MAP_SIZE only writes the struct size into `size`.
-        let r = unsafe { libc::prctl(libc::PR_SET_MM, 15 /* PR_SET_MM_MAP_SIZE */, &mut size as *mut u32, 0, 0) };
-        if r == 0 { Ok(format!("struct of {size} bytes")) } else { Err(std::io::Error::last_os_error().to_string()) }
-    };
+    let mm_size = process::mm_map_size().map(|s| format!("struct of {s} bytes")).map_err(|e| e.to_string());
     out.push(probe("prctl(PR_SET_MM_MAP)", mm_size));
     out.push(probe("ptrace on a child (seize, interrupt, regsets, rseq, pidfd_getfd)", ptrace_probe()));
     out
 }
 
 fn ptrace_probe() -> Result<String, String> {
-    // SAFETY: the child only sleeps and is killed below; crtool is single-threaded here.
-    let child = match unsafe { fork() }.map_err(|e| e.to_string())? {
-        ForkResult::Child => loop {
-            // SAFETY: pause(2) in the child until killed.
-            unsafe { libc::pause() };
-        },
-        ForkResult::Parent { child } => child,
-    };
+    let child = process::fork_idle_child().map_err(|e| format!("fork: {e}"))?;
     let res = (|| -> Result<String, String> {
         ptrace::seize(child, true).map_err(|e| format!("PTRACE_SEIZE: {e}"))?;
         ptrace::interrupt(child).map_err(|e| format!("PTRACE_INTERRUPT: {e}"))?;

@@ -192,8 +192,7 @@ fn run() -> Result<i32> {
 
 fn main() {
     // Die quietly on a closed pipe (`crtool show DIR | head`), like other CLI tools.
-    // SAFETY: restoring the default disposition of SIGPIPE before anything runs.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    crtool::sys::process::default_sigpipe();
     match run() {
         Ok(code) => std::process::exit(code),
         Err(e) => {

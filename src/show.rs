@@ -44,10 +44,11 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let prot = format!("{}{}{}", if v.prot & 1 != 0 { 'r' } else { '-' }, if v.prot & 2 != 0 { 'w' } else { '-' }, if v.prot & 4 != 0 { 'x' } else { '-' });
             let _ = writeln!(s, "  {:#014x}-{:#014x} {prot} {:?} {}", v.start, v.end, v.kind(), v.path);
         }
+        let _ = writeln!(s, "  files:");
         for fd in &task.fds {
             let f = imgs.files.iter().find(|f| f.id == fd.file_id).and_then(|f| f.kind.as_ref());
             let desc = f.map(crate::files::describe).unwrap_or_else(|| "?".into());
-            let _ = writeln!(s, "  fd {:>3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " (cloexec)" } else { "" }, fd.file_id);
+            let _ = writeln!(s, "    fd {:>3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " (cloexec)" } else { "" }, fd.file_id);
         }
     }
     Ok(s)

@@ -4,6 +4,21 @@
 
 #![allow(dead_code)]
 
+/// `#[repr(C)]` types made of integers only: their bytes can be viewed directly
+/// (implemented in crtool for the ABI structs it writes into the restorer area).
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types of integers whose every byte is initialised
+/// (no implicit padding, or padding the writer zeroes).
+pub unsafe trait Plain: Copy {}
+
+/// The bytes of a plain ABI value.
+pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
+    // SAFETY: `Plain` types are #[repr(C)] integer aggregates without padding
+    // invariants; reading their bytes is sound.
+    unsafe { core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>()) }
+}
+
 /// Size of the parasite's command/reply buffer (one SOCK_SEQPACKET message).
 pub const PARASITE_MSG_MAX: usize = 64 * 1024;
 /// Stack the injector gives each blob.
@@ -254,3 +269,8 @@ pub struct RestorerFailure {
     pub index: u32,
     pub errno: i64,
 }
+
+// Layout checks: the structs crtool views as bytes have no implicit padding.
+const _: () = assert!(core::mem::size_of::<ThreadArgs>() == 4 + 4 + 8 * 4 + 16 + 8 * 6);
+const _: () = assert!(core::mem::size_of::<TimerArgs>() == 6 * 4 + 8 * 5);
+const _: () = assert!(core::mem::size_of::<VmaMove>() == 24);

@@ -4,7 +4,7 @@
 use super::{FdInfo, FileKind};
 use crate::error::{Error, Result};
 use images_format::pb::{self, file_entry::Kind};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 pub struct ChrDevKind(pub pb::ChrDev);
 
@@ -28,14 +28,7 @@ impl FileKind for ChrDevKind {
             .find(|&&(ma, mi, _)| ma == self.0.major && mi == self.0.minor)
             .map(|&(_, _, p)| p)
             .unwrap_or(self.0.path.as_str());
-        let c = std::ffi::CString::new(path).map_err(std::io::Error::other)?;
-        let flags = (self.0.flags as i32 & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
-        // SAFETY: open(2) with a valid C string; a non-negative result is a new fd.
-        let fd = unsafe { libc::open(c.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        let flags = self.0.flags as i32 & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+        crate::sys::fd::open_at_pos(path, flags, 0)
     }
 }

@@ -7,6 +7,7 @@ mod pipe;
 mod reg;
 
 use crate::error::{Error, Result};
+use crate::sys::fd;
 use crate::sys::process::same_file;
 use images_format::pb::{self, file_entry::Kind};
 use nix::sys::stat::{SFlag, fstat};
@@ -174,26 +175,21 @@ impl Parked {
                 file: format!("fdinfo-{pid}.img"),
                 msg: format!("fd {} refers to missing file id {}", e.fd, e.file_id),
             })?;
-            let flags = if e.cloexec { libc::O_CLOEXEC } else { 0 };
-            // SAFETY: dup3 onto the target number; target numbers lie below every
-            // parked fd, and crtool's own fds there are closed.
-            if unsafe { libc::dup3(src, e.fd, flags) } < 0 {
-                return Err(Error::Restore { pid, msg: format!("fd {}: dup3: {}", e.fd, std::io::Error::last_os_error()) });
-            }
+            // Target numbers lie below every parked fd, and crtool's own fds are closed.
+            fd::dup_to(src, e.fd, e.cloexec).map_err(|err| Error::Restore { pid, msg: format!("fd {}: dup3: {err}", e.fd) })?;
         }
         Ok(())
     }
 
     /// Closes every parked fd (in a task, once its own are installed).
     pub fn close_all(&self) {
-        for &fd in self.by_id.values().chain(self.keepers.iter()) {
-            // SAFETY: closing inherited parked fds this task no longer needs.
-            unsafe { libc::close(fd) };
+        for &p in self.by_id.values().chain(self.keepers.iter()) {
+            fd::close_raw(p);
         }
     }
 
-    pub fn is_parked(&self, fd: RawFd) -> bool {
-        self.by_id.values().chain(self.keepers.iter()).any(|&p| p == fd)
+    pub fn all_fds(&self) -> Vec<RawFd> {
+        self.by_id.values().chain(self.keepers.iter()).copied().collect()
     }
 }
 
@@ -204,14 +200,9 @@ impl Drop for Parked {
     }
 }
 
-fn park(fd: OwnedFd, at: i32) -> Result<RawFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on an fd we own; the duplicate lives until the tasks
-    // close it (crtool itself keeps it until the restore ends).
-    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) };
-    if raw < 0 {
-        return Err(Error::sys("parking an fd (F_DUPFD)", nix::errno::Errno::last()));
-    }
-    Ok(raw)
+/// The duplicate lives until the tasks close it (crtool keeps it until the end).
+fn park(f: OwnedFd, at: i32) -> Result<RawFd> {
+    fd::dup_above(f.as_raw_fd(), at).map_err(|e| Error::sys("parking an fd (F_DUPFD)", nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))))
 }
 
 pub fn describe(kind: &Kind) -> String {

@@ -39,12 +39,11 @@ pub fn capture_data(pid: i32, info: &FdInfo, st: &libc::stat, pipes: &mut Vec<pb
     let (tr, tw) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| err("pipe2", e))?;
     let _ = fcntl(&tw, FcntlArg::F_SETPIPE_SZ(capacity as i32));
     let mut data = Vec::new();
-    // SAFETY: tee(2) between two pipe fds we own; it duplicates buffer references
-    // without consuming them from the task's pipe.
-    let n = unsafe { libc::tee(peek.as_raw_fd(), tw.as_raw_fd(), capacity as usize, libc::SPLICE_F_NONBLOCK) };
-    if n < 0 && nix::errno::Errno::last() != nix::errno::Errno::EAGAIN {
-        return Err(err("tee", nix::errno::Errno::last()));
-    }
+    let n = match crate::sys::fd::tee(&peek, &tw, capacity as usize) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN) => 0,
+        Err(e) => return Err(err("tee", e)),
+    };
     if n > 0 {
         data.resize(n as usize, 0);
         let mut got = 0;

@@ -3,7 +3,7 @@
 use super::{FdInfo, FileKind};
 use crate::error::Result;
 use images_format::pb::{self, file_entry::Kind};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 pub struct RegFileKind(pub pb::RegFile);
 
@@ -24,22 +24,6 @@ impl FileKind for RegFileKind {
     }
 
     fn open(&self) -> std::io::Result<OwnedFd> {
-        let path = std::ffi::CString::new(self.0.path.as_bytes()).map_err(std::io::Error::other)?;
-        let flags = (self.0.flags as i32 & !OPEN_ONLY) | libc::O_CLOEXEC;
-        // SAFETY: open(2) with a valid C string; a non-negative result is a new fd.
-        let fd = unsafe { libc::open(path.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd was just opened and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if self.0.pos != 0 {
-            use std::os::fd::AsRawFd;
-            // SAFETY: lseek on the fd we own.
-            if unsafe { libc::lseek(fd.as_raw_fd(), self.0.pos as i64, libc::SEEK_SET) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(fd)
+        crate::sys::fd::open_at_pos(&self.0.path, self.0.flags as i32 & !OPEN_ONLY, self.0.pos)
     }
 }

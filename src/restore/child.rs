@@ -8,22 +8,17 @@ use crate::error::{Error, Result};
 use crate::files::Parked;
 use crate::mem::restore::{find_area, premap, premap_size};
 use crate::mem::shmem::ShmemObjects;
-use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, RseqReg, ThreadArgs, VmaMove};
+use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, ThreadArgs, VmaMove};
 use crate::sys::blobs;
 use crate::sys::cpu::SigFrameXstate;
 use crate::sys::mm::{self, PAGE};
-use crate::sys::process::{Forked, fork_with_pids};
+use crate::sys::process::{self, Forked, fork_with_pids};
+use crate::sys::fd;
 use crate::{task, task::timers};
 use images_format::{pb, PagesReader};
 use std::convert::Infallible;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-
-unsafe extern "C" {
-    /// glibc's offset of the thread's rseq area from the thread pointer (glibc ≥ 2.35).
-    static __rseq_offset: isize;
-    static __rseq_size: u32;
-}
 
 /// What every restoring task inherits from crtool.
 pub struct Ctx<'a> {
@@ -43,30 +38,12 @@ pub fn run(ctx: &Ctx, idx: usize) -> ! {
     report_and_exit(ctx.status_w, &e)
 }
 
+/// Reports through the status pipe (one write, atomic below PIPE_BUF) and ends this
+/// forked copy without running crtool's destructors.
 fn report_and_exit(status: RawFd, e: &Error) -> ! {
     let msg = format!("M{e}");
-    // SAFETY: write(2) of a local buffer (atomic below PIPE_BUF), then _exit without
-    // running crtool's destructors in this forked copy.
-    unsafe {
-        libc::write(status, msg.as_ptr().cast(), msg.len().min(4000));
-        libc::_exit(1)
-    }
-}
-
-/// A zombie: exit the way the original did, and stay unreaped.
-fn become_zombie(status: i32) -> ! {
-    // SAFETY: signal/kill/_exit on ourselves.
-    unsafe {
-        if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            libc::signal(sig, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::kill(libc::getpid(), sig);
-        }
-        libc::_exit(libc::WEXITSTATUS(status))
-    }
+    fd::write_raw(status, &msg.as_bytes()[..msg.len().min(4000)]);
+    process::exit_now(1)
 }
 
 fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
@@ -77,16 +54,16 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     let fail = |msg: String| Error::Restore { pid, msg };
     if idx == 0 {
         let mut go = [0u8; 1];
-        // SAFETY: read(2) into a local byte from the inherited go pipe.
-        if unsafe { libc::read(ctx.go_r, go.as_mut_ptr().cast(), 1) } != 1 {
+        if fd::read_raw(ctx.go_r, &mut go).ok() != Some(1) {
             return Err(fail("crtool went away".into()));
         }
         if imgs.inv.new_mount_ns {
             remount_proc().map_err(|e| fail(format!("mounting /proc for the new PID namespace: {e}")))?;
         }
     }
-    if let Some(status) = me.task.is_none().then_some(t.exit_status) {
-        become_zombie(status);
+    if me.task.is_none() {
+        // A zombie: end the way the original did and stay unreaped.
+        process::exit_like(t.exit_status);
     }
 
     // Session and process group; children inherit them, so before forking them.
@@ -107,10 +84,9 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     for c in imgs.children(t.pid) {
         let cpid = imgs.procs[c].tree.pid as i32;
         let outer = if imgs.inv.new_pid_ns { imgs.outer_pid(cpid as u32) } else { None };
-        // SAFETY: this process is single-threaded (a fork of single-threaded crtool).
         let forked = outer
-            .and_then(|o| unsafe { fork_with_pids(&[cpid, o], 0) }.ok())
-            .map_or_else(|| unsafe { fork_with_pids(&[cpid], 0) }, Ok)
+            .and_then(|o| fork_with_pids(&[cpid, o], 0).ok())
+            .map_or_else(|| fork_with_pids(&[cpid], 0), Ok)
             .map_err(|e| fail(format!("forking child {cpid}: {e}")))?;
         if let Forked::Child = forked {
             run(ctx, c);
@@ -189,11 +165,9 @@ fn layout(task: &TaskImages, nr_vmas: usize, frame_sizes: &[u64], scratch_len: u
     Region { args, threads, vmas, auxv, siginfo, timers, frames, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
 }
 
-fn put<T: Copy>(mem: &mut [u8], off: u64, v: &T) {
-    let n = std::mem::size_of::<T>();
-    // SAFETY: T is a plain #[repr(C)] ABI struct; we copy its bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(v as *const T as *const u8, n) };
-    mem[off as usize..off as usize + n].copy_from_slice(bytes);
+fn put<T: abi::Plain>(mem: &mut [u8], off: u64, v: &T) {
+    let bytes = abi::bytes_of(v);
+    mem[off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
 }
 
 fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
@@ -301,7 +275,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     let mut args = Box::new(RestorerArgs {
         status_fd: -1,
         exe_fd: -1,
-        self_rseq: own_rseq(),
+        self_rseq: process::own_rseq(),
         area_start: area,
         area_len,
         specials: [VmaMove::default(); abi::MAX_SPECIALS],
@@ -341,20 +315,13 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     // Files: keep the status pipe and exe above every target fd, drop all of crtool's
     // other fds, install the task's from the parked ones, close those.
     let top = ctx.parked.max_fd() + 1;
-    // SAFETY: F_DUPFD_CLOEXEC on an inherited fd.
-    let status = unsafe { libc::fcntl(ctx.status_w, libc::F_DUPFD_CLOEXEC, top) };
-    if status < 0 {
-        return Err(fail(format!("F_DUPFD: {}", std::io::Error::last_os_error())));
-    }
-    let exe = std::ffi::CString::new(m.exe.as_bytes()).map_err(|_| fail("bad exe path".into()))?;
-    // SAFETY: open(2) of a C string.
-    let exe_fd = unsafe { libc::open(exe.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if exe_fd < 0 {
-        return Err(fail(format!("cannot open the executable {}: {}", m.exe, std::io::Error::last_os_error())));
-    }
-    // SAFETY: as above.
-    let exe_hi = unsafe { libc::fcntl(exe_fd, libc::F_DUPFD_CLOEXEC, status + 1) };
-    close_all_but(ctx.parked, &[status, exe_hi]);
+    let status = fd::dup_above(ctx.status_w, top).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
+    let exe_fd = fd::open_at_pos(&m.exe, libc::O_RDONLY, 0).map_err(|e| fail(format!("cannot open the executable {}: {e}", m.exe)))?;
+    let exe_hi = fd::dup_above(exe_fd.as_raw_fd(), status + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
+    drop(exe_fd);
+    let mut keep = ctx.parked.all_fds();
+    keep.extend([status, exe_hi]);
+    fd::close_all_except(&keep);
     if let Err(e) = ctx.parked.install(pid, &task.fds) {
         report_and_exit(status, &e);
     }
@@ -371,29 +338,3 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     unsafe { mm::jump_to_restorer(region + blobs::RESTORER_ENTRY, region + reg.args, region + reg.stacks + abi::BLOB_STACK_SIZE as u64) }
 }
 
-/// Closes every fd except the parked ones and `keep`.
-fn close_all_but(parked: &Parked, keep: &[RawFd]) {
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect())
-        .unwrap_or_default();
-    for fd in fds {
-        if !keep.contains(&fd) && !parked.is_parked(fd) {
-            // SAFETY: closing crtool's own fds in this forked copy; nothing below uses
-            // them (image files were dropped above).
-            unsafe { libc::close(fd) };
-        }
-    }
-}
-
-/// This thread's glibc rseq registration, which must go before crtool's memory does.
-fn own_rseq() -> RseqReg {
-    // SAFETY: reading two glibc-exported constants and the thread pointer.
-    unsafe {
-        if __rseq_size == 0 {
-            return RseqReg::default();
-        }
-        let tp: u64;
-        std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly));
-        RseqReg { ptr: (tp as i64 + __rseq_offset as i64) as u64, len: 32.max(__rseq_size), sig: 0x5305_3053 }
-    }
-}

@@ -114,18 +114,6 @@ fn holder_of(pid: i32) -> Option<String> {
     Some(format!("running process {pid} ({})", comm.trim()))
 }
 
-/// Raises our soft fd limit to the hard one so that parked fds fit.
-fn raise_nofile() {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: get/setrlimit on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
-}
-
 pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let imgs = load(&opts.dir)?;
     let root_pid = imgs.inv.root_pid as i32;
@@ -148,7 +136,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         return Err(Error::Restore { pid: root_pid, msg: "cannot learn the signal frame's XSAVE size".into() });
     }
 
-    raise_nofile();
+    // Parked fds sit above every target fd: make room for them.
+    crate::sys::process::raise_nofile();
     let max_fd = imgs.procs.iter().filter_map(|p| p.task.as_ref()).flat_map(|t| t.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3))?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
@@ -171,13 +160,10 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let forked = if imgs.inv.new_pid_ns {
         let flags = libc::CLONE_NEWPID as u64 | if imgs.inv.new_mount_ns { libc::CLONE_NEWNS as u64 } else { 0 };
         let outer = imgs.outer_pid(root_pid as u32);
-        // SAFETY: crtool is single-threaded during restore.
-        let with_outer = outer.and_then(|o| unsafe { fork_with_pids(&[1, o], flags) }.ok());
-        // SAFETY: as above.
-        with_outer.map_or_else(|| unsafe { fork_with_pids(&[1], flags) }, Ok)
+        let with_outer = outer.and_then(|o| fork_with_pids(&[1, o], flags).ok());
+        with_outer.map_or_else(|| fork_with_pids(&[1], flags), Ok)
     } else {
-        // SAFETY: as above.
-        unsafe { fork_with_pids(&[root_pid], 0) }
+        fork_with_pids(&[root_pid], 0)
     };
     let forked = forked.map_err(|e| match e {
         nix::errno::Errno::EEXIST => Error::PidTaken { pid: root_pid, holder: holder_of(root_pid).unwrap_or_else(|| "another process".into()) },

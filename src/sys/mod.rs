@@ -2,6 +2,7 @@
 //! this one see safe functions only.
 
 pub mod cpu;
+pub mod fd;
 pub mod mm;
 pub mod process;
 pub mod ptrace;
@@ -24,3 +25,16 @@ pub mod blobs {
 /// The parasite/restorer ABI shared with the blobs.
 #[path = "../../parasite/src/abi.rs"]
 pub mod abi;
+
+// SAFETY: these ABI structs are #[repr(C)] aggregates of integers laid out without
+// implicit padding (explicit `_pad` fields where alignment needs them).
+unsafe impl abi::Plain for abi::RestorerArgs {}
+// SAFETY: as above.
+unsafe impl abi::Plain for abi::ThreadArgs {}
+// SAFETY: as above.
+unsafe impl abi::Plain for abi::TimerArgs {}
+// SAFETY: as above.
+unsafe impl abi::Plain for abi::VmaMove {}
+// SAFETY: an integer.
+unsafe impl abi::Plain for u64 {}
+

@@ -20,29 +20,18 @@ struct Clone3Args {
     cgroup: u64,
 }
 
-/// What `fork_with_pid` returned in this process.
+/// What `fork_with_pids` returned in this process.
 pub enum Forked {
     Parent(Pid),
     Child,
 }
 
-/// fork(2) that gives the child exactly `pid` (clone3 with set_tid), in the caller's
-/// PID namespace. EEXIST means the PID is taken.
-///
-/// # Safety
-/// The caller must be single-threaded: the child continues with a copy of this
-/// thread only (as after fork), and must not rely on other threads' locks.
-pub unsafe fn fork_with_pid(pid: i32) -> Result<Forked, Errno> {
-    // SAFETY: forwarded contract.
-    unsafe { fork_with_pids(&[pid], 0) }
-}
-
-/// fork(2) with `flags` (e.g. CLONE_NEWPID) and the child's PIDs from its innermost
-/// PID namespace outwards (`set_tid`).
-///
-/// # Safety
-/// As for [`fork_with_pid`].
-pub unsafe fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> {
+/// fork(2) with `flags` (e.g. CLONE_NEWPID) that gives the child exactly the PIDs
+/// `pids`, from its innermost PID namespace outwards (clone3 with set_tid). EEXIST
+/// means a PID is taken. Refused (EDEADLK) unless this process is single-threaded:
+/// the child continues with a copy of this thread only, as after fork.
+pub fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> {
+    single_threaded()?;
     let args = Clone3Args {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -50,8 +39,8 @@ pub unsafe fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> 
         set_tid_size: pids.len() as u64,
         ..Default::default()
     };
-    // SAFETY: clone3 without CLONE_VM duplicates the address space like fork; `args`
-    // and `tid` outlive the call.
+    // SAFETY: clone3 without CLONE_VM duplicates the address space like fork (the
+    // caller is single-threaded, checked above); `args` and `pids` outlive the call.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const Clone3Args, std::mem::size_of::<Clone3Args>()) };
     match Errno::result(r)? {
         0 => Ok(Forked::Child),
@@ -135,4 +124,117 @@ pub fn cpu_itimer_tick_usec() -> u64 {
     }
     let usec = got.it_value.tv_sec as u64 * 1_000_000 + got.it_value.tv_usec as u64;
     usec.saturating_sub(1_000_000).min(100_000)
+}
+
+/// Ends this (forked) process at once, without running crtool's destructors.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) never returns and runs no user code.
+    unsafe { libc::_exit(code) }
+}
+
+/// Makes this (forked) process end the way `status` (a wait status) says, so that
+/// it stays behind as a zombie with exactly that status.
+pub fn exit_like(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: default disposition, empty mask, then the signal to ourselves.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}
+
+/// prlimit64(2) read of `resource` for `pid`: (soft, hard).
+pub fn get_rlimit(pid: i32, resource: u32) -> Result<(u64, u64), Errno> {
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a NULL new limit; the kernel only writes `old`.
+    let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
+    Errno::result(r)?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// Sets one of our own resource limits.
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+    let new = libc::rlimit64 { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: prlimit64 on ourselves reading a local struct.
+    Errno::result(unsafe { libc::prlimit64(0, resource as _, &new, std::ptr::null_mut()) }).map(drop)
+}
+
+/// Raises our soft fd limit to the hard one.
+pub fn raise_nofile() {
+    if let Ok((_, hard)) = get_rlimit(0, libc::RLIMIT_NOFILE as u32) {
+        let _ = set_rlimit(libc::RLIMIT_NOFILE as u32, hard, hard);
+    }
+}
+
+pub fn set_personality(p: u32) {
+    // SAFETY: personality(2) takes a plain integer.
+    unsafe { libc::personality(p as libc::c_ulong) };
+}
+
+/// PR_SET_NAME: the thread's comm (truncated by the kernel to 15 bytes).
+pub fn set_comm(name: &str) {
+    let c = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+}
+
+/// Size of struct prctl_mm_map the kernel expects (PR_SET_MM_MAP_SIZE).
+pub fn mm_map_size() -> Result<u32, Errno> {
+    let mut size: u32 = 0;
+    // SAFETY: PR_SET_MM_MAP_SIZE writes one u32.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_MM, 15, &mut size as *mut u32, 0, 0) })?;
+    Ok(size)
+}
+
+/// Default SIGPIPE disposition (die quietly when a pipe reader goes away).
+pub fn default_sigpipe() {
+    // SAFETY: changing one signal's disposition to the default.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Forks a child that only waits to be killed (for feature probes).
+pub fn fork_idle_child() -> Result<Pid, Errno> {
+    single_threaded()?;
+    // SAFETY: crtool is single-threaded (checked); the child only calls pause(2).
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::last()),
+        0 => loop {
+            // SAFETY: pause(2) until killed.
+            unsafe { libc::pause() };
+        },
+        child => Ok(Pid::from_raw(child)),
+    }
+}
+
+/// Forking with raw clone3 is only sound while this process has one thread.
+pub fn single_threaded() -> Result<(), Errno> {
+    match std::fs::read_dir("/proc/self/task").map(|d| d.count()) {
+        Ok(1) => Ok(()),
+        _ => Err(Errno::EDEADLK),
+    }
+}
+
+unsafe extern "C" {
+    /// glibc's offset of the thread's rseq area from the thread pointer (glibc >= 2.35).
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+/// This thread's glibc rseq registration, which must go before crtool's memory does.
+pub fn own_rseq() -> crate::sys::abi::RseqReg {
+    // SAFETY: reading two glibc-exported constants and the thread pointer.
+    unsafe {
+        if __rseq_size == 0 {
+            return crate::sys::abi::RseqReg::default();
+        }
+        let tp: u64;
+        std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly));
+        crate::sys::abi::RseqReg { ptr: (tp as i64 + __rseq_offset as i64) as u64, len: 32.max(__rseq_size), sig: 0x5305_3053 }
+    }
 }

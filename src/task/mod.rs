@@ -8,7 +8,7 @@ pub mod timers;
 use crate::error::{Error, Result};
 use crate::infect::Tracee;
 use crate::sys::abi::{Itimerval, KSigaction, ParasiteInfo, RestorerArgs, RseqReg, StackT, ThreadArgs};
-use crate::sys::ptrace;
+use crate::sys::{process, ptrace};
 use images_format::pb;
 use nix::unistd::Pid;
 
@@ -41,13 +41,8 @@ fn creds(pid: i32) -> Result<pb::Creds> {
 fn rlimits(pid: i32) -> Result<Vec<pb::Rlimit>> {
     let mut out = Vec::new();
     for res in 0..16u32 {
-        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: prlimit64 with a NULL new limit only writes `old`.
-        let r = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
-        if r < 0 {
-            return Err(Error::sys(format!("pid {pid}: prlimit({res})"), nix::errno::Errno::last()));
-        }
-        out.push(pb::Rlimit { resource: res as u32, cur: old.rlim_cur, max: old.rlim_max });
+        let (cur, max) = process::get_rlimit(pid, res).map_err(|e| Error::sys(format!("pid {pid}: prlimit({res})"), e))?;
+        out.push(pb::Rlimit { resource: res, cur, max });
     }
     Ok(out)
 }
@@ -134,11 +129,8 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     let pid = core.pid as i32;
     let fail = |what: String, e: std::io::Error| Error::Restore { pid, msg: format!("{what}: {e}") };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(core.umask));
-    // SAFETY: personality(2) takes a plain integer.
-    unsafe { libc::personality(core.personality as libc::c_ulong) };
-    let name = std::ffi::CString::new(core.comm.as_bytes()).unwrap_or_default();
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    process::set_personality(core.personality);
+    process::set_comm(&core.comm);
     if core.root != "/" {
         std::os::unix::fs::chroot(&core.root).map_err(|e| fail(format!("chroot {}", core.root), e))?;
     }
@@ -152,11 +144,8 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
 pub fn apply_rlimits(core: &pb::TaskCore) -> Vec<String> {
     let mut warnings = Vec::new();
     for l in &core.rlimits {
-        let new = libc::rlimit64 { rlim_cur: l.cur, rlim_max: l.max };
-        // SAFETY: prlimit64 on ourselves reading a local struct.
-        let r = unsafe { libc::prlimit64(0, l.resource as _, &new, std::ptr::null_mut()) };
-        if r < 0 {
-            warnings.push(format!("rlimit {}: cannot set {}/{}: {}", l.resource, l.cur, l.max, std::io::Error::last_os_error()));
+        if let Err(e) = process::set_rlimit(l.resource, l.cur, l.max) {
+            warnings.push(format!("rlimit {}: cannot set {}/{}: {e}", l.resource, l.cur, l.max));
         }
     }
     warnings

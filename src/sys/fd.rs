@@ -1,0 +1,77 @@
+//! File-descriptor operations by raw number, which the restore path needs because it
+//! lays out a task's fd table number by number.
+
+use nix::errno::Errno;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// open(2) with `flags` (O_CLOEXEC added), positioned at `pos`.
+pub fn open_at_pos(path: &str, flags: i32, pos: u64) -> io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: open(2) with a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: lseek on the fd we own.
+    if pos != 0 && unsafe { libc::lseek(fd.as_raw_fd(), pos as i64, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Duplicates `fd` onto the lowest free number >= `min`, close-on-exec; the copy
+/// is handed out as a raw number (it is inherited by forks and closed explicitly).
+pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new fd and touches no memory.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// Makes fd number `target` refer to the description of `src` (dup3).
+pub fn dup_to(src: RawFd, target: RawFd, cloexec: bool) -> io::Result<()> {
+    // SAFETY: dup3 replaces whatever `target` was; callers only pass numbers that
+    // belong to the task being built, never fds crtool code still uses.
+    let r = unsafe { libc::dup3(src, target, if cloexec { libc::O_CLOEXEC } else { 0 }) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Closes a raw fd number that no Rust object owns.
+pub fn close_raw(fd: RawFd) {
+    // SAFETY: callers pass numbers they own by convention (parked or inherited fds).
+    unsafe { libc::close(fd) };
+}
+
+/// Closes every fd except `keep` (in a forked restore task, dropping crtool's fds).
+pub fn close_all_except(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in fds.into_iter().filter(|fd| !keep.contains(fd)) {
+        close_raw(fd);
+    }
+}
+
+/// write(2) of the whole buffer to a raw fd, best effort (error reporting paths).
+pub fn write_raw(fd: RawFd, data: &[u8]) {
+    // SAFETY: write(2) from a live slice.
+    unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+}
+
+/// read(2) into `buf` from a raw fd.
+pub fn read_raw(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: read(2) into a live, writable slice.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// tee(2): duplicates up to `len` bytes buffered in pipe `from` into pipe `to`
+/// without consuming them.
+pub fn tee(from: &OwnedFd, to: &OwnedFd, len: usize) -> Result<usize, Errno> {
+    // SAFETY: tee between two pipe fds we own; no user memory involved.
+    let n = unsafe { libc::tee(from.as_raw_fd(), to.as_raw_fd(), len, libc::SPLICE_F_NONBLOCK) };
+    Errno::result(n).map(|n| n as usize)
+}
