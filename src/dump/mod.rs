@@ -143,7 +143,10 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     for p in tree.procs.iter_mut() {
         let (pgid, sid, vpgid, vsid) = process::pgid_sid(p.pid, &lookup)?;
         let in_tree = |id: i32, v: i32| v != 0 || id == 0;
-        if p.pid == root && (!in_tree(sid, vsid) || !in_tree(pgid, vpgid)) && !ctx.opts.shell_job {
+        // The init of a new PID namespace sees an outside session as 0 and keeps
+        // seeing it so when it inherits crtool's at restore.
+        let outside_ok = ctx.opts.shell_job || tree.new_pid_ns;
+        if p.pid == root && (!in_tree(sid, vsid) || !in_tree(pgid, vpgid)) && !outside_ok {
             return Err(Error::Unsupported {
                 pid: p.pid,
                 fd: None,
@@ -151,7 +154,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
                 hint: Some("start it with setsid, or use --shell-job"),
             });
         }
-        if p.pid != root && (vsid == 0 || vpgid == 0) && !ctx.opts.shell_job {
+        if p.pid != root && (vsid == 0 || vpgid == 0) && !outside_ok {
             return Err(Error::Unsupported {
                 pid: p.pid,
                 fd: None,
@@ -159,9 +162,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
                 hint: Some("dump from the session leader, or use --shell-job"),
             });
         }
-        // Outside the tree (shell job): keep the raw ids; restore inherits them.
-        let vpgid = if vpgid == 0 { pgid } else { vpgid };
-        let vsid = if vsid == 0 { sid } else { vsid };
+        // 0 = outside the tree (shell job, or above a new PID namespace): the
+        // restored task inherits crtool's.
         if let Some(status) = p.zombie {
             entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status });
             continue;

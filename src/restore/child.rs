@@ -67,16 +67,12 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     }
 
     // Session and process group; children inherit them, so before forking them.
+    // A session or group of 0 lay outside the dumped tree: it is inherited.
     if t.sid as i32 == pid {
         nix::unistd::setsid().map_err(|e| fail(format!("setsid: {e}")))?;
-    } else if idx == 0 {
-        let ours = nix::unistd::getsid(None).map(|s| s.as_raw()).unwrap_or(0);
-        if ours != t.sid as i32 && !imgs.inv.new_pid_ns {
-            return Err(fail(format!("it belonged to session {} which does not exist here (this shell's session is {ours}; restore from the same shell with --shell-job)", t.sid)));
-        }
     }
     let own_pgid = nix::unistd::getpgrp().as_raw();
-    if t.pgid as i32 != own_pgid && (t.pgid as i32 == pid || imgs.procs.iter().any(|p| p.tree.pid == t.pgid)) {
+    if t.pgid != 0 && t.pgid as i32 != own_pgid && (t.pgid as i32 == pid || imgs.procs.iter().any(|p| p.tree.pid == t.pgid)) {
         let target = nix::unistd::Pid::from_raw(if t.pgid as i32 == pid { 0 } else { t.pgid as i32 });
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), target).map_err(|e| fail(format!("setpgid({}): {e}", t.pgid)))?;
     }
