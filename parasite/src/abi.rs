@@ -181,6 +181,8 @@ pub struct ThreadArgs {
     pub gs_base: u64,
     /// The process's RestorerArgs (for credentials).
     pub process: u64,
+    /// The thread's name (PR_SET_NAME), NUL-padded.
+    pub comm: [u8; 16],
 }
 
 /// A POSIX timer to recreate with its id.
@@ -271,6 +273,6 @@ pub struct RestorerFailure {
 }
 
 // Layout checks: the structs crtool views as bytes have no implicit padding.
-const _: () = assert!(core::mem::size_of::<ThreadArgs>() == 4 + 4 + 8 * 4 + 16 + 8 * 6);
+const _: () = assert!(core::mem::size_of::<ThreadArgs>() == 4 + 4 + 8 * 4 + 16 + 8 * 6 + 16);
 const _: () = assert!(core::mem::size_of::<TimerArgs>() == 6 * 4 + 8 * 5);
 const _: () = assert!(core::mem::size_of::<VmaMove>() == 24);

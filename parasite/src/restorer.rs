@@ -202,6 +202,9 @@ unsafe fn apply_thread(t: &ThreadArgs) -> Result<(), Failure> {
         }
         check(STEP_THREAD, 2, syscall3(NR_ARCH_PRCTL, 0x1002 /* ARCH_SET_FS */, t.fs_base as usize, 0))?;
         check(STEP_THREAD, 3, syscall3(NR_ARCH_PRCTL, 0x1001 /* ARCH_SET_GS */, t.gs_base as usize, 0))?;
+        if t.comm[0] != 0 {
+            syscall6(NR_PRCTL, 15 /* PR_SET_NAME */, t.comm.as_ptr() as usize, 0, 0, 0, 0);
+        }
         let pending = t.pending as *const [u8; SIGINFO_SIZE];
         let tgid = (*(t.process as *const RestorerArgs)).tgid;
         for i in 0..t.nr_pending as usize {

@@ -112,6 +112,7 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
         // SAFETY: [slot + off, +len) lies inside a private RW mapping created above,
         // which no Rust object aliases.
         let dst = unsafe { mm::slice_at(slot + (e.vaddr - v.start), len as usize) };
+        mm::populate_write(dst.as_ptr() as u64, len);
         pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
     }
 

@@ -61,11 +61,6 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
             remount_proc().map_err(|e| fail(format!("mounting /proc for the new PID namespace: {e}")))?;
         }
     }
-    if me.task.is_none() {
-        // A zombie: end the way the original did and stay unreaped.
-        process::exit_like(t.exit_status);
-    }
-
     // Session and process group; children inherit them, so before forking them.
     // A session or group of 0 lay outside the dumped tree: it is inherited.
     if t.sid as i32 == pid {
@@ -75,6 +70,11 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     if t.pgid != 0 && t.pgid as i32 != own_pgid && (t.pgid as i32 == pid || imgs.procs.iter().any(|p| p.tree.pid == t.pgid)) {
         let target = nix::unistd::Pid::from_raw(if t.pgid as i32 == pid { 0 } else { t.pgid as i32 });
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), target).map_err(|e| fail(format!("setpgid({}): {e}", t.pgid)))?;
+    }
+
+    if me.task.is_none() {
+        // A zombie: end the way the original did and stay unreaped.
+        process::exit_like(t.exit_status);
     }
 
     for c in imgs.children(t.pid) {

@@ -186,6 +186,8 @@ pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs, cpu_tick_us
 /// The restorer's per-thread arguments for one thread (pointers filled by the caller).
 pub fn thread_args(t: &pb::ThreadCore) -> ThreadArgs {
     let mut a = ThreadArgs { tid: t.tid as i32, ..Default::default() };
+    let n = t.comm.len().min(15);
+    a.comm[..n].copy_from_slice(&t.comm.as_bytes()[..n]);
     if let Some(r) = &t.rseq {
         a.rseq = RseqReg { ptr: r.ptr, len: r.len, sig: r.sig };
     }
