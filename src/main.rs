@@ -103,10 +103,8 @@ impl log::Log for Logger {
         if r.level() <= self.stderr_level {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
-        if r.level() <= self.file_level {
-            if let Some(f) = &self.file {
-                let _ = f.lock().map(|mut f| f.write_all(line.as_bytes()));
-            }
+        if let (true, Some(f)) = (r.level() <= self.file_level, &self.file) {
+            let _ = f.lock().map(|mut f| f.write_all(line.as_bytes()));
         }
     }
     fn flush(&self) {}

@@ -17,7 +17,7 @@ fn tree_lines(imgs: &TreeImages, idx: usize, depth: usize, s: &mut String) {
             let pages: u64 = task.pagemap.iter().map(|e| e.nr_pages as u64).sum();
             let threads = if t.threads.len() > 1 { format!(", threads {:?}", t.threads) } else { String::new() };
             let _ = writeln!(s, "{indent}{} {:?} (pgid {}, sid {}{threads}; {} VMAs, {} MiB of pages, {} fds)",
-                t.pid, c.comm, t.pgid, t.sid, task.mm.vmas.len(), pages * 4096 >> 20, task.fds.len());
+                t.pid, c.comm, t.pgid, t.sid, task.mm.vmas.len(), (pages * 4096) >> 20, task.fds.len());
         }
     }
     for c in imgs.children(t.pid) {

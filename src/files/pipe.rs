@@ -102,8 +102,8 @@ impl<'a> Restorer<'a> {
                 let any = &self.any_end[&p.pipe_id];
                 let path = format!("/proc/self/fd/{}", any.as_raw_fd());
                 let mode = if write { OFlag::O_WRONLY } else { OFlag::O_RDONLY };
-                let raw = nix::fcntl::open(path.as_str(), mode | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, nix::sys::stat::Mode::empty())?;
-                raw
+                
+                nix::fcntl::open(path.as_str(), mode | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, nix::sys::stat::Mode::empty())?
             }
         };
         set_status_flags(&fd, p.flags)?;

@@ -24,11 +24,10 @@ pub fn find_area(pid: i32, target: &[pb::Vma], len: u64) -> Result<u64> {
     let own = std::fs::read_to_string("/proc/self/maps").map_err(|e| Error::io("/proc/self/maps", e))?;
     for l in own.lines() {
         let r = l.split_whitespace().next().and_then(|r| r.split_once('-'));
-        if let Some((s, e)) = r {
-            if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+        if let Some((s, e)) = r
+            && let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
                 used.push((s, e));
             }
-        }
     }
     used.sort();
     // Top-down: the highest gap below AREA_MAX that fits, with a guard page each side.

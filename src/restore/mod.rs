@@ -124,11 +124,10 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 task::regs::check_cpu(t.core.pid as i32, fpu)?;
             }
         }
-        if !imgs.inv.new_pid_ns {
-            if let Some(holder) = holder_of(p.tree.pid as i32) {
+        if !imgs.inv.new_pid_ns
+            && let Some(holder) = holder_of(p.tree.pid as i32) {
                 return Err(Error::PidTaken { pid: p.tree.pid as i32, holder });
             }
-        }
     }
     let vdso_syscall = mm::vdso_syscall_offset().ok_or_else(|| Error::Restore { pid: root_pid, msg: "crtool has no vdso".into() })?;
     let geometry = cpu::sigframe_xstate();

@@ -167,8 +167,8 @@ pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
 
 /// Raises our soft fd limit to the hard one.
 pub fn raise_nofile() {
-    if let Ok((_, hard)) = get_rlimit(0, libc::RLIMIT_NOFILE as u32) {
-        let _ = set_rlimit(libc::RLIMIT_NOFILE as u32, hard, hard);
+    if let Ok((_, hard)) = get_rlimit(0, libc::RLIMIT_NOFILE) {
+        let _ = set_rlimit(libc::RLIMIT_NOFILE, hard, hard);
     }
 }
 

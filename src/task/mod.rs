@@ -161,7 +161,7 @@ pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs, cpu_tick_us
     }
     for t in &core.itimers {
         if t.which < 3 {
-            let mut t = t.clone();
+            let mut t = *t;
             if t.which != 0 && t.value_usec > cpu_tick_usec {
                 t.value_usec -= cpu_tick_usec;
             }

@@ -121,7 +121,7 @@ pub const FRAME_FPSTATE: usize = 448;
 /// XSAVE state, to be placed at `addr` (64-byte aligned). rt_sigreturn then restores
 /// all of them at once.
 pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
-    let r = t.regs.clone().unwrap_or_default();
+    let r = t.regs.unwrap_or_default();
     let fpu = t.fpu.clone().unwrap_or_default();
     let (rax, rip, rdi, rdx) = resume_point(&r, t.sleep_remaining_ns);
     let amx = needs_amx(&fpu);
@@ -136,7 +136,7 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
     // struct rt_sigframe { pretcode; struct ucontext uc; struct siginfo info; }
     let uc = 8;
     put(&mut f, uc, 0x7); // UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
-    let st = t.altstack.clone().unwrap_or_default();
+    let st = t.altstack.unwrap_or_default();
     put(&mut f, uc + 16, st.sp);
     f[uc + 24..uc + 28].copy_from_slice(&st.flags.to_le_bytes());
     put(&mut f, uc + 32, st.size);
