@@ -143,8 +143,16 @@ fn run() -> Result<i32> {
             let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job };
             let stats = dump::dump(&opts)?;
             eprintln!(
-                "crtool: dumped pid {pid} into {} ({} pages, {} VMAs, {} fds; frozen {:.1} ms)",
-                dir.display(), stats.pages.dumped, stats.vmas, stats.fds, stats.frozen.as_secs_f64() * 1e3
+                "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",
+                dir.display(),
+                stats.processes,
+                if stats.processes == 1 { "" } else { "es" },
+                stats.threads,
+                if stats.threads == 1 { "" } else { "s" },
+                stats.pages.dumped,
+                stats.vmas,
+                stats.fds,
+                stats.frozen.as_secs_f64() * 1e3
             );
             Ok(0)
         }
