@@ -157,6 +157,24 @@ pub struct RseqReg {
 }
 
 pub const MAX_SPECIALS: usize = 4;
+/// The kernel's `struct clone_args` (clone3), used by crtool to fork tasks and by
+/// the restorer to create threads, both with exact ids (`set_tid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
 /// Size of one raw siginfo.
 pub const SIGINFO_SIZE: usize = 128;
 

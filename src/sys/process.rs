@@ -4,22 +4,6 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-#[repr(C)]
-#[derive(Default)]
-struct Clone3Args {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// What `fork_with_pids` returned in this process.
 pub enum Forked {
     Parent(Pid),
@@ -32,7 +16,7 @@ pub enum Forked {
 /// the child continues with a copy of this thread only, as after fork.
 pub fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> {
     single_threaded()?;
-    let args = Clone3Args {
+    let args = super::abi::CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: pids.as_ptr() as u64,
@@ -41,7 +25,7 @@ pub fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> {
     };
     // SAFETY: clone3 without CLONE_VM duplicates the address space like fork (the
     // caller is single-threaded, checked above); `args` and `pids` outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const Clone3Args, std::mem::size_of::<Clone3Args>()) };
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const super::abi::CloneArgs, std::mem::size_of::<super::abi::CloneArgs>()) };
     match Errno::result(r)? {
         0 => Ok(Forked::Child),
         child => Ok(Forked::Parent(Pid::from_raw(child as i32))),
