@@ -22,13 +22,14 @@ fn every_kind_decodes_to_json() {
     let inv = decode(d, ImageKind::Inventory, 0);
     assert_eq!(
         inv["entries"],
-        json!([{"format_version": 1, "root_pid": 42, "page_compression": 1, "pids": [42, 43]}])
+        json!([{"format_version": 1, "root_pid": 42, "page_compression": 1, "pids": [42, 43],
+                "new_pid_ns": true, "new_mount_ns": false, "outer_pids": [4242, 4243]}])
     );
 
     let ps = decode(d, ImageKind::Pstree, 0);
     assert_eq!(
         ps["entries"][1],
-        json!({"pid": 43, "ppid": 42, "pgid": 42, "sid": 42, "threads": [43]})
+        json!({"pid": 43, "ppid": 42, "pgid": 42, "sid": 42, "threads": [43], "zombie": false, "exit_status": 0})
     );
 
     let core = decode(d, ImageKind::Core, PID);
@@ -76,6 +77,13 @@ fn every_kind_decodes_to_json() {
 
     let files = decode(d, ImageKind::Files, 0);
     assert_eq!(files["entries"][0]["chr"]["path"], "/dev/null");
+    assert_eq!(files["entries"][2]["pipe"]["pipe_id"], 555);
+    assert_eq!(files["entries"][3]["fifo"]["path"], "/tmp/fifo");
+
+    let pipes = decode(d, ImageKind::Pipes, 0);
+    assert_eq!(pipes["entries"][0]["pipe_id"], 555);
+    assert_eq!(pipes["entries"][0]["capacity"], 65536);
+    assert!(pipes["entries"][0]["data"].is_string(), "bytes are base64");
     assert_eq!(files["entries"][1]["id"], 2);
     assert_eq!(files["entries"][1]["reg"]["pos"], 77);
     assert!(

@@ -46,6 +46,9 @@ pub fn inventory() -> pb::Inventory {
         root_pid: PID,
         page_compression: 1,
         pids: vec![PID, 43],
+        new_pid_ns: true,
+        new_mount_ns: false,
+        outer_pids: vec![4242, 4243],
     }
 }
 
@@ -57,6 +60,8 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             pgid: PID,
             sid: PID,
             threads: vec![PID, 44],
+            zombie: false,
+            exit_status: 0,
         },
         pb::PstreeEntry {
             pid: 43,
@@ -64,6 +69,17 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             pgid: PID,
             sid: PID,
             threads: vec![43],
+            zombie: false,
+            exit_status: 0,
+        },
+        pb::PstreeEntry {
+            pid: 45,
+            ppid: 43,
+            pgid: 45,
+            sid: PID,
+            threads: vec![],
+            zombie: true,
+            exit_status: 9,
         },
     ]
 }
@@ -103,6 +119,8 @@ pub fn core() -> pb::TaskCore {
         robust_list_len: 24,
         clear_child_tid: 0x7f00_0000_0910,
         comm: format!("worker-{tid}"),
+        pending: vec![vec![10u8; 128]],
+        sleep_remaining_ns: (tid == 44).then_some(1_500_000_000),
     };
     pb::TaskCore {
         pid: PID,
@@ -137,6 +155,18 @@ pub fn core() -> pb::TaskCore {
         root: "/".into(),
         personality: 0,
         dumpable: 1,
+        shared_pending: vec![vec![14u8; 128]],
+        posix_timers: vec![pb::PosixTimer {
+            id: 3,
+            clock: 1,
+            signo: 34,
+            notify: 4,
+            sigev_value: 7,
+            notify_tid: 44,
+            interval_ns: 250_000_000,
+            value_ns: 100_000_000,
+            overrun: 0,
+        }],
     }
 }
 
@@ -152,6 +182,8 @@ pub fn mm() -> pb::Mm {
         ino: 1234,
         growsdown: path == "[stack]",
         open_flags: 0,
+        shmid: if kind == VmaKind::VmaAnonShared { 99 } else { 0 },
+        shmem_owner: kind == VmaKind::VmaAnonShared,
     };
     pb::Mm {
         start_code: 0x40_0000,
@@ -180,6 +212,12 @@ pub fn mm() -> pb::Mm {
                 0x7ffd_1000_2000,
                 VmaKind::VmaVdso,
                 "[vdso]",
+            ),
+            vma(
+                0x7ffd_2000_0000,
+                0x7ffd_2000_4000,
+                VmaKind::VmaAnonShared,
+                "/dev/zero (deleted)",
             ),
         ],
         ..Default::default()
@@ -230,6 +268,11 @@ pub fn files() -> Vec<pb::FileEntry> {
                 ino: 99,
             })),
         },
+        pb::FileEntry { id: 3, kind: Some(file_entry::Kind::Pipe(pb::PipeEnd { pipe_id: 555, flags: 0o4000 })) },
+        pb::FileEntry {
+            id: 4,
+            kind: Some(file_entry::Kind::Fifo(pb::Fifo { path: "/tmp/fifo".into(), pipe_id: 556, flags: 1 })),
+        },
     ]
 }
 
@@ -274,5 +317,13 @@ pub fn write_image_set(dir: &Path, compression: Compression) {
     write_entries(dir, ImageKind::Mm, PID, &[mm()]).unwrap();
     write_entries(dir, ImageKind::Fdinfo, PID, &fdinfo()).unwrap();
     write_entries(dir, ImageKind::Files, 0, &files()).unwrap();
+    write_entries(dir, ImageKind::Pipes, 0, &pipes()).unwrap();
     write_pages(dir, compression, &[(0x60_0000, 2), (0x7ffd_0002_0000, 1)]);
+}
+
+pub fn pipes() -> Vec<pb::PipeData> {
+    vec![
+        pb::PipeData { pipe_id: 555, capacity: 65536, data: b"unread bytes".to_vec() },
+        pb::PipeData { pipe_id: 556, capacity: 1 << 20, data: vec![] },
+    ]
 }

@@ -27,6 +27,7 @@ fn every_kind_round_trips() {
     roundtrip(ImageKind::Mm, &[mm()]);
     roundtrip(ImageKind::Fdinfo, &fdinfo());
     roundtrip(ImageKind::Files, &files());
+    roundtrip(ImageKind::Pipes, &pipes());
     let map = vec![
         pb::PagemapEntry {
             vaddr: 0x1000,
@@ -136,7 +137,7 @@ fn writing_is_deterministic() {
             .map(|e| e.unwrap().file_name())
             .collect();
         names.sort();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 9);
         for name in names {
             let x = std::fs::read(a.path().join(&name)).unwrap();
             let y = std::fs::read(b.path().join(&name)).unwrap();

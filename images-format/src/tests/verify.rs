@@ -9,12 +9,13 @@ fn expected_counts() -> Vec<(&'static str, u64)> {
     vec![
         ("core-42.img", 1),
         ("fdinfo-42.img", 3),
-        ("files.img", 2),
+        ("files.img", 4),
         ("inventory.img", 1),
         ("mm-42.img", 1),
         ("pagemap-42.img", 2),
         ("pages-42.img", 2),
-        ("pstree.img", 2),
+        ("pipes.img", 2),
+        ("pstree.img", 3),
     ]
 }
 
