@@ -169,3 +169,75 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
     f[fp + size..fp + size + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_syscall(nr: u64, ret: i64) -> pb::Regs {
+        pb::Regs { orig_rax: nr, rax: ret as u64, rip: 0x1002, rdi: 0xa, rsi: 0xb, rdx: 0xc, r10: 0xd, ..Default::default() }
+    }
+
+    #[test]
+    fn restartable_syscalls_run_again() {
+        for ret in [-512, -513, -514] {
+            assert_eq!(resume_point(&in_syscall(7, ret), None), (7, 0x1000, 0xa, 0xc));
+        }
+    }
+
+    #[test]
+    fn user_code_and_finished_syscalls_are_left_alone() {
+        let user = pb::Regs { orig_rax: u64::MAX, rax: 5, rip: 0x1002, ..Default::default() };
+        assert_eq!(resume_point(&user, None).0, 5);
+        assert_eq!(resume_point(&in_syscall(0, -4), None), ((-4i64) as u64, 0x1002, 0xa, 0xc));
+    }
+
+    #[test]
+    fn interrupted_sleeps_keep_their_remaining_time() {
+        // nanosleep(req=rdi, rem=rsi): the kernel wrote what was left to *rem.
+        assert_eq!(resume_point(&in_syscall(35, -516), None), (35, 0x1000, 0xb, 0xc));
+        // clock_nanosleep(clock, flags=rsi, req=rdx, rem=r10), relative: rem is the request.
+        let mut r = in_syscall(230, -516);
+        r.rsi = 0;
+        assert_eq!(resume_point(&r, None), (230, 0x1000, 0xa, 0xd));
+        // absolute deadline: same arguments.
+        r.rsi = 1;
+        assert_eq!(resume_point(&r, None), (230, 0x1000, 0xa, 0xc));
+        // no rem and no measurement: EINTR, like CRIU.
+        let mut r = in_syscall(230, -516);
+        (r.rsi, r.r10) = (0, 0);
+        assert_eq!(resume_point(&r, None).0, (-4i64) as u64);
+        // no rem but a measured remainder: restart, and the request is rewritten.
+        assert_eq!(resume_point(&r, Some(5)), (230, 0x1000, 0xa, 0xc));
+        let t = pb::ThreadCore { regs: Some(r), sleep_remaining_ns: Some(1_500_000_000), ..Default::default() };
+        let (addr, ts) = sleep_patch(&t).unwrap();
+        assert_eq!(addr, 0xc);
+        assert_eq!(i64::from_le_bytes(ts[0..8].try_into().unwrap()), 1);
+        assert_eq!(i64::from_le_bytes(ts[8..16].try_into().unwrap()), 500_000_000);
+    }
+
+    #[test]
+    fn sigframe_carries_registers_mask_and_xstate_magic() {
+        let mut xsave = vec![0u8; 1024];
+        xsave[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&0x7u64.to_le_bytes());
+        let t = pb::ThreadCore {
+            regs: Some(pb::Regs { rip: 0x4000, rsp: 0x7000, rax: 3, orig_rax: u64::MAX, cs: 0x33, ss: 0x2b, ..Default::default() }),
+            fpu: Some(pb::Fpu { xsave, ..Default::default() }),
+            blocked: 0x200,
+            ..Default::default()
+        };
+        let geometry = SigFrameXstate { xstate_size: 832, xfeatures: 0x7 };
+        let f = build_sigframe(&t, 0x10_0000, geometry);
+        let q = |o: usize| u64::from_le_bytes(f[o..o + 8].try_into().unwrap());
+        let sc = 8 + 40;
+        assert_eq!(q(sc + 16 * 8), 0x4000, "rip");
+        assert_eq!(q(sc + 15 * 8), 0x7000, "rsp");
+        assert_eq!(q(sc + 13 * 8), 3, "rax");
+        assert_eq!(q(sc + 184), 0x10_0000 + FRAME_FPSTATE as u64, "fpstate pointer");
+        assert_eq!(q(8 + 40 + 256), 0x200, "uc_sigmask");
+        let fp = FRAME_FPSTATE;
+        assert_eq!(u32::from_le_bytes(f[fp + SW_BYTES..fp + SW_BYTES + 4].try_into().unwrap()), FP_XSTATE_MAGIC1);
+        assert_eq!(u32::from_le_bytes(f[fp + 832..fp + 836].try_into().unwrap()), FP_XSTATE_MAGIC2);
+        assert_eq!(f.len(), fp + 832 + 4);
+    }
+}

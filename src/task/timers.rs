@@ -10,6 +10,10 @@ use images_format::pb;
 /// Parses /proc/PID/timers (without values).
 pub fn list(pid: i32) -> Result<Vec<pb::PosixTimer>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/timers")).map_err(|e| Error::proc(pid, "timers", e))?;
+    Ok(parse(&text))
+}
+
+fn parse(text: &str) -> Vec<pb::PosixTimer> {
     let mut out: Vec<pb::PosixTimer> = Vec::new();
     for line in text.lines() {
         let (k, v) = line.split_once(':').map(|(k, v)| (k.trim(), v.trim())).unwrap_or(("", ""));
@@ -38,7 +42,7 @@ pub fn list(pid: i32) -> Result<Vec<pb::PosixTimer>> {
         }
     }
     out.sort_by_key(|t| t.id);
-    Ok(out)
+    out
 }
 
 /// Reads each timer's interval, remaining time and overrun with remote syscalls.
@@ -74,5 +78,31 @@ pub fn to_args(t: &pb::PosixTimer) -> TimerArgs {
         interval_nsec: ins,
         value_sec: vs,
         value_nsec: vns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_timers() {
+        let text = "ID: 2\nsignal: 34/00000000deadbeef\nnotify: thread/tid.17\nClockID: 1\n\
+                    ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.12\nClockID: 0\n\
+                    ID: 1\nsignal: 0/0000000000000000\nnotify: none/pid.12\nClockID: 7\n";
+        let t = parse(text);
+        assert_eq!(t.iter().map(|t| t.id).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!((t[0].signo, t[0].notify, t[0].clock, t[0].notify_tid), (14, 0, 0, 0));
+        assert_eq!((t[1].notify, t[1].clock), (1, 7));
+        assert_eq!((t[2].signo, t[2].notify, t[2].notify_tid, t[2].sigev_value), (34, 2 | 4, 17, 0xdeadbeef));
+    }
+
+    #[test]
+    fn armed_timer_due_now_still_fires() {
+        let t = pb::PosixTimer { id: 1, interval_ns: 5, value_ns: 0, ..Default::default() };
+        let a = to_args(&t);
+        assert_eq!((a.value_sec, a.value_nsec, a.interval_nsec), (0, 1, 5));
+        let off = pb::PosixTimer { id: 2, ..Default::default() };
+        assert_eq!(to_args(&off).value_nsec, 0, "a disarmed timer stays disarmed");
     }
 }
