@@ -11,7 +11,7 @@ use crate::mem::shmem::ShmemObjects;
 use images_format::PagesReader;
 use std::fs::OpenOptions;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// Lowest address the area may start at, and the highest it may end at.
 const AREA_MIN: u64 = 0x1000_0000;
@@ -44,6 +44,21 @@ pub fn find_area(pid: i32, target: &[pb::Vma], len: u64) -> Result<u64> {
     Err(Error::Restore { pid, msg: format!("no free address range of {len} bytes for the restore area") })
 }
 
+/// How a private VMA is first mapped so that the kernel accounts it as it did
+/// ("ac" in smaps): accounted ones read-write (protected after the fill), writable
+/// unaccounted ones with MAP_NORESERVE, the rest with their final protection.
+/// Returns (protection, extra mmap flags).
+fn initial_prot(v: &pb::Vma) -> (i32, i32) {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    if vma::has_flag(v, "ac") {
+        (rw, 0)
+    } else if v.prot & libc::PROT_WRITE as u32 != 0 {
+        (rw, libc::MAP_NORESERVE)
+    } else {
+        (v.prot as i32, 0)
+    }
+}
+
 /// Total bytes the VMAs that get premapped need.
 pub fn premap_size(vmas: &[pb::Vma]) -> u64 {
     vmas.iter().filter(|v| vma::is_restorable(v)).map(|v| v.end - v.start).sum()
@@ -58,11 +73,10 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
     let mut at = area;
     for v in vmas.iter().filter(|v| vma::is_restorable(v)) {
         let len = v.end - v.start;
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let anon = libc::MAP_ANONYMOUS;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
+        let (rw, noreserve) = initial_prot(v);
         let r = match v.kind() {
-            VmaKind::VmaAnonPrivate => mm::map_at(at, len, rw, libc::MAP_PRIVATE | anon | gd, None, 0, true),
+            VmaKind::VmaAnonPrivate => mm::map_at(at, len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | gd | noreserve, None, 0, true),
             VmaKind::VmaAnonShared => {
                 let path = shmem.path(v.shmid).ok_or_else(|| Error::BadImage {
                     file: format!("mm-{pid}.img"),
@@ -77,7 +91,7 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
                 let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
                 let f = OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(&v.path)
                     .map_err(|e| Error::Restore { pid, msg: format!("cannot open {} mapped at {:#x}: {e}", v.path, v.start) })?;
-                let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE) };
+                let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE | noreserve) };
                 mm::map_at(at, len, prot, flags, Some(f.as_fd()), v.pgoff, true)
             }
             _ => unreachable!("filtered by is_restorable"),
@@ -89,6 +103,7 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
     }
 
     // Fill: pagemap entries are in address order, like the VMAs.
+    let mut self_mem: Option<std::io::Result<std::fs::File>> = None;
     let mut i = 0;
     for e in pagemap {
         let len = e.nr_pages as u64 * PAGE;
@@ -108,17 +123,32 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
         if !vma::has_private_pages(v) {
             return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("pages at {:#x} belong to a shared file mapping", e.vaddr) });
         }
-        // SAFETY: [slot + off, +len) lies inside a private RW mapping created above,
+        let at = slot + (e.vaddr - v.start);
+        if initial_prot(v).0 & libc::PROT_WRITE == 0 {
+            // Mapped read-only to keep it unaccounted: write through /proc/self/mem.
+            let mut buf = vec![0u8; len as usize];
+            pages.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
+            self_mem.get_or_insert_with(|| OpenOptions::new().write(true).open("/proc/self/mem"))
+                .as_ref()
+                .map_err(|err| Error::Restore { pid, msg: format!("/proc/self/mem: {err}") })?
+                .write_all_at(&buf, at)
+                .map_err(|err| Error::Restore { pid, msg: format!("filling {:#x} through /proc/self/mem: {err}", e.vaddr) })?;
+            continue;
+        }
+        // SAFETY: [at, +len) lies inside a private writable mapping created above,
         // which no Rust object aliases.
-        let dst = unsafe { mm::slice_at(slot + (e.vaddr - v.start), len as usize) };
-        mm::populate_write(dst.as_ptr() as u64, len);
+        let dst = unsafe { mm::slice_at(at, len as usize) };
+        mm::populate_write(at, len);
         pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
     }
 
     for &(v, slot) in &slots {
         let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
-        if !shared && v.prot as i32 != libc::PROT_READ | libc::PROT_WRITE {
+        if !shared && v.prot as i32 != initial_prot(v).0 {
             mm::protect(slot, v.end - v.start, v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
+        }
+        for a in vma::advice(v) {
+            mm::advise(slot, v.end - v.start, a).map_err(|e| fail(format!("madvise({a}) {:#x}", v.start), e))?;
         }
     }
     Ok(moves)

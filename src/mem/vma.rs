@@ -21,7 +21,7 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
         let shared = p.contains(P::SHARED);
         let flags = m.extension.vm_flags;
         let growsdown = flags.contains(procfs::process::VmFlags::GD);
-        let mut v = pb::Vma { start, end, prot, pgoff: m.offset, growsdown, ..Default::default() };
+        let mut v = pb::Vma { start, end, prot, pgoff: m.offset, growsdown, flags: kept_flags(flags), ..Default::default() };
         let unsupported = |what: String| Error::Unsupported { pid, fd: None, what, hint: None };
         let kind = match &m.pathname {
             MMapPath::Vdso => VmaKind::VmaVdso,
@@ -71,6 +71,29 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
         out.push(v);
     }
     Ok(out)
+}
+
+/// The VmFlags restore reproduces, as their smaps names, in a fixed order.
+fn kept_flags(f: procfs::process::VmFlags) -> Vec<String> {
+    use procfs::process::VmFlags as F;
+    [(F::AC, "ac"), (F::NR, "nr"), (F::DC, "dc"), (F::DD, "dd"), (F::WF, "wf"), (F::HG, "hg"), (F::NH, "nh"), (F::MG, "mg")]
+        .into_iter()
+        .filter(|(bit, _)| f.contains(*bit))
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+pub fn has_flag(v: &pb::Vma, name: &str) -> bool {
+    v.flags.iter().any(|f| f == name)
+}
+
+/// madvise() advice reproducing the VMA's advice flags.
+pub fn advice(v: &pb::Vma) -> Vec<i32> {
+    [("dc", libc::MADV_DONTFORK), ("dd", libc::MADV_DONTDUMP), ("wf", libc::MADV_WIPEONFORK), ("hg", libc::MADV_HUGEPAGE), ("nh", libc::MADV_NOHUGEPAGE), ("mg", libc::MADV_MERGEABLE)]
+        .into_iter()
+        .filter(|(n, _)| has_flag(v, n))
+        .map(|(_, a)| a)
+        .collect()
 }
 
 /// Whether the restorer recreates this VMA from the image (vs. kernel-provided ones).

@@ -131,3 +131,9 @@ pub fn populate_write(addr: u64, len: u64) {
     // SAFETY: madvise only faults in pages of a mapping crtool created; no data moves.
     unsafe { libc::madvise(addr as *mut _, len as usize, 23 /* MADV_POPULATE_WRITE */) };
 }
+
+/// madvise(2) with `advice` on a range crtool premapped.
+pub fn advise(addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
+    // SAFETY: advice flags on a mapping crtool created; no memory is touched.
+    Errno::result(unsafe { libc::madvise(addr as *mut _, len as usize, advice) }).map(drop)
+}
