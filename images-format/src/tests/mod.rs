@@ -184,6 +184,7 @@ pub fn mm() -> pb::Mm {
         open_flags: 0,
         shmid: if kind == VmaKind::VmaAnonShared { 99 } else { 0 },
         shmem_owner: kind == VmaKind::VmaAnonShared,
+        flags: if path == "[heap]" { vec!["ac".into()] } else { vec![] },
     };
     pb::Mm {
         start_code: 0x40_0000,
