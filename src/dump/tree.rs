@@ -135,6 +135,12 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                 if seen_threads.contains(&tid) {
                     continue;
                 }
+                if tid == std::process::id() as i32 {
+                    return Err(Error::Unsupported { pid, fd: None, what: "crtool itself is part of the tree".into(), hint: Some("run crtool from outside the tree it dumps") });
+                }
+                if let Some(tracer) = tracer_of(pid, tid) {
+                    return Err(Error::Unsupported { pid, fd: None, what: format!("thread {tid} is traced by pid {tracer}"), hint: Some("detach the debugger or tracer first") });
+                }
                 let sleep = sleep_remaining(pid, tid);
                 match Tracee::seize(Pid::from_raw(tid), xsave_size) {
                     Ok(t) => {
@@ -167,6 +173,13 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
         p.ppid = vpids.iter().find(|(pid, _)| *pid == p.ppid).map(|&(_, v)| v).unwrap_or(0);
     }
     Ok(FrozenTree { procs, new_pid_ns, new_mount_ns })
+}
+
+/// The pid of whoever already ptraces `tid`, if anyone.
+fn tracer_of(pid: i32, tid: i32) -> Option<i32> {
+    let s = read(format!("/proc/{pid}/task/{tid}/status"))?;
+    let t: i32 = s.lines().find_map(|l| l.strip_prefix("TracerPid:"))?.trim().parse().ok()?;
+    (t != 0).then_some(t)
 }
 
 /// For a thread sleeping in a relative nanosleep/clock_nanosleep without a `rem`
