@@ -137,6 +137,11 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         }
         ctx.tids.push((p.pid, p.vpid));
     }
+    // Refuse what cannot be restored before any parasite enters any task.
+    for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
+        crate::files::precheck(p.pid, &crate::files::list(p.pid)?)?;
+        crate::mem::vma::collect(p.pid)?;
+    }
     let to_v: Vec<(i32, i32)> = tree.procs.iter().map(|p| (p.pid, p.vpid)).collect();
     let lookup = |pid: i32| to_v.iter().find(|(o, _)| *o == pid).map(|&(_, v)| v);
     let mut entries = Vec::new();
