@@ -25,6 +25,15 @@ pub fn check() -> Vec<Probe> {
     out.push(probe("pagemap PFNs (zero page detection)", mm::zero_pfn().map(|p| format!("zero pfn {p:#x}")).ok_or("no PFNs in pagemap".into())));
     let mm_size = process::mm_map_size().map(|s| format!("struct of {s} bytes")).map_err(|e| e.to_string());
     out.push(probe("prctl(PR_SET_MM_MAP)", mm_size));
+    // Asking for a PID that is surely taken (1) must fail with EEXIST, which proves
+    // clone3 understands set_tid and that we may use it, without creating a process.
+    let set_tid = match process::fork_with_pids(&[1], 0) {
+        Err(nix::errno::Errno::EEXIST) => Ok("exact PIDs available".to_string()),
+        Err(e) => Err(format!("{e} (needs Linux 5.5+ and CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)")),
+        Ok(process::Forked::Child) => process::exit_now(0),
+        Ok(process::Forked::Parent(_)) => Err("PID 1 was free?".into()),
+    };
+    out.push(probe("clone3 with set_tid", set_tid));
     out.push(probe("ptrace on a child (seize, interrupt, regsets, rseq, pidfd_getfd)", ptrace_probe()));
     out
 }
