@@ -116,6 +116,10 @@ pub struct ParasiteInfo {
     pub umask: u32,
     pub dumpable: i32,
     pub personality: i64,
+    pub child_subreaper: i32,
+    pub pdeath_signal: i32,
+    pub no_new_privs: i32,
+    pub _pad: i32,
 }
 
 /// Kernel `struct prctl_mm_map` (PR_SET_MM_MAP).

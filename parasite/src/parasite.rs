@@ -219,6 +219,10 @@ fn get_info() -> ParasiteInfo {
         umask: 0,
         dumpable: 0,
         personality: 0,
+        child_subreaper: 0,
+        pdeath_signal: 0,
+        no_new_privs: 0,
+        _pad: 0,
     };
     // SAFETY: every call below writes only into `info`, with the kernel's layouts.
     unsafe {
@@ -236,6 +240,9 @@ fn get_info() -> ParasiteInfo {
         syscall6(NR_PRCTL, 40 /* PR_GET_TID_ADDRESS */, &mut info.clear_child_tid as *mut u64 as usize, 0, 0, 0, 0);
         info.dumpable = syscall6(NR_PRCTL, 3 /* PR_GET_DUMPABLE */, 0, 0, 0, 0, 0) as i32;
         info.personality = syscall3(NR_PERSONALITY, 0xffffffff, 0, 0) as i64;
+        syscall6(NR_PRCTL, 37 /* PR_GET_CHILD_SUBREAPER */, &mut info.child_subreaper as *mut i32 as usize, 0, 0, 0, 0);
+        syscall6(NR_PRCTL, 2 /* PR_GET_PDEATHSIG */, &mut info.pdeath_signal as *mut i32 as usize, 0, 0, 0, 0);
+        info.no_new_privs = syscall6(NR_PRCTL, 39 /* PR_GET_NO_NEW_PRIVS */, 0, 0, 0, 0, 0) as i32;
     }
     info
 }

@@ -130,6 +130,11 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
             let sig = core::ptr::read_unaligned(info as *const i32);
             check(STEP_SIGNALS, i, syscall3(NR_RT_SIGQUEUEINFO, a.tgid as usize, sig as usize, info as usize))?;
         }
+        let threads = a.threads as *const ThreadArgs;
+        for i in 0..a.nr_threads as usize {
+            spawn_thread(threads.add(i)).map_err(|e| (STEP_THREADS, i as u32, e))?;
+        }
+        // After the threads: a timer may notify one of them (SIGEV_THREAD_ID).
         let timers = a.timers as *const TimerArgs;
         if a.nr_timers > 0 {
             // PR_TIMER_CREATE_RESTORE_IDS: timer_create takes the id we ask for.
@@ -138,10 +143,6 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
                 create_timer(&*timers.add(i)).map_err(|e| (STEP_TIMERS, i as u32, e))?;
             }
             syscall6(NR_PRCTL, 77, 0, 0, 0, 0, 0);
-        }
-        let threads = a.threads as *const ThreadArgs;
-        for i in 0..a.nr_threads as usize {
-            spawn_thread(threads.add(i)).map_err(|e| (STEP_THREADS, i as u32, e))?;
         }
         apply_thread(&a.main)?;
         apply_creds(a)?;

@@ -201,7 +201,13 @@ fn sleep_remaining(pid: i32, tid: i32) -> Option<u64> {
     let exec_start = |path: String| -> Option<f64> {
         read(path)?.lines().find(|l| l.starts_with("se.exec_start"))?.split(':').nth(1)?.trim().parse::<f64>().ok()
     };
-    let slept_ms = exec_start("/proc/thread-self/sched".into())? - exec_start(format!("/proc/{pid}/task/{tid}/sched"))?;
+    // Scheduler clocks are per CPU (and exclude steal time): compare with our own
+    // clock on the CPU the sleeper last ran on.
+    let stat = read(format!("/proc/{pid}/task/{tid}/stat"))?;
+    let cpu: usize = stat.rsplit_once(')')?.1.split_whitespace().nth(36)?.parse().ok()?;
+    let then = exec_start(format!("/proc/{pid}/task/{tid}/sched"))?;
+    let now = crate::sys::process::on_cpu(cpu, || exec_start("/proc/thread-self/sched".into()))?;
+    let slept_ms = now - then;
     let mut ts = [0u8; 16];
     crate::sys::process::read_remote(Pid::from_raw(pid), req, &mut ts).ok()?;
     let sec = i64::from_le_bytes(ts[0..8].try_into().ok()?);

@@ -80,9 +80,11 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     for c in imgs.children(t.pid) {
         let cpid = imgs.procs[c].tree.pid as i32;
         let outer = if imgs.inv.new_pid_ns { imgs.outer_pid(cpid as u32) } else { None };
+        // A zombie-to-be is not traced: it only exits, and crtool need not see that.
+        let flags = if imgs.procs[c].task.is_none() { libc::CLONE_UNTRACED as u64 } else { 0 };
         let forked = outer
-            .and_then(|o| fork_with_pids(&[cpid, o], 0).ok())
-            .map_or_else(|| fork_with_pids(&[cpid], 0), Ok)
+            .and_then(|o| fork_with_pids(&[cpid, o], flags).ok())
+            .map_or_else(|| fork_with_pids(&[cpid], flags), Ok)
             .map_err(|e| fail(format!("forking child {cpid}: {e}")))?;
         if let Forked::Child = forked {
             run(ctx, c);

@@ -222,3 +222,33 @@ pub fn own_rseq() -> crate::sys::abi::RseqReg {
         crate::sys::abi::RseqReg { ptr: (tp as i64 + __rseq_offset as i64) as u64, len: 32.max(__rseq_size), sig: 0x5305_3053 }
     }
 }
+
+/// PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG and (only ever on) PR_SET_NO_NEW_PRIVS.
+pub fn set_prctl_flags(subreaper: bool, pdeath_signal: i32, no_new_privs: bool) {
+    // SAFETY: prctl options that take plain integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, subreaper as libc::c_ulong, 0, 0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, pdeath_signal as libc::c_ulong, 0, 0, 0);
+        if no_new_privs {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        }
+    }
+}
+
+/// Runs `f` while this thread is pinned to `cpu`, after yielding once so that the
+/// thread is really running there.
+pub fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let me = nix::unistd::Pid::from_raw(0);
+    let old = sched_getaffinity(me).ok();
+    let mut set = CpuSet::new();
+    let pinned = set.set(cpu).is_ok() && sched_setaffinity(me, &set).is_ok();
+    if pinned {
+        nix::sched::sched_yield().ok();
+    }
+    let r = f();
+    if let (true, Some(old)) = (pinned, old) {
+        let _ = sched_setaffinity(me, &old);
+    }
+    r
+}

@@ -120,6 +120,9 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         dumpable: info.dumpable as u32,
         shared_pending: shared.into_iter().map(|s| s.to_vec()).collect(),
         posix_timers: timers,
+        child_subreaper: info.child_subreaper != 0,
+        pdeath_signal: info.pdeath_signal,
+        no_new_privs: info.no_new_privs > 0,
     })
 }
 
@@ -131,6 +134,7 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(core.umask));
     process::set_personality(core.personality);
     process::set_comm(&core.comm);
+    process::set_prctl_flags(core.child_subreaper, core.pdeath_signal, core.no_new_privs);
     if core.root != "/" {
         std::os::unix::fs::chroot(&core.root).map_err(|e| fail(format!("chroot {}", core.root), e))?;
     }

@@ -167,6 +167,9 @@ pub fn core() -> pb::TaskCore {
             value_ns: 100_000_000,
             overrun: 0,
         }],
+        child_subreaper: true,
+        pdeath_signal: 15,
+        no_new_privs: false,
     }
 }
 
