@@ -142,33 +142,36 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         crate::files::precheck(p.pid, &crate::files::list(p.pid)?)?;
         crate::mem::vma::collect(p.pid)?;
     }
-    let to_v: Vec<(i32, i32)> = tree.procs.iter().map(|p| (p.pid, p.vpid)).collect();
-    let lookup = |pid: i32| to_v.iter().find(|(o, _)| *o == pid).map(|&(_, v)| v);
+    let vpids: Vec<i32> = tree.procs.iter().map(|p| p.vpid).collect();
+    // The init of a new PID namespace sees an outside session as 0 and keeps seeing
+    // it so when it inherits crtool's at restore.
+    let outside_ok = ctx.opts.shell_job || tree.new_pid_ns;
     let mut entries = Vec::new();
     for p in tree.procs.iter_mut() {
-        let (pgid, sid, vpgid, vsid) = process::pgid_sid(p.pid, &lookup)?;
-        let in_tree = |id: i32, v: i32| v != 0 || id == 0;
-        // The init of a new PID namespace sees an outside session as 0 and keeps
-        // seeing it so when it inherits crtool's at restore.
-        let outside_ok = ctx.opts.shell_job || tree.new_pid_ns;
-        if p.pid == root && (!in_tree(sid, vsid) || !in_tree(pgid, vpgid)) && !outside_ok {
-            return Err(Error::Unsupported {
-                pid: p.pid,
-                fd: None,
-                what: format!("it is not a session leader (session {sid}, group {pgid})"),
-                hint: Some("start it with setsid, or use --shell-job"),
-            });
-        }
-        if p.pid != root && (vsid == 0 || vpgid == 0) && !outside_ok {
-            return Err(Error::Unsupported {
-                pid: p.pid,
-                fd: None,
-                what: format!("its session {sid} or process group {pgid} leader is outside the dumped tree"),
-                hint: Some("dump from the session leader, or use --shell-job"),
-            });
-        }
-        // 0 = outside the tree (shell job, or above a new PID namespace): the
-        // restored task inherits crtool's.
+        let ids = process::group_and_session(p.pid, &vpids)?;
+        let outside = |what: &str, id: i32| Error::Unsupported {
+            pid: p.pid,
+            fd: None,
+            what: format!("its {what} {id} belongs to a process outside the dumped tree"),
+            hint: Some(if p.pid == root { "start it with setsid, or use --shell-job" } else { "dump from the session leader, or use --shell-job" }),
+        };
+        // 0 = outside the tree (shell job, or above a new PID namespace): the restored
+        // task inherits crtool's. A group whose leader exited keeps its id (restore
+        // recreates it with a short-lived helper); a session whose leader exited
+        // cannot be recreated.
+        let vpgid = match ids.pgid {
+            process::Owner::Outside(id) if !outside_ok => return Err(outside("process group", id)),
+            process::Owner::Outside(_) => 0,
+            process::Owner::Member(v) | process::Owner::Gone(v) => v,
+        };
+        let vsid = match ids.sid {
+            process::Owner::Outside(id) if !outside_ok => return Err(outside("session", id)),
+            process::Owner::Outside(_) => 0,
+            process::Owner::Member(v) => v,
+            process::Owner::Gone(v) => {
+                return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session leader {v} has exited"), hint: Some("orphaned sessions are not supported yet") });
+            }
+        };
         if let Some(status) = p.zombie {
             entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status });
             continue;

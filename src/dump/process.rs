@@ -30,12 +30,40 @@ impl Stat {
     }
 }
 
-/// The process group and session of `pid`, in the tree's namespace terms given the
-/// (outer pid → vpid) map.
-pub fn pgid_sid(pid: i32, to_v: &dyn Fn(i32) -> Option<i32>) -> Result<(i32, i32, i32, i32)> {
+/// Who a process group or session id belongs to, in the tree's PID namespace.
+pub enum Owner {
+    /// A process of the dumped tree leads it.
+    Member(i32),
+    /// Its leader lives outside the tree (or outside the tree's PID namespace).
+    Outside(i32),
+    /// Its leader has exited; the id lives on in the remaining members.
+    Gone(i32),
+}
+
+pub struct Ids {
+    pub pgid: Owner,
+    pub sid: Owner,
+}
+
+/// The process group and session of `pid`, from its NSpgid/NSsid (innermost = the
+/// tree's namespace, 0 when the leader is outside it) and whether the leader exists.
+pub fn group_and_session(pid: i32, vpids: &[i32]) -> Result<Ids> {
     let st = Stat::read(pid)?;
     let (pgid, sid) = (st.field(5) as i32, st.field(6) as i32);
-    Ok((pgid, sid, to_v(pgid).unwrap_or(0), to_v(sid).unwrap_or(0)))
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| Error::proc(pid, "status", e))?;
+    let inner = |key: &str| -> i32 {
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().last()?.parse().ok()).unwrap_or(0)
+    };
+    let classify = |outer: i32, inner: i32| {
+        if inner != 0 && vpids.contains(&inner) {
+            Owner::Member(inner)
+        } else if inner == 0 || std::path::Path::new(&format!("/proc/{outer}")).exists() {
+            Owner::Outside(outer)
+        } else {
+            Owner::Gone(inner)
+        }
+    };
+    Ok(Ids { pgid: classify(pgid, inner("NSpgid:")), sid: classify(sid, inner("NSsid:")) })
 }
 
 pub fn dump_process(p: &mut FrozenProc, ctx: &mut DumpCtx) -> Result<()> {

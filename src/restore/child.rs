@@ -30,6 +30,49 @@ pub struct Ctx<'a> {
     pub go_r: RawFd,
     pub geometry: SigFrameXstate,
     pub cpu_tick_usec: u64,
+    pub groups: &'a [LeaderlessGroup],
+}
+
+/// A process group whose leader had exited: restore recreates it with a helper
+/// process that has the leader's PID, lives until every member joined, and is reaped
+/// by the process that made it (the group's session leader, or the root).
+pub struct LeaderlessGroup {
+    pgid: i32,
+    /// The tree process that creates the helper.
+    creator: u32,
+    members: usize,
+    /// Members write a byte here once they joined; the helper waits for all.
+    joined_r: RawFd,
+    joined_w: RawFd,
+}
+
+impl LeaderlessGroup {
+    pub fn plan(imgs: &TreeImages, park_at: RawFd) -> Result<Vec<LeaderlessGroup>> {
+        let mut out: Vec<LeaderlessGroup> = Vec::new();
+        let pids: Vec<u32> = imgs.procs.iter().map(|p| p.tree.pid).collect();
+        for p in &imgs.procs {
+            let t = &p.tree;
+            if t.pgid == 0 || pids.contains(&t.pgid) {
+                continue;
+            }
+            if let Some(g) = out.iter_mut().find(|g| g.pgid == t.pgid as i32) {
+                g.members += 1;
+                continue;
+            }
+            let creator = if pids.contains(&t.sid) { t.sid } else { imgs.inv.root_pid };
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+            let joined_r = fd::dup_above(r.as_raw_fd(), park_at).map_err(|e| Error::Reported(format!("pipe for group {}: {e}", t.pgid)))?;
+            let joined_w = fd::dup_above(w.as_raw_fd(), park_at).map_err(|e| Error::Reported(format!("pipe for group {}: {e}", t.pgid)))?;
+            out.push(LeaderlessGroup { pgid: t.pgid as i32, creator, members: 1, joined_r, joined_w });
+        }
+        Ok(out)
+    }
+
+    pub fn close(&self) {
+        fd::close_raw(self.joined_r);
+        fd::close_raw(self.joined_w);
+    }
+
 }
 
 /// Runs process `idx` of the tree in this (just forked) process. Never returns.
@@ -66,10 +109,32 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     if t.sid as i32 == pid {
         nix::unistd::setsid().map_err(|e| fail(format!("setsid: {e}")))?;
     }
+    // Helpers standing in for exited group leaders, made before any member exists.
+    let mut helpers = Vec::new();
+    for g in ctx.groups.iter().filter(|g| g.creator == t.pid) {
+        let forked = fork_with_pids(&[g.pgid], libc::CLONE_UNTRACED as u64).map_err(|e| fail(format!("helper for process group {}: {e}", g.pgid)))?;
+        match forked {
+            Forked::Child => {
+                let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+                fd::close_raw(g.joined_w);
+                let mut b = [0u8; 1];
+                let mut n = 0;
+                while n < g.members && fd::read_raw(g.joined_r, &mut b).ok() == Some(1) {
+                    n += 1;
+                }
+                process::exit_now(0);
+            }
+            Forked::Parent(h) => helpers.push(h),
+        }
+    }
     let own_pgid = nix::unistd::getpgrp().as_raw();
-    if t.pgid != 0 && t.pgid as i32 != own_pgid && (t.pgid as i32 == pid || imgs.procs.iter().any(|p| p.tree.pid == t.pgid)) {
+    let leaderless = ctx.groups.iter().find(|g| g.pgid == t.pgid as i32);
+    if t.pgid != 0 && t.pgid as i32 != own_pgid && (t.pgid as i32 == pid || leaderless.is_some() || imgs.procs.iter().any(|p| p.tree.pid == t.pgid)) {
         let target = nix::unistd::Pid::from_raw(if t.pgid as i32 == pid { 0 } else { t.pgid as i32 });
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), target).map_err(|e| fail(format!("setpgid({}): {e}", t.pgid)))?;
+    }
+    if let Some(g) = leaderless {
+        fd::write_raw(g.joined_w, b"j");
     }
 
     if me.task.is_none() {
@@ -89,6 +154,10 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
         if let Forked::Child = forked {
             run(ctx, c);
         }
+    }
+    // Our helpers exit once their groups are populated; reap them before we run on.
+    for h in helpers {
+        let _ = nix::sys::wait::waitpid(h, None);
     }
     let task = me.task.as_ref().ok_or_else(|| fail("no task images".into()))?;
     setup_task(ctx, pid, task)
@@ -317,9 +386,8 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     let exe_fd = fd::open_at_pos(&m.exe, libc::O_RDONLY, 0).map_err(|e| fail(format!("cannot open the executable {}: {e}", m.exe)))?;
     let exe_hi = fd::dup_above(exe_fd.as_raw_fd(), status + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
     drop(exe_fd);
-    let mut keep = ctx.parked.all_fds();
-    keep.extend([status, exe_hi]);
-    fd::close_all_except(&keep);
+    let keep = [status, exe_hi];
+    fd::close_all_except(&[&keep[..], &ctx.parked.all_fds()].concat());
     if let Err(e) = ctx.parked.install(pid, &task.fds) {
         report_and_exit(status, &e);
     }

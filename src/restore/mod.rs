@@ -143,6 +143,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?;
 
+    let groups = child::LeaderlessGroup::plan(&imgs, parked.max_fd() + 1)?;
     let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
     let ctx = child::Ctx {
@@ -154,6 +155,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         go_r: go_r.as_raw_fd(),
         geometry,
         cpu_tick_usec: crate::sys::process::cpu_itimer_tick_usec(),
+        groups: &groups,
     };
     log::info!("pid {root_pid}: forking the tree ({} processes)", imgs.procs.len());
     let forked = if imgs.inv.new_pid_ns {
@@ -177,6 +179,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             let sup = supervise::Supervisor::new(root, status_r, vdso_syscall, &imgs);
             let done = sup.run(&go_w, expected);
             drop(parked); // the tasks hold their own fds now (or are dead)
+            for g in &groups {
+                g.close();
+            }
             let mut sup = done?;
             log::info!("pid {root_pid}: tree restored and running");
             if opts.detach {

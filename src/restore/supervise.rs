@@ -100,10 +100,14 @@ impl Supervisor {
                     self.known.remove(&pid);
                     return Err(self.report().unwrap_or_else(|| self.fail(format!("task {pid} was killed by signal {sig} during the restore"))));
                 }
-                Stop::Signal(sig) => {
+                // A fault means the restore code itself broke.
+                Stop::Signal(sig @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGSYS)) => {
                     let rip = ptrace::getregs(pid).map(|r| r.rip).unwrap_or(0);
                     return Err(self.fail(format!("task {pid} got signal {sig} at rip {rip:#x} while restoring")));
                 }
+                // Anything else (SIGCHLD from a group helper, a signal from outside)
+                // is delivered as it would have been.
+                Stop::Signal(sig) => ptrace::cont_signal(pid, sig).ptrace(pid, "PTRACE_CONT")?,
             }
         }
         Ok(())
@@ -183,13 +187,41 @@ impl Supervisor {
         }
     }
 
+    /// Kills every task of the half-built tree: those we have seen and any other that
+    /// we trace (a task forked but not yet reported), until none is left.
     fn kill_all(&mut self) {
-        for &pid in self.known.iter().rev() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let me = std::process::id() as i32;
+        for _ in 0..250 {
+            let mut victims: Vec<Pid> = self.known.iter().copied().collect();
+            victims.extend(traced_by(me));
+            for pid in victims {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            loop {
+                match ptrace::wait(Pid::from_raw(-1), true) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(_) => return, // ECHILD: nothing left
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        // Reap what we can; EXITKILL covers the rest if crtool dies.
-        while let Ok((_, _)) = ptrace::wait_any() {}
     }
+}
+
+/// Processes whose tracer is `tracer`.
+fn traced_by(tracer: i32) -> Vec<Pid> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse::<i32>().ok()))
+                == Some(tracer)
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 fn is_main_thread(tid: Pid) -> bool {
