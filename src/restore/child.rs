@@ -139,9 +139,11 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
 
     if me.task.is_none() {
         // A zombie: end the way the original did and stay unreaped.
+        process::set_comm(&t.comm);
         process::exit_like(t.exit_status);
     }
 
+    let mut zombies = Vec::new();
     for c in imgs.children(t.pid) {
         let cpid = imgs.procs[c].tree.pid as i32;
         let outer = if imgs.inv.new_pid_ns { imgs.outer_pid(cpid as u32) } else { None };
@@ -151,9 +153,17 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
             .and_then(|o| fork_with_pids(&[cpid, o], flags).ok())
             .map_or_else(|| fork_with_pids(&[cpid], flags), Ok)
             .map_err(|e| fail(format!("forking child {cpid}: {e}")))?;
-        if let Forked::Child = forked {
-            run(ctx, c);
+        match forked {
+            Forked::Child => run(ctx, c),
+            Forked::Parent(z) if imgs.procs[c].task.is_none() => zombies.push(z),
+            Forked::Parent(_) => {}
         }
+    }
+    // Let zombies die now, while this task's signals are unblocked and its SIGCHLD
+    // disposition is still crtool's default: the SIGCHLD they raise is discarded
+    // here instead of reaching the task's own handler after the restore.
+    for z in zombies {
+        process::wait_exited_nowait(z);
     }
     // Our helpers exit once their groups are populated; reap them before we run on.
     for h in helpers {

@@ -37,11 +37,13 @@ pub struct Supervisor {
     ready: BTreeMap<Pid, Regs>,
     /// Threads already through rt_sigreturn: their restored registers.
     restored: BTreeMap<Pid, Regs>,
+    /// Signals that stopped a thread while we finished it, to deliver on detach.
+    deferred: BTreeMap<Pid, Vec<i32>>,
 }
 
 impl Supervisor {
     pub fn new(root: Pid, status_r: OwnedFd, vdso_syscall: u64, _imgs: &TreeImages) -> Supervisor {
-        Supervisor { root, status_r, vdso_syscall, known: BTreeSet::from([root]), ready: BTreeMap::new(), restored: BTreeMap::new() }
+        Supervisor { root, status_r, vdso_syscall, known: BTreeSet::from([root]), ready: BTreeMap::new(), restored: BTreeMap::new(), deferred: BTreeMap::new() }
     }
 
     pub fn run(mut self, go_w: &OwnedFd, expected: Expected) -> Result<Supervisor> {
@@ -155,10 +157,19 @@ impl Supervisor {
         Ok(())
     }
 
-    fn expect_syscall(&self, tid: Pid) -> Result<()> {
-        match ptrace::wait(tid, false).ptrace(tid, "waitpid")? {
-            Some(Stop::Syscall) => Ok(()),
-            other => Err(self.fail(format!("task {tid}: unexpected {other:?} while finishing the restore"))),
+    /// Waits for the thread's next syscall stop. A signal that becomes deliverable
+    /// once the task's own mask is back (a restored pending signal, a SIGCHLD) stops
+    /// it first: it is kept and handed back when the thread is let go.
+    fn expect_syscall(&mut self, tid: Pid) -> Result<()> {
+        loop {
+            match ptrace::wait(tid, false).ptrace(tid, "waitpid")? {
+                Some(Stop::Syscall) => return Ok(()),
+                Some(Stop::Signal(sig)) if sig != libc::SIGTRAP => {
+                    self.deferred.entry(tid).or_default().push(sig);
+                    ptrace::cont_syscall(tid).ptrace(tid, "PTRACE_SYSCALL")?;
+                }
+                other => return Err(self.fail(format!("task {tid}: unexpected {other:?} while finishing the restore"))),
+            }
         }
     }
 
@@ -166,7 +177,14 @@ impl Supervisor {
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = None;
         for (&tid, regs) in &self.restored {
-            let r = ptrace::setregs(tid, regs).and_then(|_| ptrace::detach(tid)).ptrace(tid, "PTRACE_DETACH");
+            let sigs = self.deferred.remove(&tid).unwrap_or_default();
+            // Signals but the last go back on the queue; the last one comes with the
+            // detach itself.
+            for &sig in sigs.iter().rev().skip(1) {
+                let _ = nix::sys::signal::kill(tid, nix::sys::signal::Signal::try_from(sig).ok());
+            }
+            let last = sigs.last().copied().unwrap_or(0);
+            let r = ptrace::setregs(tid, regs).and_then(|_| ptrace::detach_signal(tid, last)).ptrace(tid, "PTRACE_DETACH");
             if let Err(e) = r {
                 first.get_or_insert(e);
             }

@@ -252,3 +252,14 @@ pub fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
     }
     r
 }
+
+/// Waits until child `pid` has exited, without reaping it (waitid WNOWAIT).
+pub fn wait_exited_nowait(pid: Pid) {
+    // SAFETY: waitid writes into a local siginfo.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(libc::P_PID, pid.as_raw() as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) < 0
+            && Errno::last() == Errno::EINTR
+        {}
+    }
+}

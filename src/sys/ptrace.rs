@@ -138,6 +138,11 @@ pub fn detach(pid: Pid) -> Result<(), Errno> {
     ptrace::detach(pid, None)
 }
 
+/// Detaches, delivering `sig` (0: none) as the tracee resumes.
+pub fn detach_signal(pid: Pid, sig: i32) -> Result<(), Errno> {
+    raw(libc::PTRACE_DETACH, pid, 0, sig as usize as *mut c_void).map(drop)
+}
+
 fn raw(req: libc::c_uint, pid: Pid, addr: usize, data: *mut c_void) -> Result<libc::c_long, Errno> {
     // SAFETY: callers pass `data` pointing at a buffer of the size the request needs.
     let r = unsafe { libc::ptrace(req, pid.as_raw() as pid_t, addr as *mut c_void, data) };

@@ -62,6 +62,7 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             threads: vec![PID, 44],
             zombie: false,
             exit_status: 0,
+            comm: String::new(),
         },
         pb::PstreeEntry {
             pid: 43,
@@ -71,6 +72,7 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             threads: vec![43],
             zombie: false,
             exit_status: 0,
+            comm: String::new(),
         },
         pb::PstreeEntry {
             pid: 45,
@@ -80,6 +82,7 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             threads: vec![],
             zombie: true,
             exit_status: 9,
+            comm: "worker".into(),
         },
     ]
 }
