@@ -2,22 +2,17 @@
 //! random-ish data that zstd compresses moderately (about 2:1: each byte carries four
 //! random bits), writes "ready" to READY_FILE and sleeps until killed.
 //!
-//!     bench_mem MIB READY_FILE
+//!     bench_mem MIB READY_FILE [procs N] [threads N]
+//!
+//! `procs N`: N processes (the first and N-1 children), each with its own MIB MiB of
+//! different data. `threads N`: the (first) process has N threads, all asleep.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: bench_mem MIB READY_FILE");
-        std::process::exit(2);
-    }
-    let mib: usize = args[1].parse().unwrap_or_else(|_| {
-        eprintln!("bench_mem: MIB must be a number");
-        std::process::exit(2)
-    });
+fn fill(mib: usize, seed: u64) -> Vec<u64> {
     let mut mem: Vec<u64> = Vec::with_capacity(mib << 17);
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for _ in 0..(mib << 17) {
         // xorshift64*
         x ^= x >> 12;
@@ -26,11 +21,76 @@ fn main() {
         mem.push(x.wrapping_mul(0x2545_F491_4F6C_DD1D) & 0x0F0F_0F0F_0F0F_0F0F);
     }
     std::hint::black_box(&mem);
-    let mut f = std::fs::File::create(&args[2]).expect("creating the ready file");
-    f.write_all(b"ready\n").expect("writing the ready file");
-    drop(f);
+    mem
+}
+
+fn sleep_forever() -> ! {
     loop {
         // SAFETY: pause(2) only sleeps.
         unsafe { libc::pause() };
     }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 || args.len().is_multiple_of(2) {
+        usage();
+    }
+    let num = |s: &str| s.parse::<usize>().unwrap_or_else(|_| usage());
+    let mib = num(&args[1]);
+    let (mut procs, mut threads) = (1, 1);
+    for kv in args[3..].chunks(2) {
+        match kv[0].as_str() {
+            "procs" => procs = num(&kv[1]).max(1),
+            "threads" => threads = num(&kv[1]).max(1),
+            _ => usage(),
+        }
+    }
+    // Children report through a pipe once their memory is filled.
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) into a local array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    for i in 1..procs {
+        // SAFETY: single-threaded here; the child only fills memory and sleeps.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: closing our copy of the read end.
+            unsafe { libc::close(fds[0]) };
+            let _mem = fill(mib, i as u64);
+            // SAFETY: the write end is ours alone in this process.
+            let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+            w.write_all(b"x").expect("reporting to the parent");
+            drop(w);
+            sleep_forever();
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(fds[1]) };
+    let _mem = fill(mib, 0);
+    // SAFETY: the read end is ours alone in this process.
+    let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let mut got = vec![0u8; procs - 1];
+    r.read_exact(&mut got).expect("waiting for the children");
+    drop(r);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 1..threads {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            sleep_forever()
+        });
+    }
+    for _ in 1..threads {
+        rx.recv().unwrap();
+    }
+    let mut f = std::fs::File::create(&args[2]).expect("creating the ready file");
+    f.write_all(b"ready\n").expect("writing the ready file");
+    drop(f);
+    sleep_forever()
 }

@@ -4,9 +4,10 @@ every 0.05 s, forever.
 
     loop.py [--hold socket|pipe|fifo:PATH|ptmx] [--alternate]
 
---hold keeps a resource crtool cannot dump open for the whole run (a socket pair, a
-pipe, a named FIFO opened read-write, or a pseudo-terminal master), to test that a
-refused dump leaves the process running. --alternate writes even numbers to stdout and odd ones to stderr
+--hold keeps a resource open for the whole run (a socket pair, a pipe, a named FIFO
+opened read-write, or a pseudo-terminal master); the tests use the ones crtool
+cannot dump (sockets, terminals) to check that a refused dump leaves the process
+running. --alternate writes even numbers to stdout and odd ones to stderr
 (started with 2>&1, both fds share one open file description and its offset).
 """
 import os
