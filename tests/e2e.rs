@@ -63,12 +63,12 @@ fail() { echo "$*" >"$T/var.fail"; echo "SCENARIO FAILED: $*" >&2; exit 1; }
 put() { printf '%s' "$2" >"$T/var.$1"; }
 # run STEP CMD...: run CMD, keeping its stdout, stderr and exit code as STEP.out/.err/.rc.
 run() { local n=$1; shift; "$@" >"$T/$n.out" 2>"$T/$n.err"; echo $? >"$T/$n.rc"; }
-# crt ARGS...: crtool, killed if it hangs (exit 124; its tracees die with it).
-crt() ( { set +x; } 2>/dev/null; exec timeout 30 "$CRTOOL" "$@" )
+# crt ARGS...: crtool, killed if it hangs for 60 s (exit 124; its tracees die with it).
+crt() ( { set +x; } 2>/dev/null; exec timeout 60 "$CRTOOL" "$@" )
 # need STEP: stop the scenario unless `run STEP ...` succeeded.
 need() {
     local rc; rc=$(cat "$T/$1.rc" 2>/dev/null)
-    [ "$rc" = 124 ] && fail "$1 hung (killed after 30 s): $(cat "$T/$1.err" 2>/dev/null)"
+    [ "$rc" = 124 ] && fail "$1 hung (killed after 60 s): $(cat "$T/$1.err" 2>/dev/null)"
     [ "$rc" = 0 ] || fail "$1 failed (exit $rc): $(cat "$T/$1.err" 2>/dev/null)"
 }
 # quietly CMD...: run CMD without tracing it.
@@ -430,7 +430,7 @@ start_wl {wl} {args}; P=$!; put pid $P
 wait_until nonempty "$T/ready" || fail "{wl} did not get ready"
 {before_dump}
 PIDS=$(tree_of $P | sort -n | tr '\n' ' '); put pids "$PIDS"
-run dump {wrap} timeout 30 "$CRTOOL" dump -t $P -D "$T/ck"
+run dump {wrap} timeout 60 "$CRTOOL" dump -t $P -D "$T/ck"
 need dump
 wait_until gone $PIDS || fail "processes of the dumped tree are still there"
 run restore crt restore -D "$T/ck" -d

@@ -124,7 +124,12 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
                 }
                 process::exit_now(0);
             }
-            Forked::Parent(h) => helpers.push(h),
+            Forked::Parent(h) => {
+                // Also from this side (as shells do), so that the group exists before
+                // any member is forked, whichever process runs first.
+                let _ = nix::unistd::setpgid(h, h);
+                helpers.push(h);
+            }
         }
     }
     let own_pgid = nix::unistd::getpgrp().as_raw();
