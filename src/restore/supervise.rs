@@ -39,11 +39,30 @@ pub struct Supervisor {
     restored: BTreeMap<Pid, Regs>,
     /// Signals that stopped a thread while we finished it, to deliver on detach.
     deferred: BTreeMap<Pid, Vec<i32>>,
+    /// Allowed CPUs of every thread, by its id in the tree's namespace.
+    affinity: BTreeMap<i32, Vec<u64>>,
 }
 
 impl Supervisor {
-    pub fn new(root: Pid, status_r: OwnedFd, vdso_syscall: u64, _imgs: &TreeImages) -> Supervisor {
-        Supervisor { root, status_r, vdso_syscall, known: BTreeSet::from([root]), ready: BTreeMap::new(), restored: BTreeMap::new(), deferred: BTreeMap::new() }
+    pub fn new(root: Pid, status_r: OwnedFd, vdso_syscall: u64, imgs: &TreeImages) -> Supervisor {
+        let affinity = imgs
+            .procs
+            .iter()
+            .filter_map(|p| p.task.as_ref())
+            .flat_map(|t| t.core.threads.iter())
+            .filter(|t| !t.cpu_affinity.is_empty())
+            .map(|t| (t.tid as i32, t.cpu_affinity.clone()))
+            .collect();
+        Supervisor {
+            root,
+            status_r,
+            vdso_syscall,
+            known: BTreeSet::from([root]),
+            ready: BTreeMap::new(),
+            restored: BTreeMap::new(),
+            deferred: BTreeMap::new(),
+            affinity,
+        }
     }
 
     pub fn run(mut self, go_w: &OwnedFd, expected: Expected) -> Result<Supervisor> {
@@ -173,9 +192,14 @@ impl Supervisor {
         }
     }
 
-    /// Lets every restored thread run.
+    /// Lets every restored thread run, on the CPUs it was allowed before.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = None;
+        for &tid in self.restored.keys() {
+            if let Some(mask) = ns_tid(&tid).and_then(|v| self.affinity.get(&v)) {
+                crate::sys::process::set_affinity(tid, mask);
+            }
+        }
         for (&tid, regs) in &self.restored {
             let sigs = self.deferred.remove(&tid).unwrap_or_default();
             // Signals but the last go back on the queue; the last one comes with the
@@ -240,6 +264,12 @@ fn traced_by(tracer: i32) -> Vec<Pid> {
         })
         .map(Pid::from_raw)
         .collect()
+}
+
+/// A thread's id in its own (innermost) PID namespace.
+fn ns_tid(tid: &Pid) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 
 fn is_main_thread(tid: Pid) -> bool {

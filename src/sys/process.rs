@@ -263,3 +263,20 @@ pub fn wait_exited_nowait(pid: Pid) {
         {}
     }
 }
+
+/// sched_setaffinity(2) of `tid` to the CPUs in `mask` (64 per word); best effort:
+/// CPUs that do not exist here are dropped, and an empty result leaves it alone.
+pub fn set_affinity(tid: Pid, mask: &[u64]) {
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for (w, bits) in mask.iter().enumerate() {
+        for b in 0..64 {
+            if bits & (1 << b) != 0 && set.set(w * 64 + b).is_ok() {
+                any = true;
+            }
+        }
+    }
+    if any {
+        let _ = nix::sched::sched_setaffinity(tid, &set);
+    }
+}

@@ -51,6 +51,24 @@ fn usec(sec: i64, usec: i64) -> u64 {
     (sec as u64) * 1_000_000 + usec as u64
 }
 
+/// The thread's allowed CPUs from /proc (Cpus_allowed: hex words, high first).
+fn cpu_affinity(tid: i32) -> Vec<u64> {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return Vec::new() };
+    let Some(hex) = s.lines().find_map(|l| l.strip_prefix("Cpus_allowed:")) else { return Vec::new() };
+    let digits: String = hex.trim().chars().filter(|c| *c != ',').collect();
+    let mut words = Vec::new();
+    let mut end = digits.len();
+    while end > 0 {
+        let start = end.saturating_sub(16);
+        words.push(u64::from_str_radix(&digits[start..end], 16).unwrap_or(0));
+        end = start;
+    }
+    while words.len() > 1 && words.last() == Some(&0) {
+        words.pop();
+    }
+    words
+}
+
 /// What crtool learned about one thread besides its registers.
 pub struct ThreadExtra {
     pub altstack: StackT,
@@ -75,6 +93,7 @@ fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::Thre
         comm,
         pending: pending.into_iter().map(|s| s.to_vec()).collect(),
         sleep_remaining_ns: None,
+        cpu_affinity: cpu_affinity(tid),
     })
 }
 

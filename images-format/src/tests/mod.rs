@@ -124,6 +124,7 @@ pub fn core() -> pb::TaskCore {
         comm: format!("worker-{tid}"),
         pending: vec![vec![10u8; 128]],
         sleep_remaining_ns: (tid == 44).then_some(1_500_000_000),
+        cpu_affinity: vec![3],
     };
     pb::TaskCore {
         pid: PID,
