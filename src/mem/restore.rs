@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::mem::vma;
 use crate::sys::abi::VmaMove;
-use crate::sys::mm::{self, PAGE};
+use crate::sys::mm::{Area, Mapping, PAGE};
 use images_format::pb::{self, VmaKind};
 use crate::mem::shmem::ShmemObjects;
 use images_format::PagesReader;
@@ -64,19 +64,23 @@ pub fn premap_size(vmas: &[pb::Vma]) -> u64 {
     vmas.iter().filter(|v| vma::is_restorable(v)).map(|v| v.end - v.start).sum()
 }
 
-/// Maps every restorable VMA at `area`, fills private pages from the page image and
-/// applies final protections. Returns the moves for the restorer, in VMA order.
-pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: u64, shmem: &ShmemObjects) -> Result<Vec<VmaMove>> {
+/// A premapped VMA: where it sits now and the image's description of it.
+pub struct Slot<'a> {
+    pub vma: &'a pb::Vma,
+    pub map: Mapping,
+}
+
+/// Maps every restorable VMA at the front of `area`, fills private pages from the
+/// page image and applies final protections. Returns the slots, in VMA order.
+pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: &mut Area, shmem: &ShmemObjects) -> Result<Vec<Slot<'a>>> {
     let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
-    let mut moves = Vec::new();
-    let mut slots = Vec::new();
-    let mut at = area;
+    let mut slots: Vec<Slot> = Vec::new();
     for v in vmas.iter().filter(|v| vma::is_restorable(v)) {
         let len = v.end - v.start;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (rw, noreserve) = initial_prot(v);
         let r = match v.kind() {
-            VmaKind::VmaAnonPrivate => mm::map_at(at, len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | gd | noreserve, None, 0, true),
+            VmaKind::VmaAnonPrivate => area.map_next(len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | gd | noreserve, None, 0),
             VmaKind::VmaAnonShared => {
                 let path = shmem.path(v.shmid).ok_or_else(|| Error::BadImage {
                     file: format!("mm-{pid}.img"),
@@ -84,7 +88,7 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
                 })?;
                 let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(&path)
                     .map_err(|e| Error::Restore { pid, msg: format!("cannot open shared memory {path}: {e}") })?;
-                mm::map_at(at, len, v.prot as i32, libc::MAP_SHARED, Some(f.as_fd()), v.pgoff, true)
+                area.map_next(len, v.prot as i32, libc::MAP_SHARED, Some(f.as_fd()), v.pgoff)
             }
             VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
                 let shared = v.kind() == VmaKind::VmaFileShared;
@@ -92,14 +96,12 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
                 let f = OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(&v.path)
                     .map_err(|e| Error::Restore { pid, msg: format!("cannot open {} mapped at {:#x}: {e}", v.path, v.start) })?;
                 let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE | noreserve) };
-                mm::map_at(at, len, prot, flags, Some(f.as_fd()), v.pgoff, true)
+                area.map_next(len, prot, flags, Some(f.as_fd()), v.pgoff)
             }
             _ => unreachable!("filtered by is_restorable"),
         };
-        r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.end, v.path), e))?;
-        slots.push((v, at));
-        moves.push(VmaMove { from: at, len, to: v.start });
-        at += len;
+        let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.end, v.path), e))?;
+        slots.push(Slot { vma: v, map });
     }
 
     // Fill: pagemap entries are in address order, like the VMAs.
@@ -107,23 +109,24 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
     let mut i = 0;
     for e in pagemap {
         let len = e.nr_pages as u64 * PAGE;
-        while i < slots.len() && slots[i].0.end <= e.vaddr {
+        while i < slots.len() && slots[i].vma.end <= e.vaddr {
             i += 1;
         }
         let inside = |v: &pb::Vma| v.start <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|end| end <= v.end);
-        let Some(&(v, slot)) = slots.get(i).filter(|(v, _)| inside(v)) else {
+        let Some(slot) = slots.get_mut(i).filter(|s| inside(s.vma)) else {
             return Err(Error::BadImage {
                 file: format!("pagemap-{pid}.img"),
                 msg: format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr),
             });
         };
+        let v = slot.vma;
         if v.kind() == VmaKind::VmaAnonShared {
             continue; // filled once, in the shared object, by crtool
         }
         if !vma::has_private_pages(v) {
             return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("pages at {:#x} belong to a shared file mapping", e.vaddr) });
         }
-        let at = slot + (e.vaddr - v.start);
+        let off = e.vaddr - v.start;
         if initial_prot(v).0 & libc::PROT_WRITE == 0 {
             // Mapped read-only to keep it unaccounted: write through /proc/self/mem.
             let mut buf = vec![0u8; len as usize];
@@ -131,25 +134,29 @@ pub fn premap(pid: i32, vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry], pages: &
             self_mem.get_or_insert_with(|| OpenOptions::new().write(true).open("/proc/self/mem"))
                 .as_ref()
                 .map_err(|err| Error::Restore { pid, msg: format!("/proc/self/mem: {err}") })?
-                .write_all_at(&buf, at)
+                .write_all_at(&buf, slot.map.addr() + off)
                 .map_err(|err| Error::Restore { pid, msg: format!("filling {:#x} through /proc/self/mem: {err}", e.vaddr) })?;
             continue;
         }
-        // SAFETY: [at, +len) lies inside a private writable mapping created above,
-        // which no Rust object aliases.
-        let dst = unsafe { mm::slice_at(at, len as usize) };
-        mm::populate_write(at, len);
+        slot.map.populate(off, len);
+        let dst = slot.map.bytes_mut(off, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {:#x} is not writable", v.start) })?;
         pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
     }
 
-    for &(v, slot) in &slots {
+    for slot in slots.iter_mut() {
+        let v = slot.vma;
         let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
         if !shared && v.prot as i32 != initial_prot(v).0 {
-            mm::protect(slot, v.end - v.start, v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
+            slot.map.protect(v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
         }
         for a in vma::advice(v) {
-            mm::advise(slot, v.end - v.start, a).map_err(|e| fail(format!("madvise({a}) {:#x}", v.start), e))?;
+            slot.map.advise(a).map_err(|e| fail(format!("madvise({a}) {:#x}", v.start), e))?;
         }
     }
-    Ok(moves)
+    Ok(slots)
+}
+
+/// The restorer's moves for the premapped slots.
+pub fn moves(slots: &[Slot]) -> Vec<VmaMove> {
+    slots.iter().map(|s| VmaMove { from: s.map.addr(), len: s.map.len(), to: s.vma.start }).collect()
 }

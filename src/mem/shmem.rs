@@ -3,15 +3,15 @@
 //! (through /proc/self/map_files of the inherited mapping), so writes are shared again.
 
 use crate::error::{Error, Result};
-use crate::sys::mm::{self, PAGE};
+use crate::sys::mm::{Mapping, PAGE};
 use images_format::pb::{self, VmaKind};
 use images_format::PagesReader;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// shmid → (address in crtool's (and every forked task's) address space, size).
-#[derive(Default, Clone)]
-pub struct ShmemObjects(pub BTreeMap<u64, (u64, u64)>);
+/// shmid → the object's mapping in crtool (inherited by every forked task).
+#[derive(Default)]
+pub struct ShmemObjects(BTreeMap<u64, Mapping>);
 
 impl ShmemObjects {
     /// Creates and fills every shmem object the tree uses. `tasks` lists each task's
@@ -27,9 +27,9 @@ impl ShmemObjects {
         }
         let mut objs = ShmemObjects::default();
         for (&id, &size) in &sizes {
-            let addr = mm::map_anywhere(size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS)
+            let map = Mapping::anywhere(size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS)
                 .map_err(|e| Error::sys(format!("creating shared memory object {id} ({size} bytes)"), e))?;
-            objs.0.insert(id, (addr, size));
+            objs.0.insert(id, map);
         }
         for &(pid, mm, pagemap) in tasks {
             let owned: Vec<&pb::Vma> = mm.vmas.iter().filter(|v| v.kind() == VmaKind::VmaAnonShared && v.shmem_owner).collect();
@@ -40,14 +40,11 @@ impl ShmemObjects {
             for e in pagemap {
                 let len = e.nr_pages as u64 * PAGE;
                 let Some(v) = owned.iter().find(|v| v.start <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|x| x <= v.end)) else { continue };
-                let (addr, size) = objs.0[&v.shmid];
                 let off = v.pgoff + (e.vaddr - v.start);
-                if off + len > size {
-                    return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("shared pages at {:#x} lie past the object", e.vaddr) });
-                }
-                // SAFETY: [addr+off, +len) is inside the shared mapping created above,
-                // which nothing else references yet.
-                let dst = unsafe { mm::slice_at(addr + off, len as usize) };
+                let dst = objs.0.get_mut(&v.shmid).and_then(|m| m.bytes_mut(off, len)).ok_or_else(|| Error::BadImage {
+                    file: format!("pagemap-{pid}.img"),
+                    msg: format!("shared pages at {:#x} lie past the object", e.vaddr),
+                })?;
                 pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
             }
         }
@@ -56,6 +53,6 @@ impl ShmemObjects {
 
     /// The path that opens object `id` (valid in crtool and in every task it forks).
     pub fn path(&self, id: u64) -> Option<String> {
-        self.0.get(&id).map(|&(a, s)| format!("/proc/self/map_files/{:x}-{:x}", a, a + s))
+        self.0.get(&id).map(|m| format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + m.len()))
     }
 }

@@ -11,7 +11,7 @@ use crate::mem::shmem::ShmemObjects;
 use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, ThreadArgs, VmaMove};
 use crate::sys::blobs;
 use crate::sys::cpu::SigFrameXstate;
-use crate::sys::mm::{self, PAGE};
+use crate::sys::mm::{self, Area, PAGE};
 use crate::sys::process::{self, Forked, fork_with_pids};
 use crate::sys::fd;
 use crate::{task, task::timers};
@@ -282,12 +282,12 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     let reg = layout(task, nr_vmas, &frame_sizes, scratch_len);
     let premapped = premap_size(vmas);
     let area_len = premapped + reg.len;
-    let area = find_area(pid, vmas, area_len)?;
-    let none = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    mm::map_at(area, area_len, libc::PROT_NONE, none, None, 0, false).map_err(|e| fail(format!("reserving the restore area at {area:#x}: {e}")))?;
+    let area_at = find_area(pid, vmas, area_len)?;
+    let mut area = Area::reserve(area_at, area_len).map_err(|e| fail(format!("reserving the restore area at {area_at:#x}: {e}")))?;
 
     let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
-    let moves = premap(pid, vmas, &task.pagemap, &mut pages, area, ctx.shmem)?;
+    let mut slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem)?;
+    let moves = crate::mem::restore::moves(&slots);
     drop(pages);
     for (addr, bytes) in core.threads.iter().filter_map(task::regs::sleep_patch) {
         // The request timespec of an interrupted sleep now holds the time left.
@@ -296,20 +296,23 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
             v.start <= addr && addr + 16 <= v.end && v.prot & libc::PROT_WRITE as u32 != 0
                 && matches!(v.kind(), pb::VmaKind::VmaAnonPrivate | pb::VmaKind::VmaFilePrivate)
         });
-        let slot = moves.iter().find(|m| m.to <= addr && addr + 16 <= m.to + m.len).map(|m| m.from + (addr - m.to));
+        let slot = slots.iter_mut().find(|s| s.vma.start <= addr && addr + 16 <= s.vma.end);
         if let (true, Some(slot)) = (writable, slot) {
-            // SAFETY: 16 bytes inside a premapped, writable private VMA of this task
-            // that nothing in crtool references.
-            unsafe { mm::slice_at(slot, 16) }.copy_from_slice(&bytes);
+            if let Some(dst) = slot.map.bytes_mut(addr - slot.vma.start, 16) {
+                dst.copy_from_slice(&bytes);
+            }
         }
     }
+    drop(slots); // the memory stays mapped for the restorer
 
-    let region = area + premapped;
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-    mm::map_at(region, reg.scratch, rwx, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None, 0, true)
+    let mut region_map = area
+        .map_next(reg.scratch, rwx, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None, 0)
         .map_err(|e| fail(format!("mapping the restorer: {e}")))?;
-    // SAFETY: [region, region+scratch) was just mapped RW and nothing else uses it.
-    let mem = unsafe { mm::slice_at(region, reg.scratch as usize) };
+    area.skip(reg.len - reg.scratch); // scratch for the vdso moves stays reserved
+    let region = region_map.addr();
+    let area_start = area.start();
+    let mem = region_map.bytes_mut(0, reg.scratch).ok_or_else(|| fail("the restorer region is not writable".into()))?;
     let image = blobs::relocated(blobs::RESTORER_IMAGE, blobs::RESTORER_RELOCS, region);
     mem[..image.len()].copy_from_slice(&image);
     for (i, m) in moves.iter().enumerate() {
@@ -358,7 +361,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         status_fd: -1,
         exe_fd: -1,
         self_rseq: process::own_rseq(),
-        area_start: area,
+        area_start,
         area_len,
         specials: [VmaMove::default(); abi::MAX_SPECIALS],
         nr_specials: specials.len() as u32,

@@ -8,13 +8,16 @@ use std::os::unix::fs::FileExt;
 
 pub const PAGE: u64 = 4096;
 
-/// mmap(2) at exactly `addr`. `replace` decides between MAP_FIXED and
+/// mmap(2) at exactly `addr`; `replace` decides between MAP_FIXED and
 /// MAP_FIXED_NOREPLACE.
-pub fn map_at(addr: u64, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd>, off: u64, replace: bool) -> Result<(), Errno> {
+///
+/// # Safety
+/// With `replace`, `[addr, addr+len)` must hold nothing any Rust code refers to.
+unsafe fn map_fixed(addr: u64, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd>, off: u64, replace: bool) -> Result<(), Errno> {
     let fixed = if replace { libc::MAP_FIXED } else { libc::MAP_FIXED_NOREPLACE };
     let raw_fd = fd.map(|f| f.as_raw_fd()).unwrap_or(-1);
-    // SAFETY: mapping at a fixed address only affects ranges crtool chose inside its
-    // own premap area (replace) or free ranges (noreplace); no Rust object lives there.
+    // SAFETY: NOREPLACE never touches existing mappings; with replace the caller
+    // vouches that the range is unused.
     let r = unsafe { libc::mmap(addr as *mut _, len as usize, prot, flags | fixed, raw_fd, off as i64) };
     if r == libc::MAP_FAILED {
         return Err(Errno::last());
@@ -27,24 +30,109 @@ pub fn map_at(addr: u64, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd>
     Ok(())
 }
 
-pub fn protect(addr: u64, len: u64, prot: i32) -> Result<(), Errno> {
-    // SAFETY: changes protection of a premap-area range crtool owns.
-    Errno::result(unsafe { libc::mprotect(addr as *mut _, len as usize, prot) }).map(drop)
+/// An address range reserved (PROT_NONE) in crtool's own address space, at a place
+/// free in both crtool's and the task's layouts, and carved front to back into
+/// mappings for the task being restored. Carved ranges never overlap, so each
+/// `Mapping` is the only handle to its memory.
+pub struct Area {
+    start: u64,
+    len: u64,
+    next: u64,
 }
 
-pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
-    // SAFETY: unmaps a premap-area range crtool owns and no longer references.
-    Errno::result(unsafe { libc::munmap(addr as *mut _, len as usize) }).map(drop)
+impl Area {
+    pub fn reserve(start: u64, len: u64) -> Result<Area, Errno> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        // SAFETY: MAP_FIXED_NOREPLACE fails instead of replacing anything.
+        unsafe { map_fixed(start, len, libc::PROT_NONE, flags, None, 0, false)? };
+        Ok(Area { start, len, next: start })
+    }
+
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Maps the next `len` bytes of the area.
+    pub fn map_next(&mut self, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd>, off: u64) -> Result<Mapping, Errno> {
+        let at = self.next;
+        if at + len > self.start + self.len {
+            return Err(Errno::ENOMEM);
+        }
+        // SAFETY: [at, at+len) lies in our own reservation past every range handed out
+        // before, so nothing refers to it.
+        unsafe { map_fixed(at, len, prot, flags, fd, off, true)? };
+        self.next += len;
+        Ok(Mapping { addr: at, len, writable: prot & libc::PROT_WRITE != 0 })
+    }
+
+    /// Leaves `len` bytes of the area unmapped (still reserved).
+    pub fn skip(&mut self, len: u64) -> u64 {
+        let at = self.next;
+        self.next += len;
+        at
+    }
 }
 
-/// A mutable view of `len` bytes at `addr` in this process.
-///
-/// # Safety
-/// `[addr, addr+len)` must be mapped writable and not aliased by any Rust reference
-/// for the lifetime of the slice.
-pub unsafe fn slice_at<'a>(addr: u64, len: usize) -> &'a mut [u8] {
-    // SAFETY: guaranteed by the caller.
-    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
+/// A mapping crtool created for a task being restored; the only handle to its
+/// memory. It stays mapped when dropped: the restorer takes it over.
+pub struct Mapping {
+    addr: u64,
+    len: u64,
+    writable: bool,
+}
+
+impl Mapping {
+    /// A fresh mapping wherever the kernel puts it.
+    pub fn anywhere(len: u64, prot: i32, flags: i32) -> Result<Mapping, Errno> {
+        // SAFETY: a fresh mapping at a kernel-chosen address touches nothing existing.
+        let r = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
+        if r == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        Ok(Mapping { addr: r as u64, len, writable: prot & libc::PROT_WRITE != 0 })
+    }
+
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `len` bytes at `off`, if the mapping is writable and the range inside it.
+    pub fn bytes_mut(&mut self, off: u64, len: u64) -> Option<&mut [u8]> {
+        if !self.writable || off.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: the range is inside a writable mapping that only this handle
+        // refers to (see `Area`), borrowed mutably for the slice's lifetime.
+        Some(unsafe { std::slice::from_raw_parts_mut((self.addr + off) as *mut u8, len as usize) })
+    }
+
+    pub fn protect(&mut self, prot: i32) -> Result<(), Errno> {
+        // SAFETY: changes the protection of memory only this handle refers to.
+        Errno::result(unsafe { libc::mprotect(self.addr as *mut _, self.len as usize, prot) })?;
+        self.writable = prot & libc::PROT_WRITE != 0;
+        Ok(())
+    }
+
+    pub fn advise(&self, advice: i32) -> Result<(), Errno> {
+        // SAFETY: advice flags on memory only this handle refers to; MADV_DONTNEED
+        // and other data-changing advice are never passed.
+        Errno::result(unsafe { libc::madvise(self.addr as *mut _, self.len as usize, advice) }).map(drop)
+    }
+
+    /// Pre-faults `[off, off+len)` writable in one call (MADV_POPULATE_WRITE), much
+    /// cheaper than one page fault per page while filling. Best effort.
+    pub fn populate(&self, off: u64, len: u64) {
+        // SAFETY: faults in pages of our own mapping; no data changes.
+        unsafe { libc::madvise((self.addr + off) as *mut _, len as usize, 23 /* MADV_POPULATE_WRITE */) };
+    }
 }
 
 /// Pagemap bits (Documentation/admin-guide/mm/pagemap.rst).
@@ -118,22 +206,5 @@ pub fn vdso_syscall_offset() -> Option<u64> {
     code.windows(2).position(|w| w == [0x0f, 0x05]).map(|p| p as u64)
 }
 
-/// mmap(2) anywhere; returns the address.
-pub fn map_anywhere(len: u64, prot: i32, flags: i32) -> Result<u64, Errno> {
-    // SAFETY: a fresh mapping at a kernel-chosen address touches nothing existing.
-    let r = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, prot, flags, -1, 0) };
-    if r == libc::MAP_FAILED { Err(Errno::last()) } else { Ok(r as u64) }
-}
 
-/// Pre-faults `[addr, addr+len)` writable in one call (MADV_POPULATE_WRITE), which is
-/// much cheaper than taking one page fault per page while filling it. Best effort.
-pub fn populate_write(addr: u64, len: u64) {
-    // SAFETY: madvise only faults in pages of a mapping crtool created; no data moves.
-    unsafe { libc::madvise(addr as *mut _, len as usize, 23 /* MADV_POPULATE_WRITE */) };
-}
 
-/// madvise(2) with `advice` on a range crtool premapped.
-pub fn advise(addr: u64, len: u64, advice: i32) -> Result<(), Errno> {
-    // SAFETY: advice flags on a mapping crtool created; no memory is touched.
-    Errno::result(unsafe { libc::madvise(addr as *mut _, len as usize, advice) }).map(drop)
-}
