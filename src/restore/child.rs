@@ -297,11 +297,10 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
                 && matches!(v.kind(), pb::VmaKind::VmaAnonPrivate | pb::VmaKind::VmaFilePrivate)
         });
         let slot = slots.iter_mut().find(|s| s.vma.start <= addr && addr + 16 <= s.vma.end);
-        if let (true, Some(slot)) = (writable, slot) {
-            if let Some(dst) = slot.map.bytes_mut(addr - slot.vma.start, 16) {
+        if let (true, Some(slot)) = (writable, slot)
+            && let Some(dst) = slot.map.bytes_mut(addr - slot.vma.start, 16) {
                 dst.copy_from_slice(&bytes);
             }
-        }
     }
     drop(slots); // the memory stays mapped for the restorer
 
