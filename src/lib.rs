@@ -10,6 +10,7 @@ pub mod error;
 pub mod files;
 pub mod infect;
 pub mod mem;
+pub mod procinfo;
 pub mod restore;
 pub mod show;
 pub mod sys;

@@ -52,11 +52,6 @@ impl DumpCtx {
     }
 }
 
-fn ns_tid(tid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
-}
-
 pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let pid = opts.pid;
     process::Stat::read(pid)?; // a clear "no such process" before anything else
@@ -133,15 +128,17 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     for p in &tree.procs {
         for t in &p.threads {
             let tid = t.pid.as_raw();
-            ctx.tids.push((tid, if tree.new_pid_ns { ns_tid(tid).unwrap_or(tid) } else { tid }));
+            ctx.tids.push((tid, if tree.new_pid_ns { crate::procinfo::innermost_pid(tid).unwrap_or(tid) } else { tid }));
         }
         ctx.tids.push((p.pid, p.vpid));
     }
-    // Refuse what cannot be restored before any parasite enters any task.
+    // Refuse what cannot be restored before any parasite enters any task (the tree
+    // is frozen, so what is read here stays true for the dump itself).
+    let mut surveys = Vec::new();
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
-        crate::files::precheck(p.pid, &crate::files::list(p.pid)?)?;
-        crate::mem::vma::collect(p.pid)?;
+        surveys.push(process::Survey::take(p.pid)?);
     }
+    let mut surveys = surveys.into_iter();
     let vpids: Vec<i32> = tree.procs.iter().map(|p| p.vpid).collect();
     // The init of a new PID namespace sees an outside session as 0 and keeps seeing
     // it so when it inherits crtool's at restore.
@@ -177,7 +174,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
             entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm });
             continue;
         }
-        process::dump_process(p, ctx)?;
+        let survey = surveys.next().ok_or_else(|| Error::NoProcess(p.pid))?;
+        process::dump_process(p, survey, ctx)?;
         ctx.stats.processes += 1;
         ctx.stats.threads += p.threads.len();
         let threads = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw()) as u32).collect();

@@ -66,12 +66,25 @@ pub fn group_and_session(pid: i32, vpids: &[i32]) -> Result<Ids> {
     Ok(Ids { pgid: classify(pgid, inner("NSpgid:")), sid: classify(sid, inner("NSsid:")) })
 }
 
-pub fn dump_process(p: &mut FrozenProc, ctx: &mut DumpCtx) -> Result<()> {
+/// A frozen process's fds and VMAs, read (and checked for what crtool cannot
+/// restore) before any parasite enters the tree.
+pub struct Survey {
+    fds: Vec<files::FdInfo>,
+    vmas: Vec<pb::Vma>,
+}
+
+impl Survey {
+    pub fn take(pid: i32) -> Result<Survey> {
+        let fds = files::list(pid)?;
+        files::precheck(pid, &fds)?;
+        Ok(Survey { fds, vmas: vma::collect(pid)? })
+    }
+}
+
+pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Result<()> {
     let pid = p.pid;
     let unsupported = |what: String, hint: Option<&'static str>| Error::Unsupported { pid, fd: None, what, hint };
-    let fds = files::list(pid)?;
-    files::precheck(pid, &fds)?;
-    let mut vmas = vma::collect(pid)?;
+    let Survey { fds, mut vmas } = survey;
     vma::mark_shmem(pid, &mut vmas, &mut ctx.shmem_seen)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| Error::proc(pid, "exe", e))?.to_string_lossy().into_owned();
     if exe.ends_with(" (deleted)") {

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::infect::Tracee;
+use crate::procinfo;
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
 
@@ -30,14 +31,6 @@ pub struct FrozenTree {
 
 fn read(path: String) -> Option<String> {
     std::fs::read_to_string(path).ok()
-}
-
-/// Last field of the NSpid line: the PID in the task's own innermost namespace, and
-/// the number of levels.
-fn nspid(pid: i32) -> Option<Vec<i32>> {
-    let status = read(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-    Some(line.split_whitespace().filter_map(|v| v.parse().ok()).collect())
 }
 
 fn stat_state(pid: i32) -> Option<(char, i32, i32)> {
@@ -83,8 +76,8 @@ fn ns_id(pid: i32, ns: &str) -> Option<std::path::PathBuf> {
 
 /// Seizes every thread of every process in the tree rooted at `root`.
 pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
-    let root_ns = nspid(root).ok_or(Error::NoProcess(root))?;
-    let own_levels = nspid(std::process::id() as i32).map(|v| v.len()).unwrap_or(1);
+    let root_ns = procinfo::ids(root, "NSpid").ok_or(Error::NoProcess(root))?;
+    let own_levels = procinfo::ids(std::process::id() as i32, "NSpid").map(|v| v.len()).unwrap_or(1);
     let (new_pid_ns, levels) = match root_ns.len() {
         n if n == own_levels => (false, n),
         n if n == own_levels + 1 && root_ns[n - 1] == 1 => (true, n),
@@ -117,7 +110,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
             let idx = match procs.iter().position(|p| p.pid == pid) {
                 Some(idx) => idx,
                 None => {
-                    let ns = nspid(pid).unwrap_or_default();
+                    let ns = procinfo::ids(pid, "NSpid").unwrap_or_default();
                     if ns.len() != levels {
                         return Err(Error::Unsupported { pid, fd: None, what: format!("it is in a nested PID namespace ({ns:?})"), hint: Some("nested PID namespaces are not supported yet") });
                     }
@@ -138,7 +131,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                 if tid == std::process::id() as i32 {
                     return Err(Error::Unsupported { pid, fd: None, what: "crtool itself is part of the tree".into(), hint: Some("run crtool from outside the tree it dumps") });
                 }
-                if let Some(tracer) = tracer_of(pid, tid) {
+                if let Some(tracer) = procinfo::tracer(tid) {
                     return Err(Error::Unsupported { pid, fd: None, what: format!("thread {tid} is traced by pid {tracer}"), hint: Some("detach the debugger or tracer first") });
                 }
                 let sleep = sleep_remaining(pid, tid);
@@ -173,13 +166,6 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
         p.ppid = vpids.iter().find(|(pid, _)| *pid == p.ppid).map(|&(_, v)| v).unwrap_or(0);
     }
     Ok(FrozenTree { procs, new_pid_ns, new_mount_ns })
-}
-
-/// The pid of whoever already ptraces `tid`, if anyone.
-fn tracer_of(pid: i32, tid: i32) -> Option<i32> {
-    let s = read(format!("/proc/{pid}/task/{tid}/status"))?;
-    let t: i32 = s.lines().find_map(|l| l.strip_prefix("TracerPid:"))?.trim().parse().ok()?;
-    (t != 0).then_some(t)
 }
 
 /// For a thread sleeping in a relative nanosleep/clock_nanosleep without a `rem`

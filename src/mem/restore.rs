@@ -21,14 +21,8 @@ const AREA_MAX: u64 = 0x7ff0_0000_0000;
 /// layout, so that moving VMAs into place can never overwrite the area.
 pub fn find_area(pid: i32, target: &[pb::Vma], len: u64) -> Result<u64> {
     let mut used: Vec<(u64, u64)> = target.iter().map(|v| (v.start, v.end)).collect();
-    let own = std::fs::read_to_string("/proc/self/maps").map_err(|e| Error::io("/proc/self/maps", e))?;
-    for l in own.lines() {
-        let r = l.split_whitespace().next().and_then(|r| r.split_once('-'));
-        if let Some((s, e)) = r
-            && let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
-                used.push((s, e));
-            }
-    }
+    let own = crate::procinfo::maps("self").map_err(|e| Error::io("/proc/self/maps", e))?;
+    used.extend(own.into_iter().map(|(s, e, _)| (s, e)));
     used.sort();
     // Top-down: the highest gap below AREA_MAX that fits, with a guard page each side.
     let mut hi = AREA_MAX;

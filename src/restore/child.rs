@@ -188,16 +188,8 @@ fn remount_proc() -> nix::Result<()> {
 
 /// Our own special mappings ([vdso], [vvar], [vvar_vclock]) by name.
 fn own_specials() -> Result<Vec<(String, u64, u64)>> {
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| Error::io("/proc/self/maps", e))?;
-    let mut out = Vec::new();
-    for l in maps.lines() {
-        let name = l.split_whitespace().nth(5).unwrap_or("");
-        if matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]") {
-            let (s, e) = l.split_whitespace().next().and_then(|r| r.split_once('-')).unwrap_or(("0", "0"));
-            out.push((name.to_string(), u64::from_str_radix(s, 16).unwrap_or(0), u64::from_str_radix(e, 16).unwrap_or(0)));
-        }
-    }
-    Ok(out)
+    let maps = crate::procinfo::maps("self").map_err(|e| Error::io("/proc/self/maps", e))?;
+    Ok(maps.into_iter().filter(|(_, _, n)| matches!(n.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]")).map(|(s, e, n)| (n, s, e)).collect())
 }
 
 fn special_name(k: pb::VmaKind) -> Option<&'static str> {
@@ -278,7 +270,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     // Memory: one area holds every premapped VMA, then the restorer region.
     let vmas = &task.mm.vmas;
     let nr_vmas = vmas.iter().filter(|v| crate::mem::vma::is_restorable(v)).count();
-    let frame_sizes: Vec<u64> = core.threads.iter().map(|t| task::regs::build_sigframe(t, 0, ctx.geometry).len() as u64).collect();
+    let frame_sizes: Vec<u64> = core.threads.iter().map(|t| task::regs::sigframe_len(t, ctx.geometry) as u64).collect();
     let reg = layout(task, nr_vmas, &frame_sizes, scratch_len);
     let premapped = premap_size(vmas);
     let area_len = premapped + reg.len;

@@ -6,6 +6,7 @@
 
 use super::TreeImages;
 use crate::error::{Error, PtraceCtx, Result};
+use crate::procinfo;
 use crate::sys::abi::RestorerArgs;
 use crate::sys::process::read_remote;
 use crate::sys::ptrace::{self, Regs, Stop};
@@ -147,7 +148,7 @@ impl Supervisor {
             self.restored.insert(*tid, regs);
         }
         for (tid, at_trap) in &ready {
-            if !is_main_thread(*tid) {
+            if !procinfo::is_main_thread(tid.as_raw()) {
                 continue;
             }
             // r12 holds the RestorerArgs pointer at the main thread's final trap.
@@ -156,7 +157,7 @@ impl Supervisor {
             read_remote(*tid, at_trap.r12 + off, &mut area).ptrace(*tid, "process_vm_readv")?;
             let start = u64::from_le_bytes(area[0..8].try_into().unwrap());
             let len = u64::from_le_bytes(area[8..16].try_into().unwrap());
-            let vdso = vdso_start(*tid).ok_or_else(|| self.fail(format!("task {tid} has no vdso after restore")))?;
+            let vdso = procinfo::vdso(&tid.to_string()).map(|(s, _)| s).ok_or_else(|| self.fail(format!("task {tid} has no vdso after restore")))?;
             let restored = self.restored[tid];
             let mut r = restored;
             r.rip = vdso + self.vdso_syscall;
@@ -196,7 +197,7 @@ impl Supervisor {
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = None;
         for &tid in self.restored.keys() {
-            if let Some(mask) = ns_tid(&tid).and_then(|v| self.affinity.get(&v)) {
+            if let Some(mask) = procinfo::innermost_pid(tid.as_raw()).and_then(|v| self.affinity.get(&v)) {
                 crate::sys::process::set_affinity(tid, mask);
             }
         }
@@ -256,31 +257,9 @@ fn traced_by(tracer: i32) -> Vec<Pid> {
     let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
     rd.flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse::<i32>().ok()))
-                == Some(tracer)
-        })
+        .filter(|&pid| procinfo::tracer(pid) == Some(tracer))
         .map(Pid::from_raw)
         .collect()
-}
-
-/// A thread's id in its own (innermost) PID namespace.
-fn ns_tid(tid: &Pid) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
-}
-
-fn is_main_thread(tid: Pid) -> bool {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok()) == Some(tid.as_raw())
-}
-
-fn vdso_start(tid: Pid) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
-    let l = maps.lines().find(|l| l.ends_with("[vdso]"))?;
-    u64::from_str_radix(l.split('-').next()?, 16).ok()
 }
 
 fn failure_text(buf: &[u8]) -> String {

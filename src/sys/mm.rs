@@ -196,11 +196,7 @@ pub unsafe fn jump_to_restorer(entry: u64, arg: u64, stack_top: u64) -> ! {
 /// vdso's size. Every process on this kernel has the same vdso image, so the same
 /// offset in a tracee's vdso is a syscall instruction crtool can point rip at.
 pub fn vdso_syscall_offset() -> Option<u64> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
-    let range = line.split_whitespace().next()?;
-    let (s, e) = range.split_once('-')?;
-    let (s, e) = (u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?);
+    let (s, e) = crate::procinfo::vdso("self")?;
     // SAFETY: the vdso is mapped readable for the life of the process.
     let code = unsafe { std::slice::from_raw_parts(s as *const u8, (e - s) as usize) };
     code.windows(2).position(|w| w == [0x0f, 0x05]).map(|p| p as u64)

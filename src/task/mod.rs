@@ -10,7 +10,6 @@ use crate::infect::Tracee;
 use crate::sys::abi::{Itimerval, KSigaction, ParasiteInfo, RestorerArgs, RseqReg, StackT, ThreadArgs};
 use crate::sys::{process, ptrace};
 use images_format::pb;
-use nix::unistd::Pid;
 
 fn read_proc(pid: i32, what: &str) -> Result<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e))
@@ -222,8 +221,4 @@ pub fn thread_args(t: &pb::ThreadCore) -> ThreadArgs {
         a.gs_base = r.gs_base;
     }
     a
-}
-
-pub fn pid_of(core: &pb::TaskCore) -> Pid {
-    Pid::from_raw(core.pid as i32)
 }

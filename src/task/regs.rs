@@ -114,6 +114,22 @@ pub fn sleep_patch(t: &pb::ThreadCore) -> Option<(u64, [u8; 16])> {
     Some((req, ts))
 }
 
+/// The XSAVE size and features the frame carries: what rt_sigreturn accepts for this
+/// process (the full area, with AMX tile data, if the task had AMX enabled).
+fn frame_xstate(fpu: &pb::Fpu, geometry: SigFrameXstate) -> (usize, u64) {
+    let (size, features) = if needs_amx(fpu) {
+        (fpu.xsave.len(), geometry.xfeatures | (1 << XFEATURE_XTILEDATA))
+    } else {
+        (geometry.xstate_size as usize, geometry.xfeatures)
+    };
+    (size.min(fpu.xsave.len()).max(576), features)
+}
+
+/// Length of the frame `build_sigframe` makes for `t`.
+pub fn sigframe_len(t: &pb::ThreadCore, geometry: SigFrameXstate) -> usize {
+    FRAME_FPSTATE + t.fpu.as_ref().map_or(576, |f| frame_xstate(f, geometry).0) + 4
+}
+
 /// Offsets inside the frame buffer `build_sigframe` returns.
 pub const FRAME_FPSTATE: usize = 448;
 
@@ -124,13 +140,7 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
     let r = t.regs.unwrap_or_default();
     let fpu = t.fpu.clone().unwrap_or_default();
     let (rax, rip, rdi, rdx) = resume_point(&r, t.sleep_remaining_ns);
-    let amx = needs_amx(&fpu);
-    let (size, features) = if amx {
-        (fpu.xsave.len(), geometry.xfeatures | (1 << XFEATURE_XTILEDATA))
-    } else {
-        (geometry.xstate_size as usize, geometry.xfeatures)
-    };
-    let size = size.min(fpu.xsave.len()).max(576);
+    let (size, features) = frame_xstate(&fpu, geometry);
     let mut f = vec![0u8; FRAME_FPSTATE + size + 4];
     let put = |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
     // struct rt_sigframe { pretcode; struct ucontext uc; struct siginfo info; }

@@ -55,6 +55,21 @@ impl Report {
     pub fn text(&self) -> String {
         if self.0.is_empty() { "PASS\n".into() } else { format!("FAIL: {}\n", self.0.join("; ")) }
     }
+    /// Waits for `child` (a workload process that wrote its own verdict to `result`)
+    /// and adds what it found, or how it failed to say.
+    pub fn child_verdict(&mut self, child: i32, result: &Path) {
+        match waitpid(child, 0) {
+            Some((_, st)) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) <= 1 => {}
+            Some((_, st)) => self.0.push(format!("child {}", describe_status(st))),
+            None => self.0.push(format!("waitpid(child {child}): {}", errno())),
+        }
+        match std::fs::read_to_string(result) {
+            Ok(t) if t.trim() == "PASS" => {}
+            Ok(t) => self.0.push(t.trim().trim_start_matches("FAIL: ").to_string()),
+            Err(_) => self.0.push("the child wrote no result".into()),
+        }
+    }
+
     /// Writes the verdict to `path` (via a temporary file, so that a reader never sees
     /// half of it) and returns the exit code.
     pub fn write(&self, path: &Path) -> i32 {

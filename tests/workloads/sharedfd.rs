@@ -110,16 +110,7 @@ fn main() {
 
     // SAFETY: kill(2) of our child.
     unsafe { libc::kill(child, libc::SIGUSR1) };
-    match waitpid(child, 0) {
-        Some((_, st)) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) <= 1 => {}
-        Some((_, st)) => r.0.push(format!("child {}", describe_status(st))),
-        None => r.0.push(format!("waitpid(child {child}): {}", errno())),
-    }
-    match std::fs::read_to_string(dir.join("result.child")) {
-        Ok(t) if t.trim() == "PASS" => {}
-        Ok(t) => r.0.push(t.trim().trim_start_matches("FAIL: ").to_string()),
-        Err(_) => r.0.push("the child wrote no result".into()),
-    }
+    r.child_verdict(child, &dir.join("result.child"));
     let p100 = pos(100);
     r.expect(p100 == 4331, || format!("after the child wrote 10 bytes through its fd 200, fd 100 is at {p100}, expected 4331"));
     let data = std::fs::read(&file).unwrap_or_default();

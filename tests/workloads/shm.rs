@@ -140,15 +140,6 @@ fn main() {
     r.expect(await_slot(&m, 3, 0xbeef), || "parent: never saw the child's write into the shared region".into());
     fill(m.page(false, 12), 0xdead);
     m.slot(4).store(1, SeqCst);
-    match waitpid(child, 0) {
-        Some((_, st)) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) <= 1 => {}
-        Some((_, st)) => r.0.push(format!("child {}", describe_status(st))),
-        None => r.0.push(format!("waitpid(child {child}): {}", errno())),
-    }
-    match std::fs::read_to_string(dir.join("result.child")) {
-        Ok(t) if t.trim() == "PASS" => {}
-        Ok(t) => r.0.push(t.trim().trim_start_matches("FAIL: ").to_string()),
-        Err(_) => r.0.push("the child wrote no result".into()),
-    }
+    r.child_verdict(child, &dir.join("result.child"));
     std::process::exit(r.write(&dir.join("result")));
 }

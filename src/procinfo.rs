@@ -1,0 +1,44 @@
+//! Small /proc lookups crtool makes in several places: fields of /proc/ID/status
+//! (ID may be any thread id) and the address ranges of /proc/ID/maps.
+
+/// The numbers on the `key:` line of `/proc/id/status` (e.g. "NSpid", "TracerPid").
+pub fn ids(id: i32, key: &str) -> Option<Vec<i32>> {
+    let s = std::fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    let line = s.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?;
+    Some(line.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+}
+
+/// The task's id in its own innermost PID namespace (last NSpid value).
+pub fn innermost_pid(id: i32) -> Option<i32> {
+    ids(id, "NSpid")?.last().copied()
+}
+
+/// Who ptraces the task, if anyone.
+pub fn tracer(id: i32) -> Option<i32> {
+    ids(id, "TracerPid")?.first().copied().filter(|&t| t != 0)
+}
+
+/// Whether `id` is the main thread of its process.
+pub fn is_main_thread(id: i32) -> bool {
+    ids(id, "Tgid").and_then(|v| v.first().copied()) == Some(id)
+}
+
+/// Every mapping of `/proc/<who>/maps` (`who` = "self" or an id): (start, end, name),
+/// where name is the path or "[heap]", "[vdso]", ... (empty for anonymous memory).
+pub fn maps(who: &str) -> std::io::Result<Vec<(u64, u64, String)>> {
+    let text = std::fs::read_to_string(format!("/proc/{who}/maps"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (s, e) = f.next()?.split_once('-')?;
+            let name = f.nth(4).unwrap_or("").to_string();
+            Some((u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?, name))
+        })
+        .collect())
+}
+
+/// Start and end of the vdso of `who`.
+pub fn vdso(who: &str) -> Option<(u64, u64)> {
+    maps(who).ok()?.into_iter().find(|(_, _, n)| n == "[vdso]").map(|(s, e, _)| (s, e))
+}
