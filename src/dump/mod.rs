@@ -174,7 +174,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
             entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm });
             continue;
         }
-        let survey = surveys.next().ok_or_else(|| Error::NoProcess(p.pid))?;
+        let survey = surveys.next().ok_or(Error::NoProcess(p.pid))?;
         process::dump_process(p, survey, ctx)?;
         ctx.stats.processes += 1;
         ctx.stats.threads += p.threads.len();
