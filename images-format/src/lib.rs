@@ -24,7 +24,7 @@ pub mod pb {
 }
 
 /// Version of the image format written and accepted by this build.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Encoded `FileDescriptorSet` of every image schema.
 pub static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

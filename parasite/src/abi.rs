@@ -269,7 +269,12 @@ pub struct RestorerArgs {
     pub groups: [u32; MAX_GROUPS],
     /// The prepared rt_sigframe; rt_sigreturn runs with rsp = sigframe + 8.
     pub sigframe: u64,
+    /// SPARE_SIZE bytes in the area the restorer does not use, for crtool's remote
+    /// syscalls after the restorer has finished.
+    pub spare: u64,
 }
+
+pub const SPARE_SIZE: usize = 256;
 
 /// Steps of the restorer, reported with the errno when one fails.
 pub const STEP_DROP_RSEQ: u32 = 1;

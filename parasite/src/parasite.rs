@@ -41,12 +41,24 @@ struct Parasite {
 }
 
 /// Entry: crtool sets rip here with rdi = &ParasiteArgs and rsp at the top of the
-/// blob's own stack; when the loop ends the `int3` hands control back to crtool.
+/// blob's own stack. When the command loop ends (and the parasite has closed its
+/// fds) it parks in pause(2) until crtool takes the thread back with
+/// PTRACE_INTERRUPT. No signal is involved: a trap (int3) would make the kernel reset
+/// a blocked or ignored SIGTRAP's disposition to SIG_DFL in the live task.
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text.entry")]
 pub unsafe extern "C" fn _start() -> ! {
-    core::arch::naked_asm!("and rsp, -16", "call {main}", "2:", "int3", "jmp 2b", main = sym parasite_main);
+    core::arch::naked_asm!(
+        "and rsp, -16",
+        "call {main}",
+        "2:",
+        "mov eax, {pause}",
+        "syscall",
+        "jmp 2b",
+        main = sym parasite_main,
+        pause = const NR_PAUSE,
+    );
 }
 
 extern "C" fn parasite_main(args: *mut ParasiteArgs) {

@@ -13,6 +13,7 @@ pub const NR_BRK: usize = 12;
 pub const NR_RT_SIGACTION: usize = 13;
 pub const NR_RT_SIGPROCMASK: usize = 14;
 pub const NR_MREMAP: usize = 25;
+pub const NR_PAUSE: usize = 34;
 pub const NR_GETITIMER: usize = 36;
 pub const NR_SETITIMER: usize = 38;
 pub const NR_SENDMSG: usize = 46;

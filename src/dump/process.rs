@@ -145,7 +145,11 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let vtids: Vec<i32> = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw())).collect();
     let mut core = task::dump(p.vpid, &p.threads, &vtids, &extras, &info, timers)?;
     for (t, c) in p.threads.iter().zip(core.threads.iter_mut()) {
-        c.sleep_remaining_ns = p.sleeps.get(&t.pid.as_raw()).copied();
+        c.restart = crate::task::syscall::restart_for(t.pid, &t.regs, p.blocked.get(&t.pid.as_raw()).copied());
+    }
+    if let Some((sig, unreported)) = p.stopped {
+        core.stop_signal = sig;
+        core.stop_unreported = unreported;
     }
     let stat = Stat::read(pid)?;
     let auxv_bytes = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| Error::proc(pid, "auxv", e))?;

@@ -17,8 +17,11 @@ pub struct FrozenProc {
     /// Threads, the main thread first (empty for a zombie).
     pub threads: Vec<Tracee>,
     pub zombie: Option<i32>,
-    /// tid → remaining time of a relative sleep without `rem` (see `sleep_remaining`).
-    pub sleeps: std::collections::BTreeMap<i32, u64>,
+    /// tid → what the thread was blocked in before the freeze (timed calls only).
+    pub blocked: std::collections::BTreeMap<i32, crate::task::syscall::Blocked>,
+    /// The process was in group-stop: the stop signal, and whether its parent had
+    /// yet to collect the stop (wait status still pending).
+    pub stopped: Option<(i32, bool)>,
 }
 
 pub struct FrozenTree {
@@ -115,7 +118,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                         return Err(Error::Unsupported { pid, fd: None, what: format!("it is in a nested PID namespace ({ns:?})"), hint: Some("nested PID namespaces are not supported yet") });
                     }
                     let vpid = *ns.last().unwrap_or(&pid);
-                    procs.push(FrozenProc { pid, vpid, ppid, threads: Vec::new(), zombie: None, sleeps: Default::default() });
+                    procs.push(FrozenProc { pid, vpid, ppid, threads: Vec::new(), zombie: None, blocked: Default::default(), stopped: None });
                     changed = true;
                     procs.len() - 1
                 }
@@ -134,13 +137,18 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                 if let Some(tracer) = procinfo::tracer(tid) {
                     return Err(Error::Unsupported { pid, fd: None, what: format!("thread {tid} is traced by pid {tracer}"), hint: Some("detach the debugger or tracer first") });
                 }
-                let sleep = sleep_remaining(pid, tid);
+                let blocked = crate::task::syscall::probe(pid, tid);
                 match Tracee::seize(Pid::from_raw(tid), xsave_size) {
                     Ok(t) => {
                         seen_threads.insert(tid);
+                        if let Some(sig) = t.group_stop {
+                            // exit_code (stat field 52) holds the stop until the
+                            // parent's waitpid(WUNTRACED) collects it.
+                            procs[idx].stopped.get_or_insert((sig, exit != 0));
+                        }
                         procs[idx].threads.push(t);
-                        if let Some(ns) = sleep {
-                            procs[idx].sleeps.insert(tid, ns);
+                        if let Some(b) = blocked {
+                            procs[idx].blocked.insert(tid, b);
                         }
                         changed = true;
                     }
@@ -166,38 +174,4 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
         p.ppid = vpids.iter().find(|(pid, _)| *pid == p.ppid).map(|&(_, v)| v).unwrap_or(0);
     }
     Ok(FrozenTree { procs, new_pid_ns, new_mount_ns })
-}
-
-/// For a thread sleeping in a relative nanosleep/clock_nanosleep without a `rem`
-/// pointer, how long it still has to sleep. Interrupting it for the dump loses the
-/// kernel's restart block, so this is read before seizing: the request from its
-/// memory, minus the time since it last ran (scheduler clock, /proc/TID/sched).
-fn sleep_remaining(pid: i32, tid: i32) -> Option<u64> {
-    let sc = read(format!("/proc/{pid}/task/{tid}/syscall"))?;
-    let f: Vec<u64> = sc.split_whitespace().map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap_or(u64::MAX)).collect();
-    let nr = sc.split_whitespace().next()?.parse::<u64>().ok()?;
-    let (req, rem) = match nr {
-        35 => (*f.get(1)?, *f.get(2)?),
-        230 if f.get(2)? & 1 == 0 => (*f.get(3)?, *f.get(4)?),
-        _ => return None,
-    };
-    if rem != 0 {
-        return None; // the kernel writes the remaining time to *rem itself
-    }
-    let exec_start = |path: String| -> Option<f64> {
-        read(path)?.lines().find(|l| l.starts_with("se.exec_start"))?.split(':').nth(1)?.trim().parse::<f64>().ok()
-    };
-    // Scheduler clocks are per CPU (and exclude steal time): compare with our own
-    // clock on the CPU the sleeper last ran on.
-    let stat = read(format!("/proc/{pid}/task/{tid}/stat"))?;
-    let cpu: usize = stat.rsplit_once(')')?.1.split_whitespace().nth(36)?.parse().ok()?;
-    let then = exec_start(format!("/proc/{pid}/task/{tid}/sched"))?;
-    let now = crate::sys::process::on_cpu(cpu, || exec_start("/proc/thread-self/sched".into()))?;
-    let slept_ms = now - then;
-    let mut ts = [0u8; 16];
-    crate::sys::process::read_remote(Pid::from_raw(pid), req, &mut ts).ok()?;
-    let sec = i64::from_le_bytes(ts[0..8].try_into().ok()?);
-    let nsec = i64::from_le_bytes(ts[8..16].try_into().ok()?);
-    let want = (sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(nsec.max(0) as u64);
-    Some(want.saturating_sub((slept_ms.max(0.0) * 1e6) as u64))
 }

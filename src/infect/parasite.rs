@@ -5,7 +5,7 @@ use crate::error::{Error, PtraceCtx, Result};
 use crate::sys::abi::{self, Cmd, IoVec, ParasiteArgs, ParasiteInfo, Reply};
 use crate::sys::blobs;
 use crate::sys::process::{pidfd_getfd, pidfd_open, read_remote, write_remote};
-use crate::sys::ptrace::{self, Stop};
+use crate::sys::ptrace;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use std::io::{IoSlice, IoSliceMut};
@@ -179,8 +179,8 @@ impl<'t> Parasite<'t> {
         Ok(out)
     }
 
-    /// Stops the blob (it traps back with int3) and unmaps it. The tracee is left
-    /// stopped; its original registers are put back by `Tracee::restore_state`.
+    /// Stops the blob (it parks, crtool interrupts it) and unmaps it. The tracee is
+    /// left stopped; its original registers are put back by `Tracee::restore_state`.
     pub fn finish(mut self) -> Result<()> {
         self.stop_and_unmap()
     }
@@ -208,24 +208,41 @@ impl<'t> Parasite<'t> {
     }
 
     fn stop_blob(&mut self) -> Result<()> {
-        let pid = self.tracee.pid;
         if !self.stopped {
             let said_bye = self.send(abi::CMD_FINI, &[], 0, None).and_then(|_| self.recv(abi::CMD_FINI, &mut []));
-            // Closing our end ends the parasite's loop even if FINI did not get through.
+            if said_bye.is_ok() {
+                // The parasite closes its end of the socket right before it parks in
+                // pause(2): the hang-up means it holds none of its fds any more.
+                self.wait_hangup();
+            }
             self.sock = None;
             self.stopped = true;
-            match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
-                Some(Stop::Signal(libc::SIGTRAP)) => {}
-                Some(Stop::Exited(_)) | Some(Stop::Killed(_)) => {
-                    self.unmapped = true;
-                    return Err(Error::TaskGone { pid: pid.as_raw(), state: "died in the parasite".into() });
-                }
-                other => log::warn!("pid {pid}: parasite ended with {other:?}"),
-            }
+            // Take the thread back wherever it is (parked, or stuck if it failed).
+            self.tracee.interrupt()?;
             said_bye?;
         }
         self.sock = None;
         Ok(())
+    }
+
+    /// Waits (bounded) until the parasite has closed its end of the control socket.
+    fn wait_hangup(&mut self) {
+        let Some(sock) = self.sock.as_ref() else { return };
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        while start.elapsed() < REPLY_TIMEOUT {
+            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) | Err(_) => return, // closed (or broken): either way it is done
+                Ok(_) => continue,        // a stray message: keep waiting for the close
+            }
+        }
+        log::warn!("pid {}: the parasite did not close its socket in {REPLY_TIMEOUT:?}", self.tracee.pid);
     }
 }
 

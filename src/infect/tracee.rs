@@ -16,6 +16,8 @@ pub struct Tracee {
     pub sigmask: u64,
     /// A `syscall` instruction in the task (in its vdso) used for remote syscalls.
     syscall_ip: u64,
+    /// The task was in group-stop (SIGSTOP, SIGTSTP, ...) when seized: the signal.
+    pub group_stop: Option<i32>,
     /// Whether regs/xstate/sigmask above hold the task's real state (so that putting
     /// them back is right).
     captured: bool,
@@ -29,11 +31,19 @@ impl Tracee {
             nix::errno::Errno::ESRCH => Error::NoProcess(pid.as_raw()),
             errno => Error::Ptrace { pid: pid.as_raw(), op: "PTRACE_SEIZE", errno },
         })?;
-        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, captured: false, released: false };
+        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, group_stop: None, captured: false, released: false };
         ptrace::interrupt(pid).ptrace(pid, "PTRACE_INTERRUPT")?;
         loop {
             match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
-                Some(Stop::Event(PTRACE_EVENT_STOP, _)) => break,
+                // WSTOPSIG is SIGTRAP for the interrupt, the stop signal when the task
+                // sits in group-stop (it reports that first; the interrupt follows later
+                // and is stepped over like any pending report).
+                Some(Stop::Event(PTRACE_EVENT_STOP, sig)) => {
+                    if sig != libc::SIGTRAP {
+                        t.group_stop = Some(sig);
+                    }
+                    break;
+                }
                 // A signal was on its way: let it be delivered as it would have been;
                 // the interrupt stays pending and comes next.
                 Some(Stop::Signal(sig)) => ptrace::cont_signal(pid, sig).ptrace(pid, "PTRACE_CONT")?,
@@ -73,8 +83,7 @@ impl Tracee {
         (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
         ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
         for _ in 0..2 {
-            ptrace::cont_syscall(pid).ptrace(pid, "PTRACE_SYSCALL")?;
-            self.expect(Stop::Syscall)?;
+            self.resume_to_syscall_stop()?;
         }
         let out = ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS")?;
         Ok(out.rax as i64)
@@ -89,13 +98,44 @@ impl Tracee {
         Ok(r as u64)
     }
 
-    /// Waits for the next stop and checks that it is `want`.
-    pub fn expect(&self, want: Stop) -> Result<()> {
-        match ptrace::wait(self.pid, false).ptrace(self.pid, "waitpid")? {
-            Some(s) if s == want => Ok(()),
-            Some(Stop::Exited(c)) => Err(Error::TaskGone { pid: self.pid.as_raw(), state: format!("exited with {c}") }),
-            Some(Stop::Killed(s)) => Err(Error::TaskGone { pid: self.pid.as_raw(), state: format!("was killed by signal {s}") }),
-            other => Err(Error::Parasite { pid: self.pid.as_raw(), msg: format!("unexpected stop {other:?}, wanted {want:?}") }),
+    /// Resumes the task to its next syscall entry or exit stop. Interrupt and
+    /// group-stop reports that were still pending (a task frozen in group-stop reports
+    /// it again, an earlier PTRACE_INTERRUPT may still be queued) come first: they are
+    /// stepped over, since the task sits in the kernel there and runs nothing.
+    pub fn resume_to_syscall_stop(&self) -> Result<()> {
+        let pid = self.pid;
+        loop {
+            ptrace::cont_syscall(pid).ptrace(pid, "PTRACE_SYSCALL")?;
+            match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
+                Some(Stop::Syscall) => return Ok(()),
+                Some(Stop::Event(PTRACE_EVENT_STOP, _)) => continue,
+                other => return Err(self.unexpected(other, "a syscall stop")),
+            }
+        }
+    }
+
+    fn unexpected(&self, stop: Option<Stop>, wanted: &str) -> Error {
+        let pid = self.pid.as_raw();
+        match stop {
+            Some(Stop::Exited(c)) => Error::TaskGone { pid, state: format!("exited with {c}") },
+            Some(Stop::Killed(s)) => Error::TaskGone { pid, state: format!("was killed by signal {s}") },
+            other => Error::Parasite { pid, msg: format!("unexpected stop {other:?}, wanted {wanted}") },
+        }
+    }
+
+    /// Stops a task that is running (the parasite) with PTRACE_INTERRUPT and waits
+    /// until it sits in that stop. A fault of the running code stops it too (the
+    /// fault is discarded: the task's own registers are put back before it runs).
+    pub fn interrupt(&self) -> Result<()> {
+        let pid = self.pid;
+        ptrace::interrupt(pid).ptrace(pid, "PTRACE_INTERRUPT")?;
+        match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
+            Some(Stop::Event(PTRACE_EVENT_STOP, _)) | Some(Stop::Syscall) => Ok(()),
+            Some(Stop::Signal(sig)) => {
+                log::warn!("pid {pid}: the parasite stopped with signal {sig}");
+                Ok(())
+            }
+            other => Err(self.unexpected(other, "the interrupt stop")),
         }
     }
 

@@ -210,6 +210,7 @@ struct Region {
     siginfo: u64,
     timers: u64,
     frames: Vec<u64>,
+    spare: u64,
     stacks: u64,
     scratch: u64,
     len: u64,
@@ -233,10 +234,11 @@ fn layout(task: &TaskImages, nr_vmas: usize, frame_sizes: &[u64], scratch_len: u
     let siginfo = take(nr_siginfo as u64 * abi::SIGINFO_SIZE as u64, 64);
     let timers = take((core.posix_timers.len() * std::mem::size_of::<abi::TimerArgs>()) as u64, 64);
     let frames = frame_sizes.iter().map(|&s| take(s, 64)).collect();
+    let spare = take(abi::SPARE_SIZE as u64, 64);
     // The main thread's stack is BLOB_STACK_SIZE; every other thread gets THREAD_STACK.
     let stacks = take(abi::BLOB_STACK_SIZE as u64 + (core.threads.len() as u64 - 1) * THREAD_STACK, PAGE);
     let scratch = at.next_multiple_of(PAGE);
-    Region { args, threads, vmas, auxv, siginfo, timers, frames, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
+    Region { args, threads, vmas, auxv, siginfo, timers, frames, spare, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
 }
 
 fn put<T: abi::Plain>(mem: &mut [u8], off: u64, v: &T) {
@@ -278,22 +280,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     let mut area = Area::reserve(area_at, area_len).map_err(|e| fail(format!("reserving the restore area at {area_at:#x}: {e}")))?;
 
     let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
-    let mut slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem)?;
+    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem)?;
     let moves = crate::mem::restore::moves(&slots);
     drop(pages);
-    for (addr, bytes) in core.threads.iter().filter_map(task::regs::sleep_patch) {
-        // The request timespec of an interrupted sleep now holds the time left.
-        // Only a writable private variable is rewritten; a constant request stays.
-        let writable = vmas.iter().any(|v| {
-            v.start <= addr && addr + 16 <= v.end && v.prot & libc::PROT_WRITE as u32 != 0
-                && matches!(v.kind(), pb::VmaKind::VmaAnonPrivate | pb::VmaKind::VmaFilePrivate)
-        });
-        let slot = slots.iter_mut().find(|s| s.vma.start <= addr && addr + 16 <= s.vma.end);
-        if let (true, Some(slot)) = (writable, slot)
-            && let Some(dst) = slot.map.bytes_mut(addr - slot.vma.start, 16) {
-                dst.copy_from_slice(&bytes);
-            }
-    }
     drop(slots); // the memory stays mapped for the restorer
 
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
@@ -313,9 +302,14 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         put(mem, reg.auxv + i as u64 * 8, v);
     }
     let mut si = reg.siginfo;
+    // SIGKILL and SIGSTOP cannot wait blocked: crtool sends them when it lets go.
+    let queued = |list: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        list.iter().filter(|s| !matches!(s.get(0..4).map(|b| i32::from_le_bytes(b.try_into().unwrap())), Some(libc::SIGKILL | libc::SIGSTOP))).cloned().collect()
+    };
     let mut siginfos = |list: &[Vec<u8>], mem: &mut [u8]| -> (u64, u32) {
+        let list = queued(list);
         let start = si;
-        for s in list {
+        for s in &list {
             let n = s.len().min(abi::SIGINFO_SIZE);
             mem[si as usize..si as usize + n].copy_from_slice(&s[..n]);
             si += abi::SIGINFO_SIZE as u64;
@@ -381,6 +375,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         dumpable: 1,
         groups: [0; abi::MAX_GROUPS],
         sigframe: region + reg.frames[0],
+        spare: region + reg.spare,
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
     task::fill_restorer_args(core, &mut args, ctx.cpu_tick_usec);

@@ -8,8 +8,10 @@ use super::TreeImages;
 use crate::error::{Error, PtraceCtx, Result};
 use crate::procinfo;
 use crate::sys::abi::RestorerArgs;
-use crate::sys::process::read_remote;
+use crate::sys::process::{read_remote, write_remote};
 use crate::sys::ptrace::{self, Regs, Stop};
+use crate::task::syscall;
+use images_format::pb;
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,6 +30,79 @@ impl Expected {
     }
 }
 
+/// What the images say the finishing steps need, per thread (by its id in the
+/// tree's namespace) and per process.
+struct Plans {
+    threads: BTreeMap<i32, ThreadPlan>,
+    procs: BTreeMap<i32, ProcPlan>,
+}
+
+#[derive(Clone)]
+struct ThreadPlan {
+    vtid: i32,
+    vpid: i32,
+    main: bool,
+    orig_rax: u64,
+    blocked: u64,
+    restart: Option<pb::SyscallRestart>,
+}
+
+struct ProcPlan {
+    ppid: i32,
+    stop_signal: i32,
+    stop_unreported: bool,
+    /// SIGCHLD was queued for the process when it was dumped.
+    sigchld_pending: bool,
+    /// Pending signals that cannot be blocked (SIGKILL, SIGSTOP).
+    unblockable: Vec<i32>,
+}
+
+impl Plans {
+    fn from(imgs: &TreeImages) -> Plans {
+        let mut threads = BTreeMap::new();
+        let mut procs = BTreeMap::new();
+        let signo = |si: &Vec<u8>| si.get(0..4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).unwrap_or(0);
+        for p in &imgs.procs {
+            let Some(t) = &p.task else { continue };
+            let vpid = t.core.pid as i32;
+            for (i, th) in t.core.threads.iter().enumerate() {
+                let orig_rax = th.regs.as_ref().map_or(u64::MAX, |r| r.orig_rax);
+                threads.insert(th.tid as i32, ThreadPlan { vtid: th.tid as i32, vpid, main: i == 0, orig_rax, blocked: th.blocked, restart: th.restart.clone() });
+            }
+            let all_pending = t.core.shared_pending.iter().chain(t.core.threads.iter().flat_map(|th| th.pending.iter()));
+            let sigs: Vec<i32> = all_pending.map(signo).collect();
+            procs.insert(vpid, ProcPlan {
+                ppid: p.tree.ppid as i32,
+                stop_signal: t.core.stop_signal,
+                stop_unreported: t.core.stop_unreported,
+                sigchld_pending: sigs.contains(&libc::SIGCHLD),
+                unblockable: sigs.iter().copied().filter(|&s| s == libc::SIGKILL || s == libc::SIGSTOP).collect(),
+            });
+        }
+        Plans { threads, procs }
+    }
+}
+
+/// A thread between its restorer's trap and its release.
+struct Finishing {
+    tid: Pid,
+    plan: ThreadPlan,
+    /// Registers at the restorer's trap (r12 points at the restorer's arguments).
+    at_trap: Regs,
+    /// The registers it is let go with.
+    regs: Regs,
+}
+
+/// A process's restorer area: where it is, spare bytes in it for crtool's remote
+/// calls, and a `syscall` instruction (in the restored vdso) to make them with.
+#[derive(Clone, Copy)]
+struct Area {
+    start: u64,
+    len: u64,
+    spare: u64,
+    syscall: u64,
+}
+
 pub struct Supervisor {
     root: Pid,
     status_r: OwnedFd,
@@ -36,10 +111,12 @@ pub struct Supervisor {
     known: BTreeSet<Pid>,
     /// Threads waiting at their final int3, with the registers they had there.
     ready: BTreeMap<Pid, Regs>,
-    /// Threads already through rt_sigreturn: their restored registers.
-    restored: BTreeMap<Pid, Regs>,
-    /// Signals that stopped a thread while we finished it, to deliver on detach.
+    /// Finished threads: the registers and signal mask they are let go with.
+    restored: BTreeMap<Pid, (Regs, u64)>,
+    /// Signals that could not stay blocked while we finished a thread (SIGSTOP from
+    /// outside), sent again on detach.
     deferred: BTreeMap<Pid, Vec<i32>>,
+    plans: Plans,
     /// Allowed CPUs of every thread, by its id in the tree's namespace.
     affinity: BTreeMap<i32, Vec<u64>>,
 }
@@ -63,6 +140,7 @@ impl Supervisor {
             restored: BTreeMap::new(),
             deferred: BTreeMap::new(),
             affinity,
+            plans: Plans::from(imgs),
         }
     }
 
@@ -113,7 +191,11 @@ impl Supervisor {
                     ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?;
                 }
                 Stop::Event(..) | Stop::Syscall => ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?,
-                Stop::Signal(libc::SIGSTOP) => ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?,
+                // A stop from outside: kept for the end (the restored task stops then).
+                Stop::Signal(libc::SIGSTOP) => {
+                    self.deferred.entry(pid).or_default().push(libc::SIGSTOP);
+                    ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?
+                }
                 Stop::Exited(code) => {
                     self.known.remove(&pid);
                     return Err(self.report().unwrap_or_else(|| self.fail(format!("task {pid} exited with {code} during the restore"))));
@@ -135,65 +217,179 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Every thread through rt_sigreturn; then each process's restorer area goes.
+    /// Every thread through rt_sigreturn (registers, FPU state, altstack back; every
+    /// signal still blocked), then per thread and process what only a tracer can do
+    /// (see `finish_tree`).
     fn finish(&mut self) -> Result<()> {
         let ready: Vec<(Pid, Regs)> = self.ready.iter().map(|(&p, &r)| (p, r)).collect();
-        for (tid, _) in &ready {
-            for _ in 0..2 {
-                ptrace::cont_syscall(*tid).ptrace(*tid, "PTRACE_SYSCALL")?;
-                self.expect_syscall(*tid)?;
-            }
-            let mut regs = ptrace::getregs(*tid).ptrace(*tid, "PTRACE_GETREGS")?;
-            regs.orig_rax = u64::MAX;
-            self.restored.insert(*tid, regs);
+        let mut threads = Vec::new();
+        for (tid, at_trap) in ready {
+            let vtid = procinfo::innermost_pid(tid.as_raw()).ok_or_else(|| self.fail(format!("task {tid} vanished")))?;
+            let plan = self.plans.threads.get(&vtid).cloned().ok_or_else(|| self.fail(format!("thread {vtid} is not in the images")))?;
+            self.step_syscall(tid)?; // rt_sigreturn entry
+            self.step_syscall(tid)?; // ... and exit
+            let mut regs = ptrace::getregs(tid).ptrace(tid, "PTRACE_GETREGS")?;
+            // rt_sigreturn leaves orig_rax at -1; the dumped value says which call the
+            // thread was in, so that the kernel restarts it as it would have.
+            regs.orig_rax = plan.orig_rax;
+            threads.push(Finishing { tid, plan, at_trap, regs });
         }
-        for (tid, at_trap) in &ready {
-            if !procinfo::is_main_thread(tid.as_raw()) {
-                continue;
-            }
-            // r12 holds the RestorerArgs pointer at the main thread's final trap.
-            let mut area = [0u8; 16];
-            let off = std::mem::offset_of!(RestorerArgs, area_start) as u64;
-            read_remote(*tid, at_trap.r12 + off, &mut area).ptrace(*tid, "process_vm_readv")?;
-            let start = u64::from_le_bytes(area[0..8].try_into().unwrap());
-            let len = u64::from_le_bytes(area[8..16].try_into().unwrap());
-            let vdso = procinfo::vdso(&tid.to_string()).map(|(s, _)| s).ok_or_else(|| self.fail(format!("task {tid} has no vdso after restore")))?;
-            let restored = self.restored[tid];
-            let mut r = restored;
-            r.rip = vdso + self.vdso_syscall;
-            r.rax = libc::SYS_munmap as u64;
-            (r.rdi, r.rsi) = (start, len);
-            ptrace::setregs(*tid, &r).ptrace(*tid, "PTRACE_SETREGS")?;
-            for _ in 0..2 {
-                ptrace::cont_syscall(*tid).ptrace(*tid, "PTRACE_SYSCALL")?;
-                self.expect_syscall(*tid)?;
-            }
-            let res = ptrace::getregs(*tid).ptrace(*tid, "PTRACE_GETREGS")?.rax as i64;
-            if res != 0 {
-                return Err(self.fail(format!("task {tid}: removing the restorer area failed: {res}")));
-            }
-            ptrace::setregs(*tid, &restored).ptrace(*tid, "PTRACE_SETREGS")?;
+        threads.sort_by_key(|t| (t.plan.vpid, !t.plan.main, t.plan.vtid));
+        self.finish_tree(&mut threads)?;
+        for t in threads {
+            self.restored.insert(t.tid, (t.regs, t.plan.blocked));
         }
         Ok(())
     }
 
-    /// Waits for the thread's next syscall stop. A signal that becomes deliverable
-    /// once the task's own mask is back (a restored pending signal, a SIGCHLD) stops
-    /// it first: it is kept and handed back when the thread is let go.
-    fn expect_syscall(&mut self, tid: Pid) -> Result<()> {
+    fn finish_tree(&mut self, threads: &mut [Finishing]) -> Result<()> {
+        // The restorer's arguments (and their spare bytes) of each process, from the
+        // main thread, which holds the RestorerArgs pointer in r12 at its trap.
+        let mut areas: BTreeMap<i32, (Pid, u64, Area)> = BTreeMap::new();
+        for t in threads.iter().filter(|t| t.plan.main) {
+            let args = t.at_trap.r12;
+            let mut b = [0u8; 24];
+            let off = std::mem::offset_of!(RestorerArgs, area_start) as u64;
+            read_remote(t.tid, args + off, &mut b[..16]).ptrace(t.tid, "process_vm_readv")?;
+            read_remote(t.tid, args + std::mem::offset_of!(RestorerArgs, spare) as u64, &mut b[16..]).ptrace(t.tid, "process_vm_readv")?;
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+            let vdso = procinfo::vdso(&t.tid.to_string()).map(|(s, _)| s).ok_or_else(|| self.fail(format!("task {} has no vdso after restore", t.tid)))?;
+            areas.insert(t.plan.vpid, (t.tid, args, Area { start: w(0), len: w(1), spare: w(2), syscall: vdso + self.vdso_syscall }));
+        }
+        let area_of = |vpid: i32| areas.get(&vpid).map(|a| a.2).ok_or_else(|| Error::Restore { pid: vpid, msg: "no restorer area found".into() });
+
+        // Calls that continue through the kernel's restart block: make them again with
+        // the time that was left, interrupted at once, so that the kernel writes a new
+        // block; the thread then resumes through restart_syscall as it would have.
+        for t in threads.iter_mut() {
+            let Some(rs) = t.plan.restart.clone() else { continue };
+            let a = area_of(t.plan.vpid)?;
+            write_remote(t.tid, a.spare, &syscall::timespec(rs.remaining_ns)).ptrace(t.tid, "process_vm_writev")?;
+            let ret = self.inject(t.tid, &t.regs, a.syscall, rs.nr, syscall::restart_args(&rs, a.spare), true)?;
+            if ret != syscall::ERESTART_RESTARTBLOCK {
+                // The call finished right away (a poll found a ready fd, a futex word
+                // had changed, the time was up): that is its result.
+                t.regs.rax = ret as u64;
+                t.regs.orig_rax = u64::MAX;
+            }
+            log::debug!("thread {}: {} restarted with {} ns left: {ret}", t.plan.vtid, rs.nr, rs.remaining_ns);
+        }
+        // SIGTRAP's action comes after the restorer's trap (a trap with SIGTRAP
+        // blocked resets the action to SIG_DFL).
+        for (&vpid, &(tid, args, a)) in &areas {
+            let t = threads.iter().find(|t| t.tid == tid).expect("main thread");
+            let act = args + std::mem::offset_of!(RestorerArgs, sigactions) as u64 + (libc::SIGTRAP as u64 - 1) * 32;
+            let r = self.inject(tid, &t.regs, a.syscall, libc::SYS_rt_sigaction as u64, [libc::SIGTRAP as u64, act, 0, 8, 0, 0], false)?;
+            if r != 0 {
+                return Err(Error::Restore { pid: vpid, msg: format!("restoring SIGTRAP's action: {}", nix::errno::Errno::from_raw(-r as i32)) });
+            }
+        }
+        for t in threads.iter() {
+            ptrace::setregs(t.tid, &t.regs).ptrace(t.tid, "PTRACE_SETREGS")?;
+        }
+
+        // Job control: processes that were stopped stop again, as if by SIGSTOP.
+        let stopped: Vec<i32> = self.plans.procs.iter().filter(|(_, p)| p.stop_signal != 0).map(|(&v, _)| v).collect();
+        for vpid in stopped {
+            let tids: Vec<Pid> = threads.iter().filter(|t| t.plan.vpid == vpid).map(|t| t.tid).collect();
+            self.stop_again(vpid, &tids)?;
+            let (ppid, unreported) = (self.plans.procs[&vpid].ppid, self.plans.procs[&vpid].stop_unreported);
+            let Some(parent) = threads.iter().find(|t| t.plan.vpid == ppid && t.plan.main) else { continue };
+            let a = area_of(ppid)?;
+            if !unreported {
+                // The parent had collected the stop: collect the new one for it.
+                self.inject(parent.tid, &parent.regs, a.syscall, libc::SYS_wait4 as u64, [vpid as u64, 0, (libc::WUNTRACED | libc::WNOHANG) as u64, 0, 0, 0], false)?;
+            }
+            if !self.plans.procs[&ppid].sigchld_pending {
+                // ... and the SIGCHLD it raised did not exist before the dump.
+                let mut buf = [0u8; 24];
+                buf[0..8].copy_from_slice(&(1u64 << (libc::SIGCHLD - 1)).to_le_bytes());
+                write_remote(parent.tid, a.spare, &buf).ptrace(parent.tid, "process_vm_writev")?;
+                self.inject(parent.tid, &parent.regs, a.syscall, libc::SYS_rt_sigtimedwait as u64, [a.spare, 0, a.spare + 8, 8, 0, 0], false)?;
+            }
+        }
+
+        // The restorer areas go last (the steps above use them).
+        for (&vpid, &(tid, _, a)) in &areas {
+            let t = threads.iter().find(|t| t.tid == tid).expect("main thread");
+            let r = self.inject(tid, &t.regs, a.syscall, libc::SYS_munmap as u64, [a.start, a.len, 0, 0, 0, 0], false)?;
+            if r != 0 {
+                return Err(Error::Restore { pid: vpid, msg: format!("removing the restorer area failed: {}", nix::errno::Errno::from_raw(-r as i32)) });
+            }
+        }
+        // Pending SIGSTOP/SIGKILL cannot be queued blocked: send them now; they act
+        // when the tree is let go.
+        for (&vpid, p) in &self.plans.procs {
+            let Some(t) = threads.iter().find(|t| t.plan.vpid == vpid && t.plan.main) else { continue };
+            for &sig in &p.unblockable {
+                let _ = nix::sys::signal::kill(t.tid, nix::sys::signal::Signal::try_from(sig).ok());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one syscall in a stopped thread at `syscall_ip` and puts `regs` back.
+    /// With `interrupted`, the thread has a PTRACE_INTERRUPT pending while in the
+    /// call: a sleep returns at once with its restart block written.
+    fn inject(&mut self, tid: Pid, regs: &Regs, syscall_ip: u64, nr: u64, args: [u64; 6], interrupted: bool) -> Result<i64> {
+        let mut r = *regs;
+        r.rip = syscall_ip;
+        r.rax = nr;
+        r.orig_rax = u64::MAX;
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+        ptrace::setregs(tid, &r).ptrace(tid, "PTRACE_SETREGS")?;
+        self.step_syscall(tid)?;
+        if interrupted {
+            ptrace::interrupt(tid).ptrace(tid, "PTRACE_INTERRUPT")?;
+        }
+        self.step_syscall(tid)?;
+        let ret = ptrace::getregs(tid).ptrace(tid, "PTRACE_GETREGS")?.rax as i64;
+        ptrace::setregs(tid, regs).ptrace(tid, "PTRACE_SETREGS")?;
+        Ok(ret)
+    }
+
+    /// Puts a process back into group-stop: SIGSTOP is queued, delivered by one
+    /// thread (the tracer lets it through) and every other thread joins the stop.
+    /// The tasks run no user code: all of this happens on their way out of the kernel.
+    fn stop_again(&mut self, vpid: i32, tids: &[Pid]) -> Result<()> {
+        let Some(&first) = tids.first() else { return Ok(()) };
+        nix::sys::signal::kill(first, nix::sys::signal::Signal::SIGSTOP).map_err(|e| Error::sys(format!("kill({first}, SIGSTOP)"), e))?;
+        let mut injected = false;
+        for &tid in tids {
+            ptrace::cont(tid).ptrace(tid, "PTRACE_CONT")?;
+            loop {
+                match ptrace::wait(tid, false).ptrace(tid, "waitpid")? {
+                    Some(Stop::Signal(libc::SIGSTOP)) if !injected => {
+                        injected = true;
+                        ptrace::cont_signal(tid, libc::SIGSTOP).ptrace(tid, "PTRACE_CONT")?;
+                    }
+                    Some(Stop::Event(ptrace::PTRACE_EVENT_STOP, sig)) if sig != libc::SIGTRAP => break,
+                    Some(Stop::Event(..)) => ptrace::cont(tid).ptrace(tid, "PTRACE_CONT")?,
+                    other => return Err(Error::Restore { pid: vpid, msg: format!("thread {tid}: unexpected {other:?} while stopping it again") }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resumes a thread to its next syscall stop, stepping over interrupt reports.
+    /// Every signal is blocked while crtool finishes the tree; one that cannot be
+    /// (SIGSTOP from outside) is kept and sent again before the tree is let go.
+    fn step_syscall(&mut self, tid: Pid) -> Result<()> {
         loop {
+            ptrace::cont_syscall(tid).ptrace(tid, "PTRACE_SYSCALL")?;
             match ptrace::wait(tid, false).ptrace(tid, "waitpid")? {
                 Some(Stop::Syscall) => return Ok(()),
-                Some(Stop::Signal(sig)) if sig != libc::SIGTRAP => {
-                    self.deferred.entry(tid).or_default().push(sig);
-                    ptrace::cont_syscall(tid).ptrace(tid, "PTRACE_SYSCALL")?;
-                }
+                Some(Stop::Event(ptrace::PTRACE_EVENT_STOP, _)) => continue,
+                Some(Stop::Signal(sig)) if sig != libc::SIGTRAP => self.deferred.entry(tid).or_default().push(sig),
                 other => return Err(self.fail(format!("task {tid}: unexpected {other:?} while finishing the restore"))),
             }
         }
     }
 
-    /// Lets every restored thread run, on the CPUs it was allowed before.
+    /// Lets every restored thread run, with its own signal mask, on the CPUs it was
+    /// allowed before. Its registers are those it froze with, so the kernel decides
+    /// on the way out whether an interrupted call restarts (as for any stopped task).
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = None;
         for &tid in self.restored.keys() {
@@ -201,20 +397,20 @@ impl Supervisor {
                 crate::sys::process::set_affinity(tid, mask);
             }
         }
-        for (&tid, regs) in &self.restored {
-            let sigs = self.deferred.remove(&tid).unwrap_or_default();
-            // Signals but the last go back on the queue; the last one comes with the
-            // detach itself.
-            for &sig in sigs.iter().rev().skip(1) {
+        for (&tid, &(regs, blocked)) in &self.restored {
+            for &sig in self.deferred.get(&tid).into_iter().flatten() {
                 let _ = nix::sys::signal::kill(tid, nix::sys::signal::Signal::try_from(sig).ok());
             }
-            let last = sigs.last().copied().unwrap_or(0);
-            let r = ptrace::setregs(tid, regs).and_then(|_| ptrace::detach_signal(tid, last)).ptrace(tid, "PTRACE_DETACH");
+            let r = ptrace::setregs(tid, &regs)
+                .and_then(|_| ptrace::set_sigmask(tid, blocked))
+                .and_then(|_| ptrace::detach(tid))
+                .ptrace(tid, "PTRACE_DETACH");
             if let Err(e) = r {
                 first.get_or_insert(e);
             }
         }
         self.restored.clear();
+        self.deferred.clear();
         first.map_or(Ok(()), Err)
     }
 

@@ -3,6 +3,7 @@
 //! restored partly by crtool in the new task and partly by the restorer.
 
 pub mod regs;
+pub mod syscall;
 pub mod timers;
 
 use crate::error::{Error, Result};
@@ -91,7 +92,7 @@ fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::Thre
         clear_child_tid: extra.clear_child_tid,
         comm,
         pending: pending.into_iter().map(|s| s.to_vec()).collect(),
-        sleep_remaining_ns: None,
+        restart: None,
         cpu_affinity: cpu_affinity(tid),
     })
 }
@@ -141,6 +142,8 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         child_subreaper: info.child_subreaper != 0,
         pdeath_signal: info.pdeath_signal,
         no_new_privs: info.no_new_privs > 0,
+        stop_signal: 0,
+        stop_unreported: false,
     })
 }
 

@@ -64,56 +64,6 @@ pub fn needs_amx(fpu: &pb::Fpu) -> bool {
     xstate_bv(&fpu.xsave) & (1 << XFEATURE_XTILEDATA) != 0
 }
 
-/// Where a task stopped inside a syscall resumes: (rax, rip, rdi, rdx). Interrupted
-/// syscalls run again as the kernel would have restarted them; an interrupted
-/// nanosleep/clock_nanosleep (whose restart block does not survive) restarts with the
-/// remaining time the kernel wrote to its `rem` argument, or with its absolute
-/// deadline; anything else that needed a restart block returns EINTR.
-fn resume_point(r: &pb::Regs, sleep_remaining: Option<u64>) -> (u64, u64, u64, u64) {
-    const NANOSLEEP: u64 = 35;
-    const CLOCK_NANOSLEEP: u64 = 230;
-    const TIMER_ABSTIME: u64 = 1;
-    let (rax, rip, rdi, rdx) = (r.rax, r.rip, r.rdi, r.rdx);
-    if (r.orig_rax as i64) < 0 {
-        return (rax, rip, rdi, rdx);
-    }
-    let again = rip.wrapping_sub(2);
-    match -(r.rax as i64) {
-        // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND: run the syscall again.
-        512..=514 => (r.orig_rax, again, rdi, rdx),
-        // ERESTART_RESTARTBLOCK
-        516 => match r.orig_rax {
-            NANOSLEEP if r.rsi != 0 => (NANOSLEEP, again, r.rsi, rdx),
-            CLOCK_NANOSLEEP if r.rsi & TIMER_ABSTIME != 0 => (CLOCK_NANOSLEEP, again, rdi, rdx),
-            CLOCK_NANOSLEEP if r.r10 != 0 => (CLOCK_NANOSLEEP, again, rdi, r.r10),
-            // No `rem`: restart with the request, which `sleep_patch` rewrites to the
-            // remaining time measured at dump.
-            NANOSLEEP | CLOCK_NANOSLEEP if sleep_remaining.is_some() => (r.orig_rax, again, rdi, rdx),
-            _ => ((-(libc::EINTR as i64)) as u64, rip, rdi, rdx),
-        },
-        _ => (rax, rip, rdi, rdx),
-    }
-}
-
-/// For a thread restarted into a sleep without `rem` (see `resume_point`): where its
-/// request timespec is and what to write there (the remaining time).
-pub fn sleep_patch(t: &pb::ThreadCore) -> Option<(u64, [u8; 16])> {
-    let r = t.regs.as_ref()?;
-    let left = t.sleep_remaining_ns?;
-    if -(r.rax as i64) != 516 {
-        return None;
-    }
-    let req = match r.orig_rax {
-        35 if r.rsi == 0 => r.rdi,
-        230 if r.rsi & 1 == 0 && r.r10 == 0 => r.rdx,
-        _ => return None,
-    };
-    let mut ts = [0u8; 16];
-    ts[0..8].copy_from_slice(&((left / 1_000_000_000) as i64).to_le_bytes());
-    ts[8..16].copy_from_slice(&((left % 1_000_000_000) as i64).to_le_bytes());
-    Some((req, ts))
-}
-
 /// The XSAVE size and features the frame carries: what rt_sigreturn accepts for this
 /// process (the full area, with AMX tile data, if the task had AMX enabled).
 fn frame_xstate(fpu: &pb::Fpu, geometry: SigFrameXstate) -> (usize, u64) {
@@ -133,13 +83,17 @@ pub fn sigframe_len(t: &pb::ThreadCore, geometry: SigFrameXstate) -> usize {
 /// Offsets inside the frame buffer `build_sigframe` returns.
 pub const FRAME_FPSTATE: usize = 448;
 
-/// Builds the rt_sigframe for the task's saved registers, signal mask, sigaltstack and
-/// XSAVE state, to be placed at `addr` (64-byte aligned). rt_sigreturn then restores
-/// all of them at once.
+/// Builds the rt_sigframe for the task's saved registers, sigaltstack and XSAVE
+/// state, to be placed at `addr` (64-byte aligned). rt_sigreturn then restores all
+/// of them at once. The frame's signal mask blocks every signal: crtool sets the
+/// task's own mask (PTRACE_SETSIGMASK) when it lets the thread go, so that nothing
+/// is delivered while it finishes the tree. The registers are exactly the dumped
+/// ones, also for a thread stopped inside a system call: the kernel then restarts
+/// the call (or not) as it would have, once the thread is let go.
 pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
     let r = t.regs.unwrap_or_default();
     let fpu = t.fpu.clone().unwrap_or_default();
-    let (rax, rip, rdi, rdx) = resume_point(&r, t.sleep_remaining_ns);
+    let (rax, rip, rdi, rdx) = (r.rax, r.rip, r.rdi, r.rdx);
     let (size, features) = frame_xstate(&fpu, geometry);
     let mut f = vec![0u8; FRAME_FPSTATE + size + 4];
     let put = |f: &mut Vec<u8>, off: usize, v: u64| f[off..off + 8].copy_from_slice(&v.to_le_bytes());
@@ -163,7 +117,7 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
         f[sc + 144 + i * 2..sc + 146 + i * 2].copy_from_slice(&s.to_le_bytes());
     }
     put(&mut f, sc + 184, addr + FRAME_FPSTATE as u64); // fpstate pointer
-    put(&mut f, uc + 40 + 256, t.blocked); // uc_sigmask
+    put(&mut f, uc + 40 + 256, !0); // uc_sigmask: everything blocked until crtool lets go
 
     let fp = FRAME_FPSTATE;
     f[fp..fp + size].copy_from_slice(&fpu.xsave[..size]);
@@ -184,50 +138,8 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
 mod tests {
     use super::*;
 
-    fn in_syscall(nr: u64, ret: i64) -> pb::Regs {
-        pb::Regs { orig_rax: nr, rax: ret as u64, rip: 0x1002, rdi: 0xa, rsi: 0xb, rdx: 0xc, r10: 0xd, ..Default::default() }
-    }
-
     #[test]
-    fn restartable_syscalls_run_again() {
-        for ret in [-512, -513, -514] {
-            assert_eq!(resume_point(&in_syscall(7, ret), None), (7, 0x1000, 0xa, 0xc));
-        }
-    }
-
-    #[test]
-    fn user_code_and_finished_syscalls_are_left_alone() {
-        let user = pb::Regs { orig_rax: u64::MAX, rax: 5, rip: 0x1002, ..Default::default() };
-        assert_eq!(resume_point(&user, None).0, 5);
-        assert_eq!(resume_point(&in_syscall(0, -4), None), ((-4i64) as u64, 0x1002, 0xa, 0xc));
-    }
-
-    #[test]
-    fn interrupted_sleeps_keep_their_remaining_time() {
-        // nanosleep(req=rdi, rem=rsi): the kernel wrote what was left to *rem.
-        assert_eq!(resume_point(&in_syscall(35, -516), None), (35, 0x1000, 0xb, 0xc));
-        // clock_nanosleep(clock, flags=rsi, req=rdx, rem=r10), relative: rem is the request.
-        let mut r = in_syscall(230, -516);
-        r.rsi = 0;
-        assert_eq!(resume_point(&r, None), (230, 0x1000, 0xa, 0xd));
-        // absolute deadline: same arguments.
-        r.rsi = 1;
-        assert_eq!(resume_point(&r, None), (230, 0x1000, 0xa, 0xc));
-        // no rem and no measurement: EINTR, like CRIU.
-        let mut r = in_syscall(230, -516);
-        (r.rsi, r.r10) = (0, 0);
-        assert_eq!(resume_point(&r, None).0, (-4i64) as u64);
-        // no rem but a measured remainder: restart, and the request is rewritten.
-        assert_eq!(resume_point(&r, Some(5)), (230, 0x1000, 0xa, 0xc));
-        let t = pb::ThreadCore { regs: Some(r), sleep_remaining_ns: Some(1_500_000_000), ..Default::default() };
-        let (addr, ts) = sleep_patch(&t).unwrap();
-        assert_eq!(addr, 0xc);
-        assert_eq!(i64::from_le_bytes(ts[0..8].try_into().unwrap()), 1);
-        assert_eq!(i64::from_le_bytes(ts[8..16].try_into().unwrap()), 500_000_000);
-    }
-
-    #[test]
-    fn sigframe_carries_registers_mask_and_xstate_magic() {
+    fn sigframe_carries_registers_and_xstate_magic() {
         let mut xsave = vec![0u8; 1024];
         xsave[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&0x7u64.to_le_bytes());
         let t = pb::ThreadCore {
@@ -244,7 +156,7 @@ mod tests {
         assert_eq!(q(sc + 15 * 8), 0x7000, "rsp");
         assert_eq!(q(sc + 13 * 8), 3, "rax");
         assert_eq!(q(sc + 184), 0x10_0000 + FRAME_FPSTATE as u64, "fpstate pointer");
-        assert_eq!(q(8 + 40 + 256), 0x200, "uc_sigmask");
+        assert_eq!(q(8 + 40 + 256), !0, "uc_sigmask blocks everything");
         let fp = FRAME_FPSTATE;
         assert_eq!(u32::from_le_bytes(f[fp + SW_BYTES..fp + SW_BYTES + 4].try_into().unwrap()), FP_XSTATE_MAGIC1);
         assert_eq!(u32::from_le_bytes(f[fp + 832..fp + 836].try_into().unwrap()), FP_XSTATE_MAGIC2);

@@ -8,7 +8,7 @@ use crate::decode_to_json;
 fn decode(dir: &std::path::Path, kind: ImageKind, pid: u32) -> Value {
     let v = decode_to_json(&dir.join(kind.file_name(pid))).unwrap();
     assert_eq!(v["kind"], kind.name());
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], crate::FORMAT_VERSION);
     assert_eq!(v["magic"], format!("{:#010x}", kind.magic()));
     v
 }
@@ -94,7 +94,7 @@ fn every_kind_decodes_to_json() {
     let pages = decode_to_json(&d.join("pages-42.img")).unwrap();
     let len = std::fs::metadata(d.join("pages-42.img")).unwrap().len();
     assert_eq!(pages["kind"], "pages");
-    assert_eq!(pages["version"], 1);
+    assert_eq!(pages["version"], crate::FORMAT_VERSION);
     assert_eq!(pages["compression"], "zstd");
     assert_eq!(pages["data_bytes"], len - 4096);
 }

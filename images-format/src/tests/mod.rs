@@ -123,7 +123,7 @@ pub fn core() -> pb::TaskCore {
         clear_child_tid: 0x7f00_0000_0910,
         comm: format!("worker-{tid}"),
         pending: vec![vec![10u8; 128]],
-        sleep_remaining_ns: (tid == 44).then_some(1_500_000_000),
+        restart: (tid == 44).then(|| pb::SyscallRestart { nr: 202, args: vec![0x7f00_0000_0100, 128, 0, 0, 0, 0xffff_ffff], timeout_arg: Some(3), remaining_ns: 1_500_000_000 }),
         cpu_affinity: vec![3],
     };
     pb::TaskCore {
@@ -174,6 +174,8 @@ pub fn core() -> pb::TaskCore {
         child_subreaper: true,
         pdeath_signal: 15,
         no_new_privs: false,
+        stop_signal: 19,
+        stop_unreported: true,
     }
 }
 
