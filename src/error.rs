@@ -20,6 +20,9 @@ pub enum Error {
     #[error("cannot dump pid {pid}{}: {what}{}", fd.map(|f| format!(" fd {f}")).unwrap_or_default(), hint.map(|h| format!(" ({h})")).unwrap_or_default())]
     Unsupported { pid: i32, fd: Option<i32>, what: String, hint: Option<&'static str> },
 
+    #[error("cannot dump pid {pid}: {msg}; restoring the images would fail, so the dump is refused and the tree runs on")]
+    NotRestorable { pid: i32, msg: String },
+
     #[error("pid {pid}: parasite: {msg}")]
     Parasite { pid: i32, msg: String },
 

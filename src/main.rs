@@ -68,6 +68,12 @@ enum Cmd {
         /// Accepted for CRIU compatibility: the session is taken from the images.
         #[arg(short = 'j', long)]
         shell_job: bool,
+        /// How files are compared with the dumped ones before restoring: `buildid`
+        /// (default: mapped files must have the same size and ELF build-id, or the
+        /// same mapped bytes), `filesize` (every regular file, mapped or open, must
+        /// have the same size; CRIU's method) or `none`.
+        #[arg(long, value_name = "METHOD", default_value = "buildid")]
+        file_validation: crtool::files::identity::Validation,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -156,10 +162,11 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, log } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, log } => {
             let dir = absolute(&dir)?;
             init_log(&log, &dir, "restore.log")?;
-            match restore::restore(&restore::RestoreOpts { dir, detach })? {
+            let checks = restore::preflight::Checks { validation: file_validation };
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)

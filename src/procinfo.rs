@@ -42,3 +42,29 @@ pub fn maps(who: &str) -> std::io::Result<Vec<(u64, u64, String)>> {
 pub fn vdso(who: &str) -> Option<(u64, u64)> {
     maps(who).ok()?.into_iter().find(|(_, _, n)| n == "[vdso]").map(|(s, e, _)| (s, e))
 }
+
+/// A path the kernel reports for an open or mapped file (the target of a
+/// /proc/PID/fd/N, map_files/A-B, exe or cwd link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLink {
+    /// The path, as bytes from readlink(2) (not the escaped text of /proc/PID/maps).
+    pub path: String,
+    /// The name was unlinked: the kernel appended " (deleted)" to `path` (a file
+    /// whose real name ends in " (deleted)" is not deleted).
+    pub deleted: bool,
+}
+
+/// Reads the proc link `link` (e.g. "/proc/42/fd/3"). Fails with `InvalidData` for
+/// a path that is not UTF-8 (images store paths as text).
+pub fn file_link(link: &str) -> std::io::Result<FileLink> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::read_link(link)?;
+    let path = target.into_os_string().into_string().map_err(|raw| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("path {raw:?} is not UTF-8"))
+    })?;
+    let Some(stripped) = path.strip_suffix(" (deleted)") else { return Ok(FileLink { path, deleted: false }) };
+    // The same file under the literal name: not deleted.
+    let open = std::fs::metadata(link)?;
+    let literal = std::fs::symlink_metadata(&path).ok().is_some_and(|m| m.dev() == open.dev() && m.ino() == open.ino());
+    Ok(if literal { FileLink { path, deleted: false } } else { FileLink { path: stripped.to_string(), deleted: true } })
+}

@@ -151,6 +151,15 @@ pub struct VmaMove {
     pub to: u64,
 }
 
+/// A protection the restorer applies with mprotect(2) once VMAs are in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmaProtect {
+    pub addr: u64,
+    pub len: u64,
+    pub prot: u64,
+}
+
 /// An rseq(2) registration.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -272,6 +281,10 @@ pub struct RestorerArgs {
     /// SPARE_SIZE bytes in the area the restorer does not use, for crtool's remote
     /// syscalls after the restorer has finished.
     pub spare: u64,
+    /// Protections to apply after the moves: `nr_protects` VmaProtect at `protects`.
+    pub protects: u64,
+    pub nr_protects: u32,
+    pub _pad_end: u32,
 }
 
 pub const SPARE_SIZE: usize = 256;
@@ -290,6 +303,7 @@ pub const STEP_CREDS: u32 = 10;
 pub const STEP_SIGNALS: u32 = 11;
 pub const STEP_THREADS: u32 = 12;
 pub const STEP_TIMERS: u32 = 13;
+pub const STEP_PROTECT: u32 = 14;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -303,3 +317,4 @@ pub struct RestorerFailure {
 const _: () = assert!(core::mem::size_of::<ThreadArgs>() == 4 + 4 + 8 * 4 + 16 + 8 * 6 + 16);
 const _: () = assert!(core::mem::size_of::<TimerArgs>() == 6 * 4 + 8 * 5);
 const _: () = assert!(core::mem::size_of::<VmaMove>() == 24);
+const _: () = assert!(core::mem::size_of::<VmaProtect>() == 24);

@@ -101,6 +101,12 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
                   MREMAP_MAYMOVE | MREMAP_FIXED, v.to as usize, 0))?;
         }
 
+        let protects = a.protects as *const VmaProtect;
+        for i in 0..a.nr_protects as usize {
+            let p = *protects.add(i);
+            check(STEP_PROTECT, i, syscall3(NR_MPROTECT, p.addr as usize, p.len as usize, p.prot as usize))?;
+        }
+
         let mm = a.mm;
         check(STEP_MM, 0, syscall6(NR_PRCTL, 35 /* PR_SET_MM */, 14 /* PR_SET_MM_MAP */,
               &mm as *const PrctlMmMap as usize, core::mem::size_of::<PrctlMmMap>(), 0, 0))?;

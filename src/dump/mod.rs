@@ -41,6 +41,8 @@ pub struct DumpCtx {
     pub vdso_syscall: Option<u64>,
     pub files: FileTable,
     pub shmem_seen: BTreeSet<u64>,
+    /// Identities of mapped files, computed once per file.
+    pub identities: crate::files::identity::Cache,
     pub stats: DumpStats,
     /// (outer tid, tid in the tree's namespace) for every thread.
     tids: Vec<(i32, i32)>,
@@ -63,6 +65,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         vdso_syscall: mm::vdso_syscall_offset(),
         files: FileTable::default(),
         shmem_seen: BTreeSet::new(),
+        identities: Default::default(),
         stats: DumpStats::default(),
         tids: Vec::new(),
     };
@@ -201,6 +204,12 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     write_entries(dir, ImageKind::Pipes, 0, &pipes)?;
     // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
+    // Would restore rebuild this? Checked now, while the tree still runs.
+    let imgs = crate::restore::load(dir)?;
+    crate::restore::preflight::check(&imgs, Default::default()).map_err(|e| match e {
+        Error::Restore { pid, msg } => Error::NotRestorable { pid, msg },
+        e => e,
+    })?;
     // Like CRIU, images are not fsync()ed: they sit in the page cache when the tasks
     // are killed, which survives everything but a host crash.
     Ok(())

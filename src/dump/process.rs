@@ -86,10 +86,8 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let unsupported = |what: String, hint: Option<&'static str>| Error::Unsupported { pid, fd: None, what, hint };
     let Survey { fds, mut vmas } = survey;
     vma::mark_shmem(pid, &mut vmas, &mut ctx.shmem_seen)?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| Error::proc(pid, "exe", e))?.to_string_lossy().into_owned();
-    if exe.ends_with(" (deleted)") {
-        return Err(unsupported(format!("its executable {exe} was deleted"), None));
-    }
+    vma::identify(pid, &mut vmas, &mut ctx.identities)?;
+    let exe = task::path_of(pid, "exe")?;
     let vdso = vmas.iter().find(|v| v.kind() == pb::VmaKind::VmaVdso).map(|v| v.start);
     let (Some(vdso), Some(off)) = (vdso, ctx.vdso_syscall) else {
         return Err(unsupported("it has no vdso to run syscalls through".into(), None));

@@ -3,6 +3,7 @@
 //! file descriptions (shared ones found with kcmp) and installs fds at restore.
 
 mod chr;
+pub mod identity;
 mod pipe;
 mod reg;
 
@@ -18,8 +19,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 #[derive(Debug, Clone)]
 pub struct FdInfo {
     pub fd: i32,
-    /// Target of /proc/PID/fd/N ("/path", "socket:[123]", "pipe:[9]", ...).
+    /// Target of /proc/PID/fd/N ("/path", "socket:[123]", "pipe:[9]", ...), without
+    /// the " (deleted)" the kernel appends to an unlinked file's name.
     pub link: String,
+    /// The file's name was unlinked.
+    pub deleted: bool,
     pub pos: u64,
     /// open(2) flags from fdinfo, including O_CLOEXEC.
     pub flags: u32,
@@ -43,12 +47,15 @@ pub fn list(pid: i32) -> Result<Vec<FdInfo>> {
     for ent in rd {
         let ent = ent.map_err(|e| Error::proc(pid, "fd", e))?;
         let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let link = std::fs::read_link(ent.path()).map_err(|e| Error::proc(pid, format!("fd/{fd}"), e))?;
+        let link = crate::procinfo::file_link(&format!("/proc/{pid}/fd/{fd}")).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => Error::Unsupported { pid, fd: Some(fd), what: e.to_string(), hint: Some("paths must be UTF-8") },
+            _ => Error::proc(pid, format!("fd/{fd}"), e),
+        })?;
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|e| Error::proc(pid, format!("fdinfo/{fd}"), e))?;
         let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
         let pos = field("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
         let flags = field("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
-        out.push(FdInfo { fd, link: link.to_string_lossy().into_owned(), pos, flags });
+        out.push(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags });
     }
     out.sort_by_key(|f| f.fd);
     Ok(out)
@@ -61,10 +68,10 @@ pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
             Some(("socket", Some("sockets are not supported yet")))
         } else if f.link.starts_with("anon_inode:") {
             Some(("anon inode", Some("epoll/eventfd/signalfd/timerfd and similar are not supported yet")))
-        } else if f.link.ends_with(" (deleted)") {
-            Some(("deleted file", Some("open deleted files are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
             Some(("memfd", Some("memfd files are not supported yet")))
+        } else if f.deleted {
+            Some(("deleted file", Some("open deleted files are not supported yet")))
         } else {
             None
         };
@@ -203,6 +210,32 @@ impl Drop for Parked {
 /// The duplicate lives until the tasks close it (crtool keeps it until the end).
 fn park(f: OwnedFd, at: i32) -> Result<RawFd> {
     fd::dup_above(f.as_raw_fd(), at).map_err(|e| Error::sys("parking an fd (F_DUPFD)", nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))))
+}
+
+/// Whether restore will be able to reopen `kind` as the images describe it (tried
+/// for real where that has no side effect), and, with `how`, that a regular file is
+/// still the one that was dumped. `Err` says why not.
+pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match kind {
+        Kind::Reg(r) => {
+            let f = reg::RegFileKind(r.clone()).open().map_err(|e| format!("cannot reopen it: {e}"))?;
+            if how == identity::Validation::FileSize && r.mode & libc::S_IFMT == libc::S_IFREG {
+                let size = std::fs::File::from(f).metadata().map_err(|e| e.to_string())?.len();
+                if size != r.size {
+                    return Err(format!("its size is {size} bytes, it was {} bytes when dumped", r.size));
+                }
+            }
+            Ok(())
+        }
+        Kind::Chr(c) => chr::ChrDevKind(c.clone()).open().map(drop).map_err(|e| format!("cannot reopen it: {e}")),
+        Kind::Fifo(f) => match std::fs::metadata(&f.path) {
+            Ok(m) if m.file_type().is_fifo() => Ok(()),
+            Ok(_) => Err("it is no longer a FIFO".into()),
+            Err(e) => Err(format!("cannot find it: {e}")),
+        },
+        Kind::Pipe(_) => Ok(()),
+    }
 }
 
 pub fn describe(kind: &Kind) -> String {

@@ -1,17 +1,34 @@
 //! Regular files and directories: path, open flags and offset.
 
 use super::{FdInfo, FileKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use images_format::pb::{self, file_entry::Kind};
 use std::os::fd::OwnedFd;
 
 pub struct RegFileKind(pub pb::RegFile);
 
+/// statfs f_type of nsfs (namespace files, include/uapi/linux/magic.h).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
 /// Flags that only matter when the file is first opened.
 const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
 
 impl FileKind for RegFileKind {
-    fn dump(_pid: i32, info: &FdInfo, _fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
+    fn dump(pid: i32, info: &FdInfo, fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
+        let refuse = |what: String, hint: &'static str| Err(Error::Unsupported { pid, fd: Some(info.fd), what, hint: Some(hint) });
+        // Files of /proc name processes and namespaces of this moment (a child's
+        // /proc/PID/stat, /proc/self/..., a namespace): reopened by path they would be
+        // other objects, or nothing, at restore.
+        match crate::sys::fd::fs_magic(fd) {
+            Ok(m) if m == libc::PROC_SUPER_MAGIC as i64 => {
+                return refuse(format!("open file {} in /proc", info.link), "files of /proc are not supported; close it before the dump");
+            }
+            Ok(m) if m == NSFS_MAGIC => return refuse(format!("namespace file {}", info.link), "namespace files are not supported yet"),
+            _ => {}
+        }
+        if !info.link.starts_with('/') {
+            return refuse(format!("file {} has no path to reopen it by", info.link), "not supported yet");
+        }
         Ok(Kind::Reg(pb::RegFile {
             path: info.link.clone(),
             flags: info.flags & !(libc::O_CLOEXEC as u32),

@@ -84,25 +84,31 @@ impl PageDumper {
         }
     }
 
-    /// Dumps the pages of every VMA that keeps data of its own.
+    /// Dumps the pages of every VMA that keeps data of its own. Runs from several
+    /// VMAs share one parasite command and one pipe-full (a task with many small
+    /// VMAs costs a few round trips, not one per VMA).
     pub fn dump(&mut self, vmas: &[pb::Vma], parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
         parasite.take_pipe(self.pipe_w.as_fd())?;
+        let mut batch: Vec<Run> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut batch_readable = true;
         for v in vmas.iter().filter(|v| vma::has_private_pages(v)) {
-            let runs = self.runs(v)?;
             let readable = v.prot & libc::PROT_READ as u32 != 0;
-            let mut batch: Vec<Run> = Vec::new();
-            let mut batch_bytes = 0;
-            for run in runs {
-                if batch_bytes + run.pages * PAGE > self.chunk {
-                    self.flush(&mut batch, readable, parasite, out)?;
+            if readable != batch_readable {
+                self.flush(&mut batch, batch_readable, parasite, out)?;
+                batch_bytes = 0;
+                batch_readable = readable;
+            }
+            for run in self.runs(v)? {
+                if batch_bytes + run.pages * PAGE > self.chunk || batch.len() >= crate::sys::abi::MAX_IOVS {
+                    self.flush(&mut batch, batch_readable, parasite, out)?;
                     batch_bytes = 0;
                 }
                 batch_bytes += run.pages * PAGE;
                 batch.push(run);
             }
-            self.flush(&mut batch, readable, parasite, out)?;
         }
-        Ok(())
+        self.flush(&mut batch, batch_readable, parasite, out)
     }
 
     /// Runs of wanted pages in `v`, each at most one pipe-full long.

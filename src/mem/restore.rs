@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::mem::vma;
-use crate::sys::abi::VmaMove;
+use crate::sys::abi::{VmaMove, VmaProtect};
 use crate::sys::mm::{Area, Mapping, PAGE};
 use images_format::pb::{self, VmaKind};
 use crate::mem::shmem::ShmemObjects;
@@ -58,19 +58,55 @@ pub fn premap_size(vmas: &[pb::Vma]) -> u64 {
     vmas.iter().filter(|v| vma::is_restorable(v)).map(|v| v.end - v.start).sum()
 }
 
-/// A premapped VMA: where it sits now and the image's description of it.
+/// Whether `b` can share one premapped mapping with `a`, the VMA right below it:
+/// private anonymous memory with the same flags and the same initial protection.
+/// Such runs (e.g. one allocation whose pages alternate protections) are mapped and
+/// moved as one VMA; the restorer then gives each member its own protection, after
+/// crtool's own mappings are gone. Restoring a task near `vm.max_map_count` thus
+/// never needs more VMAs at once than the task itself had.
+fn joins(a: &pb::Vma, b: &pb::Vma) -> bool {
+    let anon = |v: &pb::Vma| v.kind() == VmaKind::VmaAnonPrivate && !v.growsdown;
+    anon(a) && anon(b) && a.end == b.start && a.flags == b.flags && initial_prot(a) == initial_prot(b)
+}
+
+/// The restorable VMAs in runs that are premapped together (index ranges into
+/// `vmas`, in address order).
+pub fn groups(vmas: &[pb::Vma]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, v) in vmas.iter().enumerate().filter(|(_, v)| vma::is_restorable(v)) {
+        match out.last_mut() {
+            Some(g) if g.end == i && joins(&vmas[i - 1], v) => g.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// A premapped run of VMAs (see `groups`): where it sits now, and the image's VMAs.
 pub struct Slot<'a> {
-    pub vma: &'a pb::Vma,
+    pub vmas: &'a [pb::Vma],
     pub map: Mapping,
 }
 
-/// Maps every restorable VMA at the front of `area`, fills private pages from the
-/// page image and applies final protections. Returns the slots, in VMA order.
+impl Slot<'_> {
+    fn start(&self) -> u64 {
+        self.vmas[0].start
+    }
+    fn end(&self) -> u64 {
+        self.vmas[self.vmas.len() - 1].end
+    }
+}
+
+/// Maps every restorable VMA (run) at the front of `area`, fills private pages from
+/// the page image and applies final protections (members of a run get theirs from
+/// the restorer, see `protects`). Returns the slots, in address order.
 pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: &mut Area, shmem: &ShmemObjects) -> Result<Vec<Slot<'a>>> {
     let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
     let mut slots: Vec<Slot> = Vec::new();
-    for v in vmas.iter().filter(|v| vma::is_restorable(v)) {
-        let len = v.end - v.start;
+    for g in groups(vmas) {
+        let members = &vmas[g];
+        let v = &members[0];
+        let len = members[members.len() - 1].end - v.start;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (rw, noreserve) = initial_prot(v);
         let r = match v.kind() {
@@ -92,10 +128,10 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
                 let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE | noreserve) };
                 area.map_next(len, prot, flags, Some(f.as_fd()), v.pgoff)
             }
-            _ => unreachable!("filtered by is_restorable"),
+            _ => unreachable!("groups() only holds restorable VMAs"),
         };
-        let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.end, v.path), e))?;
-        slots.push(Slot { vma: v, map });
+        let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.start + len, v.path), e))?;
+        slots.push(Slot { vmas: members, map });
     }
 
     // Fill: pagemap entries are in address order, like the VMAs.
@@ -103,24 +139,24 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
     let mut i = 0;
     for e in pagemap {
         let len = e.nr_pages as u64 * PAGE;
-        while i < slots.len() && slots[i].vma.end <= e.vaddr {
+        while i < slots.len() && slots[i].end() <= e.vaddr {
             i += 1;
         }
-        let inside = |v: &pb::Vma| v.start <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|end| end <= v.end);
-        let Some(slot) = slots.get_mut(i).filter(|s| inside(s.vma)) else {
+        let inside = |s: &Slot| s.start() <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|end| end <= s.end());
+        let Some(slot) = slots.get_mut(i).filter(|s| inside(s)) else {
             return Err(Error::BadImage {
                 file: format!("pagemap-{pid}.img"),
                 msg: format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr),
             });
         };
-        let v = slot.vma;
+        let v = &slot.vmas[0];
         if v.kind() == VmaKind::VmaAnonShared {
             continue; // filled once, in the shared object, by crtool
         }
         if !vma::has_private_pages(v) {
             return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("pages at {:#x} belong to a shared file mapping", e.vaddr) });
         }
-        let off = e.vaddr - v.start;
+        let off = e.vaddr - slot.start();
         if initial_prot(v).0 & libc::PROT_WRITE == 0 {
             // Mapped read-only to keep it unaccounted: write through /proc/self/mem.
             let mut buf = vec![0u8; len as usize];
@@ -138,9 +174,9 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
     }
 
     for slot in slots.iter_mut() {
-        let v = slot.vma;
+        let v = &slot.vmas[0];
         let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
-        if !shared && v.prot as i32 != initial_prot(v).0 {
+        if slot.vmas.len() == 1 && !shared && v.prot as i32 != initial_prot(v).0 {
             slot.map.protect(v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
         }
         for a in vma::advice(v) {
@@ -152,5 +188,23 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
 
 /// The restorer's moves for the premapped slots.
 pub fn moves(slots: &[Slot]) -> Vec<VmaMove> {
-    slots.iter().map(|s| VmaMove { from: s.map.addr(), len: s.map.len(), to: s.vma.start }).collect()
+    slots.iter().map(|s| VmaMove { from: s.map.addr(), len: s.map.len(), to: s.start() }).collect()
+}
+
+/// The protections the restorer applies once runs are in place: every member of a
+/// run of several VMAs whose protection differs from the run's initial one.
+pub fn protects(vmas: &[pb::Vma]) -> Vec<VmaProtect> {
+    groups(vmas)
+        .into_iter()
+        .filter(|g| g.len() > 1)
+        .flat_map(|g| vmas[g].iter())
+        .filter(|v| v.prot as i32 != initial_prot(v).0)
+        .map(|v| VmaProtect { addr: v.start, len: v.end - v.start, prot: v.prot as u64 })
+        .collect()
+}
+
+/// How many mappings restoring `vmas` needs at its peak, besides the restoring
+/// process's own: the premapped runs, the restorer's region and its reserve.
+pub fn peak_vmas(vmas: &[pb::Vma]) -> usize {
+    groups(vmas).len() + 2
 }

@@ -39,15 +39,21 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
             }
             // MAP_SHARED|MAP_ANONYMOUS memory is a shmem file named "/dev/zero (deleted)".
             MMapPath::Path(path) if shared && path.as_os_str() == "/dev/zero (deleted)" => VmaKind::VmaAnonShared,
-            MMapPath::Path(path) => {
-                let s = path.to_string_lossy();
-                if s.ends_with(" (deleted)") {
-                    return Err(unsupported(format!("mapping at {start:#x} of deleted file {s} is not supported yet")));
-                }
+            MMapPath::Path(_) => {
+                // The real path from map_files (the text in maps is escaped, and says
+                // " (deleted)" for a file literally named so, too).
+                let link = crate::procinfo::file_link(&format!("/proc/{pid}/map_files/{start:x}-{end:x}")).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => unsupported(format!("mapping at {start:#x}: {e}")),
+                    _ => Error::proc(pid, format!("map_files/{start:x}-{end:x}"), e),
+                })?;
+                let s = link.path;
                 if s.starts_with("/memfd:") || s.starts_with("/dev/zero") || s.starts_with("/SYSV") {
                     return Err(unsupported(format!("mapping at {start:#x} of {s} is not supported yet")));
                 }
-                v.path = s.into_owned();
+                if link.deleted {
+                    return Err(unsupported(format!("mapping at {start:#x} of deleted file {s} is not supported yet")));
+                }
+                v.path = s;
                 v.dev = ((m.dev.0 as u64) << 8) | m.dev.1 as u64;
                 v.ino = m.inode;
                 if shared && prot & libc::PROT_WRITE as u32 != 0 {
@@ -71,6 +77,18 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
         out.push(v);
     }
     Ok(out)
+}
+
+/// Records what each mapped file is (see `files::identity`), from the mapped file
+/// itself (/proc/PID/map_files), not from whatever its path names now.
+pub fn identify(pid: i32, vmas: &mut [pb::Vma], cache: &mut crate::files::identity::Cache) -> Result<()> {
+    for v in vmas.iter_mut().filter(|v| matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared)) {
+        let what = format!("map_files/{:x}-{:x}", v.start, v.end);
+        let f = std::fs::File::open(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what.clone(), e))?;
+        let private = v.kind() == VmaKind::VmaFilePrivate;
+        v.identity = Some(cache.identify(&f, v.pgoff, v.end - v.start, private).map_err(|e| Error::proc(pid, what, e))?);
+    }
+    Ok(())
 }
 
 /// The VmFlags restore reproduces, as their smaps names, in a fixed order.
@@ -122,6 +140,27 @@ pub fn mark_shmem(pid: i32, vmas: &mut [pb::Vma], seen: &mut std::collections::B
         v.shmem_owner = seen.insert(md.ino());
     }
     Ok(())
+}
+
+/// Whether restore can map `v` again as the image describes it: its file opens with
+/// the mode the mapping needs and (per `how`) is the file that was mapped. `Err`
+/// says why not.
+pub fn check_mappable(v: &pb::Vma, how: crate::files::identity::Validation) -> std::result::Result<(), String> {
+    use crate::files::identity::{self, Validation};
+    if !matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
+        return Ok(());
+    }
+    let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
+    let f = std::fs::OpenOptions::new().read(true).write(write).open(&v.path).map_err(|e| format!("cannot open it: {e}"))?;
+    let (Some(want), len) = (v.identity.as_ref(), v.end - v.start) else { return Ok(()) };
+    if v.kind() == VmaKind::VmaFileShared {
+        // A shared mapping shows the file as it is now; it only has to cover what was
+        // mapped (and existed).
+        let need = want.size.min(v.pgoff + len);
+        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        return if how == Validation::None || size >= need { Ok(()) } else { Err(format!("it shrank to {size} bytes; {need} were mapped")) };
+    }
+    identity::compare(&f, want, v.pgoff, len, how)
 }
 
 /// Checks that VMAs read from an image are sane before anything trusts them: page

@@ -206,6 +206,7 @@ struct Region {
     args: u64,
     threads: u64,
     vmas: u64,
+    protects: u64,
     auxv: u64,
     siginfo: u64,
     timers: u64,
@@ -218,7 +219,7 @@ struct Region {
 
 const THREAD_STACK: u64 = 64 * 1024;
 
-fn layout(task: &TaskImages, nr_vmas: usize, frame_sizes: &[u64], scratch_len: u64) -> Region {
+fn layout(task: &TaskImages, nr_vmas: usize, nr_protects: usize, frame_sizes: &[u64], scratch_len: u64) -> Region {
     let core = &task.core;
     let mut at = blobs::RESTORER_IMAGE.len() as u64;
     let mut take = |len: u64, align: u64| {
@@ -229,6 +230,7 @@ fn layout(task: &TaskImages, nr_vmas: usize, frame_sizes: &[u64], scratch_len: u
     let args = take(std::mem::size_of::<RestorerArgs>() as u64, 64);
     let threads = take((core.threads.len() * std::mem::size_of::<ThreadArgs>()) as u64, 64);
     let vmas = take(nr_vmas as u64 * 24, 64);
+    let protects = take(nr_protects as u64 * 24, 64);
     let auxv = take(task.mm.auxv.len() as u64 * 8, 64);
     let nr_siginfo = core.shared_pending.len() + core.threads.iter().map(|t| t.pending.len()).sum::<usize>();
     let siginfo = take(nr_siginfo as u64 * abi::SIGINFO_SIZE as u64, 64);
@@ -238,7 +240,7 @@ fn layout(task: &TaskImages, nr_vmas: usize, frame_sizes: &[u64], scratch_len: u
     // The main thread's stack is BLOB_STACK_SIZE; every other thread gets THREAD_STACK.
     let stacks = take(abi::BLOB_STACK_SIZE as u64 + (core.threads.len() as u64 - 1) * THREAD_STACK, PAGE);
     let scratch = at.next_multiple_of(PAGE);
-    Region { args, threads, vmas, auxv, siginfo, timers, frames, spare, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
+    Region { args, threads, vmas, protects, auxv, siginfo, timers, frames, spare, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
 }
 
 fn put<T: abi::Plain>(mem: &mut [u8], off: u64, v: &T) {
@@ -271,9 +273,10 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
 
     // Memory: one area holds every premapped VMA, then the restorer region.
     let vmas = &task.mm.vmas;
-    let nr_vmas = vmas.iter().filter(|v| crate::mem::vma::is_restorable(v)).count();
+    let nr_moves = crate::mem::restore::groups(vmas).len();
+    let protects = crate::mem::restore::protects(vmas);
     let frame_sizes: Vec<u64> = core.threads.iter().map(|t| task::regs::sigframe_len(t, ctx.geometry) as u64).collect();
-    let reg = layout(task, nr_vmas, &frame_sizes, scratch_len);
+    let reg = layout(task, nr_moves, protects.len(), &frame_sizes, scratch_len);
     let premapped = premap_size(vmas);
     let area_len = premapped + reg.len;
     let area_at = find_area(pid, vmas, area_len)?;
@@ -297,6 +300,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     mem[..image.len()].copy_from_slice(&image);
     for (i, m) in moves.iter().enumerate() {
         put(mem, reg.vmas + i as u64 * 24, m);
+    }
+    for (i, p) in protects.iter().enumerate() {
+        put(mem, reg.protects + i as u64 * 24, p);
     }
     for (i, v) in task.mm.auxv.iter().enumerate() {
         put(mem, reg.auxv + i as u64 * 8, v);
@@ -376,6 +382,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         groups: [0; abi::MAX_GROUPS],
         sigframe: region + reg.frames[0],
         spare: region + reg.spare,
+        protects: region + reg.protects,
+        nr_protects: protects.len() as u32,
+        _pad_end: 0,
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
     task::fill_restorer_args(core, &mut args, ctx.cpu_tick_usec);
@@ -396,6 +405,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         report_and_exit(status, &e);
     }
     ctx.parked.close_all();
+    if let Err(e) = task::apply_root(core) {
+        report_and_exit(status, &e);
+    }
     args.status_fd = status;
     args.exe_fd = exe_hi;
     args.mm.exe_fd = exe_hi as u32;

@@ -5,6 +5,7 @@
 //! areas, and lets the tree run.
 
 mod child;
+pub mod preflight;
 mod supervise;
 
 use crate::error::{Error, Result};
@@ -12,7 +13,6 @@ use crate::files::Parked;
 use crate::mem::shmem::ShmemObjects;
 use crate::sys::process::{Forked, fork_with_pids};
 use crate::sys::{cpu, mm};
-use crate::task;
 use images_format::{pb, read_entries, read_one, ImageKind};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ pub struct RestoreOpts {
     pub dir: PathBuf,
     /// Leave the restored tree running and exit (CRIU's -d).
     pub detach: bool,
+    pub checks: preflight::Checks,
 }
 
 pub enum Outcome {
@@ -117,13 +118,8 @@ fn holder_of(pid: i32) -> Option<String> {
 pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let imgs = load(&opts.dir)?;
     let root_pid = imgs.inv.root_pid as i32;
+    preflight::check(&imgs, opts.checks)?;
     for p in &imgs.procs {
-        if let Some(t) = &p.task {
-            for th in &t.core.threads {
-                let fpu = th.fpu.as_ref().ok_or_else(|| bad(&format!("core-{}.img", t.core.pid), "no FPU state"))?;
-                task::regs::check_cpu(t.core.pid as i32, fpu)?;
-            }
-        }
         if !imgs.inv.new_pid_ns
             && let Some(holder) = holder_of(p.tree.pid as i32) {
                 return Err(Error::PidTaken { pid: p.tree.pid as i32, holder });

@@ -484,6 +484,7 @@ fn step_name(step: u32) -> &'static str {
         STEP_SIGNALS => "queue pending signals",
         STEP_THREADS => "create threads",
         STEP_TIMERS => "POSIX timers",
+        STEP_PROTECT => "protect VMAs",
         _ => "unknown",
     }
 }

@@ -45,13 +45,20 @@ pub fn close_raw(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// Closes every fd except `keep` (in a forked restore task, dropping crtool's fds).
+/// Closes every fd except `keep` (in a forked restore task, dropping crtool's fds),
+/// with close_range(2): no /proc needed, nothing left behind.
 pub fn close_all_except(keep: &[RawFd]) {
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect())
-        .unwrap_or_default();
-    for fd in fds.into_iter().filter(|fd| !keep.contains(fd)) {
-        close_raw(fd);
+    let mut keep: Vec<u32> = keep.iter().filter(|&&f| f >= 0).map(|&f| f as u32).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 0u32;
+    for k in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if k > from {
+            // SAFETY: closes fd numbers no Rust object in this (forked) process uses
+            // any more; the kept ones are outside the range.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k.saturating_add(1);
     }
 }
 
@@ -74,4 +81,15 @@ pub fn tee(from: &OwnedFd, to: &OwnedFd, len: usize) -> Result<usize, Errno> {
     // SAFETY: tee between two pipe fds we own; no user memory involved.
     let n = unsafe { libc::tee(from.as_raw_fd(), to.as_raw_fd(), len, libc::SPLICE_F_NONBLOCK) };
     Errno::result(n).map(|n| n as usize)
+}
+
+/// fstatfs(2) f_type: which filesystem `fd` lives on (PROC_SUPER_MAGIC, ...).
+pub fn fs_magic(fd: &OwnedFd) -> io::Result<i64> {
+    // SAFETY: fstatfs writes one struct statfs into our zeroed local.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with an fd we own.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
 }

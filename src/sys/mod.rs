@@ -35,6 +35,8 @@ unsafe impl abi::Plain for abi::ThreadArgs {}
 unsafe impl abi::Plain for abi::TimerArgs {}
 // SAFETY: as above.
 unsafe impl abi::Plain for abi::VmaMove {}
+// SAFETY: as above.
+unsafe impl abi::Plain for abi::VmaProtect {}
 // SAFETY: an integer.
 unsafe impl abi::Plain for u64 {}
 

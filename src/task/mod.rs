@@ -16,8 +16,21 @@ fn read_proc(pid: i32, what: &str) -> Result<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e))
 }
 
-fn link_proc(pid: i32, what: &str) -> Result<String> {
-    std::fs::read_link(format!("/proc/{pid}/{what}")).map(|p| p.to_string_lossy().into_owned()).map_err(|e| Error::proc(pid, what, e))
+/// The path behind /proc/PID/{exe,cwd,root}; refused if it was removed (restore
+/// reopens it by name) or is not UTF-8.
+pub fn path_of(pid: i32, what: &str) -> Result<String> {
+    let name = match what {
+        "exe" => "executable",
+        "cwd" => "working directory",
+        _ => "root directory",
+    };
+    let unsupported = |what: String, hint| Error::Unsupported { pid, fd: None, what, hint: Some(hint) };
+    match crate::procinfo::file_link(&format!("/proc/{pid}/{what}")) {
+        Ok(l) if l.deleted => Err(unsupported(format!("its {name} {} was deleted", l.path), "deleted files and directories are not supported yet")),
+        Ok(l) => Ok(l.path),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(unsupported(format!("its {name}: {e}"), "paths must be UTF-8")),
+        Err(e) => Err(Error::proc(pid, what, e)),
+    }
 }
 
 /// Parses the credentials out of /proc/PID/status.
@@ -133,8 +146,8 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         creds: Some(creds(pid)?),
         rlimits: rlimits(pid)?,
         umask: info.umask,
-        cwd: link_proc(pid, "cwd")?,
-        root: link_proc(pid, "root")?,
+        cwd: path_of(pid, "cwd")?,
+        root: path_of(pid, "root")?,
         personality: info.personality as u32,
         dumpable: info.dumpable as u32,
         shared_pending: shared.into_iter().map(|s| s.to_vec()).collect(),
@@ -148,7 +161,9 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
 }
 
 /// Applies in the restoring task what crtool sets with ordinary syscalls before the
-/// restorer runs: name, umask, personality, root and cwd.
+/// restorer runs: name, umask, personality, prctl flags and cwd. The root directory
+/// comes later (`apply_root`), once every file has been opened by its path as crtool
+/// sees it.
 pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     let pid = core.pid as i32;
     let fail = |what: String, e: std::io::Error| Error::Restore { pid, msg: format!("{what}: {e}") };
@@ -156,10 +171,42 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     process::set_personality(core.personality);
     process::set_comm(&core.comm);
     process::set_prctl_flags(core.child_subreaper, core.pdeath_signal, core.no_new_privs);
-    if core.root != "/" {
-        std::os::unix::fs::chroot(&core.root).map_err(|e| fail(format!("chroot {}", core.root), e))?;
-    }
     std::env::set_current_dir(&core.cwd).map_err(|e| fail(format!("chdir {}", core.cwd), e))?;
+    Ok(())
+}
+
+/// chroot(2) into the task's root directory (a path as crtool sees it; the cwd, set
+/// before, stays where it is, as it did for the task).
+pub fn apply_root(core: &pb::TaskCore) -> Result<()> {
+    if core.root != "/" {
+        std::os::unix::fs::chroot(&core.root)
+            .map_err(|e| Error::Restore { pid: core.pid as i32, msg: format!("chroot {}: {e}", core.root) })?;
+    }
+    Ok(())
+}
+
+/// Whether restore can set the task's executable, cwd and root again: the
+/// executable must be a regular file crtool may execute (PR_SET_MM_MAP checks that,
+/// too late to back out), the directories must exist. `Err` says why not.
+pub fn check_restorable(core: &pb::TaskCore, mm: &pb::Mm) -> std::result::Result<(), String> {
+    use nix::unistd::{AccessFlags, access};
+    let exe = std::fs::File::open(&mm.exe).map_err(|e| format!("its executable {}: {e}", mm.exe))?;
+    let md = exe.metadata().map_err(|e| format!("its executable {}: {e}", mm.exe))?;
+    if !md.is_file() {
+        return Err(format!("its executable {} is not a regular file any more", mm.exe));
+    }
+    access(mm.exe.as_str(), AccessFlags::X_OK).map_err(|e| format!("its executable {} cannot be executed ({e}): was its x bit removed?", mm.exe))?;
+    let noexec = nix::sys::statvfs::fstatvfs(&exe).map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC)).unwrap_or(false);
+    if noexec {
+        return Err(format!("its executable {} is on a filesystem mounted noexec", mm.exe));
+    }
+    for (what, dir) in [("working directory", &core.cwd), ("root directory", &core.root)] {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("its {what} {dir} is not a directory any more")),
+            Err(e) => return Err(format!("its {what} {dir}: {e}")),
+        }
+    }
     Ok(())
 }
 
