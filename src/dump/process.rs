@@ -97,6 +97,13 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     }
     let mut timers = timers::list(pid)?;
 
+    // Every thread's rseq area (read while all of them sit in ptrace stops: the
+    // main thread runs the parasite from the next line on).
+    let mut rseq_areas = Vec::new();
+    for t in &p.threads {
+        let r = crate::sys::ptrace::get_rseq(t.pid).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "PTRACE_GET_RSEQ_CONFIGURATION", errno: e })?;
+        rseq_areas.push(r.rseq_abi_pointer);
+    }
     let (main, others) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
     let mut parasite = Parasite::inject(main)?;
     let info = parasite.info()?;
@@ -107,10 +114,8 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
 
     let mut pages = PagesWriter::create(&ctx.opts.dir, p.vpid as u32, ctx.compression)?;
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
-    for t in &p.threads {
-        if let Ok(r) = crate::sys::ptrace::get_rseq(t.pid) {
-            dumper.add_rseq_area(r.rseq_abi_pointer);
-        }
+    for a in &rseq_areas {
+        dumper.add_rseq_area(*a);
     }
     dumper.dump(&vmas, &mut parasite, &mut pages)?;
     pages.finish()?;
