@@ -117,9 +117,15 @@ pub struct ParasiteInfo {
     pub dumpable: i32,
     pub personality: i64,
     pub child_subreaper: i32,
-    pub pdeath_signal: i32,
     pub no_new_privs: i32,
-    pub _pad: i32,
+    /// PR_GET_THP_DISABLE (0, 1, or 3 = disabled except where advised).
+    pub thp_disable: i32,
+    /// MEMBARRIER_CMD_GET_REGISTRATIONS (negative: the query failed).
+    pub membarrier: i32,
+    /// PR_GET_MDWE.
+    pub mdwe: i32,
+    /// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_PROCESS_KEYRING, 0): > 0 if one exists.
+    pub process_keyring: i32,
 }
 
 /// Kernel `struct prctl_mm_map` (PR_SET_MM_MAP).
@@ -214,6 +220,10 @@ pub struct ThreadArgs {
     pub process: u64,
     /// The thread's name (PR_SET_NAME), NUL-padded.
     pub comm: [u8; 16],
+    /// PR_SET_PDEATHSIG after the credentials (0: none).
+    pub pdeath_signal: i32,
+    /// PR_MCE_KILL policy (PR_MCE_KILL_GET value; 2 = the default, left alone).
+    pub mce_kill: i32,
 }
 
 /// A POSIX timer to recreate with its id.
@@ -276,6 +286,16 @@ pub struct RestorerArgs {
     pub nr_groups: u32,
     pub dumpable: i32,
     pub groups: [u32; MAX_GROUPS],
+    /// Capability sets (bit N = capability N): inheritable, permitted, effective,
+    /// bounding, ambient.
+    pub caps: [u64; 5],
+    /// PR_SET_SECUREBITS value set once the other credentials are in place.
+    pub securebits: u32,
+    /// /proc/sys/kernel/cap_last_cap: the highest capability this kernel knows.
+    pub cap_last: u32,
+    /// personality(2), set once every mapping is in place (READ_IMPLIES_EXEC would
+    /// add PROT_EXEC to later ones).
+    pub personality: u64,
     /// The prepared rt_sigframe; rt_sigreturn runs with rsp = sigframe + 8.
     pub sigframe: u64,
     /// SPARE_SIZE bytes in the area the restorer does not use, for crtool's remote
@@ -304,6 +324,7 @@ pub const STEP_SIGNALS: u32 = 11;
 pub const STEP_THREADS: u32 = 12;
 pub const STEP_TIMERS: u32 = 13;
 pub const STEP_PROTECT: u32 = 14;
+pub const STEP_PERSONALITY: u32 = 15;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -314,7 +335,7 @@ pub struct RestorerFailure {
 }
 
 // Layout checks: the structs crtool views as bytes have no implicit padding.
-const _: () = assert!(core::mem::size_of::<ThreadArgs>() == 4 + 4 + 8 * 4 + 16 + 8 * 6 + 16);
+const _: () = assert!(core::mem::size_of::<ThreadArgs>() == 4 + 4 + 8 * 4 + 16 + 8 * 6 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<TimerArgs>() == 6 * 4 + 8 * 5);
 const _: () = assert!(core::mem::size_of::<VmaMove>() == 24);
 const _: () = assert!(core::mem::size_of::<VmaProtect>() == 24);

@@ -232,9 +232,11 @@ fn get_info() -> ParasiteInfo {
         dumpable: 0,
         personality: 0,
         child_subreaper: 0,
-        pdeath_signal: 0,
         no_new_privs: 0,
-        _pad: 0,
+        thp_disable: 0,
+        membarrier: 0,
+        mdwe: 0,
+        process_keyring: 0,
     };
     // SAFETY: every call below writes only into `info`, with the kernel's layouts.
     unsafe {
@@ -253,8 +255,11 @@ fn get_info() -> ParasiteInfo {
         info.dumpable = syscall6(NR_PRCTL, 3 /* PR_GET_DUMPABLE */, 0, 0, 0, 0, 0) as i32;
         info.personality = syscall3(NR_PERSONALITY, 0xffffffff, 0, 0) as i64;
         syscall6(NR_PRCTL, 37 /* PR_GET_CHILD_SUBREAPER */, &mut info.child_subreaper as *mut i32 as usize, 0, 0, 0, 0);
-        syscall6(NR_PRCTL, 2 /* PR_GET_PDEATHSIG */, &mut info.pdeath_signal as *mut i32 as usize, 0, 0, 0, 0);
         info.no_new_privs = syscall6(NR_PRCTL, 39 /* PR_GET_NO_NEW_PRIVS */, 0, 0, 0, 0, 0) as i32;
+        info.thp_disable = syscall6(NR_PRCTL, 42 /* PR_GET_THP_DISABLE */, 0, 0, 0, 0, 0) as i32;
+        info.membarrier = syscall3(NR_MEMBARRIER, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0) as i32;
+        info.mdwe = syscall6(NR_PRCTL, 66 /* PR_GET_MDWE */, 0, 0, 0, 0, 0) as i32;
+        info.process_keyring = syscall3(NR_KEYCTL, 0 /* KEYCTL_GET_KEYRING_ID */, -2isize as usize /* KEY_SPEC_PROCESS_KEYRING */, 0) as i32;
     }
     info
 }

@@ -106,6 +106,8 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
             let p = *protects.add(i);
             check(STEP_PROTECT, i, syscall3(NR_MPROTECT, p.addr as usize, p.len as usize, p.prot as usize))?;
         }
+        // Every mapping is in place: READ_IMPLIES_EXEC can no longer widen one.
+        check(STEP_PERSONALITY, 0, syscall3(NR_PERSONALITY, a.personality as usize, 0, 0))?;
 
         let mm = a.mm;
         check(STEP_MM, 0, syscall6(NR_PRCTL, 35 /* PR_SET_MM */, 14 /* PR_SET_MM_MAP */,
@@ -154,7 +156,23 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
         }
         apply_thread(&a.main)?;
         apply_creds(a)?;
-        check(STEP_CREDS, 3, syscall6(NR_PRCTL, 4 /* PR_SET_DUMPABLE */, a.dumpable as usize, 0, 0, 0, 0))?;
+        after_creds(&a.main)?;
+        // PR_SET_DUMPABLE is set by crtool once every thread has its credentials
+        // (each thread's uid change resets it).
+    }
+    Ok(())
+}
+
+/// What a credential change resets, set per thread once its credentials are final.
+fn after_creds(t: &ThreadArgs) -> Result<(), Failure> {
+    // SAFETY: prctl options that take plain integers.
+    unsafe {
+        if t.pdeath_signal != 0 {
+            check(STEP_CREDS, 20, syscall6(NR_PRCTL, 1 /* PR_SET_PDEATHSIG */, t.pdeath_signal as usize, 0, 0, 0, 0))?;
+        }
+        if t.mce_kill != 2 {
+            check(STEP_THREAD, 20, syscall6(NR_PRCTL, 33 /* PR_MCE_KILL */, 1 /* PR_MCE_KILL_SET */, t.mce_kill as usize, 0, 0, 0))?;
+        }
     }
     Ok(())
 }
@@ -225,18 +243,53 @@ unsafe fn apply_thread(t: &ThreadArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Credentials are per thread at the syscall level: every thread sets its own.
+/// Credentials are per thread at the syscall level: every thread sets its own, in
+/// the order that keeps each step allowed: groups; SECBIT_NO_SETUID_FIXUP so that
+/// the uid change keeps the capabilities needed for the rest; gids and uids; the
+/// capability sets (with CAP_SETPCAP for now); the bounding set; ambient
+/// capabilities (before securebits that could forbid raising them); the final
+/// securebits; the final capability sets.
 fn apply_creds(a: &RestorerArgs) -> Result<(), Failure> {
+    const SETPCAP: u64 = 1 << 8;
     let ng = (a.nr_groups as usize).min(MAX_GROUPS);
-    // SAFETY: credential syscalls with pointers into the args block.
+    let [inh, prm, eff, bnd, amb] = a.caps;
+    // SAFETY: credential syscalls with pointers into the args block or locals.
     unsafe {
         check(STEP_CREDS, 0, syscall3(NR_SETGROUPS, ng, a.groups.as_ptr() as usize, 0))?;
+        check(STEP_CREDS, 4, syscall6(NR_PRCTL, 28 /* PR_SET_SECUREBITS */, 1 << 2 /* NO_SETUID_FIXUP */, 0, 0, 0, 0))?;
         check(STEP_CREDS, 1, syscall3(NR_SETRESGID, a.gids[0] as usize, a.gids[1] as usize, a.gids[2] as usize))?;
         syscall3(NR_SETFSGID, a.gids[3] as usize, 0, 0);
         check(STEP_CREDS, 2, syscall3(NR_SETRESUID, a.uids[0] as usize, a.uids[1] as usize, a.uids[2] as usize))?;
         syscall3(NR_SETFSUID, a.uids[3] as usize, 0, 0);
+        capset(prm | SETPCAP, eff | SETPCAP, inh).map_err(|e| (STEP_CREDS, 5, e))?;
+        for cap in 0..=(a.cap_last.min(63) as usize) {
+            if bnd & (1 << cap) == 0 {
+                check(STEP_CREDS, 100 + cap, syscall6(NR_PRCTL, 24 /* PR_CAPBSET_DROP */, cap, 0, 0, 0, 0))?;
+            }
+        }
+        for cap in 0..64usize {
+            if amb & (1 << cap) != 0 {
+                check(STEP_CREDS, 200 + cap, syscall6(NR_PRCTL, 47 /* PR_CAP_AMBIENT */, 2 /* RAISE */, cap, 0, 0, 0))?;
+            }
+        }
+        check(STEP_CREDS, 6, syscall6(NR_PRCTL, 28 /* PR_SET_SECUREBITS */, a.securebits as usize, 0, 0, 0, 0))?;
+        capset(prm, eff, inh).map_err(|e| (STEP_CREDS, 7, e))?;
     }
     Ok(())
+}
+
+/// capset(2) of the calling thread (version 3: 64-bit sets).
+///
+/// # Safety
+/// A plain syscall with pointers to locals.
+unsafe fn capset(prm: u64, eff: u64, inh: u64) -> Result<(), i64> {
+    let header: [u32; 2] = [0x2008_0522 /* _LINUX_CAPABILITY_VERSION_3 */, 0];
+    let lo = |v: u64| v as u32;
+    let hi = |v: u64| (v >> 32) as u32;
+    let data: [u32; 6] = [lo(eff), lo(prm), lo(inh), hi(eff), hi(prm), hi(inh)];
+    // SAFETY: capset reads the header and two data structs.
+    let r = unsafe { syscall3(NR_CAPSET, header.as_ptr() as usize, data.as_ptr() as usize, 0) };
+    if r < 0 { Err(-r as i64) } else { Ok(()) }
 }
 
 const THREAD_FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
@@ -299,7 +352,7 @@ extern "C" fn thread_main(t: *const ThreadArgs) {
     // SAFETY: t.process points at the process's RestorerArgs.
     let a = unsafe { &*(t.process as *const RestorerArgs) };
     // SAFETY: this thread's own state.
-    let r = unsafe { apply_thread(t) }.and_then(|_| apply_creds(a));
+    let r = unsafe { apply_thread(t) }.and_then(|_| apply_creds(a)).and_then(|_| after_creds(t));
     if let Err((step, index, errno)) = r {
         let f = RestorerFailure { step, index, errno };
         // SAFETY: report and take the whole process down.

@@ -39,6 +39,9 @@ pub const NR_GETTID: usize = 186;
 pub const NR_TIMER_CREATE: usize = 222;
 pub const NR_TIMER_SETTIME: usize = 223;
 pub const NR_CLONE3: usize = 435;
+pub const NR_MEMBARRIER: usize = 324;
+pub const NR_KEYCTL: usize = 250;
+pub const NR_CAPSET: usize = 126;
 
 /// # Safety
 /// The caller upholds the contract of syscall `nr` for these arguments.

@@ -6,9 +6,7 @@ use super::DumpCtx;
 use crate::error::{Error, Result};
 use crate::infect::Parasite;
 use crate::mem::{dump::PageDumper, vma};
-use crate::sys::abi::StackT;
-use crate::sys::process::read_remote;
-use crate::task::{self, ThreadExtra};
+use crate::task;
 use crate::{files, task::timers};
 use images_format::{pb, ImageKind, PagesWriter, write_entries};
 
@@ -104,7 +102,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         let r = crate::sys::ptrace::get_rseq(t.pid).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "PTRACE_GET_RSEQ_CONFIGURATION", errno: e })?;
         rseq_areas.push(r.rseq_abi_pointer);
     }
-    let (main, others) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
+    let (main, _) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
     let mut parasite = Parasite::inject(main)?;
     let info = parasite.info()?;
     let numbers: Vec<i32> = fds.iter().map(|f| f.fd).collect();
@@ -124,16 +122,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     // Per-thread state only the thread can report, through remote syscalls that use
     // the parasite's memory as scratch.
     let scratch = parasite.scratch();
-    let mut extras = vec![ThreadExtra { altstack: info.altstack, clear_child_tid: info.clear_child_tid }];
-    for t in others {
-        t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
-        t.syscall_ok("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch + 64])?;
-        let mut b = [0u8; 72];
-        read_remote(t.pid, scratch, &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
-        let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        let altstack = StackT { sp: w(0), flags: i32::from_le_bytes(b[8..12].try_into().unwrap()), _pad: 0, size: w(16) };
-        extras.push(ThreadExtra { altstack, clear_child_tid: w(64) });
-    }
+    let extras = p.threads.iter().map(|t| task::probe_thread(t, scratch)).collect::<Result<Vec<_>>>()?;
     timers::read_values(main, &mut timers, scratch)?;
     drop(parasite);
 

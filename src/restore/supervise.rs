@@ -49,6 +49,7 @@ struct ThreadPlan {
 
 struct ProcPlan {
     ppid: i32,
+    dumpable: u32,
     stop_signal: i32,
     stop_unreported: bool,
     /// SIGCHLD was queued for the process when it was dumped.
@@ -73,6 +74,7 @@ impl Plans {
             let sigs: Vec<i32> = all_pending.map(signo).collect();
             procs.insert(vpid, ProcPlan {
                 ppid: p.tree.ppid as i32,
+                dumpable: t.core.dumpable,
                 stop_signal: t.core.stop_signal,
                 stop_unreported: t.core.stop_unreported,
                 sigchld_pending: sigs.contains(&libc::SIGCHLD),
@@ -282,6 +284,12 @@ impl Supervisor {
             let r = self.inject(tid, &t.regs, a.syscall, libc::SYS_rt_sigaction as u64, [libc::SIGTRAP as u64, act, 0, 8, 0, 0], false)?;
             if r != 0 {
                 return Err(Error::Restore { pid: vpid, msg: format!("restoring SIGTRAP's action: {}", nix::errno::Errno::from_raw(-r as i32)) });
+            }
+            // Every thread has its credentials now (each uid change reset this).
+            let dumpable = self.plans.procs.get(&vpid).map_or(1, |p| p.dumpable);
+            let r = self.inject(tid, &t.regs, a.syscall, libc::SYS_prctl as u64, [libc::PR_SET_DUMPABLE as u64, dumpable as u64, 0, 0, 0, 0], false)?;
+            if r != 0 {
+                return Err(Error::Restore { pid: vpid, msg: format!("PR_SET_DUMPABLE {dumpable}: {}", nix::errno::Errno::from_raw(-r as i32)) });
             }
         }
         for t in threads.iter() {

@@ -156,11 +156,6 @@ pub fn raise_nofile() {
     }
 }
 
-pub fn set_personality(p: u32) {
-    // SAFETY: personality(2) takes a plain integer.
-    unsafe { libc::personality(p as libc::c_ulong) };
-}
-
 /// PR_SET_NAME: the thread's comm (truncated by the kernel to 15 bytes).
 pub fn set_comm(name: &str) {
     let c = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
@@ -223,16 +218,36 @@ pub fn own_rseq() -> crate::sys::abi::RseqReg {
     }
 }
 
-/// PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG and (only ever on) PR_SET_NO_NEW_PRIVS.
-pub fn set_prctl_flags(subreaper: bool, pdeath_signal: i32, no_new_privs: bool) {
+/// PR_SET_CHILD_SUBREAPER and (only ever on) PR_SET_NO_NEW_PRIVS.
+pub fn set_prctl_flags(subreaper: bool, no_new_privs: bool) {
     // SAFETY: prctl options that take plain integers.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, subreaper as libc::c_ulong, 0, 0, 0);
-        libc::prctl(libc::PR_SET_PDEATHSIG, pdeath_signal as libc::c_ulong, 0, 0, 0);
         if no_new_privs {
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         }
     }
+}
+
+/// PR_SET_THP_DISABLE for this mm: `value` as PR_GET_THP_DISABLE reported it (1:
+/// disabled; 3: disabled except where madvise(MADV_HUGEPAGE)d, Linux 6.18).
+pub fn set_thp_disable(value: i32) -> Result<(), Errno> {
+    let flags: libc::c_ulong = if value & 2 != 0 { 1 << 1 /* PR_THP_DISABLE_EXCEPT_ADVISED */ } else { 0 };
+    // SAFETY: a prctl taking plain integers.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, flags, 0 as libc::c_ulong, 0 as libc::c_ulong) }).map(drop)
+}
+
+/// Makes the membarrier registrations in `registrations` (a
+/// MEMBARRIER_CMD_GET_REGISTRATIONS mask: each bit is the REGISTER_* command).
+pub fn register_membarrier(registrations: u32) -> Result<(), Errno> {
+    for bit in 0..31 {
+        let cmd = 1u32 << bit;
+        if registrations & cmd != 0 {
+            // SAFETY: membarrier(2) takes plain integers.
+            Errno::result(unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) })?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` while this thread is pinned to `cpu`, after yielding once so that the

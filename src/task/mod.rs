@@ -33,31 +33,63 @@ pub fn path_of(pid: i32, what: &str) -> Result<String> {
     }
 }
 
-/// Parses the credentials out of /proc/PID/status.
-fn creds(pid: i32) -> Result<pb::Creds> {
-    let status = read_proc(pid, "status")?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>()).unwrap_or_default();
-    let ids = |name: &str| -> Vec<u32> { field(name).iter().filter_map(|v| v.parse().ok()).collect() };
-    let cap = |name: &str| field(name).first().and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
-    let (u, g) = (ids("Uid:"), ids("Gid:"));
+/// The credentials of a process, from /proc/PID/task/TID/status of every thread.
+/// Credentials are per thread in the kernel; a process whose threads differ (a raw
+/// setuid in one thread) is refused. `securebits` come from the threads themselves.
+fn creds(pid: i32, tids: &[i32], securebits: &[u32]) -> Result<pb::Creds> {
+    const KEYS: [&str; 9] = ["Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:"];
+    let lines = |tid: i32| -> Result<Vec<String>> {
+        let status = read_proc(pid, &format!("task/{tid}/status"))?;
+        Ok(KEYS.iter().map(|k| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")).collect())
+    };
+    let main = lines(tids[0])?;
+    for (i, &tid) in tids.iter().enumerate().skip(1) {
+        let other = lines(tid)?;
+        let differs = KEYS.iter().zip(main.iter().zip(&other)).find(|(_, (a, b))| a != b).map(|(k, _)| k.trim_end_matches(':'));
+        let differs = differs.or((securebits[i] != securebits[0]).then_some("securebits"));
+        if let Some(k) = differs {
+            return Err(Error::Unsupported {
+                pid,
+                fd: None,
+                what: format!("its threads have different credentials ({k} of thread {tid} differs from the main thread's)"),
+                hint: Some("per-thread credentials are not supported yet"),
+            });
+        }
+    }
+    let field = |i: usize| main[i].split(' ').filter(|v| !v.is_empty()).collect::<Vec<_>>();
+    let ids = |i: usize| -> Vec<u32> { field(i).iter().filter_map(|v| v.parse().ok()).collect() };
+    let cap = |i: usize| field(i).first().and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    let (u, g) = (ids(0), ids(1));
     if u.len() != 4 || g.len() != 4 {
         return Err(Error::proc(pid, "status", std::io::Error::other("no Uid/Gid lines")));
     }
     Ok(pb::Creds {
         ruid: u[0], euid: u[1], suid: u[2], fsuid: u[3],
         rgid: g[0], egid: g[1], sgid: g[2], fsgid: g[3],
-        groups: ids("Groups:"),
-        cap_inh: cap("CapInh:"), cap_prm: cap("CapPrm:"), cap_eff: cap("CapEff:"), cap_bnd: cap("CapBnd:"), cap_amb: cap("CapAmb:"),
+        groups: ids(2),
+        cap_inh: cap(3), cap_prm: cap(4), cap_eff: cap(5), cap_bnd: cap(6), cap_amb: cap(7),
+        securebits: securebits[0],
     })
 }
 
+/// The 16 resource limits, from /proc/PID/limits (readable for a task of any uid;
+/// prlimit(2) on another uid's task needs CAP_SYS_RESOURCE).
 fn rlimits(pid: i32) -> Result<Vec<pb::Rlimit>> {
-    let mut out = Vec::new();
-    for res in 0..16u32 {
-        let (cur, max) = process::get_rlimit(pid, res).map_err(|e| Error::sys(format!("pid {pid}: prlimit({res})"), e))?;
-        out.push(pb::Rlimit { resource: res, cur, max });
-    }
-    Ok(out)
+    use procfs::process::{Limit, LimitValue};
+    let l = procfs::process::Process::new(pid)
+        .and_then(|p| p.limits())
+        .map_err(|e| Error::proc(pid, "limits", std::io::Error::other(e)))?;
+    let v = |x: &LimitValue| match x {
+        LimitValue::Unlimited => libc::RLIM_INFINITY,
+        LimitValue::Value(n) => *n,
+    };
+    let all: [&Limit; 16] = [
+        &l.max_cpu_time, &l.max_file_size, &l.max_data_size, &l.max_stack_size, &l.max_core_file_size,
+        &l.max_resident_set, &l.max_processes, &l.max_open_files, &l.max_locked_memory, &l.max_address_space,
+        &l.max_file_locks, &l.max_pending_signals, &l.max_msgqueue_size, &l.max_nice_priority,
+        &l.max_realtime_priority, &l.max_realtime_timeout,
+    ];
+    Ok(all.iter().enumerate().map(|(i, x)| pb::Rlimit { resource: i as u32, cur: v(&x.soft_limit), max: v(&x.hard_limit) }).collect())
 }
 
 fn usec(sec: i64, usec: i64) -> u64 {
@@ -82,10 +114,48 @@ fn cpu_affinity(tid: i32) -> Vec<u64> {
     words
 }
 
-/// What crtool learned about one thread besides its registers.
+/// What crtool learned about one thread besides its registers: state only the
+/// thread itself can report, read with remote syscalls.
 pub struct ThreadExtra {
     pub altstack: StackT,
     pub clear_child_tid: u64,
+    pub pdeath_signal: i32,
+    pub securebits: u32,
+    /// PR_GET_TSC (1: rdtsc allowed).
+    pub tsc: i32,
+    /// ARCH_GET_CPUID (0: CPUID faulting on; negative: not supported).
+    pub cpuid: i64,
+    /// KEYCTL_GET_KEYRING_ID of the thread keyring (> 0: it has one).
+    pub thread_keyring: i64,
+    pub mce_kill: i32,
+}
+
+/// Asks a stopped thread for its per-thread state with remote syscalls; `scratch`
+/// is 128 bytes of the task's memory free for their results.
+pub fn probe_thread(t: &Tracee, scratch: u64) -> Result<ThreadExtra> {
+    use libc::SYS_prctl as PRCTL;
+    t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
+    t.syscall_ok("prctl(PR_GET_TID_ADDRESS)", PRCTL, &[libc::PR_GET_TID_ADDRESS as u64, scratch + 64])?;
+    t.syscall_ok("prctl(PR_GET_PDEATHSIG)", PRCTL, &[libc::PR_GET_PDEATHSIG as u64, scratch + 72])?;
+    t.syscall_ok("prctl(PR_GET_TSC)", PRCTL, &[libc::PR_GET_TSC as u64, scratch + 76])?;
+    let securebits = t.syscall_ok("prctl(PR_GET_SECUREBITS)", PRCTL, &[libc::PR_GET_SECUREBITS as u64])? as u32;
+    let mce_kill = t.syscall_ok("prctl(PR_MCE_KILL_GET)", PRCTL, &[libc::PR_MCE_KILL_GET as u64])? as i32;
+    let cpuid = t.syscall(libc::SYS_arch_prctl, &[0x1011 /* ARCH_GET_CPUID */])?;
+    let thread_keyring = t.syscall(libc::SYS_keyctl, &[0 /* KEYCTL_GET_KEYRING_ID */, (-1i64) as u64 /* KEY_SPEC_THREAD_KEYRING */, 0])?;
+    let mut b = [0u8; 80];
+    process::read_remote(t.pid, scratch, &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
+    let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let d = |i: usize| i32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    Ok(ThreadExtra {
+        altstack: StackT { sp: w(0), flags: d(8), _pad: 0, size: w(16) },
+        clear_child_tid: w(64),
+        pdeath_signal: d(72),
+        tsc: d(76),
+        securebits,
+        cpuid,
+        thread_keyring,
+        mce_kill,
+    })
 }
 
 fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::ThreadCore> {
@@ -107,6 +177,8 @@ fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::Thre
         pending: pending.into_iter().map(|s| s.to_vec()).collect(),
         restart: None,
         cpu_affinity: cpu_affinity(tid),
+        pdeath_signal: extra.pdeath_signal,
+        mce_kill: extra.mce_kill,
     })
 }
 
@@ -116,6 +188,7 @@ fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::Thre
 pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra], info: &ParasiteInfo, timers: Vec<pb::PosixTimer>) -> Result<pb::TaskCore> {
     let main = &threads[0];
     let pid = main.pid.as_raw();
+    refuse_unsupported(pid, threads, extras, info)?;
     let comm = read_proc(pid, "comm")?.trim_end_matches('\n').to_string();
     let mut cores = Vec::new();
     for (i, (t, x)) in threads.iter().zip(extras).enumerate() {
@@ -143,7 +216,7 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         threads: cores,
         sigactions,
         itimers,
-        creds: Some(creds(pid)?),
+        creds: Some(creds(pid, &threads.iter().map(|t| t.pid.as_raw()).collect::<Vec<_>>(), &extras.iter().map(|x| x.securebits).collect::<Vec<_>>())?),
         rlimits: rlimits(pid)?,
         umask: info.umask,
         cwd: path_of(pid, "cwd")?,
@@ -153,11 +226,42 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         shared_pending: shared.into_iter().map(|s| s.to_vec()).collect(),
         posix_timers: timers,
         child_subreaper: info.child_subreaper != 0,
-        pdeath_signal: info.pdeath_signal,
         no_new_privs: info.no_new_privs > 0,
         stop_signal: 0,
         stop_unreported: false,
+        thp_disable: info.thp_disable,
+        membarrier: info.membarrier.max(0) as u32,
     })
+}
+
+/// Task state crtool cannot restore yet: refused with what it is.
+fn refuse_unsupported(pid: i32, threads: &[Tracee], extras: &[ThreadExtra], info: &ParasiteInfo) -> Result<()> {
+    let refuse = |what: String, hint: &'static str| Err(Error::Unsupported { pid, fd: None, what, hint: Some(hint) });
+    for (t, x) in threads.iter().zip(extras) {
+        let tid = t.pid.as_raw();
+        if x.tsc != libc::PR_TSC_ENABLE {
+            return refuse(format!("thread {tid} has rdtsc disabled (prctl PR_SET_TSC)"), "not supported yet");
+        }
+        if x.cpuid == 0 {
+            return refuse(format!("thread {tid} has CPUID faulting on (arch_prctl ARCH_SET_CPUID)"), "not supported yet");
+        }
+        if x.thread_keyring > 0 {
+            return refuse(format!("thread {tid} has a thread keyring ({})", x.thread_keyring), "keyrings are not supported yet");
+        }
+        if t.regs.cs != 0x33 {
+            return refuse(format!("thread {tid} runs 32-bit code (cs {:#x})", t.regs.cs), "only 64-bit tasks are supported");
+        }
+    }
+    if info.process_keyring > 0 {
+        return refuse(format!("it has a process keyring ({})", info.process_keyring), "keyrings are not supported yet");
+    }
+    if info.dumpable == 2 {
+        return refuse("it is dumpable only by root (PR_GET_DUMPABLE 2, suid_dumpable)".into(), "this dumpable mode cannot be set again");
+    }
+    if info.mdwe != 0 {
+        return refuse(format!("it denies writable-executable memory (PR_SET_MDWE {:#x})", info.mdwe), "not supported yet");
+    }
+    Ok(())
 }
 
 /// Applies in the restoring task what crtool sets with ordinary syscalls before the
@@ -168,9 +272,13 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     let pid = core.pid as i32;
     let fail = |what: String, e: std::io::Error| Error::Restore { pid, msg: format!("{what}: {e}") };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(core.umask));
-    process::set_personality(core.personality);
     process::set_comm(&core.comm);
-    process::set_prctl_flags(core.child_subreaper, core.pdeath_signal, core.no_new_privs);
+    process::set_prctl_flags(core.child_subreaper, core.no_new_privs);
+    // mm-wide flags, before the memory is filled.
+    if core.thp_disable != 0 {
+        process::set_thp_disable(core.thp_disable).map_err(|e| Error::Restore { pid, msg: format!("PR_SET_THP_DISABLE {}: {e}", core.thp_disable) })?;
+    }
+    process::register_membarrier(core.membarrier).map_err(|e| Error::Restore { pid, msg: format!("membarrier registrations {:#x}: {e}", core.membarrier) })?;
     std::env::set_current_dir(&core.cwd).map_err(|e| fail(format!("chdir {}", core.cwd), e))?;
     Ok(())
 }
@@ -246,6 +354,10 @@ pub fn fill_restorer_args(core: &pb::TaskCore, a: &mut RestorerArgs, cpu_tick_us
         }
     }
     let c = core.creds.clone().unwrap_or_default();
+    a.caps = [c.cap_inh, c.cap_prm, c.cap_eff, c.cap_bnd, c.cap_amb];
+    a.securebits = c.securebits;
+    a.cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+    a.personality = core.personality as u64;
     a.uids = [c.ruid, c.euid, c.suid, c.fsuid];
     a.gids = [c.rgid, c.egid, c.sgid, c.fsgid];
     let n = c.groups.len().min(a.groups.len());
@@ -266,6 +378,8 @@ pub fn thread_args(t: &pb::ThreadCore) -> ThreadArgs {
     a.robust_list = t.robust_list;
     a.robust_list_len = t.robust_list_len;
     a.clear_child_tid = t.clear_child_tid;
+    a.pdeath_signal = t.pdeath_signal;
+    a.mce_kill = t.mce_kill;
     if let Some(r) = &t.regs {
         a.fs_base = r.fs_base;
         a.gs_base = r.gs_base;

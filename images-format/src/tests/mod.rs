@@ -125,6 +125,8 @@ pub fn core() -> pb::TaskCore {
         pending: vec![vec![10u8; 128]],
         restart: (tid == 44).then(|| pb::SyscallRestart { nr: 202, args: vec![0x7f00_0000_0100, 128, 0, 0, 0, 0xffff_ffff], timeout_arg: Some(3), remaining_ns: 1_500_000_000 }),
         cpu_affinity: vec![3],
+        pdeath_signal: 15,
+        mce_kill: 2,
     };
     pb::TaskCore {
         pid: PID,
@@ -147,6 +149,7 @@ pub fn core() -> pb::TaskCore {
             euid: 1000,
             groups: vec![4, 27],
             cap_bnd: 0x1ff_ffff_ffff,
+            securebits: 0x10,
             ..Default::default()
         }),
         rlimits: vec![pb::Rlimit {
@@ -172,7 +175,8 @@ pub fn core() -> pb::TaskCore {
             overrun: 0,
         }],
         child_subreaper: true,
-        pdeath_signal: 15,
+        thp_disable: 3,
+        membarrier: 0x110,
         no_new_privs: false,
         stop_signal: 19,
         stop_unreported: true,
