@@ -16,7 +16,7 @@ fn shell_pipeline_session_comes_back_whole() {
         "pipeline",
         r#"
 cd "$T"
-setsid bash -c 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done | cat >> out.txt' </dev/null >/dev/null 2>&1 & P=$!; put pid $P
+"${AS_WL[@]}" setsid bash -c 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done | cat >> out.txt' </dev/null >/dev/null 2>&1 & P=$!; put pid $P
 wait_until has_lines "$T/out.txt" 10 || fail "the pipeline did not start counting"
 for k in $(cat /proc/$P/task/$P/children); do case "$(cat /proc/$k/comm)" in cat) CAT=$k;; bash) SUB=$k;; esac; done
 [ -n "${CAT:-}" ] && [ -n "${SUB:-}" ] || fail "no subshell and cat below the session leader"
@@ -137,19 +137,26 @@ fn nested_pid_namespace_comes_back_with_the_same_inner_pids() {
     let s = Scenario::run(
         "pidns",
         r#"
-unshare -pf --mount-proc setsid "$EXAMPLES/tree" "$T" </dev/null >"$T/tree.log" 2>&1 & U=$!
+# unshare (root) makes the namespace; its init drops to the workloads' credentials.
+unshare -pf --mount-proc "${AS_WL[@]}" setsid "$EXAMPLES/tree" "$T" </dev/null >"$T/tree.log" 2>&1 & U=$!
 wait_until nonempty "$T/ready" || fail "the tree did not get ready"
 read -r INIT _ </proc/$U/task/$U/children; put pid "$INIT"
 put nspid "$(awk '/^NSpid:/ {print $2, $3}' /proc/$INIT/status)"
 PIDS=$(tree_of $INIT | sort -n | tr '\n' ' '); put pids "$PIDS"
+# The init's parent, unshare, is not dumped: it goes, and the restored init gets
+# another parent.
+snapshot before $INIT --ignore-root-ppid
+pidset before $U
 run dump crt dump -t $INIT -D "$T/ck"
 need dump
 wait_until gone $PIDS $U || fail "the dumped namespace is still there"
 run restore crt restore -D "$T/ck" -d
 need restore
+pidset after
 # The restored init: a "tree" that is PID 1 of a namespace below ours.
 R=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ {n = $2} /^NSpid:/ && NF == 3 && $3 == 1 && n == "tree" {print $2}' "$f" 2>/dev/null; done | head -1)
 [ -n "$R" ] || fail "no restored init found"
+snapshot after $R --ignore-root-ppid
 put restored_nspid "$(awk '/^NSpid:/ {print $2, $3}' /proc/$R/status)"
 put inner "$(for p in $(tree_of $R); do awk '/^NSpid:/ {print $3}' /proc/$p/status; done | sort -n | tr '\n' ' ')"
 put outer_ns_of_ps "$(readlink /proc/$R/ns/pid)"
@@ -170,7 +177,7 @@ wait_until nonempty "$T/result" || fail "the tree wrote no result after SIGUSR1"
     };
     let inner_after: Vec<i32> = s.var("inner").split_whitespace().filter_map(|v| v.parse().ok()).collect();
     s.ensure(inner_before == inner_after, || format!("inner pids after the restore {inner_after:?}, before {inner_before:?}"));
-    s.passed("result");
+    s.roundtrip_ok("result");
     let ps = s.read("ps.after");
     s.ensure(ps.lines().count() == 43 && ps.lines().any(|l| l.starts_with("1 0 1 1 ")), || format!("`ps -e` inside after the restore:\n{ps}"));
 }
