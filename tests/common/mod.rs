@@ -313,6 +313,10 @@ impl Scenario {
         };
         let (Some(x), Some(y)) = (set(a), set(b)) else { return vec![format!("pidset {a} or {b} was not recorded")] };
         let mut out = Vec::new();
+        // The baseline taken before a dump holds at least the workload.
+        if a == "before" && x.is_empty() {
+            out.push("pidset before is empty: the scenario recorded it at the wrong moment".into());
+        }
         let extra: Vec<String> = y.iter().filter(|(p, c)| x.get(p) != Some(c)).map(|(p, c)| format!("{p} ({c})")).collect();
         let missing: Vec<String> = x.iter().filter(|(p, c)| y.get(p) != Some(c)).map(|(p, c)| format!("{p} ({c})")).collect();
         if !extra.is_empty() || !missing.is_empty() {

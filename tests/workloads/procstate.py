@@ -37,6 +37,11 @@ processes is one pipe.
 signal is pending for an instant before each delivery). --ignore-root-ppid prints the
 root's ppid as "-" (when the root is expected to get another parent).
 
+A zombie is reported as such, with its wait status, ids, exit_signal and uid/gid
+(what its parent and others can still observe: waitid's si_uid, kill of its group);
+the rest of what /proc shows of a dead task (its last signal masks, limits, ...) is
+left out: nothing can see it any more, and it is no state to restore.
+
 A process or thread that vanishes while it is read is reported as such in the output
 (and on stderr), never a crash. Python 3 standard library only.
 """
@@ -354,7 +359,8 @@ def link(pid, name):
 def describe(pid, root, names, descs, opts, out):
     """Appends the lines of process `pid` to `out`."""
     comm, st = parse_stat(read_text("/proc/%d/stat" % pid))
-    zombie = st[0] == "Z"
+    # (a group leader that exited while other threads run is Z too, but is no zombie)
+    zombie = st[0] == "Z" and int(st[17]) <= 1
     status = status_fields(read_text("/proc/%d/status" % pid))
     out.append("process %d [%s]" % (pid, esc(read_text("/proc/%d/comm" % pid).rstrip("\n"))))
     out.append("  state %s" % describe_state(st[0], st[49] if len(st) > 49 else "0"))
@@ -362,6 +368,11 @@ def describe(pid, root, names, descs, opts, out):
     out.append("  ppid %s pgid %s sid %s tty_nr %s tpgid %s" % (ppid, st[2], st[3], st[4], st[5]))
     out.append("  NSpid %s" % status.get("NSpid", "?"))
     out.append("  exit_signal %s" % st[35])
+    if zombie:
+        out.append("  Uid %s" % status.get("Uid", "?"))
+        out.append("  Gid %s" % status.get("Gid", "?"))
+        read_bytes("/proc/%d/stat" % pid)
+        return
     out.append("  sched %s" % sched(st))
     out.append("  threads %s" % st[17])
     for k in PROCESS_STATUS:
@@ -375,15 +386,14 @@ def describe(pid, root, names, descs, opts, out):
         out.append("    " + line.rstrip())
     for k in ("personality", "timerslack_ns", "oom_score_adj", "coredump_filter"):
         out.append("  %s %s" % (k, small(pid, k)))
-    if not zombie:
-        for k in ("cwd", "root", "exe"):
-            out.append("  %s %s" % (k, link(pid, k)))
-        out.append("  posix timers:")
-        out.extend("    " + t for t in timers(pid))
-        out.append("  maps:")
-        out.extend("    " + m for m in mappings(pid, names))
-        out.append("  fds:")
-        out.extend("    " + f for f in fds(pid, names, descs, opts["pos"]))
+    for k in ("cwd", "root", "exe"):
+        out.append("  %s %s" % (k, link(pid, k)))
+    out.append("  posix timers:")
+    out.extend("    " + t for t in timers(pid))
+    out.append("  maps:")
+    out.extend("    " + m for m in mappings(pid, names))
+    out.append("  fds:")
+    out.extend("    " + f for f in fds(pid, names, descs, opts["pos"]))
     try:
         tids = sorted(int(t) for t in os.listdir("/proc/%d/task" % pid))
     except (FileNotFoundError, ProcessLookupError) as e:

@@ -399,13 +399,16 @@ fn main() {
     unblock(&[libc::SIGHUP, rt(2)]);
     let got: Vec<Entry> = log().into_iter().filter(|e| e[0] != rt(4) as i64).collect();
     let (p, t, m) = (pid as i64, t as i64, m as i64);
+    // si_uid: the sender's real uid, ours (the workloads run unprivileged).
+    // SAFETY: getuid(2) cannot fail.
+    let u = unsafe { libc::getuid() } as i64;
     let want: Vec<Entry> = vec![
-        [libc::SIGUSR2 as i64, SI_TKILL as i64, p, 0, 0, t],
-        [rt(3) as i64, SI_QUEUE as i64, p, 0, 444, t],
-        [libc::SIGHUP as i64, SI_USER as i64, p, 0, 0, m],
-        [rt(2) as i64, SI_QUEUE as i64, p, 0, 111, m],
-        [rt(2) as i64, SI_QUEUE as i64, p, 0, 222, m],
-        [rt(2) as i64, SI_QUEUE as i64, p, 0, 333, m],
+        [libc::SIGUSR2 as i64, SI_TKILL as i64, p, u, 0, t],
+        [rt(3) as i64, SI_QUEUE as i64, p, u, 444, t],
+        [libc::SIGHUP as i64, SI_USER as i64, p, u, 0, m],
+        [rt(2) as i64, SI_QUEUE as i64, p, u, 111, m],
+        [rt(2) as i64, SI_QUEUE as i64, p, u, 222, m],
+        [rt(2) as i64, SI_QUEUE as i64, p, u, 333, m],
     ];
     // For SI_TKILL and SI_USER only si_pid and si_uid are meaningful.
     let normalize = |e: &Entry| if e[1] == SI_TKILL as i64 || e[1] == SI_USER as i64 { [e[0], e[1], e[2], e[3], 0, e[5]] } else { *e };
