@@ -11,12 +11,24 @@
 //! shows the scenario log and how to re-run the script by hand (the directory is
 //! kept; CRTOOL_E2E_KEEP=1 keeps those of passing scenarios too).
 //!
-//! Needs root, util-linux (unshare, setsid, taskset), procps (ps) and python3. The
-//! workloads are cargo examples (`memstate`, `threads`, `tree`, ... in
+//! Needs root, util-linux (unshare, setsid, setpriv, taskset), procps (ps) and
+//! python3. The workloads are cargo examples (`memstate`, `threads`, `tree`, ... in
 //! tests/workloads/), built by `cargo test`, plus tests/workloads/loop.py. Most of
 //! them follow one protocol: `NAME DIR [options]` sets itself up, writes DIR/ready,
 //! waits for SIGUSR1, checks its own state and writes PASS or FAIL: ... to
-//! DIR/result.
+//! DIR/result ("PASS (skipped: WHAT)" when the CPU cannot run a part of the check,
+//! which the test then reports on stderr).
+//!
+//! As in CRIU's zdtm, the workloads run as an unprivileged user ([`WL_UID`], with
+//! supplementary groups, no capabilities) unless a test needs root, so that
+//! credentials cannot come back right by being inherited from crtool. Besides the
+//! workload's own verdict, every roundtrip compares the visible state of the whole
+//! tree (tests/workloads/procstate.py: ids, credentials, capabilities, signal
+//! dispositions and masks, limits, mappings, fds, ...) taken after `ready` and before
+//! the dump with the one taken after the restore and before SIGUSR1 (`snapshot`,
+//! printed as a unified diff when they differ), and the processes of the scenario's
+//! PID namespace before the dump with those after the restore (`pidset`): nothing
+//! extra, nothing missing.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
