@@ -325,9 +325,7 @@ def fds(pid, names, descs, with_pos):
 def timers(pid):
     try:
         text = read_text("/proc/%d/timers" % pid)
-    except (PermissionError, OSError) as e:
-        if isinstance(e, Vanished):
-            raise
+    except PermissionError as e:
         return ["<unreadable: %s>" % e.strerror]
     out, cur = [], []
     for line in text.splitlines():
