@@ -7,10 +7,10 @@
 //!   queued to T only with value 444 (rt_tgsigqueueinfo), SIGHUP sent to the process
 //!   (kill), SIGRTMIN+2 queued to the process three times with values 111, 222, 333
 //!   (sigqueue);
-//! - ITIMER_REAL every 250 ms (SIGALRM, counted in M);
+//! - ITIMER_REAL due in 1.7 s, then every 5 s (SIGALRM, counted in M);
 //! - POSIX timers (raw ids, after three throw-away timers were created and deleted so
 //!   that the ids do not start at 0): t1 CLOCK_MONOTONIC → SIGRTMIN+4 value 0x1001,
-//!   every 400 ms, handled in M; t2 CLOCK_REALTIME → SIGRTMIN+5 value 0x2002 to
+//!   due in 2.1 s, then every 5 s, handled in M; t2 CLOCK_REALTIME → SIGRTMIN+5 value 0x2002 to
 //!   thread M (SIGEV_THREAD_ID; to T with `timer-to-thread`), due in 60 s then every
 //!   30 s; t3 CLOCK_MONOTONIC → SIGRTMIN+6, never armed;
 //! - child A: alarm(100).
@@ -19,11 +19,16 @@
 //! timer id, si_value and the thread.
 //!
 //! On SIGUSR1 it checks: the pending sets of M and T (/proc/self/task/TID/status
-//! SigPnd and ShdPnd) and sigpending(); ITIMER_REAL's interval and value and that it
-//! still fires; /proc/self/timers unchanged, timer_gettime on every recorded id (value
-//! and interval), and that t1 still fires with its siginfo; then T unblocks its two
-//! signals, M its two, and each must be delivered with its siginfo (values in queue
-//! order). A checks what alarm() has left. Writes DIR/result.
+//! SigPnd and ShdPnd) and sigpending(); /proc/self/timers unchanged; the interval and
+//! remaining time of ITIMER_REAL and of every POSIX timer (timer_gettime); that
+//! ITIMER_REAL and t1 first fire when their remaining time runs out, which must be
+//! their first value after they were armed plus at most the time the task was down
+//! (DIR/downtime: "START END" in microseconds of CLOCK_REALTIME, from right before the
+//! dump to right after the restore, written by the test) and a little: a restore that
+//! re-armed them with their interval (5 s) instead of what was left would fire seconds
+//! late; t1 with its siginfo; then T unblocks its two signals, M its two, and each
+//! must be delivered with its siginfo (values in queue order). A checks what alarm()
+//! has left. Writes DIR/result.
 
 #[path = "common.rs"]
 mod common;
@@ -49,11 +54,19 @@ type Entry = [i64; 6];
 static LOG: [[AtomicI64; 6]; 256] = [const { [const { AtomicI64::new(0) }; 6] }; 256];
 static LOGGED: AtomicUsize = AtomicUsize::new(0);
 static ALARMS: AtomicI32 = AtomicI32::new(0);
+/// CLOCK_REALTIME (ns) of the first SIGALRM and of the first SIGRTMIN+4 (t1).
+static FIRST_ALARM: AtomicI64 = AtomicI64::new(0);
+static FIRST_T1: AtomicI64 = AtomicI64::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let now = now_ns(libc::CLOCK_REALTIME);
     if sig == libc::SIGALRM {
+        let _ = FIRST_ALARM.compare_exchange(0, now, SeqCst, SeqCst);
         ALARMS.fetch_add(1, SeqCst);
         return;
+    }
+    if sig == rt(4) {
+        let _ = FIRST_T1.compare_exchange(0, now, SeqCst, SeqCst);
     }
     // SAFETY: the kernel passes a valid siginfo.
     let (code, a, b, value) = siginfo_fields(unsafe { &*info });
@@ -129,6 +142,63 @@ fn timer_gettime(id: i32) -> Result<Its, std::io::Error> {
 fn timer_delete(id: i32) {
     // SAFETY: deleting our own timer.
     check(unsafe { libc::syscall(libc::SYS_timer_delete, id) } == 0, "timer_delete");
+}
+
+// ---------------------------------------------------------------- timing
+
+/// ITIMER_REAL's first expiry and interval, t1's (ms).
+const REAL_VALUE_MS: i64 = 1700;
+const REAL_INTERVAL_MS: i64 = 5000;
+const T1_VALUE_MS: i64 = 2100;
+const T1_INTERVAL_MS: i64 = 5000;
+/// How late a timer may fire, or how far its remaining time may be off, beyond what
+/// the task's downtime explains (signal delivery, scheduling). Far below the 3 s a
+/// timer re-armed with its interval instead of its remaining time would be late.
+const SLACK_MS: i64 = 300;
+
+fn realtime_ms() -> i64 {
+    now_ns(libc::CLOCK_REALTIME) / 1_000_000
+}
+
+/// DIR/downtime: (start, end) in ms of CLOCK_REALTIME.
+fn downtime(dir: &std::path::Path) -> Option<(i64, i64)> {
+    let text = std::fs::read_to_string(dir.join("downtime")).ok()?;
+    let v: Vec<i64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (v.len() == 2 && v[1] >= v[0]).then(|| (v[0] / 1000, v[1] / 1000))
+}
+
+/// A timer set at `armed` (ms, realtime) to expire after `value` ms: checks its
+/// remaining time `left` (ms, read at `now`) while it has not fired yet. It counts
+/// down all the time but from when crtool read it to when the restore re-armed it,
+/// which lies within the downtime `down`.
+fn expect_left(r: &mut Report, name: &str, left_ns: i64, value: i64, armed: i64, now: i64, down: i64) {
+    let ran = now - armed;
+    let (lo, hi) = (value - ran - SLACK_MS, value - ran + down + SLACK_MS);
+    r.expect(left_ns > 0 && left_ns >= lo * 1_000_000 && left_ns <= hi * 1_000_000, || {
+        format!("{name} has {:.3} s left {:.3} s after it was set to {:.3} s (down {:.3} s), expected [{:.3}, {:.3}] s",
+            left_ns as f64 / 1e9, ran as f64 / 1e3, value as f64 / 1e3, down as f64 / 1e3, lo as f64 / 1e3, hi as f64 / 1e3)
+    });
+}
+
+/// Waits for the first expiry of a timer set at `armed` (ms, realtime) to `value` ms
+/// (`first`: its handler's realtime ns, 0 until it fired) and checks when it came:
+/// after the dump started, not before `value`, and at most `value` + `down` + slack
+/// after it was armed.
+fn expect_first_expiry(r: &mut Report, name: &str, first: &AtomicI64, value: i64, armed: i64, (d0, d1): (i64, i64)) {
+    let down = d1 - d0;
+    let due = armed + value + down + SLACK_MS;
+    // Wait a few seconds longer than it may take, to say how late it came.
+    wait_for(due - realtime_ms() + 6000, || first.load(SeqCst) != 0);
+    let at = first.load(SeqCst) / 1_000_000;
+    if at == 0 {
+        r.0.push(format!("{name} never fired (set to {value} ms, {} ms ago; down {down} ms)", realtime_ms() - armed));
+        return;
+    }
+    r.expect(at >= d0, || format!("setup: {name} fired {} ms after it was set, before the dump ({} ms after): the dump came too late to test it", at - armed, d0 - armed));
+    r.expect(at - armed >= value - 10 && at <= due, || {
+        format!("{name} (set to {value} ms) first fired {} ms after it was set, expected [{value}, {value} + {down} down + {SLACK_MS}] ms: \
+            restored with the wrong remaining time (its interval?)", at - armed)
+    });
 }
 
 // ---------------------------------------------------------------- pending signals
@@ -227,10 +297,13 @@ fn main() {
     let t2 = timer_create(libc::CLOCK_REALTIME, SIGEV_THREAD_ID, rt(5), 0x2002, if to_thread { t } else { gettid() });
     let t3 = timer_create(libc::CLOCK_MONOTONIC, SIGEV_SIGNAL, rt(6), 0x3003, 0);
     throwaway.into_iter().for_each(timer_delete);
-    timer_settime(t1, 400, 400);
+    let t1_set = realtime_ms();
+    timer_settime(t1, T1_VALUE_MS, T1_INTERVAL_MS);
+    let t2_set = realtime_ms();
     timer_settime(t2, 60_000, 30_000);
-    let t2_set = mono_ms();
-    let itv = libc::itimerval { it_interval: libc::timeval { tv_sec: 0, tv_usec: 250_000 }, it_value: libc::timeval { tv_sec: 0, tv_usec: 250_000 } };
+    let tv = |ms: i64| libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000 };
+    let itv = libc::itimerval { it_interval: tv(REAL_INTERVAL_MS), it_value: tv(REAL_VALUE_MS) };
+    let real_set = realtime_ms();
     // SAFETY: setitimer with a local value.
     check(unsafe { libc::setitimer(libc::ITIMER_REAL, &itv, std::ptr::null_mut()) } == 0, "setitimer");
     let timers_before = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
@@ -253,6 +326,9 @@ fn main() {
 
     wait_usr1();
     let mut r = Report::default();
+    let down = downtime(&dir);
+    r.expect(down.is_some(), || format!("no valid {} (written by the test before SIGUSR1)", dir.join("downtime").display()));
+    let (d0, d1) = down.unwrap_or((0, 0));
     // Still pending, where they were.
     let (m_now, t_now) = (pending_of(m), pending_of(t));
     r.expect(m_now == m_pending, || format!("main thread: pending (SigPnd, ShdPnd) {m_now:?}, expected {m_pending:?}"));
@@ -260,37 +336,57 @@ fn main() {
     let sp = sorted(sigpending());
     r.expect(sp == shared, || format!("main thread: sigpending() {sp:?}, expected {shared:?}"));
 
-    // ITIMER_REAL.
-    // SAFETY: itimerval is plain data; all zeros is a valid value.
-    let mut now: libc::itimerval = unsafe { std::mem::zeroed() };
-    // SAFETY: getitimer into a local.
-    unsafe { libc::getitimer(libc::ITIMER_REAL, &mut now) };
+    // ITIMER_REAL: interval, and what is left of the first value unless it fired.
+    let getitimer = || {
+        // SAFETY: itimerval is plain data; all zeros is a valid value.
+        let mut v: libc::itimerval = unsafe { std::mem::zeroed() };
+        // SAFETY: getitimer into a local.
+        unsafe { libc::getitimer(libc::ITIMER_REAL, &mut v) };
+        v
+    };
     let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
-    r.expect(us(now.it_interval) == 250_000, || format!("ITIMER_REAL interval is {} us, expected 250000", us(now.it_interval)));
-    r.expect(us(now.it_value) > 0 && us(now.it_value) <= 250_000, || format!("ITIMER_REAL has {} us left, expected (0, 250000]", us(now.it_value)));
+    let (fired, now_ms, real) = (FIRST_ALARM.load(SeqCst) != 0, realtime_ms(), getitimer());
+    r.expect(us(real.it_interval) == REAL_INTERVAL_MS * 1000, || format!("ITIMER_REAL interval is {} us, expected {}", us(real.it_interval), REAL_INTERVAL_MS * 1000));
+    if !fired {
+        expect_left(&mut r, "ITIMER_REAL", us(real.it_value) * 1000, REAL_VALUE_MS, real_set, now_ms, d1 - d0);
+    }
 
     // POSIX timers.
     let timers_now = std::fs::read_to_string("/proc/self/timers").unwrap_or_default();
     r.expect(timers_now == timers_before, || format!("/proc/self/timers is {timers_now:?}, was {timers_before:?}"));
-    let expect_timer = |r: &mut Report, name: &str, id: i32, interval_ms: i64, max_ms: i64, min_ms: i64| match timer_gettime(id) {
-        Err(e) => r.0.push(format!("timer_gettime({name}, id {id}): {e}")),
-        Ok(its) => {
-            let (i, v) = (ns(its.interval) / 1_000_000, ns(its.value));
-            r.expect(i == interval_ms, || format!("{name} (id {id}) has interval {i} ms, expected {interval_ms}"));
-            r.expect(v <= max_ms * 1_000_000 && v >= min_ms * 1_000_000 && (v > 0 || max_ms == 0), || format!("{name} (id {id}) is due in {v} ns, expected [{min_ms}, {max_ms}] ms"));
+    let down_ms = d1 - d0;
+    let gettime = |r: &mut Report, name: &str, id: i32| match timer_gettime(id) {
+        Err(e) => {
+            r.0.push(format!("timer_gettime({name}, id {id}): {e}"));
+            None
         }
+        Ok(its) => Some((ns(its.interval), ns(its.value))),
     };
-    expect_timer(&mut r, "t1", t1, 400, 400, 0);
-    expect_timer(&mut r, "t2", t2, 30_000, 60_000, 60_000 - (mono_ms() - t2_set) - 1000);
-    expect_timer(&mut r, "t3", t3, 0, 0, 0);
+    let t1_fired = FIRST_T1.load(SeqCst) != 0;
+    if let Some((i, v)) = gettime(&mut r, "t1", t1) {
+        r.expect(i == T1_INTERVAL_MS * 1_000_000, || format!("t1 (id {t1}) has interval {i} ns, expected {T1_INTERVAL_MS} ms"));
+        if !t1_fired {
+            expect_left(&mut r, &format!("t1 (id {t1})"), v, T1_VALUE_MS, t1_set, realtime_ms(), down_ms);
+        }
+    }
+    if let Some((i, v)) = gettime(&mut r, "t2", t2) {
+        r.expect(i == 30_000_000_000, || format!("t2 (id {t2}) has interval {i} ns, expected 30 s"));
+        expect_left(&mut r, &format!("t2 (id {t2})"), v, 60_000, t2_set, realtime_ms(), down_ms);
+    }
+    if let Some((i, v)) = gettime(&mut r, "t3", t3) {
+        r.expect(i == 0 && v == 0, || format!("t3 (id {t3}), never armed, has interval {i} ns and {v} ns left"));
+    }
 
-    // The interval timer and t1 still fire.
-    let (alarms, logged) = (ALARMS.load(SeqCst), log().len());
-    sleep_ms(1000);
-    let alarms_now = ALARMS.load(SeqCst);
-    r.expect(alarms_now >= alarms + 2, || format!("ITIMER_REAL fired {} times in 1 s after the restore (every 250 ms before)", alarms_now - alarms));
-    let fired: Vec<Entry> = log()[logged..].iter().filter(|e| e[0] == rt(4) as i64).copied().collect();
-    r.expect(fired.len() >= 2, || format!("t1 fired {} times in 1 s after the restore (every 400 ms before)", fired.len()));
+    // ITIMER_REAL and t1 first fire when what they had left runs out, and reload
+    // their interval.
+    expect_first_expiry(&mut r, "ITIMER_REAL", &FIRST_ALARM, REAL_VALUE_MS, real_set, (d0, d1));
+    let (since, after) = (realtime_ms() - FIRST_ALARM.load(SeqCst) / 1_000_000, getitimer());
+    r.expect(us(after.it_value) > (REAL_INTERVAL_MS - since - SLACK_MS) * 1000 && us(after.it_value) <= REAL_INTERVAL_MS * 1000, || {
+        format!("ITIMER_REAL has {} us left {since} ms after it fired, expected about {} ms (its interval)", us(after.it_value), REAL_INTERVAL_MS - since)
+    });
+    expect_first_expiry(&mut r, &format!("t1 (id {t1})"), &FIRST_T1, T1_VALUE_MS, t1_set, (d0, d1));
+    let fired: Vec<Entry> = log().iter().filter(|e| e[0] == rt(4) as i64).copied().collect();
+    r.expect(!fired.is_empty(), || "t1's signal was never logged".into());
     for e in &fired {
         r.expect(e[1] == SI_TIMER as i64 && e[2] == t1 as i64 && e[4] == 0x1001, || format!("t1's signal came with si_code {}, timer id {}, value {:#x}, expected {SI_TIMER}, {t1}, 0x1001", e[1], e[2], e[4]));
     }
@@ -303,13 +399,16 @@ fn main() {
     unblock(&[libc::SIGHUP, rt(2)]);
     let got: Vec<Entry> = log().into_iter().filter(|e| e[0] != rt(4) as i64).collect();
     let (p, t, m) = (pid as i64, t as i64, m as i64);
+    // si_uid: the sender's real uid, ours (the workloads run unprivileged).
+    // SAFETY: getuid(2) cannot fail.
+    let u = unsafe { libc::getuid() } as i64;
     let want: Vec<Entry> = vec![
-        [libc::SIGUSR2 as i64, SI_TKILL as i64, p, 0, 0, t],
-        [rt(3) as i64, SI_QUEUE as i64, p, 0, 444, t],
-        [libc::SIGHUP as i64, SI_USER as i64, p, 0, 0, m],
-        [rt(2) as i64, SI_QUEUE as i64, p, 0, 111, m],
-        [rt(2) as i64, SI_QUEUE as i64, p, 0, 222, m],
-        [rt(2) as i64, SI_QUEUE as i64, p, 0, 333, m],
+        [libc::SIGUSR2 as i64, SI_TKILL as i64, p, u, 0, t],
+        [rt(3) as i64, SI_QUEUE as i64, p, u, 444, t],
+        [libc::SIGHUP as i64, SI_USER as i64, p, u, 0, m],
+        [rt(2) as i64, SI_QUEUE as i64, p, u, 111, m],
+        [rt(2) as i64, SI_QUEUE as i64, p, u, 222, m],
+        [rt(2) as i64, SI_QUEUE as i64, p, u, 333, m],
     ];
     // For SI_TKILL and SI_USER only si_pid and si_uid are meaningful.
     let normalize = |e: &Entry| if e[1] == SI_TKILL as i64 || e[1] == SI_USER as i64 { [e[0], e[1], e[2], e[3], 0, e[5]] } else { *e };

@@ -1,0 +1,274 @@
+//! End-to-end tests of single processes: memstate (memory, registers, signal
+//! state, limits, files), restore without -d, loop.py, images that are deterministic,
+//! and the image tools. See tests/common/mod.rs for how scenarios run.
+
+mod common;
+
+use common::*;
+
+// ------------------------------------------------------------------ memstate
+
+#[test]
+fn memstate_survives_dump_and_restore() {
+    let s = memstate_roundtrip("memstate-raw", "no-shared-anon", "");
+    s.ensure(s.out("show").contains("raw pages"), || format!("show does not say raw pages:\n{}", s.out("show")));
+}
+
+#[test]
+fn memstate_survives_dump_and_restore_compressed() {
+    let s = memstate_roundtrip("memstate-zstd", "no-shared-anon", "--compress");
+    s.ensure(s.out("show").contains("zstd pages"), || format!("show does not say zstd pages:\n{}", s.out("show")));
+}
+
+/// The same as above with a MAP_SHARED|MAP_ANONYMOUS region in the task as well.
+#[test]
+fn memstate_with_shared_anonymous_memory() {
+    memstate_roundtrip("memstate-shared", "", "");
+}
+
+/// memstate as root: a task with every capability (the others run as an
+/// unprivileged user with none) must get them all back.
+#[test]
+fn memstate_as_root_keeps_its_capabilities() {
+    memstate_roundtrip_as("memstate-root", Creds::Root, "", "");
+}
+
+#[test]
+fn restore_without_detach_exits_with_the_task_status() {
+    let s = Scenario::run(
+        "exit-status",
+        r#"
+# restore_up LOG PID: crtool (PID) logged that the task runs, or crtool is gone.
+restore_up() { grep -q "restored and running" "$1" 2>/dev/null || dead "$2"; }
+# idle: no interval timers, so the verdict depends on nothing but the restore.
+start_memstate idle no-shared-anon; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "memstate did not get ready"
+# Its parent is crtool after this restore: the root's ppid is left out of the
+# snapshots and checked on its own, and crtool is no extra process.
+snapshot before $P --ignore-root-ppid
+pidset before
+run dump "$CRTOOL" dump -t $P -D "$T/ck"
+need dump
+wait_until dead $P || fail "the dumped process is still alive"
+# 1: SIGUSR1, the task verifies itself and exits 0 (PASS) or 1.
+"$CRTOOL" restore -D "$T/ck" -o restore1.log >"$T/restore1.out" 2>"$T/restore1.err" & R=$!; put crtool1 $R
+wait_until restore_up "$T/ck/restore1.log" $R
+grep -q "restored and running" "$T/ck/restore1.log" || fail "restore 1 did not get the task running: $(cat "$T/restore1.err")"
+alive $P && put alive1 yes
+pidset after $R
+snapshot after $P --ignore-root-ppid
+put ppid1 "$(snap $P | cut -d' ' -f3)"
+kill -USR1 $P
+wait $R; echo $? >"$T/restore1.rc"
+# 2: the same images again; this time the task is killed by SIGTERM: 128 + 15.
+"$CRTOOL" restore -D "$T/ck" -o restore2.log >"$T/restore2.out" 2>"$T/restore2.err" & R=$!
+wait_until restore_up "$T/ck/restore2.log" $R
+grep -q "restored and running" "$T/ck/restore2.log" || fail "restore 2 did not get the task running: $(cat "$T/restore2.err")"
+alive $P && put alive2 yes
+kill -TERM $P
+wait $R; echo $? >"$T/restore2.rc"
+"#,
+    );
+    s.ensure(s.var("alive1") == "yes", || "the task was not running during restore 1".into());
+    let (ppid, crtool) = (s.var("ppid1"), s.var("crtool1"));
+    s.ensure(ppid == crtool, || format!("the task's parent during restore 1 is {ppid}, not crtool ({crtool})"));
+    s.roundtrip_ok("result");
+    let rc1 = s.rc("restore1");
+    s.ensure(rc1 == 0, || format!("crtool restore exited {rc1}, the task exited 0 after PASS; stderr:\n{}", s.err("restore1")));
+    s.ensure(s.var("alive2") == "yes", || "the task was not running during restore 2".into());
+    let rc2 = s.rc("restore2");
+    s.ensure(rc2 == 128 + libc::SIGTERM, || format!("crtool restore exited {rc2}, expected 143 (task killed by SIGTERM); stderr:\n{}", s.err("restore2")));
+}
+
+// ------------------------------------------------------------------ python loop
+
+#[test]
+fn python_loop_continues_after_restore() {
+    let s = Scenario::run(
+        "pyloop",
+        r#"
+start_loop; P=$!; put pid $P
+wait_until has_lines "$T/out.txt" 10 || fail "loop.py did not start counting"
+snapshot before $P --no-pos
+pidset before
+run dump "$CRTOOL" dump -t $P -D "$T/ck"
+need dump
+wait_until dead $P || fail "the dumped process is still alive"
+put n_dumped "$(lines "$T/out.txt")"
+sleep 0.5
+put n_dead "$(lines "$T/out.txt")"
+run restore "$CRTOOL" restore -D "$T/ck" -d
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 20 )) && put counting yes
+put tracer "$(tracer $P)"
+kill $P
+wait_until dead $P
+"#,
+    );
+    let p = s.pid();
+    s.ok("dump");
+    s.ok("restore");
+    let (dumped, dead) = (s.var("n_dumped"), s.var("n_dead"));
+    s.ensure(dumped == dead, || format!("lines were written while the process was dumped and dead ({dumped} → {dead})"));
+    s.ensure(s.var("counting") == "yes", || format!("pid {p} did not keep counting after restore"));
+    s.ensure(s.var("tracer") == "0", || format!("pid {p} is still traced after restore (TracerPid {})", s.var("tracer")));
+    let n = s.counter("out.txt");
+    let dumped: u64 = dumped.trim().parse().unwrap();
+    s.ensure(n >= dumped + 20, || format!("only {n} lines, {dumped} at the dump"));
+    let mut p = s.state_problems("before", "after");
+    p.extend(s.pidset_problems("before", "after"));
+    s.all_ok(p);
+}
+
+/// `>out.txt 2>&1`: fds 1 and 2 share one open file description (one offset). After
+/// the restore they must still share it, or the two streams overwrite each other.
+#[test]
+fn fds_sharing_a_file_description_stay_shared() {
+    let s = Scenario::run(
+        "shared-description",
+        r#"
+"${AS_WL[@]}" setsid "$PY3" "$LOOP_PY" --alternate </dev/null >"$T/out.txt" 2>&1 & P=$!; put pid $P
+wait_until has_lines "$T/out.txt" 10 || fail "loop.py did not start counting"
+snapshot before $P --no-pos
+pidset before
+run dump "$CRTOOL" dump -t $P -D "$T/ck"
+need dump
+wait_until dead $P || fail "the dumped process is still alive"
+run restore "$CRTOOL" restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+sleep 1
+kill $P
+wait_until dead $P
+put size "$(stat -c %s "$T/out.txt")"
+"#,
+    );
+    let n = s.counter("out.txt");
+    s.ensure(n >= 20, || format!("only {n} lines in out.txt (size {})", s.var("size")));
+    let mut p = s.state_problems("before", "after");
+    p.extend(s.pidset_problems("before", "after"));
+    s.all_ok(p);
+}
+
+// ------------------------------------------------------------------ determinism
+
+/// Two dumps (--leave-running) of an idle memstate must be byte-identical, on
+/// whatever CPUs the task and crtool happen to run (it is not pinned: the CPU number
+/// the kernel keeps in the task's rseq area must not leak into the images), and must
+/// leave the task's visible state and the PID namespace as they were.
+#[test]
+fn two_dumps_of_an_idle_task_are_identical() {
+    let s = Scenario::run(
+        "double-dump",
+        r#"
+start_memstate idle no-shared-anon; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "memstate did not get ready"
+snapshot before $P
+pidset before
+run dump1 "$CRTOOL" dump -t $P -D "$T/ck1" --leave-running
+sleep 0.3
+run dump2 "$CRTOOL" dump -t $P -D "$T/ck2" --leave-running
+pidset after
+snapshot after $P
+kill -USR1 $P
+wait_until nonempty "$T/result"
+"#,
+    );
+    s.ok("dump1");
+    s.ok("dump2");
+    let mut p = dump_differences(&s, 8);
+    p.extend(s.verdict("result").err().map(|e| format!("after two dumps with --leave-running: {e}")));
+    p.extend(s.state_problems("before", "after"));
+    p.extend(s.pidset_problems("before", "after"));
+    s.all_ok(p);
+}
+
+/// The same for a small idle tree: the `pipes` workload (two processes, a pipe and a
+/// FIFO with data in them), not pinned either. It must still verify afterwards (the
+/// dumps read the pipes' data without consuming it).
+#[test]
+fn two_dumps_of_an_idle_tree_are_identical() {
+    let s = Scenario::run(
+        "double-dump-tree",
+        r#"
+start_wl pipes; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "pipes did not get ready"
+put pids "$(tree_of $P | tr '\n' ' ')"
+snapshot before $P
+pidset before
+run dump1 "$CRTOOL" dump -t $P -D "$T/ck1" --leave-running
+sleep 0.3
+run dump2 "$CRTOOL" dump -t $P -D "$T/ck2" --leave-running
+pidset after
+snapshot after $P
+kill -USR1 $P
+wait_until nonempty "$T/result"
+"#,
+    );
+    s.ensure(s.var("pids").split_whitespace().count() == 2, || format!("setup: the tree is {}", s.var("pids")));
+    s.ok("dump1");
+    s.ok("dump2");
+    let mut p = dump_differences(&s, 13);
+    if !image_files(&s.path("ck1")).contains_key("pipes.img") {
+        p.push("no pipes.img in the dump".into());
+    }
+    p.extend(s.verdict("result").err());
+    p.extend(s.state_problems("before", "after"));
+    p.extend(s.pidset_problems("before", "after"));
+    s.all_ok(p);
+}
+
+// ------------------------------------------------------------------ tools
+
+#[test]
+fn show_decode_verify_and_check() {
+    let s = Scenario::run(
+        "tools",
+        r#"
+start_loop; P=$!; put pid $P
+wait_until has_lines "$T/out.txt" 5 || fail "loop.py did not start counting"
+run dump "$CRTOOL" dump -t $P -D "$T/ck" --leave-running
+run dumpz "$CRTOOL" dump -t $P -D "$T/ckz" --leave-running --compress
+kill $P
+run show "$CRTOOL" show "$T/ck"
+run showz "$CRTOOL" show "$T/ckz"
+run verify "$CRTOOL" verify "$T/ck"
+run verifyz "$CRTOOL" verify "$T/ckz"
+for d in ck ckz; do
+    for f in "$T/$d"/*.img; do run "decode-$d-$(basename "$f")" "$CRTOOL" decode "$f" --json; done
+done
+run check "$CRTOOL" check
+"#,
+    );
+    let p = s.pid();
+    s.ok("dump");
+    s.ok("dumpz");
+    for (step, kind) in [("show", "raw pages"), ("showz", "zstd pages")] {
+        s.ok(step);
+        let out = s.out(step);
+        for needle in [&format!("{p} "), "python", "files:", "out.txt", kind] {
+            s.ensure(out.contains(needle), || format!("`crtool {step}` does not mention {needle:?}:\n{out}"));
+        }
+    }
+    let kinds = ["inventory.img", "pstree.img", "files.img", &format!("core-{p}.img"), &format!("mm-{p}.img"), &format!("pagemap-{p}.img"), &format!("fdinfo-{p}.img"), &format!("pages-{p}.img")];
+    for d in ["ck", "ckz"] {
+        let step = if d == "ck" { "verify" } else { "verifyz" };
+        s.ok(step);
+        let present = image_files(&s.path(d));
+        for k in kinds {
+            s.ensure(present.contains_key(k), || format!("{d}/{k} is missing; images: {:?}", present.keys().collect::<Vec<_>>()));
+            s.ensure(s.out(step).contains(k), || format!("`crtool verify {d}` does not list {k}:\n{}", s.out(step)));
+            let step = format!("decode-{d}-{k}");
+            s.ok(&step);
+            let json: serde_json::Value = serde_json::from_str(&s.out(&step))
+                .unwrap_or_else(|e| s.fail(&format!("`crtool decode {d}/{k} --json` is not JSON ({e}):\n{}", tail(&s.out(&step), 20))));
+            s.ensure(!json.is_null(), || format!("{d}/{k} decodes to null"));
+        }
+        let core = s.out(&format!("decode-{d}-core-{p}.img"));
+        s.ensure(core.contains(&p.to_string()) && core.contains("python"), || format!("{d}/core-{p}.img decodes without its pid or comm:\n{}", tail(&core, 30)));
+    }
+    s.ok("check");
+    s.ensure(s.out("check").contains("Looks good."), || format!("`crtool check`:\n{}", s.out("check")));
+}
