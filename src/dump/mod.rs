@@ -174,7 +174,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         };
         if let Some(status) = p.zombie {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default().trim_end_matches('\n').to_string();
-            entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm });
+            let id = |key| crate::procinfo::ids(p.pid, key).unwrap_or_default().into_iter().map(|v| v as u32).collect();
+            entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm, uids: id("Uid"), gids: id("Gid") });
             continue;
         }
         let survey = surveys.next().ok_or(Error::NoProcess(p.pid))?;
@@ -182,7 +183,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         ctx.stats.processes += 1;
         ctx.stats.threads += p.threads.len();
         let threads = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw()) as u32).collect();
-        entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new() });
+        entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![] });
     }
 
     let dir = &ctx.opts.dir;

@@ -40,16 +40,18 @@ pub fn find_area(pid: i32, target: &[pb::Vma], len: u64) -> Result<u64> {
 
 /// How a private VMA is first mapped so that the kernel accounts it as it did
 /// ("ac" in smaps): accounted ones read-write (protected after the fill), writable
-/// unaccounted ones with MAP_NORESERVE, the rest with their final protection.
+/// unaccounted ones with MAP_NORESERVE, the rest with their final protection (and
+/// MAP_NORESERVE where they had it, "nr").
 /// Returns (protection, extra mmap flags).
 fn initial_prot(v: &pb::Vma) -> (i32, i32) {
     let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let noreserve = if vma::has_flag(v, "nr") { libc::MAP_NORESERVE } else { 0 };
     if vma::has_flag(v, "ac") {
         (rw, 0)
     } else if v.prot & libc::PROT_WRITE as u32 != 0 {
         (rw, libc::MAP_NORESERVE)
     } else {
-        (v.prot as i32, 0)
+        (v.prot as i32, noreserve)
     }
 }
 

@@ -145,6 +145,9 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     if me.task.is_none() {
         // A zombie: end the way the original did and stay unreaped.
         process::set_comm(&t.comm);
+        if let (&[r, e, s, _], &[gr, ge, gs, _]) = (t.uids.as_slice(), t.gids.as_slice()) {
+            process::set_ids([r, e, s], [gr, ge, gs]).map_err(|e| fail(format!("zombie credentials: {e}")))?;
+        }
         process::exit_like(t.exit_status);
     }
 

@@ -229,6 +229,17 @@ pub fn set_prctl_flags(subreaper: bool, no_new_privs: bool) {
     }
 }
 
+/// setresgid then setresuid of this (forked) process; supplementary groups dropped.
+pub fn set_ids(uids: [u32; 3], gids: [u32; 3]) -> Result<(), Errno> {
+    // SAFETY: id syscalls taking plain integers (and no group list).
+    unsafe {
+        Errno::result(libc::setgroups(0, std::ptr::null()))?;
+        Errno::result(libc::setresgid(gids[0], gids[1], gids[2]))?;
+        Errno::result(libc::setresuid(uids[0], uids[1], uids[2]))?;
+    }
+    Ok(())
+}
+
 /// PR_SET_THP_DISABLE for this mm: `value` as PR_GET_THP_DISABLE reported it (1:
 /// disabled; 3: disabled except where madvise(MADV_HUGEPAGE)d, Linux 6.18).
 pub fn set_thp_disable(value: i32) -> Result<(), Errno> {

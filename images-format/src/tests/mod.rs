@@ -63,6 +63,7 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             zombie: false,
             exit_status: 0,
             comm: String::new(),
+            ..Default::default()
         },
         pb::PstreeEntry {
             pid: 43,
@@ -73,6 +74,7 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             zombie: false,
             exit_status: 0,
             comm: String::new(),
+            ..Default::default()
         },
         pb::PstreeEntry {
             pid: 45,
@@ -83,6 +85,8 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             zombie: true,
             exit_status: 9,
             comm: "worker".into(),
+            uids: vec![1000, 1000, 1000, 1000],
+            gids: vec![100, 100, 100, 100],
         },
     ]
 }
@@ -198,6 +202,7 @@ pub fn mm() -> pb::Mm {
         shmid: if kind == VmaKind::VmaAnonShared { 99 } else { 0 },
         shmem_owner: kind == VmaKind::VmaAnonShared,
         flags: if path == "[heap]" { vec!["ac".into()] } else { vec![] },
+        identity: path.starts_with('/').then(|| pb::FileIdentity { size: 8192, mtime_ns: 1_700_000_000_000_000_000, build_id: vec![0xab; 20], crc32: None }),
     };
     pb::Mm {
         start_code: 0x40_0000,
