@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::mem::dump::PageStats;
 use crate::sys::{cpu, mm};
+use crate::task;
 use images_format::{pb, Compression, ImageKind, write_entries};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -137,6 +138,18 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     }
     // Refuse what cannot be restored before any parasite enters any task (the tree
     // is frozen, so what is read here stays true for the dump itself).
+    let live: Vec<task::precheck::Proc> = tree
+        .procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| task::precheck::Proc { pid: p.pid, tids: p.threads.iter().map(|t| t.pid.as_raw()).collect() })
+        .collect();
+    let root_mnt = tree.new_mount_ns.then(|| std::fs::read_link(format!("/proc/{root}/ns/mnt")).ok()).flatten();
+    for p in &live {
+        task::precheck::check_process(p, root_mnt.as_deref())?;
+    }
+    task::precheck::check_sharing(&live)?;
+    task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
     let mut surveys = Vec::new();
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
         surveys.push(process::Survey::take(p.pid)?);

@@ -107,7 +107,9 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let info = parasite.info()?;
     let numbers: Vec<i32> = fds.iter().map(|f| f.fd).collect();
     let dups = parasite.fds(&numbers)?;
-    let fd_entries = ctx.files.dump_fds(pid, &fds, &dups)?;
+    let tids = ctx.tids.clone();
+    let vpid = move |outer: i32| tids.iter().find(|(t, _)| *t == outer).map(|&(_, v)| v);
+    let fd_entries = ctx.files.dump_fds(pid, &fds, &dups, &vpid)?;
     drop(dups);
 
     let mut pages = PagesWriter::create(&ctx.opts.dir, p.vpid as u32, ctx.compression)?;

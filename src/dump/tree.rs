@@ -124,6 +124,15 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                 }
             };
             if state == 'Z' {
+                let threads = procinfo::ids(pid, "Threads").and_then(|v| v.first().copied()).unwrap_or(1);
+                if threads > 1 {
+                    return Err(Error::Unsupported {
+                        pid,
+                        fd: None,
+                        what: format!("its main thread has exited while {} other threads run on", threads - 1),
+                        hint: Some("not supported yet"),
+                    });
+                }
                 procs[idx].zombie = Some(exit);
                 continue;
             }

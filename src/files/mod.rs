@@ -27,6 +27,8 @@ pub struct FdInfo {
     pub pos: u64,
     /// open(2) flags from fdinfo, including O_CLOEXEC.
     pub flags: u32,
+    /// fdinfo lists a lock on the file (flock, POSIX, OFD, lease).
+    pub locked: bool,
 }
 
 /// An open-file kind crtool can save and bring back.
@@ -55,7 +57,8 @@ pub fn list(pid: i32) -> Result<Vec<FdInfo>> {
         let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
         let pos = field("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
         let flags = field("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
-        out.push(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags });
+        let locked = info.lines().any(|l| l.starts_with("lock:"));
+        out.push(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked });
     }
     out.sort_by_key(|f| f.fd);
     Ok(out)
@@ -78,6 +81,9 @@ pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
         if let Some((kind, hint)) = what {
             return Err(Error::Unsupported { pid, fd: Some(f.fd), what: format!("{kind} {}", f.link), hint });
         }
+        if f.locked {
+            return Err(Error::Unsupported { pid, fd: Some(f.fd), what: format!("{} is locked (flock, POSIX, OFD lock or lease)", f.link), hint: Some("file locks are not supported yet (CRIU's --file-locks)") });
+        }
     }
     Ok(())
 }
@@ -94,8 +100,9 @@ pub struct FileTable {
 
 impl FileTable {
     /// Describes every fd of `pid` (given duplicates received from it), reusing the
-    /// entry of a description another fd already shares.
-    pub fn dump_fds(&mut self, pid: i32, fds: &[FdInfo], dups: &[OwnedFd]) -> Result<Vec<pb::FdEntry>> {
+    /// entry of a description another fd already shares. `vpid` maps a pid as crtool
+    /// sees it into the tree's namespace (`None`: outside the tree).
+    pub fn dump_fds(&mut self, pid: i32, fds: &[FdInfo], dups: &[OwnedFd], vpid: &dyn Fn(i32) -> Option<i32>) -> Result<Vec<pb::FdEntry>> {
         let mut out = Vec::new();
         for (info, dup) in fds.iter().zip(dups) {
             let st = fstat(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: fstat", info.fd), e))?;
@@ -128,7 +135,8 @@ impl FileTable {
                         }
                     };
                     let id = self.entries.len() as u32 + 1;
-                    self.entries.push(pb::FileEntry { id, kind: Some(kind) });
+                    let (owner, signum) = owner_of(pid, info, dup, vpid)?;
+                    self.entries.push(pb::FileEntry { id, kind: Some(kind), owner, signum });
                     self.owners.push((pid, info.fd, st.st_dev, st.st_ino));
                     id
                 }
@@ -137,6 +145,23 @@ impl FileTable {
         }
         Ok(out)
     }
+}
+
+/// The owner (F_GETOWN_EX) and signal (F_GETSIG) of an open file description,
+/// read through crtool's duplicate of it. An owner outside the tree is refused.
+fn owner_of(pid: i32, info: &FdInfo, dup: &OwnedFd, vpid: &dyn Fn(i32) -> Option<i32>) -> Result<(Option<pb::FileOwner>, i32)> {
+    let (ty, owner) = fd::get_owner(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: F_GETOWN_EX", info.fd), e))?;
+    let signum = fd::get_sig(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: F_GETSIG", info.fd), e))?;
+    if owner == 0 {
+        return Ok((None, signum));
+    }
+    let v = vpid(owner).ok_or_else(|| Error::Unsupported {
+        pid,
+        fd: Some(info.fd),
+        what: format!("{} sends SIGIO to {} {owner}, outside the dumped tree", info.link, if ty == 2 { "process group" } else { "pid" }),
+        hint: Some("clear it (fcntl F_SETOWN 0) or dump the tree that holds the owner"),
+    })?;
+    Ok((Some(pb::FileOwner { r#type: ty, pid: v }), signum))
 }
 
 /// Every open file description of the tree, opened by crtool before it forks the
@@ -161,12 +186,28 @@ impl Parked {
                 Kind::Fifo(p) => pipe_ends.open_fifo(p),
             }
             .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
+            // open(2) ignores O_ASYNC; F_SETSIG is part of the description.
+            if flags_of(kind) & libc::O_ASYNC as u32 != 0 || f.signum != 0 {
+                fd::set_async(&fd, flags_of(kind) & libc::O_ASYNC as u32 != 0, f.signum)
+                    .map_err(|e| Error::Reported(format!("cannot restore O_ASYNC/F_SETSIG of {}: {e}", describe(kind))))?;
+            }
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         for k in pipe_ends.into_keepers() {
             parked.keepers.push(park(k, park_at)?);
         }
         Ok(parked)
+    }
+
+    /// Sets the SIGIO owner of every description that had one (F_SETOWN_EX), once
+    /// the tree exists; `outer` maps an id of the tree's namespace to crtool's.
+    pub fn set_owners(&self, files: &[pb::FileEntry], outer: &dyn Fn(i32) -> Option<i32>) -> Result<()> {
+        for f in files {
+            let (Some(o), Some(&fd)) = (&f.owner, self.by_id.get(&f.id)) else { continue };
+            let pid = outer(o.pid).ok_or_else(|| Error::Restore { pid: o.pid, msg: format!("the SIGIO owner {} of file {} is not in the restored tree", o.pid, f.id) })?;
+            fd::set_owner(fd, o.r#type, pid).map_err(|e| Error::Restore { pid: o.pid, msg: format!("F_SETOWN_EX on file {}: {e}", f.id) })?;
+        }
+        Ok(())
     }
 
     /// Highest parked fd number.
@@ -235,6 +276,15 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Err(e) => Err(format!("cannot find it: {e}")),
         },
         Kind::Pipe(_) => Ok(()),
+    }
+}
+
+fn flags_of(kind: &Kind) -> u32 {
+    match kind {
+        Kind::Reg(r) => r.flags,
+        Kind::Chr(c) => c.flags,
+        Kind::Pipe(p) => p.flags,
+        Kind::Fifo(f) => f.flags,
     }
 }
 

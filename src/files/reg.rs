@@ -9,6 +9,8 @@ pub struct RegFileKind(pub pb::RegFile);
 
 /// statfs f_type of nsfs (namespace files, include/uapi/linux/magic.h).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// statfs f_type of the mqueue filesystem (POSIX message queues).
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
 
 /// Flags that only matter when the file is first opened.
 const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
@@ -24,6 +26,7 @@ impl FileKind for RegFileKind {
                 return refuse(format!("open file {} in /proc", info.link), "files of /proc are not supported; close it before the dump");
             }
             Ok(m) if m == NSFS_MAGIC => return refuse(format!("namespace file {}", info.link), "namespace files are not supported yet"),
+            Ok(m) if m == MQUEUE_MAGIC => return refuse(format!("POSIX message queue {}", info.link), "message queues are not supported yet"),
             _ => {}
         }
         if !info.link.starts_with('/') {

@@ -173,7 +173,16 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             drop(go_r);
             let expected = supervise::Expected::from(&imgs);
             let sup = supervise::Supervisor::new(root, status_r, vdso_syscall, &imgs);
-            let done = sup.run(&go_w, expected);
+            let done = sup.run(&go_w, expected).and_then(|mut sup| {
+                // SIGIO owners name tasks, which exist now.
+                match parked.set_owners(&imgs.files, &|v| sup.outer_pid(v)) {
+                    Ok(()) => Ok(sup),
+                    Err(e) => {
+                        sup.kill_all();
+                        Err(e)
+                    }
+                }
+            });
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {
                 g.close();

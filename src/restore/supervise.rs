@@ -434,9 +434,15 @@ impl Supervisor {
         }
     }
 
+    /// The id (as crtool sees it) of the restored thread or process whose id in the
+    /// tree's namespace is `vpid`.
+    pub fn outer_pid(&self, vpid: i32) -> Option<i32> {
+        self.restored.keys().map(|t| t.as_raw()).find(|&t| procinfo::innermost_pid(t) == Some(vpid))
+    }
+
     /// Kills every task of the half-built tree: those we have seen and any other that
     /// we trace (a task forked but not yet reported), until none is left.
-    fn kill_all(&mut self) {
+    pub fn kill_all(&mut self) {
         let me = std::process::id() as i32;
         for _ in 0..250 {
             let mut victims: Vec<Pid> = self.known.iter().copied().collect();

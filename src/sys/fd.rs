@@ -93,3 +93,51 @@ pub fn fs_magic(fd: &OwnedFd) -> io::Result<i64> {
     }
     Ok(st.f_type as i64)
 }
+
+// fcntl commands libc does not define (include/uapi/asm-generic/fcntl.h).
+const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+const F_SETOWN_EX: i32 = 15;
+const F_GETOWN_EX: i32 = 16;
+
+#[repr(C)]
+struct FOwnerEx {
+    ty: i32,
+    pid: i32,
+}
+
+/// fcntl(F_GETOWN_EX): (F_OWNER_TID/PID/PGRP, id; 0 = no owner).
+pub fn get_owner(fd: &OwnedFd) -> Result<(i32, i32), Errno> {
+    let mut o = FOwnerEx { ty: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex into our local.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, &mut o as *mut FOwnerEx) })?;
+    Ok((o.ty, o.pid))
+}
+
+/// fcntl(F_SETOWN_EX) on a raw (parked) fd.
+pub fn set_owner(fd: RawFd, ty: i32, pid: i32) -> Result<(), Errno> {
+    let o = FOwnerEx { ty, pid };
+    // SAFETY: F_SETOWN_EX reads one struct f_owner_ex from our local.
+    Errno::result(unsafe { libc::fcntl(fd, F_SETOWN_EX, &o as *const FOwnerEx) }).map(drop)
+}
+
+/// fcntl(F_GETSIG).
+pub fn get_sig(fd: &OwnedFd) -> Result<i32, Errno> {
+    // SAFETY: F_GETSIG takes no argument.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) })
+}
+
+/// Adds O_ASYNC (F_SETFL) and sets F_SETSIG on a description.
+pub fn set_async(fd: &OwnedFd, on: bool, sig: i32) -> Result<(), Errno> {
+    // SAFETY: fcntl commands taking integers, on an fd we own.
+    unsafe {
+        if sig != 0 {
+            Errno::result(libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig))?;
+        }
+        if on {
+            let fl = Errno::result(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+            Errno::result(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_ASYNC))?;
+        }
+    }
+    Ok(())
+}

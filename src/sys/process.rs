@@ -93,6 +93,28 @@ pub fn same_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<bool, Errno> 
     Ok(Errno::result(r)? == 0)
 }
 
+/// What kcmp(2) compares between two processes.
+#[derive(Debug, Clone, Copy)]
+pub enum Kcmp {
+    Vm = 1,
+    Files = 2,
+    Fs = 3,
+    Sighand = 4,
+    Sysvsem = 6,
+}
+
+/// kcmp(2): whether two tasks share a kernel object of kind `k` (`Equal`), or how
+/// the kernel orders their (different) objects.
+pub fn kcmp(a: i32, b: i32, k: Kcmp) -> Result<std::cmp::Ordering, Errno> {
+    // SAFETY: kcmp with these types takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, k as i32, 0, 0) };
+    Ok(match Errno::result(r)? {
+        0 => std::cmp::Ordering::Equal,
+        1 => std::cmp::Ordering::Less,
+        _ => std::cmp::Ordering::Greater,
+    })
+}
+
 /// How much the kernel adds to an ITIMER_VIRTUAL/ITIMER_PROF value when it is set
 /// (one scheduler tick), in microseconds: set 1 s on ourselves and read it back.
 pub fn cpu_itimer_tick_usec() -> u64 {

@@ -2,6 +2,7 @@
 //! limits, cwd/root, umask, personality. Dumped from /proc, ptrace and the parasite;
 //! restored partly by crtool in the new task and partly by the restorer.
 
+pub mod precheck;
 pub mod regs;
 pub mod syscall;
 pub mod timers;

@@ -1,0 +1,124 @@
+//! Task state crtool cannot restore yet, refused before any parasite enters the
+//! tree (the tree is frozen, so what is read here stays true for the dump): seccomp
+//! filters, namespaces other than crtool's, kernel structures shared between
+//! processes or unshared by a thread, kernel-made worker threads, a leader that
+//! exited while its threads run, file locks.
+//!
+//! Everything is read from /proc and kcmp(2) (KCMP_FILES, KCMP_FS, KCMP_VM,
+//! KCMP_SIGHAND, KCMP_SYSVSEM; see kcmp(2)); nothing here touches the tasks.
+
+use crate::error::{Error, Result};
+use crate::sys::process::{kcmp, Kcmp};
+use std::cmp::Ordering;
+
+/// One process of the frozen tree as the checks need it.
+pub struct Proc {
+    pub pid: i32,
+    pub tids: Vec<i32>,
+}
+
+fn refuse(pid: i32, what: String, hint: &'static str) -> Error {
+    Error::Unsupported { pid, fd: None, what, hint: Some(hint) }
+}
+
+fn status_field(pid: i32, tid: i32, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+/// stat field 9 (flags) of a thread.
+fn task_flags(pid: i32, tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(6)?.parse().ok())
+        .unwrap_or(0)
+}
+
+const PF_IO_WORKER: u64 = 0x10;
+const PF_USER_WORKER: u64 = 0x4000;
+const PF_KTHREAD: u64 = 0x20_0000;
+
+/// Per-process and per-thread checks. `mnt_ok` is the mount namespace the tree may
+/// be in besides crtool's (the root's own, made by `unshare --mount-proc`).
+pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>) -> Result<()> {
+    let pid = p.pid;
+    let own = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+    for &tid in &p.tids {
+        let flags = task_flags(pid, tid);
+        if flags & PF_KTHREAD != 0 {
+            return Err(refuse(pid, "it is a kernel thread".into(), "kernel threads cannot be checkpointed"));
+        }
+        if flags & (PF_IO_WORKER | PF_USER_WORKER) != 0 {
+            return Err(refuse(pid, format!("thread {tid} is a kernel worker (io_uring, vhost)"), "io_uring and vhost are not supported"));
+        }
+        match status_field(pid, tid, "Seccomp:").as_deref() {
+            Some("0") | None => {}
+            Some(mode) => {
+                return Err(refuse(pid, format!("thread {tid} runs under seccomp (mode {mode})"), "seccomp filters are not supported yet"));
+            }
+        }
+        for ns in ["net", "ipc", "uts", "user", "time", "cgroup", "mnt"] {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/task/{tid}/ns/{ns}")).ok();
+            let allowed = theirs == own(ns) || (ns == "mnt" && theirs.as_deref() == mnt_ok);
+            if !allowed {
+                let t = theirs.map(|p| p.display().to_string()).unwrap_or_else(|| "?".into());
+                return Err(refuse(pid, format!("thread {tid} is in a {ns} namespace of its own ({t})"), "namespaces other than PID (and mount with unshare --mount-proc) are not supported yet"));
+            }
+        }
+        if tid != pid {
+            for (what, k) in [("file table", Kcmp::Files), ("cwd/root/umask (fs_struct)", Kcmp::Fs)] {
+                if kcmp(pid, tid, k) != Ok(Ordering::Equal) {
+                    return Err(refuse(pid, format!("thread {tid} unshared its {what} from the process"), "per-thread fd tables and fs_structs are not supported yet"));
+                }
+            }
+        }
+    }
+    // A new PID or time namespace for the children this process will create.
+    for (ns, base) in [("pid_for_children", "pid"), ("time_for_children", "time")] {
+        let child = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+        let own = std::fs::read_link(format!("/proc/{pid}/ns/{base}")).ok();
+        if child.is_none() || child != own {
+            return Err(refuse(pid, format!("it created a {base} namespace for its future children"), "nested namespaces are not supported yet"));
+        }
+    }
+    // An undo list of SysV semaphores (crtool has none, so any difference is one).
+    if kcmp(pid, std::process::id() as i32, Kcmp::Sysvsem) != Ok(Ordering::Equal) {
+        return Err(refuse(pid, "it holds SysV semaphore undo records (semop SEM_UNDO)".into(), "SysV IPC is not supported yet"));
+    }
+    Ok(())
+}
+
+/// Kernel structures shared between processes of the tree (clone(2) with
+/// CLONE_FILES, CLONE_FS, CLONE_VM/CLONE_SIGHAND): restore gives each process its
+/// own, so they are refused. Processes are sorted by kcmp's order for each kind and
+/// neighbours compared: O(n log n) kcmp calls.
+pub fn check_sharing(procs: &[Proc]) -> Result<()> {
+    for (what, k) in [("fd table (CLONE_FILES)", Kcmp::Files), ("cwd/root/umask (CLONE_FS)", Kcmp::Fs), ("memory (CLONE_VM)", Kcmp::Vm), ("signal handlers (CLONE_SIGHAND)", Kcmp::Sighand)] {
+        let mut pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
+        pids.sort_by(|&a, &b| kcmp(a, b, k).unwrap_or(Ordering::Equal).then(a.cmp(&b)));
+        for w in pids.windows(2) {
+            if kcmp(w[0], w[1], k) == Ok(Ordering::Equal) {
+                return Err(refuse(w[1], format!("it shares its {what} with process {}", w[0]), "processes sharing kernel structures are not supported yet"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// File locks held by processes of the tree (/proc/locks: POSIX, flock, OFD, leases;
+/// also a flock kept only by a mapping after its fd was closed). `pids` are as
+/// crtool sees them; OFD locks (pid -1) are found through fdinfo by the fd checks.
+pub fn check_locks(pids: &[i32]) -> Result<()> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: POSIX  ADVISORY  WRITE 1234 08:02:1234 0 EOF" ("->" marks blocked waiters)
+        let f: Vec<&str> = f.into_iter().filter(|w| *w != "->").collect();
+        let (Some(kind), Some(pid)) = (f.get(1), f.get(4).and_then(|p| p.parse::<i32>().ok())) else { continue };
+        if pids.contains(&pid) {
+            let what = format!("it holds a file lock ({kind} {} on inode {})", f.get(3).unwrap_or(&"?"), f.get(5).unwrap_or(&"?"));
+            return Err(refuse(pid, what, "file locks are not supported yet (CRIU's --file-locks)"));
+        }
+    }
+    Ok(())
+}
