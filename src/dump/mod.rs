@@ -185,10 +185,11 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
                 return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session leader {v} has exited"), hint: Some("orphaned sessions are not supported yet") });
             }
         };
+        let exit_signal = process::Stat::read(p.pid)?.field(38) as i32;
         if let Some(status) = p.zombie {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default().trim_end_matches('\n').to_string();
             let id = |key| crate::procinfo::ids(p.pid, key).unwrap_or_default().into_iter().map(|v| v as u32).collect();
-            entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm, uids: id("Uid"), gids: id("Gid") });
+            entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm, uids: id("Uid"), gids: id("Gid"), exit_signal });
             continue;
         }
         let survey = surveys.next().ok_or(Error::NoProcess(p.pid))?;
@@ -196,7 +197,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         ctx.stats.processes += 1;
         ctx.stats.threads += p.threads.len();
         let threads = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw()) as u32).collect();
-        entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![] });
+        entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![], exit_signal });
     }
 
     let dir = &ctx.opts.dir;

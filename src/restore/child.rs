@@ -12,7 +12,7 @@ use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, ThreadArgs, VmaMove};
 use crate::sys::blobs;
 use crate::sys::cpu::SigFrameXstate;
 use crate::sys::mm::{self, Area, PAGE};
-use crate::sys::process::{self, Forked, fork_with_pids};
+use crate::sys::process::{self, Forked, fork_with_pids, fork_with_pids_signal};
 use crate::sys::fd;
 use crate::{task, task::timers};
 use images_format::{pb, PagesReader};
@@ -157,9 +157,10 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
         let outer = if imgs.inv.new_pid_ns { imgs.outer_pid(cpid as u32) } else { None };
         // A zombie-to-be is not traced: it only exits, and crtool need not see that.
         let flags = if imgs.procs[c].task.is_none() { libc::CLONE_UNTRACED as u64 } else { 0 };
+        let sig = imgs.procs[c].tree.exit_signal;
         let forked = outer
-            .and_then(|o| fork_with_pids(&[cpid, o], flags).ok())
-            .map_or_else(|| fork_with_pids(&[cpid], flags), Ok)
+            .and_then(|o| fork_with_pids_signal(&[cpid, o], flags, sig).ok())
+            .map_or_else(|| fork_with_pids_signal(&[cpid], flags, sig), Ok)
             .map_err(|e| fail(format!("forking child {cpid}: {e}")))?;
         match forked {
             Forked::Child => run(ctx, c),

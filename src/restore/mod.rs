@@ -13,6 +13,7 @@ use crate::files::Parked;
 use crate::mem::shmem::ShmemObjects;
 use crate::sys::process::{Forked, fork_with_pids};
 use crate::sys::{cpu, mm};
+use crate::task;
 use images_format::{pb, read_entries, read_one, ImageKind};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,20 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     Ok(TreeImages { inv, procs, files, pipes })
 }
 
+/// What crtool sets from outside once every task exists and before it runs: SIGIO
+/// owners (they name tasks), scheduling and /proc knobs of each task.
+fn from_outside(imgs: &TreeImages, parked: &Parked, sup: &supervise::Supervisor) -> Result<()> {
+    parked.set_owners(&imgs.files, &|v| sup.outer_pid(v))?;
+    for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {
+        let vpid = t.core.pid as i32;
+        let missing = |v: i32| Error::Restore { pid: vpid, msg: format!("thread {v} is missing from the restored tree") };
+        let pid = sup.outer_pid(vpid).ok_or_else(|| missing(vpid))?;
+        let threads = t.core.threads.iter().map(|th| sup.outer_pid(th.tid as i32).map(|o| (o, th)).ok_or_else(|| missing(th.tid as i32))).collect::<Result<Vec<_>>>()?;
+        task::apply_from_outside(&t.core, pid, &threads)?;
+    }
+    Ok(())
+}
+
 fn holder_of(pid: i32) -> Option<String> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(format!("running process {pid} ({})", comm.trim()))
@@ -173,14 +188,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             drop(go_r);
             let expected = supervise::Expected::from(&imgs);
             let sup = supervise::Supervisor::new(root, status_r, vdso_syscall, &imgs);
-            let done = sup.run(&go_w, expected).and_then(|mut sup| {
-                // SIGIO owners name tasks, which exist now.
-                match parked.set_owners(&imgs.files, &|v| sup.outer_pid(v)) {
-                    Ok(()) => Ok(sup),
-                    Err(e) => {
-                        sup.kill_all();
-                        Err(e)
-                    }
+            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &parked, &sup) {
+                Ok(()) => Ok(sup),
+                Err(e) => {
+                    sup.kill_all();
+                    Err(e)
                 }
             });
             drop(parked); // the tasks hold their own fds now (or are dead)

@@ -15,10 +15,16 @@ pub enum Forked {
 /// means a PID is taken. Refused (EDEADLK) unless this process is single-threaded:
 /// the child continues with a copy of this thread only, as after fork.
 pub fn fork_with_pids(pids: &[i32], flags: u64) -> Result<Forked, Errno> {
+    fork_with_pids_signal(pids, flags, libc::SIGCHLD)
+}
+
+/// `fork_with_pids` whose child sends `exit_signal` (0: none) to its parent when it
+/// ends, as clone(2) children may.
+pub fn fork_with_pids_signal(pids: &[i32], flags: u64, exit_signal: i32) -> Result<Forked, Errno> {
     single_threaded()?;
     let args = super::abi::CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: exit_signal as u64,
         set_tid: pids.as_ptr() as u64,
         set_tid_size: pids.len() as u64,
         ..Default::default()
@@ -91,6 +97,52 @@ pub fn same_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<bool, Errno> 
     // SAFETY: kcmp takes no pointers for KCMP_FILE.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, 0 /* KCMP_FILE */, a, b) };
     Ok(Errno::result(r)? == 0)
+}
+
+/// struct sched_attr (sched_getattr(2), SCHED_ATTR_SIZE_VER1).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SchedAttr {
+    pub size: u32,
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+    pub util_min: u32,
+    pub util_max: u32,
+}
+
+/// sched_getattr(2) of thread `tid`.
+pub fn sched_getattr(tid: i32) -> Result<SchedAttr, Errno> {
+    let mut a = SchedAttr::default();
+    // SAFETY: the kernel writes at most `size` bytes into our local struct.
+    Errno::result(unsafe { libc::syscall(libc::SYS_sched_getattr, tid, &mut a as *mut SchedAttr, std::mem::size_of::<SchedAttr>() as u32, 0) })?;
+    Ok(a)
+}
+
+/// sched_setattr(2) of thread `tid`.
+pub fn sched_setattr(tid: i32, a: &SchedAttr) -> Result<(), Errno> {
+    let mut a = *a;
+    a.size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: the kernel reads our local struct.
+    Errno::result(unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &a as *const SchedAttr, 0) }).map(drop)
+}
+
+const IOPRIO_WHO_PROCESS: i32 = 1;
+
+/// ioprio_get(IOPRIO_WHO_PROCESS, tid).
+pub fn ioprio_get(tid: i32) -> Result<i32, Errno> {
+    // SAFETY: no pointers.
+    Errno::result(unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) }).map(|v| v as i32)
+}
+
+/// ioprio_set(IOPRIO_WHO_PROCESS, tid, prio).
+pub fn ioprio_set(tid: i32, prio: i32) -> Result<(), Errno> {
+    // SAFETY: no pointers.
+    Errno::result(unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, prio) }).map(drop)
 }
 
 /// What kcmp(2) compares between two processes.

@@ -115,6 +115,14 @@ fn cpu_affinity(tid: i32) -> Vec<u64> {
     words
 }
 
+fn sched_of(tid: i32) -> Result<pb::Sched> {
+    let a = process::sched_getattr(tid).map_err(|e| Error::sys(format!("thread {tid}: sched_getattr"), e))?;
+    if a.util_min != 0 || a.util_max != 1024 && a.util_max != 0 {
+        return Err(Error::Unsupported { pid: tid, fd: None, what: format!("thread {tid} has utilisation clamps ({}-{})", a.util_min, a.util_max), hint: Some("not supported yet") });
+    }
+    Ok(pb::Sched { policy: a.policy, flags: a.flags, nice: a.nice, priority: a.priority, runtime: a.runtime, deadline: a.deadline, period: a.period })
+}
+
 /// What crtool learned about one thread besides its registers: state only the
 /// thread itself can report, read with remote syscalls.
 pub struct ThreadExtra {
@@ -180,6 +188,9 @@ fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::Thre
         cpu_affinity: cpu_affinity(tid),
         pdeath_signal: extra.pdeath_signal,
         mce_kill: extra.mce_kill,
+        sched: Some(sched_of(tid)?),
+        ioprio: process::ioprio_get(tid).map_err(|e| Error::sys(format!("thread {tid}: ioprio_get"), e))?,
+        timerslack_ns: read_proc(tid, "timerslack_ns")?.trim().parse().unwrap_or(50_000),
     })
 }
 
@@ -232,7 +243,25 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         stop_unreported: false,
         thp_disable: info.thp_disable,
         membarrier: info.membarrier.max(0) as u32,
+        oom_score_adj: oom_score_adj(pid)?,
+        coredump_filter: u32::from_str_radix(read_proc(pid, "coredump_filter")?.trim(), 16).unwrap_or(0x33),
+        loginuid: read_proc(pid, "loginuid")?.trim().parse().unwrap_or(u32::MAX),
     })
+}
+
+/// /proc/PID/oom_score_adj, refused if restore could not set it: a value below the
+/// restoring process's minimum needs CAP_SYS_RESOURCE (tried on crtool itself).
+fn oom_score_adj(pid: i32) -> Result<i32> {
+    let v: i32 = read_proc(pid, "oom_score_adj")?.trim().parse().unwrap_or(0);
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
+    if v < own.trim().parse().unwrap_or(0) {
+        let ok = std::fs::write("/proc/self/oom_score_adj", v.to_string()).is_ok();
+        let _ = std::fs::write("/proc/self/oom_score_adj", own.trim());
+        if !ok {
+            return Err(Error::Unsupported { pid, fd: None, what: format!("its oom_score_adj is {v}, lower than crtool may set"), hint: Some("needs CAP_SYS_RESOURCE") });
+        }
+    }
+    Ok(v)
 }
 
 /// Task state crtool cannot restore yet: refused with what it is.
@@ -281,6 +310,30 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     }
     process::register_membarrier(core.membarrier).map_err(|e| Error::Restore { pid, msg: format!("membarrier registrations {:#x}: {e}", core.membarrier) })?;
     std::env::set_current_dir(&core.cwd).map_err(|e| fail(format!("chdir {}", core.cwd), e))?;
+    // The audit login uid can only be set by the task itself (CAP_AUDIT_CONTROL).
+    let own = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    if own.trim().parse::<u32>().ok() != Some(core.loginuid) {
+        std::fs::write("/proc/self/loginuid", core.loginuid.to_string()).map_err(|e| fail(format!("loginuid {}", core.loginuid), e))?;
+    }
+    Ok(())
+}
+
+/// What crtool sets from outside once the task exists: OOM score adjustment and
+/// core dump filter of the process; scheduling, I/O priority and timer slack of
+/// each thread (`tid` as crtool sees it). Policy goes before the slack, which RT
+/// policies force to 0.
+pub fn apply_from_outside(core: &pb::TaskCore, pid: i32, threads: &[(i32, &pb::ThreadCore)]) -> Result<()> {
+    let fail = |what: String, e: String| Error::Restore { pid: core.pid as i32, msg: format!("{what}: {e}") };
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), core.oom_score_adj.to_string()).map_err(|e| fail("oom_score_adj".into(), e.to_string()))?;
+    std::fs::write(format!("/proc/{pid}/coredump_filter"), format!("{:#x}", core.coredump_filter)).map_err(|e| fail("coredump_filter".into(), e.to_string()))?;
+    for &(tid, t) in threads {
+        if let Some(s) = &t.sched {
+            let a = process::SchedAttr { policy: s.policy, flags: s.flags, nice: s.nice, priority: s.priority, runtime: s.runtime, deadline: s.deadline, period: s.period, ..Default::default() };
+            process::sched_setattr(tid, &a).map_err(|e| fail(format!("thread {}: sched_setattr (policy {}, nice {})", t.tid, s.policy, s.nice), e.to_string()))?;
+        }
+        process::ioprio_set(tid, t.ioprio).map_err(|e| fail(format!("thread {}: ioprio_set {:#x}", t.tid, t.ioprio), e.to_string()))?;
+        std::fs::write(format!("/proc/{tid}/timerslack_ns"), t.timerslack_ns.to_string()).map_err(|e| fail(format!("thread {}: timerslack_ns", t.tid), e.to_string()))?;
+    }
     Ok(())
 }
 

@@ -81,8 +81,10 @@ pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>) -> Result<()> {
             return Err(refuse(pid, format!("it created a {base} namespace for its future children"), "nested namespaces are not supported yet"));
         }
     }
-    // An undo list of SysV semaphores (crtool has none, so any difference is one).
-    if kcmp(pid, std::process::id() as i32, Kcmp::Sysvsem) != Ok(Ordering::Equal) {
+    // Undo records of SysV semaphores: the process has an undo list (kcmp against
+    // crtool, which has none; creating a thread also allocates an empty one) and a
+    // semaphore set was operated on since the process started.
+    if kcmp(pid, std::process::id() as i32, Kcmp::Sysvsem) != Ok(Ordering::Equal) && semop_since(start_time(pid)) {
         return Err(refuse(pid, "it holds SysV semaphore undo records (semop SEM_UNDO)".into(), "SysV IPC is not supported yet"));
     }
     Ok(())
@@ -121,4 +123,19 @@ pub fn check_locks(pids: &[i32]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// When the process started, in seconds since the epoch (0 if unknown: then every
+/// semaphore counts).
+fn start_time(pid: i32) -> u64 {
+    let btime = procfs::boot_time_secs().unwrap_or(0);
+    let ticks = procfs::ticks_per_second();
+    procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| btime + s.starttime / ticks).unwrap_or(0)
+}
+
+/// Whether some SysV semaphore set of the IPC namespace was last operated on
+/// (semop, /proc/sysvipc/sem "otime") at or after `since` (epoch seconds).
+fn semop_since(since: u64) -> bool {
+    let text = std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default();
+    text.lines().skip(1).any(|l| l.split_whitespace().nth(8).and_then(|t| t.parse::<u64>().ok()).is_none_or(|otime| otime + 1 >= since))
 }
