@@ -29,7 +29,7 @@ fn every_kind_decodes_to_json() {
     let ps = decode(d, ImageKind::Pstree, 0);
     assert_eq!(
         ps["entries"][1],
-        json!({"pid": 43, "ppid": 42, "pgid": 42, "sid": 42, "threads": [43], "zombie": false, "exit_status": 0, "comm": "", "uids": [], "gids": []})
+        json!({"pid": 43, "ppid": 42, "pgid": 42, "sid": 42, "threads": [43], "zombie": false, "exit_status": 0, "comm": "", "uids": [], "gids": [], "exit_signal": 0})
     );
 
     let core = decode(d, ImageKind::Core, PID);

@@ -87,6 +87,7 @@ pub fn pstree() -> Vec<pb::PstreeEntry> {
             comm: "worker".into(),
             uids: vec![1000, 1000, 1000, 1000],
             gids: vec![100, 100, 100, 100],
+            exit_signal: 17,
         },
     ]
 }
@@ -131,6 +132,9 @@ pub fn core() -> pb::TaskCore {
         cpu_affinity: vec![3],
         pdeath_signal: 15,
         mce_kill: 2,
+        sched: Some(pb::Sched { policy: 1, flags: 1, priority: 7, ..Default::default() }),
+        ioprio: (2 << 13) | 6,
+        timerslack_ns: 123_456,
     };
     pb::TaskCore {
         pid: PID,
@@ -184,6 +188,9 @@ pub fn core() -> pb::TaskCore {
         no_new_privs: false,
         stop_signal: 19,
         stop_unreported: true,
+        oom_score_adj: 345,
+        coredump_filter: 0x7f,
+        loginuid: 1000,
     }
 }
 
@@ -274,6 +281,7 @@ pub fn files() -> Vec<pb::FileEntry> {
                 minor: 3,
                 pos: 0,
             })),
+            ..Default::default()
         },
         pb::FileEntry {
             id: 2,
@@ -286,11 +294,14 @@ pub fn files() -> Vec<pb::FileEntry> {
                 dev: 0x803,
                 ino: 99,
             })),
+            owner: Some(pb::FileOwner { r#type: 1, pid: 42 }),
+            signum: 36,
         },
-        pb::FileEntry { id: 3, kind: Some(file_entry::Kind::Pipe(pb::PipeEnd { pipe_id: 555, flags: 0o4000 })) },
+        pb::FileEntry { id: 3, kind: Some(file_entry::Kind::Pipe(pb::PipeEnd { pipe_id: 555, flags: 0o4000 })), ..Default::default() },
         pb::FileEntry {
             id: 4,
             kind: Some(file_entry::Kind::Fifo(pb::Fifo { path: "/tmp/fifo".into(), pipe_id: 556, flags: 1 })),
+            ..Default::default()
         },
     ]
 }
