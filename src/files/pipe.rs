@@ -12,12 +12,18 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 pub struct PipeKind;
 
 impl FileKind for PipeKind {
-    fn dump(_pid: i32, info: &FdInfo, _fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
+    fn dump(_pid: i32, info: &FdInfo, fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         if info.link.starts_with("pipe:") {
             Ok(Kind::Pipe(pb::PipeEnd { pipe_id: st.st_ino, flags }))
         } else {
-            Ok(Kind::Fifo(pb::Fifo { path: info.link.clone(), pipe_id: st.st_ino, flags }))
+            // A reader reports POLLHUP once the writers it saw are gone; one that
+            // opened with no writer and saw none since stays quiet (pipe_poll()).
+            let read_only = flags & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32;
+            let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let revents = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).ok().and_then(|_| pfd[0].revents()).unwrap_or(nix::poll::PollFlags::empty());
+            let quiet = read_only && revents.is_empty();
+            Ok(Kind::Fifo(pb::Fifo { path: info.link.clone(), pipe_id: st.st_ino, flags, quiet }))
         }
     }
     fn open(&self) -> std::io::Result<OwnedFd> {
@@ -111,6 +117,15 @@ impl<'a> Restorer<'a> {
     }
 
     pub fn open_fifo(&mut self, f: &pb::Fifo) -> std::io::Result<OwnedFd> {
+        let empty = self.data.get(&f.pipe_id).is_none_or(|d| d.data.is_empty());
+        if f.quiet && empty && !self.any_end.contains_key(&f.pipe_id) {
+            // A reader that has seen no writer: opened while none exists, so that it
+            // stays quiet; the pipe lives as long as it does (no keeper, which would
+            // count as a writer).
+            let fd = nix::fcntl::open(f.path.as_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+            set_status_flags(&fd, f.flags)?;
+            return Ok(fd);
+        }
         if !self.any_end.contains_key(&f.pipe_id) {
             // A read-write keeper creates the FIFO's pipe and keeps it alive.
             let keeper = nix::fcntl::open(f.path.as_str(), OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
