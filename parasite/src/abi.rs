@@ -235,7 +235,9 @@ pub struct TimerArgs {
     pub signo: i32,
     pub notify: i32,
     pub notify_tid: i32,
-    pub _pad: i32,
+    /// Its signal was queued and not yet delivered: the restorer makes the timer
+    /// itself fire at once (its own queued signal, no duplicate later).
+    pub pending: i32,
     pub sigev_value: u64,
     pub interval_sec: i64,
     pub interval_nsec: i64,

@@ -386,8 +386,26 @@ unsafe fn create_timer(t: &TimerArgs) -> Result<(), i64> {
     if id != t.id {
         return Err(-(id as i64) - 1000);
     }
-    let spec = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
+    let mut spec = [t.interval_sec, t.interval_nsec, t.value_sec, t.value_nsec];
+    let mut flags = 0usize;
+    if t.pending != 0 {
+        // Expire at once, at an absolute time placed so that the next expiry is the
+        // one the dumped timer had (now + value - interval, never in the future).
+        let mut now = [0i64; 2];
+        // SAFETY: clock_gettime writes one timespec.
+        let r = unsafe { syscall3(NR_CLOCK_GETTIME, t.clock as usize, now.as_mut_ptr() as usize, 0) };
+        if r < 0 {
+            return Err(-r as i64);
+        }
+        const NS: i64 = 1_000_000_000;
+        let at = (now[0] as i128 * NS as i128 + now[1] as i128) + (t.value_sec as i128 * NS as i128 + t.value_nsec as i128)
+            - (t.interval_sec as i128 * NS as i128 + t.interval_nsec as i128);
+        let at = at.max(1);
+        spec[2] = (at / NS as i128) as i64;
+        spec[3] = (at % NS as i128) as i64;
+        flags = 1; // TIMER_ABSTIME
+    }
     // SAFETY: timer_settime reads one itimerspec.
-    let r = unsafe { syscall6(NR_TIMER_SETTIME, id as usize, 0, spec.as_ptr() as usize, 0, 0, 0) };
+    let r = unsafe { syscall6(NR_TIMER_SETTIME, id as usize, flags, spec.as_ptr() as usize, 0, 0, 0) };
     if r < 0 { Err(-r as i64) } else { Ok(()) }
 }

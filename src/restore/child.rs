@@ -313,9 +313,15 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     }
     let mut si = reg.siginfo;
     // SIGKILL and SIGSTOP cannot wait blocked: crtool sends them when it lets go.
+    // Timer signals come from the timers themselves (timers::to_args).
     let queued = |list: &[Vec<u8>]| -> Vec<Vec<u8>> {
-        list.iter().filter(|s| !matches!(s.get(0..4).map(|b| i32::from_le_bytes(b.try_into().unwrap())), Some(libc::SIGKILL | libc::SIGSTOP))).cloned().collect()
+        list.iter()
+            .filter(|s| !matches!(s.get(0..4).map(|b| i32::from_le_bytes(b.try_into().unwrap())), Some(libc::SIGKILL | libc::SIGSTOP)))
+            .filter(|s| !timers::is_timer_signal(s))
+            .cloned()
+            .collect()
     };
+    let timer_pending = timers::pending_timer_ids(core.shared_pending.iter().chain(core.threads.iter().flat_map(|t| t.pending.iter())));
     let mut siginfos = |list: &[Vec<u8>], mem: &mut [u8]| -> (u64, u32) {
         let list = queued(list);
         let start = si;
@@ -328,7 +334,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     };
     let (shared_pending, nr_shared) = siginfos(&core.shared_pending, mem);
     for (i, tm) in core.posix_timers.iter().enumerate() {
-        put(mem, reg.timers + (i * std::mem::size_of::<abi::TimerArgs>()) as u64, &timers::to_args(tm));
+        put(mem, reg.timers + (i * std::mem::size_of::<abi::TimerArgs>()) as u64, &timers::to_args(tm, timer_pending.contains(&tm.id)));
     }
     let mut thread_args = Vec::new();
     let mut stack_at = region + reg.stacks + abi::BLOB_STACK_SIZE as u64;

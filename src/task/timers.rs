@@ -59,7 +59,9 @@ pub fn read_values(t: &Tracee, timers: &mut [pb::PosixTimer], scratch: u64) -> R
     Ok(())
 }
 
-pub fn to_args(t: &pb::PosixTimer) -> TimerArgs {
+/// The restorer's arguments for timer `t`; `pending`: its signal was queued at dump
+/// (the timer fires again at once instead of the siginfo being queued by hand).
+pub fn to_args(t: &pb::PosixTimer, pending: bool) -> TimerArgs {
     let split = |ns: u64| ((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64);
     let (is, ins) = split(t.interval_ns);
     let (vs, vns) = split(t.value_ns);
@@ -72,13 +74,25 @@ pub fn to_args(t: &pb::PosixTimer) -> TimerArgs {
         signo: t.signo,
         notify: t.notify,
         notify_tid: t.notify_tid,
-        _pad: 0,
+        pending: pending as i32,
         sigev_value: t.sigev_value,
         interval_sec: is,
         interval_nsec: ins,
         value_sec: vs,
         value_nsec: vns,
     }
+}
+
+/// SI_TIMER siginfos in `queue`: the timer ids whose signal is pending. They are not
+/// queued again by hand: a restored timer re-fires for its own (see `to_args`), and
+/// the signal of a deleted timer is dropped by the kernel at delivery anyway.
+pub fn pending_timer_ids<'a>(queue: impl Iterator<Item = &'a Vec<u8>>) -> Vec<i32> {
+    queue.filter(|si| is_timer_signal(si)).filter_map(|si| si.get(16..20).map(|b| i32::from_le_bytes(b.try_into().unwrap()))).collect()
+}
+
+/// Whether a raw siginfo was sent by a POSIX timer (si_code SI_TIMER).
+pub fn is_timer_signal(si: &[u8]) -> bool {
+    si.get(8..12).map(|b| i32::from_le_bytes(b.try_into().unwrap())) == Some(-2)
 }
 
 #[cfg(test)]
@@ -100,9 +114,9 @@ mod tests {
     #[test]
     fn armed_timer_due_now_still_fires() {
         let t = pb::PosixTimer { id: 1, interval_ns: 5, value_ns: 0, ..Default::default() };
-        let a = to_args(&t);
+        let a = to_args(&t, false);
         assert_eq!((a.value_sec, a.value_nsec, a.interval_nsec), (0, 1, 5));
         let off = pb::PosixTimer { id: 2, ..Default::default() };
-        assert_eq!(to_args(&off).value_nsec, 0, "a disarmed timer stays disarmed");
+        assert_eq!(to_args(&off, false).value_nsec, 0, "a disarmed timer stays disarmed");
     }
 }
