@@ -93,7 +93,7 @@ fn verify_framed(dir: &Path, pid: Option<u32>, mut reader: ImageReader) -> Resul
 fn verify_pages(dir: &Path, pid: u32, path: &Path) -> Result<u64, ImageError> {
     let mut pages = PagesReader::open_path(path)?;
     let map: Vec<PagemapEntry> = read_entries(dir, ImageKind::Pagemap, pid)?;
-    for e in &map {
+    for e in map.iter().filter(|e| !e.inherited && !e.guard) {
         let data_len = u64::from(e.nr_pages) * PAGE_SIZE;
         pages.verify_chunk(e.offset, e.stored_len, e.crc32, data_len)?;
     }

@@ -42,6 +42,8 @@ pub struct DumpCtx {
     pub vdso_syscall: Option<u64>,
     pub files: FileTable,
     pub shmem_seen: BTreeSet<u64>,
+    /// Page frames of each dumped process (by pid in the tree), for its children.
+    pub frames: std::collections::BTreeMap<i32, crate::mem::dump::Frames>,
     /// Identities of mapped files, computed once per file.
     pub identities: crate::files::identity::Cache,
     pub stats: DumpStats,
@@ -67,6 +69,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         files: FileTable::default(),
         shmem_seen: BTreeSet::new(),
         identities: Default::default(),
+        frames: Default::default(),
         stats: DumpStats::default(),
         tids: Vec::new(),
     };
@@ -96,6 +99,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
 
 fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
     if kill {
+        let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
         // Kill every process first: a thread-group leader reports its death only
         // after its other threads are reaped, so waiting one by one would hang.
         for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
@@ -113,6 +117,12 @@ fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
                 Ok(_) => {}
                 Err(_) => break,
             }
+        }
+        // Until their parents (or init) reap them, the dead keep their PIDs: wait a
+        // little, so that a restore right after the dump finds them free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         return Ok(());
     }

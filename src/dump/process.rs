@@ -117,7 +117,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     for a in &rseq_areas {
         dumper.add_rseq_area(*a);
     }
-    dumper.dump(&vmas, &mut parasite, &mut pages)?;
+    dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, &mut pages)?;
     pages.finish()?;
     parasite.stop()?;
 
@@ -169,6 +169,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     write_entries(dir, ImageKind::Core, v, &[core])?;
     write_entries(dir, ImageKind::Mm, v, &[mm_img])?;
     write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?;
+    ctx.frames.insert(p.vpid, std::mem::take(&mut dumper.frames));
     write_entries(dir, ImageKind::Fdinfo, v, &fd_entries)?;
     Ok(())
 }

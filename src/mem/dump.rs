@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::infect::Parasite;
 use crate::mem::vma;
 use crate::sys::abi::IoVec;
-use crate::sys::mm::{PAGE, PM_FILE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap};
+use crate::sys::mm::{PAGE, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap};
 use images_format::pb::{self, VmaKind};
 use images_format::PagesWriter;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -23,9 +23,39 @@ pub struct PageStats {
     pub zero: u64,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    /// Page data to store.
+    Data,
+    /// Pages still shared copy-on-write with the parent (see `Frames`).
+    Inherited,
+    /// Guard pages: nothing to read, installed again at restore.
+    Guard,
+}
+
 struct Run {
     vaddr: u64,
     pages: u64,
+    kind: RunKind,
+}
+
+/// The page frames of a process's private memory, kept while its children are
+/// dumped: a child's page that maps the same frame at the same address, in a VMA
+/// that is the same in both, was inherited at fork and written by neither. Such
+/// pages are stored once (with the parent) and stay shared after restore.
+#[derive(Default)]
+pub struct Frames {
+    vmas: Vec<(pb::Vma, Vec<u64>)>,
+}
+
+impl Frames {
+    /// The parent's frames for `v`, if the parent has a VMA like it that covers it.
+    fn covering(&self, v: &pb::Vma) -> Option<(&pb::Vma, &[u64])> {
+        let (p, frames) = self.vmas.iter().find(|(p, _)| p.start <= v.start && v.end <= p.end)?;
+        let file_offset_matches = v.kind() != VmaKind::VmaFilePrivate || (p.path == v.path && p.pgoff + (v.start - p.start) == v.pgoff);
+        let same = p.kind == v.kind && p.prot == v.prot && p.flags == v.flags && file_offset_matches;
+        same.then_some((p, frames.as_slice()))
+    }
 }
 
 pub struct PageDumper {
@@ -45,6 +75,8 @@ pub struct PageDumper {
     /// Byte ranges the kernel rewrites on the task's next return to user space (the
     /// rseq cpu/node/cid fields): stored as zeros so that dumps stay reproducible.
     volatile: Vec<(u64, u64)>,
+    /// This process's frames, for its children (see `Frames`).
+    pub frames: Frames,
 }
 
 impl PageDumper {
@@ -72,6 +104,7 @@ impl PageDumper {
             stats: PageStats::default(),
             next_report: 64 * 1024,
             volatile: Vec::new(),
+            frames: Frames::default(),
         })
     }
 
@@ -86,8 +119,9 @@ impl PageDumper {
 
     /// Dumps the pages of every VMA that keeps data of its own. Runs from several
     /// VMAs share one parasite command and one pipe-full (a task with many small
-    /// VMAs costs a few round trips, not one per VMA).
-    pub fn dump(&mut self, vmas: &[pb::Vma], parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
+    /// VMAs costs a few round trips, not one per VMA). Pages still shared with the
+    /// parent since fork (`parent`) are recorded as inherited, without data.
+    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
         parasite.take_pipe(self.pipe_w.as_fd())?;
         let mut batch: Vec<Run> = Vec::new();
         let mut batch_bytes = 0;
@@ -99,21 +133,26 @@ impl PageDumper {
                 batch_bytes = 0;
                 batch_readable = readable;
             }
-            for run in self.runs(v)? {
-                if batch_bytes + run.pages * PAGE > self.chunk || batch.len() >= crate::sys::abi::MAX_IOVS {
+            for run in self.runs(v, parent)? {
+                let bytes = if run.kind == RunKind::Data { run.pages * PAGE } else { 0 };
+                if batch_bytes + bytes > self.chunk || batch.len() >= crate::sys::abi::MAX_IOVS {
                     self.flush(&mut batch, batch_readable, parasite, out)?;
                     batch_bytes = 0;
                 }
-                batch_bytes += run.pages * PAGE;
+                batch_bytes += bytes;
                 batch.push(run);
             }
         }
         self.flush(&mut batch, batch_readable, parasite, out)
     }
 
-    /// Runs of wanted pages in `v`, each at most one pipe-full long.
-    fn runs(&mut self, v: &pb::Vma) -> Result<Vec<Run>> {
+    /// Runs of pages in `v` worth recording: data (each run at most one pipe-full),
+    /// pages inherited from the parent, guard pages. Also notes `v`'s frames.
+    fn runs(&mut self, v: &pb::Vma, parent: Option<&Frames>) -> Result<Vec<Run>> {
         let kind = v.kind();
+        let private = matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate);
+        let inherit_from = parent.and_then(|p| p.covering(v)).filter(|_| private);
+        let mut frames = Vec::new();
         let mut runs: Vec<Run> = Vec::new();
         let max_pages = self.chunk / PAGE;
         let mut at = v.start;
@@ -124,27 +163,42 @@ impl PageDumper {
                 let addr = at + i as u64 * PAGE;
                 self.stats.scanned += 1;
                 let present = e & PM_PRESENT != 0;
-                let swapped = e & PM_SWAP != 0;
-                let wanted = match kind {
-                    VmaKind::VmaAnonPrivate => {
-                        let zero = present && self.zero_pfn == Some(e & PM_PFN_MASK);
-                        if zero {
-                            self.stats.zero += 1;
-                        }
-                        (present && !zero) || swapped
-                    }
-                    VmaKind::VmaFilePrivate => (present && e & PM_FILE == 0) || swapped,
-                    _ => present || swapped,
-                };
-                if !wanted {
-                    continue;
+                let swapped = e & PM_SWAP != 0 && e & PM_GUARD_REGION == 0;
+                let anon_page = present && e & PM_FILE == 0;
+                // A frame this process shares with another (not exclusively mapped).
+                let shared_frame = (anon_page && e & PM_MMAP_EXCLUSIVE == 0).then_some(e & PM_PFN_MASK);
+                if private {
+                    frames.push(shared_frame.unwrap_or(0));
                 }
+                let wanted = if e & PM_GUARD_REGION != 0 {
+                    Some(RunKind::Guard)
+                } else {
+                    let data = match kind {
+                        VmaKind::VmaAnonPrivate => {
+                            let zero = present && self.zero_pfn == Some(e & PM_PFN_MASK);
+                            if zero {
+                                self.stats.zero += 1;
+                            }
+                            (present && !zero) || swapped
+                        }
+                        VmaKind::VmaFilePrivate => anon_page || swapped,
+                        _ => present || swapped,
+                    };
+                    let inherited = inherit_from.is_some_and(|(p, pf)| {
+                        shared_frame.is_some_and(|f| f != 0 && pf.get(((addr - p.start) / PAGE) as usize) == Some(&f))
+                    });
+                    data.then_some(if inherited { RunKind::Inherited } else { RunKind::Data })
+                };
+                let Some(rk) = wanted else { continue };
                 match runs.last_mut() {
-                    Some(r) if r.vaddr + r.pages * PAGE == addr && r.pages < max_pages => r.pages += 1,
-                    _ => runs.push(Run { vaddr: addr, pages: 1 }),
+                    Some(r) if r.kind == rk && r.vaddr + r.pages * PAGE == addr && (rk != RunKind::Data || r.pages < max_pages) => r.pages += 1,
+                    _ => runs.push(Run { vaddr: addr, pages: 1, kind: rk }),
                 }
             }
             at = end;
+        }
+        if private {
+            self.frames.vmas.push((v.clone(), frames));
         }
         Ok(runs)
     }
@@ -153,9 +207,10 @@ impl PageDumper {
         if batch.is_empty() {
             return Ok(());
         }
-        let total: u64 = batch.iter().map(|r| r.pages * PAGE).sum();
+        let data = |r: &&Run| r.kind == RunKind::Data;
+        let total: u64 = batch.iter().filter(data).map(|r| r.pages * PAGE).sum();
         if readable {
-            let iovs: Vec<IoVec> = batch.iter().map(|r| IoVec { base: r.vaddr, len: r.pages * PAGE }).collect();
+            let iovs: Vec<IoVec> = batch.iter().filter(data).map(|r| IoVec { base: r.vaddr, len: r.pages * PAGE }).collect();
             for part in iovs.chunks(crate::sys::abi::MAX_IOVS) {
                 parasite.splice_pages(part)?;
             }
@@ -171,7 +226,7 @@ impl PageDumper {
         } else {
             // Not readable by the task itself (PROT_NONE): /proc/PID/mem reads it anyway.
             let mut off = 0usize;
-            for r in batch.iter() {
+            for r in batch.iter().filter(data) {
                 let len = (r.pages * PAGE) as usize;
                 self.mem.read_exact_at(&mut self.buf[off..off + len], r.vaddr).map_err(|e| Error::proc(self.pid, "mem", e))?;
                 off += len;
@@ -179,6 +234,11 @@ impl PageDumper {
         }
         let mut off = 0usize;
         for r in batch.drain(..) {
+            if r.kind != RunKind::Data {
+                let (inherited, guard) = (r.kind == RunKind::Inherited, r.kind == RunKind::Guard);
+                self.entries.push(pb::PagemapEntry { vaddr: r.vaddr, nr_pages: r.pages as u32, inherited, guard, ..Default::default() });
+                continue;
+            }
             let len = (r.pages * PAGE) as usize;
             let end = r.vaddr + len as u64;
             for &(a, l) in &self.volatile {
@@ -194,6 +254,7 @@ impl PageDumper {
                 offset: stored.offset,
                 stored_len: stored.stored_len,
                 crc32: stored.crc32,
+                ..Default::default()
             });
             self.stats.dumped += r.pages;
             off += len;

@@ -60,6 +60,23 @@ pub fn premap_size(vmas: &[pb::Vma]) -> u64 {
     vmas.iter().filter(|v| vma::is_restorable(v)).map(|v| v.end - v.start).sum()
 }
 
+/// Whether each VMA holds pages inherited from the parent (see `mem::dump::Frames`):
+/// such a VMA is not premapped afresh but taken over from the parent's premapped
+/// memory, which this process inherited copy-on-write when it was forked.
+pub fn inherits(vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry]) -> Vec<bool> {
+    let mut out = vec![false; vmas.len()];
+    let mut i = 0;
+    for e in pagemap.iter().filter(|e| e.inherited) {
+        while i < vmas.len() && vmas[i].end <= e.vaddr {
+            i += 1;
+        }
+        if vmas.get(i).is_some_and(|v| v.start <= e.vaddr) {
+            out[i] = true;
+        }
+    }
+    out
+}
+
 /// Whether `b` can share one premapped mapping with `a`, the VMA right below it:
 /// private anonymous memory with the same flags and the same initial protection.
 /// Such runs (e.g. one allocation whose pages alternate protections) are mapped and
@@ -72,12 +89,14 @@ fn joins(a: &pb::Vma, b: &pb::Vma) -> bool {
 }
 
 /// The restorable VMAs in runs that are premapped together (index ranges into
-/// `vmas`, in address order).
-pub fn groups(vmas: &[pb::Vma]) -> Vec<std::ops::Range<usize>> {
+/// `vmas`, in address order). A VMA taken over from the parent (`solo`) is a run
+/// of its own.
+pub fn groups(vmas: &[pb::Vma], solo: &[bool]) -> Vec<std::ops::Range<usize>> {
+    let alone = |i: usize| solo.get(i).copied().unwrap_or(false);
     let mut out: Vec<std::ops::Range<usize>> = Vec::new();
     for (i, v) in vmas.iter().enumerate().filter(|(_, v)| vma::is_restorable(v)) {
         match out.last_mut() {
-            Some(g) if g.end == i && joins(&vmas[i - 1], v) => g.end = i + 1,
+            Some(g) if g.end == i && !alone(i) && !alone(i - 1) && joins(&vmas[i - 1], v) => g.end = i + 1,
             _ => out.push(i..i + 1),
         }
     }
@@ -97,21 +116,55 @@ impl Slot<'_> {
     fn end(&self) -> u64 {
         self.vmas[self.vmas.len() - 1].end
     }
+    /// The protection its memory has once `premap` is done (a run keeps the
+    /// initial one until the restorer protects each member).
+    fn prot(&self) -> i32 {
+        let v = &self.vmas[0];
+        if self.vmas.len() > 1 { initial_prot(v).0 } else { v.prot as i32 }
+    }
 }
 
 /// Maps every restorable VMA (run) at the front of `area`, fills private pages from
 /// the page image and applies final protections (members of a run get theirs from
-/// the restorer, see `protects`). Returns the slots, in address order.
-pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], pages: &mut PagesReader, area: &mut Area, shmem: &ShmemObjects) -> Result<Vec<Slot<'a>>> {
+/// the restorer, see `protects`). A VMA with pages inherited from the parent is
+/// taken over from `parent`'s slots (inherited at fork) instead of mapped afresh:
+/// its own pages are written over it, pages it did not have are dropped. Returns the
+/// slots, in address order.
+pub fn premap<'a>(
+    pid: i32,
+    vmas: &'a [pb::Vma],
+    pagemap: &[pb::PagemapEntry],
+    pages: &mut PagesReader,
+    area: &mut Area,
+    shmem: &ShmemObjects,
+    parent: Option<&[Slot]>,
+) -> Result<Vec<Slot<'a>>> {
     let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
+    let bad = |msg: String| Error::BadImage { file: format!("pagemap-{pid}.img"), msg };
+    let solo = inherits(vmas, pagemap);
     let mut slots: Vec<Slot> = Vec::new();
-    for g in groups(vmas) {
+    let mut adopted = Vec::new();
+    // The protection each slot's memory has while it is filled.
+    let mut prot_now = Vec::new();
+    for g in groups(vmas, &solo) {
+        let first = g.start;
         let members = &vmas[g];
         let v = &members[0];
         let len = members[members.len() - 1].end - v.start;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (rw, noreserve) = initial_prot(v);
+        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
+        let mut now = if shared { v.prot as i32 } else { rw };
         let r = match v.kind() {
+            _ if solo[first] => {
+                let from = parent.and_then(|ps| ps.iter().find(|s| s.start() <= v.start && v.end <= s.end()));
+                let from = from.ok_or_else(|| bad(format!("pages at {:#x} are the parent's, which has no such memory", v.start)))?;
+                adopted.push(slots.len());
+                now = from.prot();
+                // SAFETY: the parent's premapped memory, inherited at fork: this
+                // process has no Rust object referring to it (`from` only describes it).
+                unsafe { area.adopt(from.map.addr() + (v.start - from.start()), len, from.prot()) }
+            }
             VmaKind::VmaAnonPrivate => area.map_next(len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | gd | noreserve, None, 0),
             VmaKind::VmaAnonShared => {
                 let path = shmem.path(v.shmid).ok_or_else(|| Error::BadImage {
@@ -134,10 +187,13 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
         };
         let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.start + len, v.path), e))?;
         slots.push(Slot { vmas: members, map });
+        prot_now.push(now);
     }
 
     // Fill: pagemap entries are in address order, like the VMAs.
     let mut self_mem: Option<std::io::Result<std::fs::File>> = None;
+    let mut guards = Vec::new();
+    let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); slots.len()];
     let mut i = 0;
     for e in pagemap {
         let len = e.nr_pages as u64 * PAGE;
@@ -146,21 +202,27 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
         }
         let inside = |s: &Slot| s.start() <= e.vaddr && e.vaddr.checked_add(len).is_some_and(|end| end <= s.end());
         let Some(slot) = slots.get_mut(i).filter(|s| inside(s)) else {
-            return Err(Error::BadImage {
-                file: format!("pagemap-{pid}.img"),
-                msg: format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr),
-            });
+            return Err(bad(format!("pages at {:#x} (+{len}) lie outside every VMA", e.vaddr)));
         };
         let v = &slot.vmas[0];
+        let off = e.vaddr - slot.start();
+        covered[i].push((off, len));
+        if e.guard {
+            guards.push((i, off, len));
+            continue;
+        }
+        if e.inherited {
+            continue; // already there, shared with the parent
+        }
         if v.kind() == VmaKind::VmaAnonShared {
             continue; // filled once, in the shared object, by crtool
         }
         if !vma::has_private_pages(v) {
-            return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("pages at {:#x} belong to a shared file mapping", e.vaddr) });
+            return Err(bad(format!("pages at {:#x} belong to a shared file mapping", e.vaddr)));
         }
-        let off = e.vaddr - slot.start();
-        if initial_prot(v).0 & libc::PROT_WRITE == 0 {
-            // Mapped read-only to keep it unaccounted: write through /proc/self/mem.
+        if prot_now[i] & libc::PROT_WRITE == 0 {
+            // Mapped read-only (to keep it unaccounted, or as taken over): write
+            // through /proc/self/mem.
             let mut buf = vec![0u8; len as usize];
             pages.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
             self_mem.get_or_insert_with(|| OpenOptions::new().write(true).open("/proc/self/mem"))
@@ -174,16 +236,39 @@ pub fn premap<'a>(pid: i32, vmas: &'a [pb::Vma], pagemap: &[pb::PagemapEntry], p
         let dst = slot.map.bytes_mut(off, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {:#x} is not writable", v.start) })?;
         pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
     }
+    // Memory taken over from the parent: pages this process did not have (zero, or
+    // clean file pages) must not show the parent's.
+    for &si in &adopted {
+        let slot = &mut slots[si];
+        let mut at = 0;
+        let mut holes = Vec::new();
+        for &(off, len) in &covered[si] {
+            if off > at {
+                holes.push((at, off - at));
+            }
+            at = at.max(off + len);
+        }
+        if at < slot.map.len() {
+            holes.push((at, slot.map.len() - at));
+        }
+        for (off, len) in holes {
+            slot.map.discard(off, len).map_err(|e| fail(format!("MADV_DONTNEED {:#x}", slot.start() + off), e))?;
+        }
+    }
 
-    for slot in slots.iter_mut() {
+    for (si, slot) in slots.iter_mut().enumerate() {
         let v = &slot.vmas[0];
         let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
-        if slot.vmas.len() == 1 && !shared && v.prot as i32 != initial_prot(v).0 {
+        if slot.vmas.len() == 1 && !shared && v.prot as i32 != prot_now[si] {
             slot.map.protect(v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
         }
         for a in vma::advice(v) {
             slot.map.advise(a).map_err(|e| fail(format!("madvise({a}) {:#x}", v.start), e))?;
         }
+    }
+    for (si, off, len) in guards {
+        let slot = &mut slots[si];
+        slot.map.guard(off, len).map_err(|e| fail(format!("MADV_GUARD_INSTALL {:#x}", slot.start() + off), e))?;
     }
     Ok(slots)
 }
@@ -195,8 +280,8 @@ pub fn moves(slots: &[Slot]) -> Vec<VmaMove> {
 
 /// The protections the restorer applies once runs are in place: every member of a
 /// run of several VMAs whose protection differs from the run's initial one.
-pub fn protects(vmas: &[pb::Vma]) -> Vec<VmaProtect> {
-    groups(vmas)
+pub fn protects(vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry]) -> Vec<VmaProtect> {
+    groups(vmas, &inherits(vmas, pagemap))
         .into_iter()
         .filter(|g| g.len() > 1)
         .flat_map(|g| vmas[g].iter())
@@ -207,6 +292,6 @@ pub fn protects(vmas: &[pb::Vma]) -> Vec<VmaProtect> {
 
 /// How many mappings restoring `vmas` needs at its peak, besides the restoring
 /// process's own: the premapped runs, the restorer's region and its reserve.
-pub fn peak_vmas(vmas: &[pb::Vma]) -> usize {
-    groups(vmas).len() + 2
+pub fn peak_vmas(vmas: &[pb::Vma], pagemap: &[pb::PagemapEntry]) -> usize {
+    groups(vmas, &inherits(vmas, pagemap)).len() + 2
 }

@@ -6,7 +6,7 @@
 use super::{TaskImages, TreeImages};
 use crate::error::{Error, Result};
 use crate::files::Parked;
-use crate::mem::restore::{find_area, premap, premap_size};
+use crate::mem::restore::{Slot, find_area, premap, premap_size};
 use crate::mem::shmem::ShmemObjects;
 use crate::sys::abi::{self, PrctlMmMap, RestorerArgs, ThreadArgs, VmaMove};
 use crate::sys::blobs;
@@ -76,8 +76,9 @@ impl LeaderlessGroup {
 }
 
 /// Runs process `idx` of the tree in this (just forked) process. Never returns.
-pub fn run(ctx: &Ctx, idx: usize) -> ! {
-    let Err(e) = setup(ctx, idx);
+/// `inherited`: the parent's premapped memory, which this process inherited at fork.
+pub fn run(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> ! {
+    let Err(e) = setup(ctx, idx, inherited);
     report_and_exit(ctx.status_w, &e)
 }
 
@@ -89,7 +90,7 @@ fn report_and_exit(status: RawFd, e: &Error) -> ! {
     process::exit_now(1)
 }
 
-fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
+fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible> {
     let imgs = ctx.imgs;
     let me = &imgs.procs[idx];
     let t = &me.tree;
@@ -151,6 +152,10 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
         process::exit_like(t.exit_status);
     }
 
+    // Memory first: children forked after this inherit it copy-on-write, and take
+    // over the parts they still shared with this process when it was dumped.
+    let task = me.task.as_ref().ok_or_else(|| fail("no task images".into()))?;
+    let pm = premap_task(ctx, pid, task, inherited)?;
     let mut zombies = Vec::new();
     for c in imgs.children(t.pid) {
         let cpid = imgs.procs[c].tree.pid as i32;
@@ -163,7 +168,7 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
             .map_or_else(|| fork_with_pids_signal(&[cpid], flags, sig), Ok)
             .map_err(|e| fail(format!("forking child {cpid}: {e}")))?;
         match forked {
-            Forked::Child => run(ctx, c),
+            Forked::Child => run(ctx, c, Some(&pm.slots)),
             Forked::Parent(z) if imgs.procs[c].task.is_none() => zombies.push(z),
             Forked::Parent(_) => {}
         }
@@ -178,8 +183,7 @@ fn setup(ctx: &Ctx, idx: usize) -> Result<Infallible> {
     for h in helpers {
         let _ = nix::sys::wait::waitpid(h, None);
     }
-    let task = me.task.as_ref().ok_or_else(|| fail("no task images".into()))?;
-    setup_task(ctx, pid, task)
+    setup_task(ctx, pid, task, pm)
 }
 
 /// A private mount namespace with a /proc of the new PID namespace (what
@@ -252,7 +256,18 @@ fn put<T: abi::Plain>(mem: &mut [u8], off: u64, v: &T) {
     mem[off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
 }
 
-fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
+/// A task's memory, premapped in its area, and the layout of the restorer region
+/// that follows it.
+struct Premapped<'a> {
+    area: Area,
+    slots: Vec<Slot<'a>>,
+    reg: Region,
+    specials: Vec<VmaMove>,
+    protects: Vec<abi::VmaProtect>,
+}
+
+/// Everything up to the memory: early task state, the area, the premapped VMAs.
+fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Option<&[Slot]>) -> Result<Premapped<'a>> {
     let core = &task.core;
     let fail = |msg: String| Error::Restore { pid, msg };
     task::apply_early(core)?;
@@ -277,8 +292,8 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
 
     // Memory: one area holds every premapped VMA, then the restorer region.
     let vmas = &task.mm.vmas;
-    let nr_moves = crate::mem::restore::groups(vmas).len();
-    let protects = crate::mem::restore::protects(vmas);
+    let nr_moves = crate::mem::restore::groups(vmas, &crate::mem::restore::inherits(vmas, &task.pagemap)).len();
+    let protects = crate::mem::restore::protects(vmas, &task.pagemap);
     let frame_sizes: Vec<u64> = core.threads.iter().map(|t| task::regs::sigframe_len(t, ctx.geometry) as u64).collect();
     let reg = layout(task, nr_moves, protects.len(), &frame_sizes, scratch_len);
     let premapped = premap_size(vmas);
@@ -287,9 +302,15 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
     let mut area = Area::reserve(area_at, area_len).map_err(|e| fail(format!("reserving the restore area at {area_at:#x}: {e}")))?;
 
     let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
-    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem)?;
+    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited)?;
+    Ok(Premapped { area, slots, reg, specials, protects })
+}
+
+fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<Infallible> {
+    let core = &task.core;
+    let fail = |msg: String| Error::Restore { pid, msg };
+    let Premapped { mut area, slots, reg, specials, protects } = pm;
     let moves = crate::mem::restore::moves(&slots);
-    drop(pages);
     drop(slots); // the memory stays mapped for the restorer
 
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
@@ -363,7 +384,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages) -> Result<Infallible> {
         exe_fd: -1,
         self_rseq: process::own_rseq(),
         area_start,
-        area_len,
+        area_len: area.len(),
         specials: [VmaMove::default(); abi::MAX_SPECIALS],
         nr_specials: specials.len() as u32,
         nr_vmas: moves.len() as u32,

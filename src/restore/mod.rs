@@ -182,7 +182,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         e => Error::Restore { pid: root_pid, msg: format!("clone3 with set_tid: {e}") },
     })?;
     match forked {
-        Forked::Child => child::run(&ctx, 0),
+        Forked::Child => child::run(&ctx, 0, None),
         Forked::Parent(root) => {
             drop(status_w);
             drop(go_r);

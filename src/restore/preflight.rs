@@ -54,7 +54,7 @@ pub fn check(imgs: &TreeImages, checks: Checks) -> Result<()> {
         }
         if let Some(max) = max_maps {
             let own = own_maps + shm_objects.len() + OWN_SLACK;
-            let need = (t.mm.vmas.len() + 2).max(own + mem::restore::peak_vmas(&t.mm.vmas));
+            let need = (t.mm.vmas.len() + 2).max(own + mem::restore::peak_vmas(&t.mm.vmas, &t.pagemap));
             if need > max {
                 return Err(fail(pid, format!(
                     "its {} mappings need {need} at once to restore, more than vm.max_map_count ({max}); raise it (sysctl vm.max_map_count)",

@@ -52,6 +52,11 @@ impl Area {
         self.start
     }
 
+    /// The whole reservation's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Maps the next `len` bytes of the area.
     pub fn map_next(&mut self, len: u64, prot: i32, flags: i32, fd: Option<BorrowedFd>, off: u64) -> Result<Mapping, Errno> {
         let at = self.next;
@@ -61,6 +66,28 @@ impl Area {
         // SAFETY: [at, at+len) lies in our own reservation past every range handed out
         // before, so nothing refers to it.
         unsafe { map_fixed(at, len, prot, flags, fd, off, true)? };
+        self.next += len;
+        Ok(Mapping { addr: at, len, writable: prot & libc::PROT_WRITE != 0 })
+    }
+
+    /// Moves `len` bytes of an existing private mapping of this process at `from`
+    /// (inherited copy-on-write from the parent) to the next bytes of the area with
+    /// mremap(2), keeping its pages shared. `prot` is its current protection.
+    ///
+    /// # Safety
+    /// `[from, from+len)` must be a mapping no Rust object refers to (a parent's
+    /// premapped memory inherited at fork).
+    pub unsafe fn adopt(&mut self, from: u64, len: u64, prot: i32) -> Result<Mapping, Errno> {
+        let at = self.next;
+        if at + len > self.start + self.len {
+            return Err(Errno::ENOMEM);
+        }
+        // SAFETY: the source is unused by Rust code (caller); the target lies in our
+        // reservation past every range handed out, which MREMAP_FIXED replaces.
+        let r = unsafe { libc::mremap(from as *mut _, len as usize, len as usize, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, at as *mut libc::c_void) };
+        if r == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
         self.next += len;
         Ok(Mapping { addr: at, len, writable: prot & libc::PROT_WRITE != 0 })
     }
@@ -127,6 +154,27 @@ impl Mapping {
         Errno::result(unsafe { libc::madvise(self.addr as *mut _, self.len as usize, advice) }).map(drop)
     }
 
+    /// Drops the pages of `[off, off+len)` (MADV_DONTNEED): anonymous memory reads
+    /// as zeros again, a private file mapping as the file.
+    pub fn discard(&mut self, off: u64, len: u64) -> Result<(), Errno> {
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: data-changing advice on memory only this (mutably borrowed) handle
+        // refers to.
+        Errno::result(unsafe { libc::madvise((self.addr + off) as *mut _, len as usize, libc::MADV_DONTNEED) }).map(drop)
+    }
+
+    /// Installs guard pages over `[off, off+len)` (MADV_GUARD_INSTALL, Linux 6.13).
+    pub fn guard(&mut self, off: u64, len: u64) -> Result<(), Errno> {
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: makes part of memory only this handle refers to inaccessible; no
+        // Rust reference into it outlives the mutable borrow.
+        Errno::result(unsafe { libc::madvise((self.addr + off) as *mut _, len as usize, 102 /* MADV_GUARD_INSTALL */) }).map(drop)
+    }
+
     /// Pre-faults `[off, off+len)` writable in one call (MADV_POPULATE_WRITE), much
     /// cheaper than one page fault per page while filling. Best effort.
     pub fn populate(&self, off: u64, len: u64) {
@@ -140,6 +188,10 @@ pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
 pub const PM_FILE: u64 = 1 << 61;
 pub const PM_PFN_MASK: u64 = (1 << 55) - 1;
+/// The page is mapped by this process only (not shared copy-on-write).
+pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+/// A guard region page (MADV_GUARD_INSTALL, Linux 6.13).
+pub const PM_GUARD_REGION: u64 = 1 << 58;
 
 /// Reads the pagemap entries for `[start, end)` of the process whose pagemap is open.
 pub fn read_pagemap(pagemap: &File, start: u64, end: u64, out: &mut Vec<u64>) -> std::io::Result<()> {

@@ -300,7 +300,7 @@ pub fn files() -> Vec<pb::FileEntry> {
         pb::FileEntry { id: 3, kind: Some(file_entry::Kind::Pipe(pb::PipeEnd { pipe_id: 555, flags: 0o4000 })), ..Default::default() },
         pb::FileEntry {
             id: 4,
-            kind: Some(file_entry::Kind::Fifo(pb::Fifo { path: "/tmp/fifo".into(), pipe_id: 556, flags: 1 })),
+            kind: Some(file_entry::Kind::Fifo(pb::Fifo { path: "/tmp/fifo".into(), pipe_id: 556, flags: 1, quiet: true })),
             ..Default::default()
         },
     ]
@@ -331,6 +331,7 @@ pub fn write_pages(
                 offset: c.offset,
                 stored_len: c.stored_len,
                 crc32: c.crc32,
+                ..Default::default()
             }
         })
         .collect();

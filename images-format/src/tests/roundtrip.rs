@@ -35,13 +35,17 @@ fn every_kind_round_trips() {
             offset: 4096,
             stored_len: 12288,
             crc32: 7,
+            ..Default::default()
         },
+        pb::PagemapEntry { vaddr: 0x4000, nr_pages: 2, inherited: true, ..Default::default() },
+        pb::PagemapEntry { vaddr: 0x6000, nr_pages: 1, guard: true, ..Default::default() },
         pb::PagemapEntry {
             vaddr: 0x9000,
             nr_pages: 1,
             offset: 16384,
             stored_len: 4096,
             crc32: 9,
+            ..Default::default()
         },
     ];
     roundtrip(ImageKind::Pagemap, &map);
