@@ -306,7 +306,8 @@ pub struct RestorerArgs {
     /// Protections to apply after the moves: `nr_protects` VmaProtect at `protects`.
     pub protects: u64,
     pub nr_protects: u32,
-    pub _pad_end: u32,
+    /// mlockall(2) flags for future mappings (0: none), set last.
+    pub mlockall: u32,
 }
 
 pub const SPARE_SIZE: usize = 256;

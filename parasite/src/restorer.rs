@@ -154,6 +154,9 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
             }
             syscall6(NR_PRCTL, 77, 0, 0, 0, 0, 0);
         }
+        if a.mlockall != 0 {
+            check(STEP_MM, 1, syscall3(NR_MLOCKALL, a.mlockall as usize, 0, 0))?;
+        }
         apply_thread(&a.main)?;
         apply_creds(a)?;
         after_creds(&a.main)?;

@@ -39,6 +39,7 @@ pub const NR_GETTID: usize = 186;
 pub const NR_TIMER_CREATE: usize = 222;
 pub const NR_TIMER_SETTIME: usize = 223;
 pub const NR_CLOCK_GETTIME: usize = 228;
+pub const NR_MLOCKALL: usize = 151;
 pub const NR_CLONE3: usize = 435;
 pub const NR_MEMBARRIER: usize = 324;
 pub const NR_KEYCTL: usize = 250;

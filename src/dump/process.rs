@@ -105,6 +105,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let (main, _) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
     let mut parasite = Parasite::inject(main)?;
     let info = parasite.info()?;
+    let mlockall = vma::future_lock(pid, parasite.base())?;
     let numbers: Vec<i32> = fds.iter().map(|f| f.fd).collect();
     let dups = parasite.fds(&numbers)?;
     let tids = ctx.tids.clone();
@@ -163,6 +164,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         auxv,
         exe,
         vmas,
+        mlockall,
     };
     let v = p.vpid as u32;
     let dir = &ctx.opts.dir;

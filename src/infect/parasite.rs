@@ -75,6 +75,11 @@ impl<'t> Parasite<'t> {
         Ok(p)
     }
 
+    /// Where the parasite is mapped in the task.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
     fn err(&self, msg: impl Into<String>) -> Error {
         Error::Parasite { pid: self.tracee.pid.as_raw(), msg: msg.into() }
     }

@@ -265,6 +265,9 @@ pub fn premap<'a>(
         for a in vma::advice(v) {
             slot.map.advise(a).map_err(|e| fail(format!("madvise({a}) {:#x}", v.start), e))?;
         }
+        if vma::has_flag(v, "lo") {
+            slot.map.lock(vma::has_flag(v, "lf")).map_err(|e| fail(format!("mlock {:#x}", v.start), e))?;
+        }
     }
     for (si, off, len) in guards {
         let slot = &mut slots[si];

@@ -9,8 +9,15 @@ use procfs::process::{MMapPath, Process};
 pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
     let proc = Process::new(pid).map_err(|e| Error::proc(pid, "", std::io::Error::other(e)))?;
     let maps = proc.smaps().map_err(|e| Error::proc(pid, "smaps", std::io::Error::other(e)))?;
+    // The VmFlags lines as the kernel prints them (procfs knows only the older
+    // flags, and an unknown one must not pass unseen), one per VMA, in order.
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| Error::proc(pid, "smaps", e))?;
+    let flag_lines: Vec<&str> = smaps.lines().filter_map(|l| l.strip_prefix("VmFlags:")).collect();
+    if flag_lines.len() != maps.len() {
+        return Err(Error::proc(pid, "smaps", std::io::Error::other("VmFlags lines do not match the mappings")));
+    }
     let mut out = Vec::new();
-    for m in maps {
+    for (m, flag_line) in maps.into_iter().zip(flag_lines) {
         let (start, end) = m.address;
         let p = m.perms;
         use procfs::process::MMPermissions as P;
@@ -21,8 +28,13 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
         let shared = p.contains(P::SHARED);
         let flags = m.extension.vm_flags;
         let growsdown = flags.contains(procfs::process::VmFlags::GD);
-        let mut v = pb::Vma { start, end, prot, pgoff: m.offset, growsdown, flags: kept_flags(flags), ..Default::default() };
         let unsupported = |what: String| Error::Unsupported { pid, fd: None, what, hint: None };
+        let special = matches!(m.pathname, MMapPath::Vdso | MMapPath::Vvar | MMapPath::Vsyscall)
+            || matches!(&m.pathname, MMapPath::Other(n) if n == "vvar_vclock" || n == "[vvar_vclock]");
+        // The kernel's own mappings come back from the restoring kernel as they are.
+        let kept = if special { Ok(Vec::new()) } else { kept_flags(flag_line) };
+        let kept = kept.map_err(|f| unsupported(format!("mapping at {start:#x} has VmFlag {f:?} ({})", flag_meaning(f))))?;
+        let mut v = pb::Vma { start, end, prot, pgoff: m.offset, growsdown, flags: kept, ..Default::default() };
         let kind = match &m.pathname {
             MMapPath::Vdso => VmaKind::VmaVdso,
             MMapPath::Vvar => VmaKind::VmaVvar,
@@ -79,6 +91,28 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
     Ok(out)
 }
 
+/// mlockall(2) flags for future mappings, seen on a mapping the task has just made
+/// (the parasite's at `addr`): the kernel locks new mappings ("lo", with "lf" for
+/// MCL_ONFAULT) only under MCL_FUTURE. There is no other interface to read it.
+pub fn future_lock(pid: i32, addr: u64) -> Result<u32> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| Error::proc(pid, "smaps", e))?;
+    let mut inside = false;
+    for l in smaps.lines() {
+        if let Some((range, _)) = l.split_once(' ') && let Some((s, _)) = range.split_once('-') && let Ok(s) = u64::from_str_radix(s, 16) && !l.starts_with(char::is_uppercase) {
+            inside = s == addr;
+        }
+        if let (true, Some(flags)) = (inside, l.strip_prefix("VmFlags:")) {
+            let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+            return Ok(match (has("lo"), has("lf")) {
+                (false, _) => 0,
+                (true, false) => libc::MCL_FUTURE as u32,
+                (true, true) => (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u32,
+            });
+        }
+    }
+    Ok(0)
+}
+
 /// Records what each mapped file is (see `files::identity`), from the mapped file
 /// itself (/proc/PID/map_files), not from whatever its path names now.
 pub fn identify(pid: i32, vmas: &mut [pb::Vma], cache: &mut crate::files::identity::Cache) -> Result<()> {
@@ -91,14 +125,41 @@ pub fn identify(pid: i32, vmas: &mut [pb::Vma], cache: &mut crate::files::identi
     Ok(())
 }
 
-/// The VmFlags restore reproduces, as their smaps names, in a fixed order.
-fn kept_flags(f: procfs::process::VmFlags) -> Vec<String> {
-    use procfs::process::VmFlags as F;
-    [(F::AC, "ac"), (F::NR, "nr"), (F::DC, "dc"), (F::DD, "dd"), (F::WF, "wf"), (F::HG, "hg"), (F::NH, "nh"), (F::MG, "mg")]
-        .into_iter()
-        .filter(|(bit, _)| f.contains(*bit))
-        .map(|(_, n)| n.to_string())
-        .collect()
+/// VmFlags (proc_pid_smaps(5)) that restore reproduces, in the order they are
+/// stored: accounting, advice, locking.
+const KEPT: [&str; 12] = ["ac", "nr", "dc", "dd", "wf", "hg", "nh", "mg", "sr", "rr", "lo", "lf"];
+/// VmFlags that need nothing: protection and sharing (restored from the mapping
+/// itself), growsdown, denywrite, soft-dirty, the guard-page hint, mergeable-ness
+/// bookkeeping.
+const IMPLIED: [&str; 11] = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "dw", "sd"];
+const GUARD_HINT: &str = "gu";
+
+fn flag_meaning(f: &str) -> &'static str {
+    match f {
+        "dp" => "MAP_DROPPABLE: not supported yet",
+        "sl" => "sealed with mseal(2): not supported yet",
+        "um" | "uw" | "ui" => "registered with userfaultfd: not supported",
+        "ss" => "shadow stack: not supported yet",
+        "ht" => "hugetlbfs pages: not supported yet",
+        "io" | "pf" | "mm" | "ar" | "de" => "a device or special mapping: not supported",
+        "sf" => "synchronous page faults (DAX): not supported",
+        _ => "unknown to this crtool: refused rather than dropped",
+    }
+}
+
+/// The flags of a VmFlags line that restore reproduces; `Err(flag)` for one it
+/// cannot.
+fn kept_flags(line: &str) -> std::result::Result<Vec<String>, &str> {
+    let mut out = Vec::new();
+    for f in line.split_whitespace() {
+        if KEPT.contains(&f) {
+            out.push(f.to_string());
+        } else if !IMPLIED.contains(&f) && f != GUARD_HINT {
+            return Err(f);
+        }
+    }
+    out.sort_by_key(|f| KEPT.iter().position(|k| k == f));
+    Ok(out)
 }
 
 pub fn has_flag(v: &pb::Vma, name: &str) -> bool {
@@ -107,7 +168,16 @@ pub fn has_flag(v: &pb::Vma, name: &str) -> bool {
 
 /// madvise() advice reproducing the VMA's advice flags.
 pub fn advice(v: &pb::Vma) -> Vec<i32> {
-    [("dc", libc::MADV_DONTFORK), ("dd", libc::MADV_DONTDUMP), ("wf", libc::MADV_WIPEONFORK), ("hg", libc::MADV_HUGEPAGE), ("nh", libc::MADV_NOHUGEPAGE), ("mg", libc::MADV_MERGEABLE)]
+    [
+        ("dc", libc::MADV_DONTFORK),
+        ("dd", libc::MADV_DONTDUMP),
+        ("wf", libc::MADV_WIPEONFORK),
+        ("hg", libc::MADV_HUGEPAGE),
+        ("nh", libc::MADV_NOHUGEPAGE),
+        ("mg", libc::MADV_MERGEABLE),
+        ("sr", libc::MADV_SEQUENTIAL),
+        ("rr", libc::MADV_RANDOM),
+    ]
         .into_iter()
         .filter(|(n, _)| has_flag(v, n))
         .map(|(_, a)| a)

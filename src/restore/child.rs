@@ -419,7 +419,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
         spare: region + reg.spare,
         protects: region + reg.protects,
         nr_protects: protects.len() as u32,
-        _pad_end: 0,
+        mlockall: task.mm.mlockall,
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
     task::fill_restorer_args(core, &mut args, ctx.cpu_tick_usec);

@@ -165,6 +165,13 @@ impl Mapping {
         Errno::result(unsafe { libc::madvise((self.addr + off) as *mut _, len as usize, libc::MADV_DONTNEED) }).map(drop)
     }
 
+    /// mlock2(2) of the whole mapping (`on_fault`: MLOCK_ONFAULT, pages locked as
+    /// they are touched).
+    pub fn lock(&self, on_fault: bool) -> Result<(), Errno> {
+        // SAFETY: locks memory only this handle refers to; no data changes.
+        Errno::result(unsafe { libc::syscall(libc::SYS_mlock2, self.addr, self.len, if on_fault { 1 } else { 0 }) }).map(drop)
+    }
+
     /// Installs guard pages over `[off, off+len)` (MADV_GUARD_INSTALL, Linux 6.13).
     pub fn guard(&mut self, off: u64, len: u64) -> Result<(), Errno> {
         if off.checked_add(len).is_none_or(|e| e > self.len) {
