@@ -196,6 +196,12 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
             }
         };
         let exit_signal = process::Stat::read(p.pid)?.field(38) as i32;
+        // A controlling terminal comes back only with a session from outside the tree
+        // (--shell-job: the restored task joins crtool's session and terminal).
+        let tty = process::Stat::read(p.pid)?.field(7);
+        if tty != 0 && vsid != 0 && p.zombie.is_none() {
+            return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session has a controlling terminal (tty {}:{})", (tty >> 8) & 0xfff, tty & 0xff), hint: Some("terminals are not supported yet; a shell job can be dumped with --shell-job") });
+        }
         if let Some(status) = p.zombie {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default().trim_end_matches('\n').to_string();
             let id = |key| crate::procinfo::ids(p.pid, key).unwrap_or_default().into_iter().map(|v| v as u32).collect();

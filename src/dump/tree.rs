@@ -148,7 +148,8 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                 }
                 let blocked = crate::task::syscall::probe(pid, tid);
                 match Tracee::seize(Pid::from_raw(tid), xsave_size) {
-                    Ok(t) => {
+                    Ok(mut t) => {
+                        crate::task::rseq_fixup(&mut t);
                         seen_threads.insert(tid);
                         if let Some(sig) = t.group_stop {
                             // exit_code (stat field 52) holds the stop until the

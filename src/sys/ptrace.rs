@@ -208,3 +208,15 @@ pub fn get_robust_list(tid: Pid) -> Result<(u64, u64), Errno> {
 pub fn cont_signal(pid: Pid, sig: i32) -> Result<(), Errno> {
     raw(libc::PTRACE_CONT, pid, 0, sig as usize as *mut c_void).map(drop)
 }
+
+/// Whether GDT TLS entry `idx` (12..=14 on x86-64) of `tid` holds a segment set with
+/// set_thread_area(2) (PTRACE_GET_THREAD_AREA): an empty one has base and limit 0
+/// and is marked not present.
+pub fn tls_entry_used(tid: Pid, idx: u32) -> bool {
+    let mut d = [0u32; 4]; // struct user_desc: entry_number, base_addr, limit, flags
+    if raw(25 /* PTRACE_GET_THREAD_AREA */, tid, idx as usize, d.as_mut_ptr().cast()).is_err() {
+        return false;
+    }
+    let not_present = d[3] & (1 << 5) != 0;
+    !(d[1] == 0 && d[2] == 0 && not_present)
+}

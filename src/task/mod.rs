@@ -123,6 +123,35 @@ fn sched_of(tid: i32) -> Result<pb::Sched> {
     Ok(pb::Sched { policy: a.policy, flags: a.flags, nice: a.nice, priority: a.priority, runtime: a.runtime, deadline: a.deadline, period: a.period })
 }
 
+/// A thread frozen inside an rseq critical section (its rseq area's `rseq_cs` points
+/// at a descriptor whose range holds the instruction pointer) is moved to the
+/// section's abort handler, as the kernel itself does when it preempts such a
+/// thread: the parasite's run would otherwise clear `rseq_cs` and the section
+/// would go on unprotected. include/uapi/linux/rseq.h.
+pub fn rseq_fixup(t: &mut Tracee) {
+    let Ok(conf) = ptrace::get_rseq(t.pid) else { return };
+    if conf.rseq_abi_pointer == 0 {
+        return;
+    }
+    let mut cs_ptr = [0u8; 8];
+    if process::read_remote(t.pid, conf.rseq_abi_pointer + 8, &mut cs_ptr).is_err() {
+        return;
+    }
+    let cs = u64::from_le_bytes(cs_ptr);
+    let mut d = [0u8; 32];
+    if cs == 0 || process::read_remote(t.pid, cs, &mut d).is_err() {
+        return;
+    }
+    let q = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().unwrap());
+    let (start, len, abort) = (q(8), q(16), q(24));
+    let mut sig = [0u8; 4];
+    let signed = process::read_remote(t.pid, abort.wrapping_sub(4), &mut sig).is_ok() && u32::from_le_bytes(sig) == conf.signature;
+    if t.regs.rip.wrapping_sub(start) < len && signed {
+        log::debug!("thread {}: in an rseq critical section at {:#x}, resumes at its abort handler {abort:#x}", t.pid, t.regs.rip);
+        t.regs.rip = abort;
+    }
+}
+
 /// What crtool learned about one thread besides its registers: state only the
 /// thread itself can report, read with remote syscalls.
 pub struct ThreadExtra {
@@ -280,6 +309,11 @@ fn refuse_unsupported(pid: i32, threads: &[Tracee], extras: &[ThreadExtra], info
         }
         if t.regs.cs != 0x33 {
             return refuse(format!("thread {tid} runs 32-bit code (cs {:#x})", t.regs.cs), "only 64-bit tasks are supported");
+        }
+        for entry in 12..15 {
+            if ptrace::tls_entry_used(t.pid, entry) {
+                return refuse(format!("thread {tid} has a TLS segment in GDT entry {entry} (set_thread_area)"), "not supported yet");
+            }
         }
     }
     if info.process_keyring > 0 {
