@@ -17,6 +17,18 @@ pub enum ImageError {
     #[error("{}: image file missing", path.display())]
     Missing { path: PathBuf },
 
+    #[error("{}: no inventory.img: not a complete dump (an interrupted or failed dump, or not an image directory)", dir.display())]
+    NoDump { dir: PathBuf },
+
+    #[error("{}: {found} bytes, the dump wrote {expected} (image {})", path.display(), if found < expected { "truncated" } else { "extended" })]
+    FileSize { path: PathBuf, expected: u64, found: u64 },
+
+    #[error("{}: contents differ from what the dump wrote (CRC {found:#010x}, inventory says {expected:#010x}): changed, corrupt or swapped with another file", path.display())]
+    FileCrc { path: PathBuf, expected: u32, found: u32 },
+
+    #[error("{}: not part of this dump (the inventory does not list it); remove it or restore from a clean directory", path.display())]
+    Extra { path: PathBuf },
+
     #[error("{}: bad magic {found:#010x}, {} (not a crtool image of the expected kind)",
             path.display(), describe_expected(*expected))]
     BadMagic {
@@ -127,6 +139,10 @@ impl ImageError {
         match self {
             Self::Io { path, .. }
             | Self::Missing { path }
+            | Self::NoDump { dir: path }
+            | Self::FileSize { path, .. }
+            | Self::FileCrc { path, .. }
+            | Self::Extra { path }
             | Self::BadMagic { path, .. }
             | Self::BadVersion { path, .. }
             | Self::Truncated { path, .. }

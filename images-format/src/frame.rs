@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::{FORMAT_VERSION, ImageError, ImageKind};
+use crate::{FORMAT_VERSION, ImageError, ImageKind, pb};
 
 /// Largest accepted entry payload; anything longer is treated as corruption.
 pub const MAX_ENTRY_LEN: u32 = 64 << 20;
@@ -81,6 +81,8 @@ pub struct ImageWriter {
     offset: u64,
     entries: u64,
     buf: Vec<u8>,
+    /// CRC32 of every byte written so far (for the inventory's manifest).
+    hasher: crc32fast::Hasher,
 }
 
 impl ImageWriter {
@@ -97,6 +99,8 @@ impl ImageWriter {
         header[4..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         file.write_all(&header)
             .map_err(|e| ImageError::io(&path, 0, None, e))?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
         Ok(Self {
             path,
             kind,
@@ -104,6 +108,7 @@ impl ImageWriter {
             offset: HEADER_LEN,
             entries: 0,
             buf: Vec::new(),
+            hasher,
         })
     }
 
@@ -131,6 +136,8 @@ impl ImageWriter {
             .write_all(&frame)
             .and_then(|()| self.file.write_all(&self.buf))
             .map_err(|e| ImageError::io(&self.path, offset, Some(entry), e))?;
+        self.hasher.update(&frame);
+        self.hasher.update(&self.buf);
         self.offset += FRAME_HEADER_LEN + u64::from(len);
         self.entries += 1;
         Ok(())
@@ -151,27 +158,37 @@ impl ImageWriter {
         self.entries
     }
 
-    fn flush(self) -> Result<(PathBuf, File), ImageError> {
+    fn flush(self) -> Result<(File, pb::ImageFile), ImageError> {
         let Self {
-            path, file, offset, ..
+            path, file, offset, entries, hasher, ..
         } = self;
+        let summary = summary(&path, offset, hasher.finalize(), entries);
         match file.into_inner() {
-            Ok(f) => Ok((path, f)),
+            Ok(f) => Ok((f, summary)),
             Err(e) => Err(ImageError::io(&path, offset, None, e.into_error())),
         }
     }
 
-    /// Flushes buffered data to the file (no fsync).
-    pub fn finish(self) -> Result<(), ImageError> {
-        self.flush().map(drop)
+    /// Flushes buffered data to the file (no fsync); returns the file's manifest
+    /// entry (name, size, CRC32, entries).
+    pub fn finish(self) -> Result<pb::ImageFile, ImageError> {
+        self.flush().map(|(_, s)| s)
     }
 
     /// Flushes buffered data and fsyncs the file.
-    pub fn finish_sync(self) -> Result<(), ImageError> {
-        let (path, file) = self.flush()?;
+    pub fn finish_sync(self) -> Result<pb::ImageFile, ImageError> {
+        let path = self.path.clone();
+        let (file, s) = self.flush()?;
         file.sync_all()
-            .map_err(|source| ImageError::Io { path, source })
+            .map_err(|source| ImageError::Io { path, source })?;
+        Ok(s)
     }
+}
+
+/// A manifest entry for the file at `path`.
+pub(crate) fn summary(path: &Path, size: u64, crc32: u32, entries: u64) -> pb::ImageFile {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    pb::ImageFile { name, size, crc32, entries }
 }
 
 /// Writes `entries` as a complete image file `dir/kind.file_name(pid)`.
@@ -180,7 +197,7 @@ pub fn write_entries<M: prost::Message>(
     kind: ImageKind,
     pid: u32,
     entries: &[M],
-) -> Result<(), ImageError> {
+) -> Result<pb::ImageFile, ImageError> {
     let mut w = ImageWriter::create(dir, kind, pid)?;
     entries.iter().try_for_each(|m| w.write(m))?;
     w.finish()

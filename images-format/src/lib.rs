@@ -40,4 +40,4 @@ pub use pages::{
     Compression, DEFAULT_ZSTD_LEVEL, PAGE_SIZE, PAGES_HEADER_LEN, PagesReader, PagesWriter,
     StoredChunk,
 };
-pub use verify::{VerifyReport, verify_dir};
+pub use verify::{VerifyReport, check_manifest, verify_dir, verify_files};

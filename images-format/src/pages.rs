@@ -67,6 +67,9 @@ pub struct PagesWriter {
     compressor: Option<zstd::bulk::Compressor<'static>>,
     offset: u64,
     buf: Vec<u8>,
+    /// CRC32 of the whole file so far (chunk CRCs combined into it).
+    hasher: crc32fast::Hasher,
+    chunks: u64,
 }
 
 impl PagesWriter {
@@ -97,12 +100,16 @@ impl PagesWriter {
         header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         header[8..12].copy_from_slice(&compression.code().to_le_bytes());
         file.write_all(&header).map_err(|e| io_err(&path, e))?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
         Ok(Self {
             path,
             file,
             compressor,
             offset: PAGES_HEADER_LEN,
             buf: Vec::new(),
+            hasher,
+            chunks: 0,
         })
     }
 
@@ -123,11 +130,15 @@ impl PagesWriter {
         self.file
             .write_all(stored)
             .map_err(|e| io_err(&self.path, e))?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(stored);
         let chunk = StoredChunk {
             offset,
             stored_len: stored.len() as u64,
-            crc32: crc32fast::hash(stored),
+            crc32: h.clone().finalize(),
         };
+        self.hasher.combine(&h);
+        self.chunks += 1;
         self.offset += chunk.stored_len;
         Ok(chunk)
     }
@@ -142,26 +153,29 @@ impl PagesWriter {
         self.offset
     }
 
-    fn flush(self) -> Result<(PathBuf, File), ImageError> {
+    fn flush(self) -> Result<(File, crate::pb::ImageFile), ImageError> {
         let Self {
-            path, file, offset, ..
+            path, file, offset, hasher, chunks, ..
         } = self;
+        let summary = crate::frame::summary(&path, offset, hasher.finalize(), chunks);
         match file.into_inner() {
-            Ok(f) => Ok((path, f)),
+            Ok(f) => Ok((f, summary)),
             Err(e) => Err(ImageError::io(&path, offset, None, e.into_error())),
         }
     }
 
-    /// Flushes buffered data to the file (no fsync).
-    pub fn finish(self) -> Result<(), ImageError> {
-        self.flush().map(drop)
+    /// Flushes buffered data to the file (no fsync); returns its manifest entry.
+    pub fn finish(self) -> Result<crate::pb::ImageFile, ImageError> {
+        self.flush().map(|(_, s)| s)
     }
 
     /// Flushes buffered data and fsyncs the file.
-    pub fn finish_sync(self) -> Result<(), ImageError> {
-        let (path, file) = self.flush()?;
+    pub fn finish_sync(self) -> Result<crate::pb::ImageFile, ImageError> {
+        let path = self.path.clone();
+        let (file, s) = self.flush()?;
         file.sync_all()
-            .map_err(|source| ImageError::Io { path, source })
+            .map_err(|source| ImageError::Io { path, source })?;
+        Ok(s)
     }
 }
 

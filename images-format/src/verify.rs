@@ -21,7 +21,21 @@ pub struct VerifyReport {
 /// each chunk of `pagemap-PID.img` lies within the file, matches its CRC and holds
 /// `nr_pages * 4096` bytes of page data. Files not ending in `.img` are ignored; an
 /// `.img` file with an unknown magic is a [`ImageError::BadMagic`] error.
+///
+/// First of all the directory must hold a complete dump: an inventory whose manifest
+/// lists every other image file with its size and CRC32 ([`check_manifest`]).
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, ImageError> {
+    let inv: crate::pb::Inventory = match crate::read_one(dir, ImageKind::Inventory, 0) {
+        Err(ImageError::Missing { .. }) => return Err(ImageError::NoDump { dir: dir.to_path_buf() }),
+        r => r?,
+    };
+    check_manifest(dir, &inv, true)?;
+    verify_files(dir)
+}
+
+/// The per-file part of [`verify_dir`], without the manifest: framing, CRCs and
+/// decoding of every `*.img` file of `dir`, page data against its pagemap.
+pub fn verify_files(dir: &Path) -> Result<VerifyReport, ImageError> {
     let io_err = |source| ImageError::Io {
         path: dir.to_path_buf(),
         source,
@@ -87,6 +101,55 @@ fn verify_framed(dir: &Path, pid: Option<u32>, mut reader: ImageReader) -> Resul
         }
     }
     Ok(found)
+}
+
+/// Checks the image files of `dir` against the inventory's manifest: each listed
+/// file exists with its size and (framed files always, pages files with `full`)
+/// the CRC32 of its whole contents, and no other `*.img` file is there. Pages files
+/// are large and their chunks carry CRCs of their own, checked as they are read.
+pub fn check_manifest(dir: &Path, inv: &crate::pb::Inventory, full: bool) -> Result<(), ImageError> {
+    let inventory = ImageKind::Inventory.file_name(0);
+    for f in &inv.files {
+        let path = dir.join(&f.name);
+        let sane = f.name.ends_with(".img") && !f.name.contains('/') && f.name != inventory;
+        if !sane {
+            return Err(ImageError::BadName { path, kind: ImageKind::Inventory });
+        }
+        let md = fs::metadata(&path).map_err(|e| ImageError::io(&path, 0, None, e))?;
+        if md.len() != f.size {
+            return Err(ImageError::FileSize { path, expected: f.size, found: md.len() });
+        }
+        let pages = f.name.starts_with("pages-");
+        if full || !pages {
+            let found = file_crc(&path)?;
+            if found != f.crc32 {
+                return Err(ImageError::FileCrc { path, expected: f.crc32, found });
+            }
+        }
+    }
+    let io_err = |source| ImageError::Io { path: dir.to_path_buf(), source };
+    for dent in fs::read_dir(dir).map_err(io_err)? {
+        let dent = dent.map_err(io_err)?;
+        let name = dent.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".img") && name != inventory && !inv.files.iter().any(|f| f.name == name) {
+            return Err(ImageError::Extra { path: dent.path() });
+        }
+    }
+    Ok(())
+}
+
+fn file_crc(path: &Path) -> Result<u32, ImageError> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).map_err(|e| ImageError::io(path, 0, None, e))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ImageError::io(path, 0, None, e))?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// Checks every chunk of a pages file against its pagemap; returns the chunk count.

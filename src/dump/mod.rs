@@ -4,6 +4,7 @@
 
 mod process;
 mod tree;
+mod workdir;
 
 use crate::error::{Error, Result};
 use crate::files::FileTable;
@@ -49,6 +50,10 @@ pub struct DumpCtx {
     pub stats: DumpStats,
     /// (outer tid, tid in the tree's namespace) for every thread.
     tids: Vec<(i32, i32)>,
+    /// Where the images are written until the dump has succeeded.
+    pub work: PathBuf,
+    /// Every image file written so far, for the inventory's manifest.
+    pub manifest: Vec<pb::ImageFile>,
 }
 
 impl DumpCtx {
@@ -60,7 +65,7 @@ impl DumpCtx {
 pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let pid = opts.pid;
     process::Stat::read(pid)?; // a clear "no such process" before anything else
-    std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
+    let work = workdir::WorkDir::create(&opts.dir)?;
     let mut ctx = DumpCtx {
         opts: opts.clone(),
         compression: if opts.compress { Compression::Zstd } else { Compression::Raw },
@@ -72,12 +77,16 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         frames: Default::default(),
         stats: DumpStats::default(),
         tids: Vec::new(),
+        work: work.path.clone(),
+        manifest: Vec::new(),
     };
 
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
-    let result = collect(&mut frozen, &mut ctx);
+    // The images take the target's place only once complete and checked, before
+    // anything is killed.
+    let result = collect(&mut frozen, &mut ctx).and_then(|()| work.commit());
     match result {
         Ok(()) => {
             let kill = !opts.leave_running;
@@ -91,7 +100,6 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             if let Err(r) = release(frozen, false) {
                 log::error!("releasing the tree after a failed dump: {r}");
             }
-            remove_images(&opts.dir);
             Err(e)
         }
     }
@@ -216,9 +224,16 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![], exit_signal });
     }
 
-    let dir = &ctx.opts.dir;
+    let dir = &ctx.work.clone();
     let pids: Vec<u32> = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.vpid as u32).collect();
     let outer_pids = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid as u32).collect();
+    ctx.manifest.push(write_entries(dir, ImageKind::Pstree, 0, &entries)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::Files, 0, &ctx.files.entries)?);
+    let mut pipes = ctx.files.pipes.clone();
+    pipes.sort_by_key(|p| p.pipe_id);
+    ctx.manifest.push(write_entries(dir, ImageKind::Pipes, 0, &pipes)?);
+    let mut files = std::mem::take(&mut ctx.manifest);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
     let inventory = pb::Inventory {
         format_version: images_format::FORMAT_VERSION,
         root_pid: tree.procs[0].vpid as u32,
@@ -227,12 +242,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         new_pid_ns: tree.new_pid_ns,
         new_mount_ns: tree.new_mount_ns,
         outer_pids,
+        files,
     };
-    write_entries(dir, ImageKind::Pstree, 0, &entries)?;
-    write_entries(dir, ImageKind::Files, 0, &ctx.files.entries)?;
-    let mut pipes = ctx.files.pipes.clone();
-    pipes.sort_by_key(|p| p.pipe_id);
-    write_entries(dir, ImageKind::Pipes, 0, &pipes)?;
     // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
     // Would restore rebuild this? Checked now, while the tree still runs.
@@ -244,16 +255,4 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     // Like CRIU, images are not fsync()ed: they sit in the page cache when the tasks
     // are killed, which survives everything but a host crash.
     Ok(())
-}
-
-/// Removes the image files a failed dump may have left, so that nobody restores them.
-fn remove_images(dir: &std::path::Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if ImageKind::parse_file_name(&name).is_some() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
 }

@@ -113,13 +113,13 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let fd_entries = ctx.files.dump_fds(pid, &fds, &dups, &vpid)?;
     drop(dups);
 
-    let mut pages = PagesWriter::create(&ctx.opts.dir, p.vpid as u32, ctx.compression)?;
+    let mut pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
     for a in &rseq_areas {
         dumper.add_rseq_area(*a);
     }
     dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, &mut pages)?;
-    pages.finish()?;
+    ctx.manifest.push(pages.finish()?);
     parasite.stop()?;
 
     // Per-thread state only the thread can report, through remote syscalls that use
@@ -167,11 +167,14 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         mlockall,
     };
     let v = p.vpid as u32;
-    let dir = &ctx.opts.dir;
-    write_entries(dir, ImageKind::Core, v, &[core])?;
-    write_entries(dir, ImageKind::Mm, v, &[mm_img])?;
-    write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?;
+    let dir = &ctx.work;
+    let written = [
+        write_entries(dir, ImageKind::Core, v, &[core])?,
+        write_entries(dir, ImageKind::Mm, v, &[mm_img])?,
+        write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?,
+        write_entries(dir, ImageKind::Fdinfo, v, &fd_entries)?,
+    ];
+    ctx.manifest.extend(written);
     ctx.frames.insert(p.vpid, std::mem::take(&mut dumper.frames));
-    write_entries(dir, ImageKind::Fdinfo, v, &fd_entries)?;
     Ok(())
 }

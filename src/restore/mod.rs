@@ -79,10 +79,15 @@ fn bad(file: &str, msg: impl Into<String>) -> Error {
 }
 
 pub fn load(dir: &Path) -> Result<TreeImages> {
-    let inv: pb::Inventory = read_one(dir, ImageKind::Inventory, 0)?;
+    let inv: pb::Inventory = match read_one(dir, ImageKind::Inventory, 0) {
+        Err(images_format::ImageError::Missing { .. }) => return Err(images_format::ImageError::NoDump { dir: dir.to_path_buf() }.into()),
+        r => r?,
+    };
     if inv.format_version != images_format::FORMAT_VERSION {
         return Err(bad("inventory.img", format!("format version {} (this crtool reads {})", inv.format_version, images_format::FORMAT_VERSION)));
     }
+    // Every file the dump wrote, whole and unchanged, and nothing else.
+    images_format::check_manifest(dir, &inv, false)?;
     let tree: Vec<pb::PstreeEntry> = read_entries(dir, ImageKind::Pstree, 0)?;
     if tree.first().map(|t| t.pid) != Some(inv.root_pid) {
         return Err(bad("pstree.img", format!("the first entry is not the root pid {}", inv.root_pid)));

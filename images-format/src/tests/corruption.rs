@@ -3,7 +3,7 @@
 use std::fs;
 
 use super::*;
-use crate::{ImageError, ImageReader, decode_to_json, read_entries, read_one, verify_dir};
+use crate::{ImageError, ImageReader, decode_to_json, read_entries, read_one, verify_files};
 
 fn small_core() -> pb::TaskCore {
     pb::TaskCore {
@@ -33,7 +33,7 @@ fn every_flipped_byte_is_detected() {
             };
             assert!(read.is_err(), "{kind}: flip at {i} not detected by read");
             assert!(
-                verify_dir(d).is_err(),
+                verify_files(d).is_err(),
                 "{kind}: flip at {i} not detected by verify"
             );
             assert!(
@@ -43,7 +43,7 @@ fn every_flipped_byte_is_detected() {
         }
         fs::write(&path, &good).unwrap();
     }
-    verify_dir(d).unwrap();
+    verify_files(d).unwrap();
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn truncation_is_detected() {
             ),
             "len {len}: {err}"
         );
-        assert!(verify_dir(d).is_err(), "len {len}");
+        assert!(verify_files(d).is_err(), "len {len}");
     }
     fs::remove_file(&path).unwrap();
 
@@ -156,7 +156,7 @@ fn foreign_files_are_rejected() {
         msg.contains("core-42.img: bad magic") && msg.contains("core image"),
         "{msg}"
     );
-    assert!(matches!(verify_dir(d), Err(ImageError::BadMagic { .. })));
+    assert!(matches!(verify_files(d), Err(ImageError::BadMagic { .. })));
 
     // An unsupported version.
     let other = crate::FORMAT_VERSION + 1;
@@ -177,9 +177,9 @@ fn unknown_img_files_fail_verify_and_other_files_are_ignored() {
     write_image_set(d, Compression::Zstd);
     fs::write(d.join("dump.log"), b"not an image").unwrap();
     fs::create_dir(d.join("sub.img")).unwrap();
-    verify_dir(d).unwrap();
+    verify_files(d).unwrap();
     fs::write(d.join("zz.img"), b"not an image at all").unwrap();
-    let err = verify_dir(d).unwrap_err();
+    let err = verify_files(d).unwrap_err();
     assert!(
         matches!(err, ImageError::BadMagic { expected: None, .. }),
         "{err}"
@@ -282,7 +282,7 @@ fn error_messages_read_well() {
             .contains("entry 0 at offset 8: cannot decode crtool.FdEntry"),
         "{err}"
     );
-    assert!(matches!(verify_dir(d), Err(ImageError::Decode { .. })));
+    assert!(matches!(verify_files(d), Err(ImageError::Decode { .. })));
     assert!(matches!(
         decode_to_json(&path),
         Err(ImageError::Decode { .. })

@@ -3,6 +3,7 @@
 mod corruption;
 mod json;
 mod kinds;
+mod manifest;
 mod pages;
 mod roundtrip;
 mod verify;
@@ -49,7 +50,24 @@ pub fn inventory() -> pb::Inventory {
         new_pid_ns: true,
         new_mount_ns: false,
         outer_pids: vec![4242, 4243],
+        files: vec![],
     }
+}
+
+/// The manifest of every image file in `dir` but the inventory, as a dump writes it.
+pub fn manifest_of(dir: &Path) -> Vec<pb::ImageFile> {
+    let mut files: Vec<pb::ImageFile> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".img") && n != "inventory.img")
+        .map(|name| {
+            let data = std::fs::read(dir.join(&name)).unwrap();
+            pb::ImageFile { size: data.len() as u64, crc32: crc32fast::hash(&data), entries: 0, name }
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
 }
 
 pub fn pstree() -> Vec<pb::PstreeEntry> {
@@ -342,7 +360,6 @@ pub fn write_pages(
 
 /// Writes a complete, valid image set into `dir`.
 pub fn write_image_set(dir: &Path, compression: Compression) {
-    write_entries(dir, ImageKind::Inventory, 0, &[inventory()]).unwrap();
     write_entries(dir, ImageKind::Pstree, 0, &pstree()).unwrap();
     write_entries(dir, ImageKind::Core, PID, &[core()]).unwrap();
     write_entries(dir, ImageKind::Mm, PID, &[mm()]).unwrap();
@@ -350,6 +367,13 @@ pub fn write_image_set(dir: &Path, compression: Compression) {
     write_entries(dir, ImageKind::Files, 0, &files()).unwrap();
     write_entries(dir, ImageKind::Pipes, 0, &pipes()).unwrap();
     write_pages(dir, compression, &[(0x60_0000, 2), (0x7ffd_0002_0000, 1)]);
+    write_inventory(dir);
+}
+
+/// Writes the inventory with the manifest of what `dir` holds now.
+pub fn write_inventory(dir: &Path) {
+    let inv = pb::Inventory { files: manifest_of(dir), ..inventory() };
+    write_entries(dir, ImageKind::Inventory, 0, &[inv]).unwrap();
 }
 
 pub fn pipes() -> Vec<pb::PipeData> {

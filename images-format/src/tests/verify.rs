@@ -3,7 +3,7 @@
 use std::fs;
 
 use super::*;
-use crate::{ImageError, verify_dir};
+use crate::{ImageError, verify_files};
 
 fn expected_counts() -> Vec<(&'static str, u64)> {
     vec![
@@ -24,7 +24,7 @@ fn valid_sets_verify() {
     for compression in [Compression::Raw, Compression::Zstd] {
         let dir = TempDir::new();
         write_image_set(dir.path(), compression);
-        let report = verify_dir(dir.path()).unwrap();
+        let report = verify_files(dir.path()).unwrap();
         let got: Vec<(String, u64)> = report
             .files
             .iter()
@@ -47,7 +47,7 @@ fn page_data_corruption_is_detected() {
         let d = dir.path();
         write_entries(d, ImageKind::Inventory, 0, &[inventory()]).unwrap();
         write_pages(d, compression, &[(0x1000, 1), (0x5000, 1)]);
-        verify_dir(d).unwrap();
+        verify_files(d).unwrap();
         for name in ["pages-42.img", "pagemap-42.img"] {
             let path = d.join(name);
             let good = fs::read(&path).unwrap();
@@ -56,7 +56,7 @@ fn page_data_corruption_is_detected() {
                 bad[i] ^= 0xff;
                 fs::write(&path, &bad).unwrap();
                 assert!(
-                    verify_dir(d).is_err(),
+                    verify_files(d).is_err(),
                     "{compression:?} {name}: flip at {i}"
                 );
             }
@@ -65,7 +65,7 @@ fn page_data_corruption_is_detected() {
             let step = if name.starts_with("pages") { 97 } else { 1 };
             for len in (0..good.len()).step_by(step) {
                 fs::write(&path, &good[..len]).unwrap();
-                let res = verify_dir(d);
+                let res = verify_files(d);
                 let at_boundary = name.starts_with("pagemap") && is_pagemap_boundary(&good, len);
                 assert_eq!(
                     res.is_err(),
@@ -75,7 +75,7 @@ fn page_data_corruption_is_detected() {
             }
             fs::write(&path, &good).unwrap();
         }
-        verify_dir(d).unwrap();
+        verify_files(d).unwrap();
     }
 }
 
@@ -99,13 +99,13 @@ fn missing_partner_files_are_reported() {
     let d = dir.path();
     write_pages(d, Compression::Raw, &[(0x1000, 1)]);
     fs::rename(d.join("pages-42.img"), d.join("pages-43.img")).unwrap();
-    let err = verify_dir(d).unwrap_err();
+    let err = verify_files(d).unwrap_err();
     assert!(
         matches!(&err, ImageError::Missing { path } if path.ends_with("pages-42.img")),
         "{err}"
     );
     fs::remove_file(d.join("pagemap-42.img")).unwrap();
-    let err = verify_dir(d).unwrap_err();
+    let err = verify_files(d).unwrap_err();
     assert!(
         matches!(&err, ImageError::Missing { path } if path.ends_with("pagemap-43.img")),
         "{err}"
@@ -116,7 +116,7 @@ fn missing_partner_files_are_reported() {
 fn single_entry_kinds_must_have_one_entry() {
     let dir = TempDir::new();
     write_entries(dir.path(), ImageKind::Mm, PID, &[mm(), mm()]).unwrap();
-    let err = verify_dir(dir.path()).unwrap_err();
+    let err = verify_files(dir.path()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -136,9 +136,9 @@ fn misnamed_files_are_checked_by_magic() {
     let d = dir.path();
     write_entries(d, ImageKind::Core, PID, &[core()]).unwrap();
     fs::rename(d.join("core-42.img"), d.join("backup.img")).unwrap();
-    assert_eq!(verify_dir(d).unwrap().files.len(), 1);
+    assert_eq!(verify_files(d).unwrap().files.len(), 1);
     fs::rename(d.join("backup.img"), d.join("mm-42.img")).unwrap();
-    let err = verify_dir(d).unwrap_err();
+    let err = verify_files(d).unwrap_err();
     assert!(
         matches!(
             err,
@@ -155,7 +155,7 @@ fn misnamed_files_are_checked_by_magic() {
         .finish()
         .unwrap();
     fs::rename(d.join("pages-42.img"), d.join("pages.img")).unwrap();
-    let err = verify_dir(d).unwrap_err();
+    let err = verify_files(d).unwrap_err();
     assert!(
         matches!(
             err,
