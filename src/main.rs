@@ -56,6 +56,8 @@ enum Cmd {
         shell_job: bool,
         #[command(flatten)]
         log: LogOpts,
+        #[command(flatten)]
+        not_yet: DumpNotYet,
     },
     /// Restore a process from an image directory. Without -d crtool stays its parent,
     /// waits for it and exits with its exit status.
@@ -74,8 +76,31 @@ enum Cmd {
         /// have the same size; CRIU's method) or `none`.
         #[arg(long, value_name = "METHOD", default_value = "buildid")]
         file_validation: crtool::files::identity::Validation,
+        /// Write the PID of the restored root (as crtool sees it) to FILE.
+        #[arg(long, value_name = "FILE")]
+        pidfile: Option<PathBuf>,
         #[command(flatten)]
         log: LogOpts,
+        #[command(flatten)]
+        not_yet: RestoreNotYet,
+    },
+    /// CRIU's incremental pre-dump: not supported yet.
+    #[command(name = "pre-dump")]
+    PreDump {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
+    /// CRIU's page server: not supported yet.
+    #[command(name = "page-server")]
+    PageServer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
+    /// CRIU's lazy-pages daemon: not supported yet.
+    #[command(name = "lazy-pages")]
+    LazyPages {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
     },
     /// Probe the kernel features crtool needs and say which are missing.
     Check,
@@ -92,6 +117,116 @@ enum Cmd {
     Verify { dir: PathBuf },
 }
 
+/// CRIU dump options crtool does not implement yet: accepted by the parser so that
+/// they are refused with a clear message, not as unknown.
+#[derive(Args)]
+#[command(next_help_heading = "CRIU options not supported yet")]
+struct DumpNotYet {
+    /// Established TCP connections (not supported yet).
+    #[arg(long)]
+    tcp_established: bool,
+    /// External unix socket peers (not supported yet).
+    #[arg(long, num_args = 0..=1)]
+    ext_unix_sk: Option<Option<String>>,
+    /// File locks (not supported yet; locks are refused).
+    #[arg(long)]
+    file_locks: bool,
+    /// Link-remap of deleted files (not supported yet).
+    #[arg(long)]
+    link_remap: bool,
+    /// Ghost file size limit (not supported yet).
+    #[arg(long, value_name = "SIZE")]
+    ghost_limit: Option<String>,
+    /// Incremental dumps with soft-dirty tracking (not supported yet).
+    #[arg(long)]
+    track_mem: bool,
+    /// Parent images of an incremental dump (not supported yet).
+    #[arg(long, value_name = "DIR")]
+    prev_images_dir: Option<PathBuf>,
+    /// Send pages to a page server (not supported yet).
+    #[arg(long)]
+    page_server: bool,
+    /// cgroup handling (not supported yet).
+    #[arg(long, num_args = 0..=1)]
+    manage_cgroups: Option<Option<String>>,
+    /// Freeze through a cgroup (not supported yet).
+    #[arg(long, value_name = "CGROUP")]
+    freeze_cgroup: Option<String>,
+    /// Lazy memory migration (not supported yet).
+    #[arg(long)]
+    lazy_pages: bool,
+}
+
+impl DumpNotYet {
+    fn used(&self) -> Option<&'static str> {
+        [
+            (self.tcp_established, "--tcp-established"),
+            (self.ext_unix_sk.is_some(), "--ext-unix-sk"),
+            (self.file_locks, "--file-locks"),
+            (self.link_remap, "--link-remap"),
+            (self.ghost_limit.is_some(), "--ghost-limit"),
+            (self.track_mem, "--track-mem"),
+            (self.prev_images_dir.is_some(), "--prev-images-dir"),
+            (self.page_server, "--page-server"),
+            (self.manage_cgroups.is_some(), "--manage-cgroups"),
+            (self.freeze_cgroup.is_some(), "--freeze-cgroup"),
+            (self.lazy_pages, "--lazy-pages"),
+        ]
+        .into_iter()
+        .find_map(|(on, name)| on.then_some(name))
+    }
+}
+
+/// CRIU restore options crtool does not implement yet (see `DumpNotYet`).
+#[derive(Args)]
+#[command(next_help_heading = "CRIU options not supported yet")]
+struct RestoreNotYet {
+    /// Established TCP connections (not supported yet).
+    #[arg(long)]
+    tcp_established: bool,
+    /// External unix socket peers (not supported yet).
+    #[arg(long, num_args = 0..=1)]
+    ext_unix_sk: Option<Option<String>>,
+    /// File locks (not supported yet).
+    #[arg(long)]
+    file_locks: bool,
+    /// cgroup handling (not supported yet).
+    #[arg(long, num_args = 0..=1)]
+    manage_cgroups: Option<Option<String>>,
+    /// Lazy memory migration (not supported yet).
+    #[arg(long)]
+    lazy_pages: bool,
+    /// Restore into another root directory (not supported yet).
+    #[arg(short = 'r', long, value_name = "PATH")]
+    root: Option<PathBuf>,
+    /// Restore the tree as a sibling of crtool (not supported yet).
+    #[arg(long)]
+    restore_sibling: bool,
+}
+
+impl RestoreNotYet {
+    fn used(&self) -> Option<&'static str> {
+        [
+            (self.tcp_established, "--tcp-established"),
+            (self.ext_unix_sk.is_some(), "--ext-unix-sk"),
+            (self.file_locks, "--file-locks"),
+            (self.manage_cgroups.is_some(), "--manage-cgroups"),
+            (self.lazy_pages, "--lazy-pages"),
+            (self.root.is_some(), "--root"),
+            (self.restore_sibling, "--restore-sibling"),
+        ]
+        .into_iter()
+        .find_map(|(on, name)| on.then_some(name))
+    }
+}
+
+fn not_yet(option: Option<&str>) -> Result<()> {
+    match option {
+        Some(o) => anyhow::bail!("option {o} is not supported yet"),
+        None => Ok(()),
+    }
+}
+
 struct Logger {
     file: Option<Mutex<std::fs::File>>,
     file_level: log::LevelFilter,
@@ -106,7 +241,8 @@ impl log::Log for Logger {
     fn log(&self, r: &log::Record) {
         let t = self.start.elapsed().as_secs_f64();
         let line = format!("({t:>9.6}) {:<5} {}\n", r.level(), r.args());
-        if r.level() <= self.stderr_level {
+        // The final error is printed on stderr by main itself, once.
+        if r.level() <= self.stderr_level && r.target() != FINAL {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
         if let (true, Some(f)) = (r.level() <= self.file_level, &self.file) {
@@ -115,6 +251,9 @@ impl log::Log for Logger {
     }
     fn flush(&self) {}
 }
+
+/// Log target of the final error (written to the log file only).
+const FINAL: &str = "crtool::final";
 
 fn init_log(opts: &LogOpts, dir: &Path, default_name: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -143,7 +282,9 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, log } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, log, not_yet: n } => {
+            not_yet(n.used())?;
+            dump::check_target(pid)?;
             let dir = absolute(&dir)?;
             init_log(&log, &dir, "dump.log")?;
             let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job };
@@ -162,11 +303,14 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, log } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidfile, log, not_yet: n } => {
+            not_yet(n.used())?;
             let dir = absolute(&dir)?;
+            // Nothing is created (not even the log) where there is no dump.
+            restore::check_dir(&dir)?;
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidfile })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)
@@ -174,6 +318,9 @@ fn run() -> Result<i32> {
                 restore::Outcome::Exited(code) => Ok(code),
             }
         }
+        Cmd::PreDump { .. } => anyhow::bail!("crtool pre-dump is not supported yet"),
+        Cmd::PageServer { .. } => anyhow::bail!("crtool page-server is not supported yet"),
+        Cmd::LazyPages { .. } => anyhow::bail!("crtool lazy-pages is not supported yet"),
         Cmd::Check => {
             let probes = check::check();
             let mut ok = true;
@@ -203,14 +350,31 @@ fn run() -> Result<i32> {
     }
 }
 
+/// The error and its causes, each once: a cause whose text the message already
+/// includes (our errors name their OS error) is not repeated.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn main() {
     // Die quietly on a closed pipe (`crtool show DIR | head`), like other CLI tools.
     crtool::sys::process::default_sigpipe();
     match run() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            log::error!("{e:#}");
-            eprintln!("crtool: error: {e:#}");
+            let msg = message(&e);
+            log::error!(target: FINAL, "{msg}");
+            eprintln!("crtool: error: {msg}");
             std::process::exit(1);
         }
     }

@@ -62,6 +62,27 @@ impl DumpCtx {
     }
 }
 
+/// Refuses targets that cannot be dumped, before anything else is done: init,
+/// crtool itself, kernel threads, zombies.
+pub fn check_target(pid: i32) -> Result<()> {
+    let refuse = |what: String, hint: &'static str| Err(Error::Unsupported { pid, fd: None, what, hint: Some(hint) });
+    if pid == std::process::id() as i32 {
+        return refuse("it is crtool itself".into(), "give the PID of the tree to dump");
+    }
+    if pid == 1 {
+        return refuse("it is the init of crtool's PID namespace (every process hangs from it, crtool too)".into(), "dump the subtree you want, or run crtool outside that namespace");
+    }
+    let stat = process::Stat::read(pid)?;
+    if stat.field(9) & 0x20_0000 != 0 {
+        return refuse("it is a kernel thread".into(), "kernel threads cannot be checkpointed");
+    }
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next().map(str::to_string)));
+    if state.as_deref() == Some("Z") {
+        return refuse(format!("it is a zombie: it has exited and waits for its parent {} to reap it", stat.field(4)), "there is nothing left to dump");
+    }
+    Ok(())
+}
+
 pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let pid = opts.pid;
     process::Stat::read(pid)?; // a clear "no such process" before anything else

@@ -24,6 +24,8 @@ pub struct RestoreOpts {
     /// Leave the restored tree running and exit (CRIU's -d).
     pub detach: bool,
     pub checks: preflight::Checks,
+    /// Where to write the restored root's PID (as crtool sees it) once it runs.
+    pub pidfile: Option<PathBuf>,
 }
 
 pub enum Outcome {
@@ -76,6 +78,20 @@ impl TreeImages {
 
 fn bad(file: &str, msg: impl Into<String>) -> Error {
     Error::BadImage { file: file.into(), msg: msg.into() }
+}
+
+/// Refuses, before anything is created there, a directory that does not exist or
+/// holds no complete dump.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::io(dir, std::io::Error::from(std::io::ErrorKind::NotADirectory))),
+        Err(e) => return Err(Error::io(dir, e)),
+    }
+    if !dir.join(ImageKind::Inventory.file_name(0)).exists() {
+        return Err(images_format::ImageError::NoDump { dir: dir.to_path_buf() }.into());
+    }
+    Ok(())
 }
 
 pub fn load(dir: &Path) -> Result<TreeImages> {
@@ -132,6 +148,11 @@ fn from_outside(imgs: &TreeImages, parked: &Parked, sup: &supervise::Supervisor)
 
 fn holder_of(pid: i32) -> Option<String> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if rest.first() == Some(&"Z") {
+        return Some(format!("zombie {pid} ({}), which waits for its parent {} to reap it", comm.trim(), rest.get(1).unwrap_or(&"?")));
+    }
     Some(format!("running process {pid} ({})", comm.trim()))
 }
 
@@ -206,6 +227,13 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             }
             let mut sup = done?;
             log::info!("pid {root_pid}: tree restored and running");
+            if let Some(f) = &opts.pidfile {
+                let outer = sup.outer_pid(root_pid).unwrap_or(root_pid);
+                if let Err(e) = std::fs::write(f, format!("{outer}\n")) {
+                    sup.kill_all();
+                    return Err(Error::io(f, e));
+                }
+            }
             if opts.detach {
                 sup.detach_all()?;
                 return Ok(Outcome::Detached(root_pid));
