@@ -87,6 +87,8 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let pid = opts.pid;
     process::Stat::read(pid)?; // a clear "no such process" before anything else
     let work = workdir::WorkDir::create(&opts.dir)?;
+    // Every fd of the tree passes through crtool (a few hundred at a time).
+    crate::sys::process::raise_nofile();
     let mut ctx = DumpCtx {
         opts: opts.clone(),
         compression: if opts.compress { Compression::Zstd } else { Compression::Raw },

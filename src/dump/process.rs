@@ -106,12 +106,15 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let mut parasite = Parasite::inject(main)?;
     let info = parasite.info()?;
     let mlockall = vma::future_lock(pid, parasite.base())?;
-    let numbers: Vec<i32> = fds.iter().map(|f| f.fd).collect();
-    let dups = parasite.fds(&numbers)?;
-    let tids = ctx.tids.clone();
-    let vpid = move |outer: i32| tids.iter().find(|(t, _)| *t == outer).map(|&(_, v)| v);
-    let fd_entries = ctx.files.dump_fds(pid, &fds, &dups, &vpid)?;
-    drop(dups);
+    let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
+    let vpid = |outer: i32| vpids.get(&outer).copied();
+    // A few hundred fds at a time: crtool holds only those duplicates at once.
+    let mut fd_entries = Vec::with_capacity(fds.len());
+    for chunk in fds.chunks(256) {
+        let numbers: Vec<i32> = chunk.iter().map(|f| f.fd).collect();
+        let dups = parasite.fds(&numbers)?;
+        fd_entries.extend(ctx.files.dump_fds(pid, chunk, &dups, &vpid)?);
+    }
 
     let mut pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;

@@ -9,7 +9,7 @@ mod reg;
 
 use crate::error::{Error, Result};
 use crate::sys::fd;
-use crate::sys::process::same_file;
+use crate::sys::process::kcmp_file;
 use images_format::pb::{self, file_entry::Kind};
 use nix::sys::stat::{SFlag, fstat};
 use std::collections::BTreeMap;
@@ -92,10 +92,13 @@ pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
 #[derive(Default)]
 pub struct FileTable {
     pub entries: Vec<pb::FileEntry>,
-    /// Where each entry was first seen: (pid, fd, dev, ino), for kcmp.
-    owners: Vec<(i32, i32, u64, u64)>,
+    /// The descriptions seen so far, by (device, inode), each list in kcmp(2) order:
+    /// (pid, fd where first seen, entry id). Finding an fd's description costs
+    /// O(log n) kcmp calls, also with thousands of fds on one inode (/dev/null).
+    seen: std::collections::HashMap<(u64, u64), Vec<(i32, i32, u32)>>,
     /// Buffered data of every pipe and FIFO, by pipe id.
     pub pipes: Vec<pb::PipeData>,
+    pipes_seen: std::collections::HashSet<u64>,
 }
 
 impl FileTable {
@@ -106,23 +109,29 @@ impl FileTable {
         let mut out = Vec::new();
         for (info, dup) in fds.iter().zip(dups) {
             let st = fstat(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: fstat", info.fd), e))?;
-            let mut id = None;
-            for (i, &(opid, ofd, dev, ino)) in self.owners.iter().enumerate() {
-                if dev == st.st_dev && ino == st.st_ino && same_file(pid, info.fd, opid, ofd).unwrap_or(false) {
-                    id = Some(self.entries[i].id);
-                    break;
-                }
+            let group = self.seen.entry((st.st_dev, st.st_ino)).or_default();
+            let mut kcmp_err = None;
+            let found = group.binary_search_by(|&(opid, ofd, _)| {
+                kcmp_file(opid, ofd, pid, info.fd).unwrap_or_else(|e| {
+                    kcmp_err = Some(e);
+                    std::cmp::Ordering::Less
+                })
+            });
+            if let Some(e) = kcmp_err {
+                return Err(Error::sys(format!("pid {pid} fd {}: kcmp", info.fd), e));
             }
-            let id = match id {
-                Some(id) => id,
-                None => {
+            let id = match found {
+                Ok(i) => group[i].2,
+                Err(at) => {
                     let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
                     let kind = match ty {
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
                         SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
                         SFlag::S_IFIFO => {
                             let k = pipe::PipeKind::dump(pid, info, dup, &st)?;
-                            pipe::capture_data(pid, info, &st, &mut self.pipes)?;
+                            if self.pipes_seen.insert(st.st_ino) {
+                                self.pipes.push(pipe::capture_data(pid, info, &st)?);
+                            }
                             k
                         }
                         _ => {
@@ -137,7 +146,7 @@ impl FileTable {
                     let id = self.entries.len() as u32 + 1;
                     let (owner, signum) = owner_of(pid, info, dup, vpid)?;
                     self.entries.push(pb::FileEntry { id, kind: Some(kind), owner, signum });
-                    self.owners.push((pid, info.fd, st.st_dev, st.st_ino));
+                    self.seen.entry((st.st_dev, st.st_ino)).or_default().insert(at, (pid, info.fd, id));
                     id
                 }
             };
@@ -164,33 +173,51 @@ fn owner_of(pid: i32, info: &FdInfo, dup: &OwnedFd, vpid: &dyn Fn(i32) -> Option
     Ok((Some(pb::FileOwner { r#type: ty, pid: v }), signum))
 }
 
-/// Every open file description of the tree, opened by crtool before it forks the
-/// tree and parked at high fd numbers; forked tasks inherit them all and install
-/// theirs, so descriptions shared between tasks are shared again.
+/// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
+/// F_SETSIG). Pipes and FIFOs go through `pipe_ends`.
+fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<OwnedFd> {
+    let kind = f.kind.as_ref().ok_or_else(|| Error::BadImage { file: "files.img".into(), msg: format!("file {} has no kind", f.id) })?;
+    let fd = match (kind, pipe_ends) {
+        (Kind::Reg(r), _) => reg::RegFileKind(r.clone()).open(),
+        (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
+        (Kind::Pipe(p), Some(pe)) => pe.open_end(p),
+        (Kind::Fifo(p), Some(pe)) => pe.open_fifo(p),
+        _ => Err(std::io::Error::other("pipes are opened by crtool")),
+    }
+    .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
+    if flags_of(kind) & libc::O_ASYNC as u32 != 0 || f.signum != 0 {
+        fd::set_async(&fd, flags_of(kind) & libc::O_ASYNC as u32 != 0, f.signum)
+            .map_err(|e| Error::Reported(format!("cannot restore O_ASYNC/F_SETSIG of {}: {e}", describe(kind))))?;
+    }
+    Ok(fd)
+}
+
+/// The open file descriptions of the tree that crtool opens before it forks the
+/// tree, parked at high fd numbers: those shared by several tasks (forked tasks
+/// inherit them all and install theirs, so they are shared again), pipes and FIFOs,
+/// and those with a SIGIO owner (set from crtool once the tree exists). A task opens
+/// its private ones itself, so that restoring thousands of fds never needs twice
+/// as many at once.
 pub struct Parked {
     by_id: BTreeMap<u32, RawFd>,
     /// Extra fds that only keep objects alive (FIFO keepers).
     keepers: Vec<RawFd>,
+    /// Descriptions each task opens for itself.
+    private: BTreeMap<u32, pb::FileEntry>,
 }
 
 impl Parked {
-    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32) -> Result<Parked> {
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new() };
+    /// `users` counts the tasks that hold each file id.
+    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, usize>) -> Result<Parked> {
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new() };
         let mut pipe_ends = pipe::Restorer::new(pipes);
         for f in files {
-            let kind = f.kind.as_ref().ok_or_else(|| Error::BadImage { file: "files.img".into(), msg: format!("file {} has no kind", f.id) })?;
-            let fd = match kind {
-                Kind::Reg(r) => reg::RegFileKind(r.clone()).open(),
-                Kind::Chr(c) => chr::ChrDevKind(c.clone()).open(),
-                Kind::Pipe(p) => pipe_ends.open_end(p),
-                Kind::Fifo(p) => pipe_ends.open_fifo(p),
+            let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)));
+            if !piped && f.owner.is_none() && users.get(&f.id).copied().unwrap_or(0) <= 1 {
+                parked.private.insert(f.id, f.clone());
+                continue;
             }
-            .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
-            // open(2) ignores O_ASYNC; F_SETSIG is part of the description.
-            if flags_of(kind) & libc::O_ASYNC as u32 != 0 || f.signum != 0 {
-                fd::set_async(&fd, flags_of(kind) & libc::O_ASYNC as u32 != 0, f.signum)
-                    .map_err(|e| Error::Reported(format!("cannot restore O_ASYNC/F_SETSIG of {}: {e}", describe(kind))))?;
-            }
+            let fd = reopen(f, Some(&mut pipe_ends))?;
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         for k in pipe_ends.into_keepers() {
@@ -218,13 +245,38 @@ impl Parked {
     /// Installs a task's fds at their numbers (in the restoring task, after it closed
     /// every fd of crtool's except the parked ones and `keep`).
     pub fn install(&self, pid: i32, fds: &[pb::FdEntry]) -> Result<()> {
+        let dup = |src: RawFd, e: &pb::FdEntry| fd::dup_to(src, e.fd, e.cloexec).map_err(|err| Error::Restore { pid, msg: format!("fd {}: dup3: {err}", e.fd) });
+        // Private descriptions, each opened once and put at all its fds. The open
+        // takes the lowest free number: never an fd installed before, never a parked
+        // or kept one (those lie above every target); it is closed unless it is one
+        // of the description's own fds.
+        let mut done = std::collections::BTreeSet::new();
         for e in fds {
+            let Some(f) = self.private.get(&e.file_id) else { continue };
+            if !done.insert(e.file_id) {
+                continue;
+            }
+            let fd = reopen(f, None)?;
+            let n = fd.as_raw_fd();
+            let mut kept = false;
+            for t in fds.iter().filter(|t| t.file_id == e.file_id) {
+                if t.fd == n {
+                    fd::set_cloexec(n, t.cloexec).map_err(|err| Error::Restore { pid, msg: format!("fd {n}: {err}") })?;
+                    kept = true;
+                } else {
+                    dup(n, t)?;
+                }
+            }
+            if kept {
+                std::mem::forget(fd); // the task's own fd now
+            }
+        }
+        for e in fds.iter().filter(|e| !self.private.contains_key(&e.file_id)) {
             let src = *self.by_id.get(&e.file_id).ok_or_else(|| Error::BadImage {
                 file: format!("fdinfo-{pid}.img"),
                 msg: format!("fd {} refers to missing file id {}", e.fd, e.file_id),
             })?;
-            // Target numbers lie below every parked fd, and crtool's own fds are closed.
-            fd::dup_to(src, e.fd, e.cloexec).map_err(|err| Error::Restore { pid, msg: format!("fd {}: dup3: {err}", e.fd) })?;
+            dup(src, e)?;
         }
         Ok(())
     }

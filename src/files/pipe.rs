@@ -31,11 +31,8 @@ impl FileKind for PipeKind {
     }
 }
 
-/// Records the buffered bytes of the pipe behind `info` (once per pipe).
-pub fn capture_data(pid: i32, info: &FdInfo, st: &libc::stat, pipes: &mut Vec<pb::PipeData>) -> Result<()> {
-    if pipes.iter().any(|p| p.pipe_id == st.st_ino) {
-        return Ok(());
-    }
+/// The buffered bytes of the pipe behind `info` (the caller asks once per pipe).
+pub fn capture_data(pid: i32, info: &FdInfo, st: &libc::stat) -> Result<pb::PipeData> {
     let err = |what: &str, e: nix::errno::Errno| Error::Unsupported { pid, fd: Some(info.fd), what: format!("pipe {}: {what}: {e}", info.link), hint: None };
     // Opening /proc/PID/fd/N read-only yields a fresh read end of the same pipe.
     let path = format!("/proc/{pid}/fd/{}", info.fd);
@@ -61,8 +58,7 @@ pub fn capture_data(pid: i32, info: &FdInfo, st: &libc::stat, pipes: &mut Vec<pb
         }
         data.truncate(got);
     }
-    pipes.push(pb::PipeData { pipe_id: st.st_ino, capacity, data });
-    Ok(())
+    Ok(pb::PipeData { pipe_id: st.st_ino, capacity, data })
 }
 
 /// Recreates pipes and FIFOs (in crtool, before the tree is forked).

@@ -175,7 +175,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     // Parked fds sit above every target fd: make room for them.
     crate::sys::process::raise_nofile();
     let max_fd = imgs.procs.iter().filter_map(|p| p.task.as_ref()).flat_map(|t| t.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
-    let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3))?;
+    let mut users: std::collections::BTreeMap<u32, usize> = Default::default();
+    for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {
+        let ids: std::collections::BTreeSet<u32> = t.fds.iter().map(|f| f.file_id).collect();
+        for id in ids {
+            *users.entry(id).or_default() += 1;
+        }
+    }
+    let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3), &users)?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?;

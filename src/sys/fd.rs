@@ -39,6 +39,13 @@ pub fn dup_to(src: RawFd, target: RawFd, cloexec: bool) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Sets or clears FD_CLOEXEC on a raw fd.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_SETFD takes an integer and touches no memory.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC } else { 0 }) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Closes a raw fd number that no Rust object owns.
 pub fn close_raw(fd: RawFd) {
     // SAFETY: callers pass numbers they own by convention (parked or inherited fds).

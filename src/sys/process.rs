@@ -91,12 +91,16 @@ pub fn read_remote(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// kcmp(2) KCMP_FILE: whether fd `a` of `pid_a` and fd `b` of `pid_b` are one open
-/// file description.
-pub fn same_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<bool, Errno> {
+/// kcmp(2) KCMP_FILE: `Equal` when fd `a` of `pid_a` and fd `b` of `pid_b` are one
+/// open file description, else the kernel's (stable) order of the two.
+pub fn kcmp_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<std::cmp::Ordering, Errno> {
     // SAFETY: kcmp takes no pointers for KCMP_FILE.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, 0 /* KCMP_FILE */, a, b) };
-    Ok(Errno::result(r)? == 0)
+    Ok(match Errno::result(r)? {
+        0 => std::cmp::Ordering::Equal,
+        1 => std::cmp::Ordering::Less,
+        _ => std::cmp::Ordering::Greater,
+    })
 }
 
 /// struct sched_attr (sched_getattr(2), SCHED_ATTR_SIZE_VER1).
