@@ -204,12 +204,15 @@ pub struct Parked {
     keepers: Vec<RawFd>,
     /// Descriptions each task opens for itself.
     private: BTreeMap<u32, pb::FileEntry>,
+    /// Lowest number above every task's fds: parked (and other crtool) fds live
+    /// at or above it.
+    park_at: RawFd,
 }
 
 impl Parked {
     /// `users` counts the tasks that hold each file id.
     pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, usize>) -> Result<Parked> {
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new() };
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at };
         let mut pipe_ends = pipe::Restorer::new(pipes);
         for f in files {
             let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)));
@@ -237,9 +240,9 @@ impl Parked {
         Ok(())
     }
 
-    /// Highest parked fd number.
+    /// Highest parked fd number (at least the highest number any task uses).
     pub fn max_fd(&self) -> RawFd {
-        self.by_id.values().chain(self.keepers.iter()).copied().max().unwrap_or(0)
+        self.by_id.values().chain(self.keepers.iter()).copied().max().unwrap_or(0).max(self.park_at - 1)
     }
 
     /// Installs a task's fds at their numbers (in the restoring task, after it closed
