@@ -47,6 +47,20 @@ fn stat_state(pid: i32) -> Option<(char, i32, i32)> {
     Some((state, ppid, exit))
 }
 
+/// Most passes over a changing tree before giving up.
+const MAX_PASSES: usize = 100;
+
+/// The thread is on its way out (gone, a zombie, or PF_EXITING).
+fn exiting(tid: i32) -> bool {
+    match read(format!("/proc/{tid}/stat")) {
+        None => true,
+        Some(s) => {
+            let f: Vec<&str> = s.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+            f.first().is_some_and(|st| *st == "Z" || *st == "X") || f.get(6).and_then(|v| v.parse::<u64>().ok()).is_some_and(|fl| fl & 0x4 != 0)
+        }
+    }
+}
+
 fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
@@ -97,7 +111,19 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
 
     let mut procs: Vec<FrozenProc> = Vec::new();
     let mut seen_threads: BTreeSet<i32> = BTreeSet::new();
+    // Tasks that exit or fork while the tree is being seized change it under our
+    // feet: passes repeat until one finds nothing new (bounded).
+    let mut passes = 0;
     loop {
+        passes += 1;
+        if passes > MAX_PASSES {
+            return Err(Error::Unsupported {
+                pid: root,
+                fd: None,
+                what: format!("its tree kept changing (processes forking or exiting) through {MAX_PASSES} passes of seizing it"),
+                hint: Some("try again when it is quieter"),
+            });
+        }
         let mut changed = false;
         let mut queue: Vec<i32> = vec![root];
         let mut i = 0;
@@ -162,7 +188,16 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                         }
                         changed = true;
                     }
-                    Err(Error::NoProcess(_)) | Err(Error::TaskGone { .. }) if tid != root => continue,
+                    Err(Error::NoProcess(_)) | Err(Error::TaskGone { .. }) if tid != root => {
+                        changed = true;
+                        continue;
+                    }
+                    // EPERM: the thread is exiting (PF_EXITING); the next pass sees
+                    // it gone, or its process a zombie.
+                    Err(Error::Ptrace { errno: nix::errno::Errno::EPERM, .. }) if exiting(tid) => {
+                        changed = true;
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -178,6 +213,8 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
             break;
         }
     }
+    // Processes that vanished before any of their threads was seized.
+    procs.retain(|p| !p.threads.is_empty() || p.zombie.is_some());
     // Resolve parents to the tree's namespace.
     let vpids: Vec<(i32, i32)> = procs.iter().map(|p| (p.pid, p.vpid)).collect();
     for p in procs.iter_mut() {
