@@ -63,6 +63,14 @@ fn flatten(name: &str, elf_path: &Path, out: &Path) -> String {
     }
     let entry = elf.entry;
     assert_eq!(entry, 0, "{name}: the entry stub must be the first thing in .text");
+    // Exported code addresses besides the entry (e.g. the parasite's syscall stub).
+    let mut symbols = String::new();
+    for sym in elf.syms.iter() {
+        let sym_name = elf.strtab.get_at(sym.st_name).unwrap_or("");
+        if let Some(rest) = sym_name.strip_prefix(&format!("{name}_")) {
+            symbols += &format!("pub const {}_{}: u64 = {};\n", name.to_uppercase(), rest.to_uppercase(), sym.st_value);
+        }
+    }
     image.resize(image.len().next_multiple_of(4096), 0);
     let bin = out.join(format!("{name}.bin"));
     fs::write(&bin, &image).unwrap();
@@ -70,6 +78,6 @@ fn flatten(name: &str, elf_path: &Path, out: &Path) -> String {
     format!(
         "pub const {upper}_IMAGE: &[u8] = include_bytes!({bin:?});\n\
          pub const {upper}_ENTRY: u64 = {entry};\n\
-         pub const {upper}_RELOCS: &[(u64, u64)] = &{relocs:?};\n"
+         pub const {upper}_RELOCS: &[(u64, u64)] = &{relocs:?};\n{symbols}"
     )
 }

@@ -44,6 +44,9 @@ pub struct ParasiteArgs {
     /// Filled by an injected socketpair(2).
     pub socketpair: [i32; 2],
     pub _pad: i32,
+    /// The main thread's cure frame: an rt_sigframe holding its own registers, FPU
+    /// state and signal mask, which the parasite returns through if crtool goes away.
+    pub frame: u64,
 }
 
 /// Header of every command; a payload may follow (iovecs for `CMD_DUMP_PAGES`,

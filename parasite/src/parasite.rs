@@ -41,10 +41,13 @@ struct Parasite {
 }
 
 /// Entry: crtool sets rip here with rdi = &ParasiteArgs and rsp at the top of the
-/// blob's own stack. When the command loop ends (and the parasite has closed its
-/// fds) it parks in pause(2) until crtool takes the thread back with
-/// PTRACE_INTERRUPT. No signal is involved: a trap (int3) would make the kernel reset
-/// a blocked or ignored SIGTRAP's disposition to SIG_DFL in the live task.
+/// blob's own stack. `parasite_main` returns the address of the thread's cure frame
+/// once it is done, and the entry returns through it (rt_sigreturn) to the task's
+/// own registers, FPU state and signal mask. That happens only if crtool went away:
+/// normally crtool takes the thread back (PTRACE_INTERRUPT) while the parasite waits
+/// after its last command, and puts the state back itself. No signal is involved: a
+/// trap (int3) would make the kernel reset a blocked or ignored SIGTRAP's
+/// disposition to SIG_DFL in the live task.
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text.entry")]
@@ -52,34 +55,64 @@ pub unsafe extern "C" fn _start() -> ! {
     core::arch::naked_asm!(
         "and rsp, -16",
         "call {main}",
-        "2:",
-        "mov eax, {pause}",
+        "mov rsp, rax",
+        "add rsp, 8",
+        "mov eax, {sigreturn}",
         "syscall",
-        "jmp 2b",
+        "ud2",
         main = sym parasite_main,
-        pause = const NR_PAUSE,
+        sigreturn = const NR_RT_SIGRETURN,
     );
 }
 
-extern "C" fn parasite_main(args: *mut ParasiteArgs) {
+/// Where crtool makes the remote syscalls it runs in any thread of the task (rip
+/// here, rax and the arguments set, r12 = the thread's cure frame). crtool stops the
+/// thread at the syscall's exit and puts its registers back; a thread crtool left
+/// (crtool died) goes on to return through its cure frame to its own state.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.stub")]
+pub unsafe extern "C" fn parasite_syscall_stub() -> ! {
+    core::arch::naked_asm!(
+        "syscall",
+        "mov rsp, r12",
+        "add rsp, 8",
+        "mov eax, {sigreturn}",
+        "syscall",
+        "ud2",
+        sigreturn = const NR_RT_SIGRETURN,
+    );
+}
+
+extern "C" fn parasite_main(args: *mut ParasiteArgs) -> u64 {
     // SAFETY: crtool passes a pointer to the args block inside the blob mapping.
-    let sock = unsafe { (*args).sock };
+    let (sock, frame) = unsafe { ((*args).sock, (*args).frame) };
     let mut p = Parasite { sock, pipe: -1, buf: [0; PARASITE_MSG_MAX], cbuf: [0; CMSG_SPACE_MAX / 8 + 1] };
-    p.serve();
+    let finished = p.serve();
     if p.pipe >= 0 {
         // SAFETY: closing an fd this parasite received.
         unsafe { syscall3(NR_CLOSE, p.pipe as usize, 0, 0) };
     }
+    if finished {
+        // crtool takes the thread back while it waits here; should crtool be gone
+        // instead, the socket reads end-of-file and the thread cures itself.
+        let mut b = [0u8; 16];
+        // SAFETY: a blocking read into a local buffer.
+        unsafe { syscall6(NR_RECVFROM, sock as usize, b.as_mut_ptr() as usize, b.len(), 0, 0, 0) };
+    }
     // SAFETY: closing the parasite's end of the control socket.
-    unsafe { syscall3(NR_CLOSE, p.sock as usize, 0, 0) };
+    unsafe { syscall3(NR_CLOSE, sock as usize, 0, 0) };
+    frame
 }
 
 impl Parasite {
-    fn serve(&mut self) {
+    /// Serves commands; true once crtool said goodbye (CMD_FINI), false if it went
+    /// away (the socket closed) or sent garbage.
+    fn serve(&mut self) -> bool {
         loop {
             let (len, fd) = self.recv();
             if len < size_of::<Cmd>() as isize {
-                return; // crtool closed the socket or sent garbage: stop serving
+                return false;
             }
             // SAFETY: buf holds at least size_of::<Cmd>() received bytes.
             let cmd = unsafe { core::ptr::read_unaligned(self.buf.as_ptr() as *const Cmd) };
@@ -112,7 +145,7 @@ impl Parasite {
                 }
                 CMD_FINI => {
                     self.reply(cmd.op, 0, 0, &[]);
-                    return;
+                    return true;
                 }
                 _ => self.reply(cmd.op, 0, -22, &[]),
             }

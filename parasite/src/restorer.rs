@@ -17,7 +17,6 @@ use rt::*;
 const MREMAP_MAYMOVE: usize = 1;
 const MREMAP_FIXED: usize = 2;
 const TASK_SIZE: u64 = (1 << 47) - 4096;
-const NR_RT_SIGRETURN: usize = 15;
 
 /// Entry: rdi = &RestorerArgs, rsp = top of the restorer's stack inside the area.
 #[unsafe(naked)]

@@ -41,6 +41,8 @@ pub struct DumpCtx {
     pub compression: Compression,
     pub zero_pfn: Option<u64>,
     pub vdso_syscall: Option<u64>,
+    /// The XSAVE geometry of signal frames (for the parasite's cure frames).
+    pub geometry: cpu::SigFrameXstate,
     pub files: FileTable,
     pub shmem_seen: BTreeSet<u64>,
     /// Page frames of each dumped process (by pid in the tree), for its children.
@@ -94,6 +96,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         compression: if opts.compress { Compression::Zstd } else { Compression::Raw },
         zero_pfn: mm::zero_pfn(),
         vdso_syscall: mm::vdso_syscall_offset(),
+        geometry: cpu::sigframe_xstate(),
         files: FileTable::default(),
         shmem_seen: BTreeSet::new(),
         identities: Default::default(),

@@ -103,7 +103,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         rseq_areas.push(r.rseq_abi_pointer);
     }
     let (main, _) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
-    let mut parasite = Parasite::inject(main)?;
+    let mut parasite = Parasite::inject(&p.threads, ctx.geometry)?;
     let info = parasite.info()?;
     let mlockall = vma::future_lock(pid, parasite.base())?;
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();

@@ -4,6 +4,8 @@ use super::tracee::Tracee;
 use crate::error::{Error, PtraceCtx, Result};
 use crate::sys::abi::{self, Cmd, IoVec, ParasiteArgs, ParasiteInfo, Reply};
 use crate::sys::blobs;
+use crate::sys::cpu::SigFrameXstate;
+use crate::task;
 use crate::sys::process::{pidfd_getfd, pidfd_open, read_remote, write_remote};
 use crate::sys::ptrace;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -19,56 +21,97 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A parasite running inside a tracee. `finish` (or drop) stops it, unmaps it and
 /// leaves the tracee stopped with its state ready to be restored.
+///
+/// Besides the blob, its mapping holds a cure frame for every thread of the task:
+/// an rt_sigframe with the thread's own registers, FPU state and signal mask. A
+/// thread that crtool loses control of while it runs parasite code (crtool killed
+/// with SIGKILL: the kernel detaches every tracee) returns through its frame to its
+/// own state: the command loop does when its control socket closes, remote syscalls
+/// run from a stub that does after the call. A leftover mapping is all that remains.
 pub struct Parasite<'t> {
-    tracee: &'t Tracee,
+    /// The task's threads, the main one (which runs the command loop) first.
+    threads: &'t [Tracee],
     base: u64,
     size: u64,
     sock: Option<OwnedFd>,
-    /// The blob has trapped back (or died): no more commands.
+    /// The parasite's end of the control socket, as an fd number in the task.
+    theirs: i32,
+    /// The blob has stopped (or died): no more commands.
     stopped: bool,
     unmapped: bool,
 }
 
-fn layout() -> (u64, u64, u64) {
+/// Offsets in the parasite mapping: (args, top of the stack, each thread's cure
+/// frame, total size).
+fn layout(frame_lens: &[u64]) -> (u64, u64, Vec<u64>, u64) {
     let image = blobs::PARASITE_IMAGE.len() as u64;
     let args = image;
     let stack_top = (args + PAGE + abi::BLOB_STACK_SIZE as u64).next_multiple_of(PAGE);
-    (args, stack_top, stack_top)
+    let mut at = stack_top;
+    let frames = frame_lens
+        .iter()
+        .map(|&l| {
+            let o = at.next_multiple_of(64);
+            at = o + l;
+            o
+        })
+        .collect();
+    (args, stack_top, frames, at.next_multiple_of(PAGE))
 }
 
 impl<'t> Parasite<'t> {
-    /// Maps the blob into the task, creates the control socket and starts the blob.
-    pub fn inject(tracee: &'t Tracee) -> Result<Parasite<'t>> {
-        let pid = tracee.pid;
-        let (args_off, stack_top, size) = layout();
+    /// Maps the blob and every thread's cure frame into the task, creates the control
+    /// socket and starts the blob in the main thread (`threads[0]`).
+    pub fn inject(threads: &'t [Tracee], geometry: SigFrameXstate) -> Result<Parasite<'t>> {
+        let main = &threads[0];
+        let pid = main.pid;
+        let frame_lens: Vec<u64> = threads.iter().map(|t| task::regs::cure_frame_len(&t.xstate, geometry) as u64).collect();
+        let (args_off, stack_top, frames, size) = layout(&frame_lens);
         let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let base = tracee.syscall_ok("mmap", libc::SYS_mmap, &[0, size, prot, flags, u64::MAX, 0])?;
-        let mut p = Parasite { tracee, base, size, sock: None, stopped: true, unmapped: false };
+        let base = main.syscall_ok("mmap", libc::SYS_mmap, &[0, size, prot, flags, u64::MAX, 0]).map_err(|e| match e {
+            Error::Ptrace { errno: nix::errno::Errno::EACCES, .. } => Error::Unsupported {
+                pid: pid.as_raw(),
+                fd: None,
+                what: "it refuses writable-executable memory (PR_SET_MDWE or an LSM)".into(),
+                hint: Some("not supported yet"),
+            },
+            e => e,
+        })?;
+        let mut p = Parasite { threads, base, size, sock: None, theirs: -1, stopped: true, unmapped: false };
 
         let image = blobs::relocated(blobs::PARASITE_IMAGE, blobs::PARASITE_RELOCS, base);
         write_remote(pid, base, &image).ptrace(pid, "process_vm_writev")?;
+        for (t, &off) in threads.iter().zip(&frames) {
+            let frame = task::regs::cure_frame(&t.regs, &t.xstate, t.sigmask, base + off, geometry);
+            write_remote(pid, base + off, &frame).ptrace(pid, "process_vm_writev")?;
+            t.set_cure(Some((base + blobs::PARASITE_SYSCALL_STUB, base + off)));
+        }
 
         let sv_addr = base + args_off + std::mem::offset_of!(ParasiteArgs, socketpair) as u64;
         let domain_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
-        tracee.syscall_ok("socketpair", libc::SYS_socketpair, &[libc::AF_UNIX as u64, domain_type, 0, sv_addr])?;
+        main.syscall_ok("socketpair", libc::SYS_socketpair, &[libc::AF_UNIX as u64, domain_type, 0, sv_addr])?;
         let mut sv = [0u8; 8];
         read_remote(pid, sv_addr, &mut sv).ptrace(pid, "process_vm_readv")?;
         let ours = i32::from_le_bytes(sv[4..8].try_into().unwrap());
         let theirs = i32::from_le_bytes(sv[0..4].try_into().unwrap());
+        p.theirs = theirs;
         let pidfd = pidfd_open(pid).ptrace(pid, "pidfd_open")?;
         let sock = pidfd_getfd(&pidfd, ours).ptrace(pid, "pidfd_getfd");
-        tracee.syscall_ok("close", libc::SYS_close, &[ours as u64])?;
+        main.syscall_ok("close", libc::SYS_close, &[ours as u64])?;
         p.sock = Some(sock?);
 
-        let args = ParasiteArgs { sock: theirs, socketpair: [theirs, ours], _pad: 0 };
+        let args = ParasiteArgs { sock: theirs, socketpair: [theirs, ours], _pad: 0, frame: base + frames[0] };
         write_remote(pid, base + args_off, as_bytes(&args)).ptrace(pid, "process_vm_writev")?;
-        let mut r = tracee.regs;
+        let mut r = main.regs;
         r.rip = base + blobs::PARASITE_ENTRY;
         r.rdi = base + args_off;
         r.rsp = base + stack_top;
         r.orig_rax = u64::MAX;
         r.rax = 0;
+        // The command loop runs with every signal blocked (its cure frame has the
+        // thread's own mask).
+        ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
         ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
         ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?;
         p.stopped = false;
@@ -80,8 +123,12 @@ impl<'t> Parasite<'t> {
         self.base
     }
 
+    fn main(&self) -> &Tracee {
+        &self.threads[0]
+    }
+
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Parasite { pid: self.tracee.pid.as_raw(), msg: msg.into() }
+        Error::Parasite { pid: self.main().pid.as_raw(), msg: msg.into() }
     }
 
     fn send(&mut self, op: u32, payload: &[u8], n: u32, fd: Option<BorrowedFd>) -> Result<()> {
@@ -105,7 +152,7 @@ impl<'t> Parasite<'t> {
             if n > 0 {
                 break;
             }
-            if let Some(stop) = ptrace::wait(self.tracee.pid, true).ptrace(self.tracee.pid, "waitpid")? {
+            if let Some(stop) = ptrace::wait(self.main().pid, true).ptrace(self.main().pid, "waitpid")? {
                 self.stopped = true;
                 return Err(self.err(format!("stopped unexpectedly ({stop:?}) instead of answering command {want_op}")));
             }
@@ -184,7 +231,7 @@ impl<'t> Parasite<'t> {
         Ok(out)
     }
 
-    /// Stops the blob (it parks, crtool interrupts it) and unmaps it. The tracee is
+    /// Stops the blob (it waits, crtool interrupts it) and unmaps it. The tracee is
     /// left stopped; its original registers are put back by `Tracee::restore_state`.
     pub fn finish(mut self) -> Result<()> {
         self.stop_and_unmap()
@@ -199,62 +246,48 @@ impl<'t> Parasite<'t> {
     /// 2 KiB of the task's memory (inside the parasite mapping) free for remote
     /// syscalls' in/out arguments.
     pub fn scratch(&self) -> u64 {
-        let (args_off, _, _) = layout();
-        self.base + args_off + 2048
+        self.base + blobs::PARASITE_IMAGE.len() as u64 + 2048
     }
 
     fn stop_and_unmap(&mut self) -> Result<()> {
-        self.stop_blob()?;
+        let stopped = self.stop_blob();
         if !self.unmapped {
             self.unmapped = true;
-            self.tracee.syscall_ok("munmap", libc::SYS_munmap, &[self.base, self.size])?;
+            // The last remote call runs from the vdso: the stub goes with the mapping.
+            for t in self.threads {
+                t.set_cure(None);
+            }
+            self.main().syscall_ok("munmap", libc::SYS_munmap, &[self.base, self.size])?;
         }
-        Ok(())
+        stopped
     }
 
     fn stop_blob(&mut self) -> Result<()> {
-        if !self.stopped {
-            let said_bye = self.send(abi::CMD_FINI, &[], 0, None).and_then(|_| self.recv(abi::CMD_FINI, &mut []));
-            if said_bye.is_ok() {
-                // The parasite closes its end of the socket right before it parks in
-                // pause(2): the hang-up means it holds none of its fds any more.
-                self.wait_hangup();
-            }
+        if self.stopped {
             self.sock = None;
-            self.stopped = true;
-            // Take the thread back wherever it is (parked, or stuck if it failed).
-            self.tracee.interrupt()?;
-            said_bye?;
+            return Ok(());
         }
+        // After FINI the parasite closes its page pipe, answers, and waits on the
+        // control socket: crtool takes the thread back there (were crtool gone, the
+        // socket would close and the thread cure itself).
+        let said_bye = self.send(abi::CMD_FINI, &[], 0, None).and_then(|_| self.recv(abi::CMD_FINI, &mut []));
+        self.stopped = true;
+        let interrupted = self.main().interrupt();
         self.sock = None;
-        Ok(())
-    }
-
-    /// Waits (bounded) until the parasite has closed its end of the control socket.
-    fn wait_hangup(&mut self) {
-        let Some(sock) = self.sock.as_ref() else { return };
-        let start = Instant::now();
-        let mut buf = [0u8; 64];
-        while start.elapsed() < REPLY_TIMEOUT {
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(100u16)) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-            match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) | Err(_) => return, // closed (or broken): either way it is done
-                Ok(_) => continue,        // a stray message: keep waiting for the close
-            }
+        interrupted?;
+        // Its end of the socket is the task's fd `theirs`, still open.
+        if self.theirs >= 0 {
+            self.main().syscall_ok("close", libc::SYS_close, &[self.theirs as u64])?;
+            self.theirs = -1;
         }
-        log::warn!("pid {}: the parasite did not close its socket in {REPLY_TIMEOUT:?}", self.tracee.pid);
+        said_bye.map(drop)
     }
 }
 
 impl Drop for Parasite<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.stop_and_unmap() {
-            log::error!("pid {}: removing the parasite: {e}", self.tracee.pid);
+            log::error!("pid {}: removing the parasite: {e}", self.main().pid);
         }
     }
 }

@@ -8,6 +8,13 @@ use nix::unistd::Pid;
 /// crtool changes while it holds the task (registers, XSAVE state, signal mask) is put
 /// back by `restore_state`; dropping a `Tracee` without `release` does that and
 /// detaches, so no error path can leave the task stopped or altered.
+///
+/// Should crtool die (SIGKILL) the kernel detaches every tracee where it stands, so
+/// a tracee is left with its own registers and signal mask at every moment except
+/// while crtool runs code in it: remote syscalls block its signals only for their
+/// duration, and once the parasite is mapped they run from its syscall stub, after
+/// which a thread crtool no longer controls returns through its cure frame to its
+/// own state (see `Parasite`).
 pub struct Tracee {
     pub pid: Pid,
     /// Registers, XSAVE area and blocked mask as they were when the task froze.
@@ -18,6 +25,8 @@ pub struct Tracee {
     syscall_ip: u64,
     /// The task was in group-stop (SIGSTOP, SIGTSTP, ...) when seized: the signal.
     pub group_stop: Option<i32>,
+    /// While the parasite is mapped: its syscall stub and this thread's cure frame.
+    cure: std::cell::Cell<Option<(u64, u64)>>,
     /// Whether regs/xstate/sigmask above hold the task's real state (so that putting
     /// them back is right).
     captured: bool,
@@ -31,7 +40,7 @@ impl Tracee {
             nix::errno::Errno::ESRCH => Error::NoProcess(pid.as_raw()),
             errno => Error::Ptrace { pid: pid.as_raw(), op: "PTRACE_SEIZE", errno },
         })?;
-        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, group_stop: None, captured: false, released: false };
+        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, group_stop: None, cure: Default::default(), captured: false, released: false };
         ptrace::interrupt(pid).ptrace(pid, "PTRACE_INTERRUPT")?;
         loop {
             match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
@@ -60,8 +69,15 @@ impl Tracee {
         t.xstate = ptrace::get_xstate(pid, xsave_size).ptrace(pid, "PTRACE_GETREGSET(NT_X86_XSTATE)")?;
         t.sigmask = ptrace::get_sigmask(pid).ptrace(pid, "PTRACE_GETSIGMASK")?;
         t.captured = true;
-        ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
+        // The mask stays the task's own: a signal sent now waits (a stopped tracee
+        // dequeues nothing) and nothing is left blocked should crtool die.
         Ok(t)
+    }
+
+    /// Remote syscalls run from the parasite's stub at `stub`, curing through `frame`
+    /// (this thread's rt_sigframe) if crtool goes away; `None`: from the vdso.
+    pub fn set_cure(&self, cure: Option<(u64, u64)>) {
+        self.cure.set(cure);
     }
 
     pub fn set_syscall_ip(&mut self, ip: u64) {
@@ -69,24 +85,38 @@ impl Tracee {
     }
 
     /// Runs one syscall in the task and returns its raw result (negative errno on
-    /// failure). The task stays stopped before and after.
+    /// failure). The task stays stopped before and after, with its own registers and
+    /// signal mask back in place.
     pub fn syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
         let pid = self.pid;
-        if self.syscall_ip == 0 {
-            return Err(Error::Parasite { pid: pid.as_raw(), msg: "no syscall instruction found in the task".into() });
-        }
         let mut r = self.regs;
-        r.rip = self.syscall_ip;
+        match self.cure.get() {
+            Some((stub, frame)) => {
+                r.rip = stub;
+                r.r12 = frame;
+            }
+            None if self.syscall_ip != 0 => r.rip = self.syscall_ip,
+            None => return Err(Error::Parasite { pid: pid.as_raw(), msg: "no syscall instruction found in the task".into() }),
+        }
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
         let a = |i: usize| args.get(i).copied().unwrap_or(0);
         (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        // Signals wait while crtool's code runs in the task (not a handler of its own
+        // in the middle of a remote call).
+        ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
         ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
-        for _ in 0..2 {
-            self.resume_to_syscall_stop()?;
-        }
-        let out = ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS")?;
-        Ok(out.rax as i64)
+        let ran = self.resume_to_syscall_stop().and_then(|_| self.resume_to_syscall_stop());
+        let out = ran.and_then(|_| ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS"));
+        self.put_back()?;
+        Ok(out?.rax as i64)
+    }
+
+    /// The task's own registers and signal mask (not the XSAVE state, which remote
+    /// syscalls do not touch).
+    fn put_back(&self) -> Result<()> {
+        ptrace::setregs(self.pid, &self.regs).ptrace(self.pid, "PTRACE_SETREGS")?;
+        ptrace::set_sigmask(self.pid, self.sigmask).ptrace(self.pid, "PTRACE_SETSIGMASK")
     }
 
     /// Like `syscall` but turns a negative result into an error naming the call.

@@ -91,6 +91,40 @@ pub const FRAME_FPSTATE: usize = 448;
 /// ones, also for a thread stopped inside a system call: the kernel then restarts
 /// the call (or not) as it would have, once the thread is let go.
 pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
+    sigframe(t, addr, geometry, !0)
+}
+
+/// A frame that returns a live thread to its own state (registers, FPU state,
+/// signal `mask`): what the parasite returns through if crtool dies while it holds
+/// the thread. rt_sigreturn does not restart system calls, so a call the thread was
+/// interrupted in is set up to run again (a restart-block call continues through
+/// restart_syscall). The altstack field holds invalid flags: sigreturn's attempt to
+/// set it fails quietly and the thread keeps its own.
+pub fn cure_frame(regs: &Regs, xstate: &[u8], mask: u64, addr: u64, geometry: SigFrameXstate) -> Vec<u8> {
+    let mut r = to_image(regs);
+    if (r.orig_rax as i64) >= 0 {
+        match -(r.rax as i64) {
+            512..=514 => (r.rax, r.rip) = (r.orig_rax, r.rip.wrapping_sub(2)),
+            516 => (r.rax, r.rip) = (219 /* restart_syscall */, r.rip.wrapping_sub(2)),
+            _ => {}
+        }
+    }
+    let t = pb::ThreadCore {
+        regs: Some(r),
+        fpu: Some(fpu_to_image(xstate.to_vec())),
+        altstack: Some(pb::SigAltStack { sp: 0, flags: 0x7fff_0000, size: 0 }),
+        ..Default::default()
+    };
+    sigframe(&t, addr, geometry, mask)
+}
+
+/// Length of the frame `cure_frame` makes for a thread with `xstate`.
+pub fn cure_frame_len(xstate: &[u8], geometry: SigFrameXstate) -> usize {
+    let t = pb::ThreadCore { fpu: Some(fpu_to_image(xstate.to_vec())), ..Default::default() };
+    sigframe_len(&t, geometry)
+}
+
+fn sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate, mask: u64) -> Vec<u8> {
     let r = t.regs.unwrap_or_default();
     let fpu = t.fpu.clone().unwrap_or_default();
     let (rax, rip, rdi, rdx) = (r.rax, r.rip, r.rdi, r.rdx);
@@ -117,7 +151,7 @@ pub fn build_sigframe(t: &pb::ThreadCore, addr: u64, geometry: SigFrameXstate) -
         f[sc + 144 + i * 2..sc + 146 + i * 2].copy_from_slice(&s.to_le_bytes());
     }
     put(&mut f, sc + 184, addr + FRAME_FPSTATE as u64); // fpstate pointer
-    put(&mut f, uc + 40 + 256, !0); // uc_sigmask: everything blocked until crtool lets go
+    put(&mut f, uc + 40 + 256, mask); // uc_sigmask
 
     let fp = FRAME_FPSTATE;
     f[fp..fp + size].copy_from_slice(&fpu.xsave[..size]);
