@@ -53,6 +53,18 @@ pub enum Error {
 
     #[error("{what}: {errno}")]
     Sys { what: String, errno: Errno },
+
+    #[error("interrupted by signal {sig} ({}): stopped, and nothing was left half-done", nix::sys::signal::Signal::try_from(*sig).map(|s| s.as_str()).unwrap_or("?"))]
+    Interrupted { sig: i32 },
+}
+
+/// Fails with `Error::Interrupted` once crtool received SIGINT, SIGTERM, SIGHUP or
+/// SIGPIPE (see `sys::signals`): long work calls this at safe points.
+pub fn check_interrupt() -> Result<()> {
+    match crate::sys::signals::interrupted() {
+        Some(sig) => Err(Error::Interrupted { sig }),
+        None => Ok(()),
+    }
 }
 
 impl Error {

@@ -284,6 +284,7 @@ fn run() -> Result<i32> {
     match cli.cmd {
         Cmd::Dump { pid, dir, leave_running, compress, shell_job, log, not_yet: n } => {
             not_yet(n.used())?;
+            crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
             let dir = absolute(&dir)?;
             init_log(&log, &dir, "dump.log")?;
@@ -308,6 +309,7 @@ fn run() -> Result<i32> {
             let dir = absolute(&dir)?;
             // Nothing is created (not even the log) where there is no dump.
             restore::check_dir(&dir)?;
+            crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
             match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidfile })? {

@@ -124,7 +124,8 @@ impl Parasite {
                         unsafe { syscall3(NR_CLOSE, self.pipe as usize, 0, 0) };
                     }
                     self.pipe = fd;
-                    self.reply(cmd.op, 0, if fd >= 0 { 0 } else { -9 }, &[]);
+                    // The fd number, so that crtool can close it should this loop fail.
+                    self.reply(cmd.op, 0, if fd >= 0 { fd as i64 } else { -9 }, &[]);
                 }
                 CMD_DUMP_PAGES => {
                     let n = (cmd.n as usize).min(payload_len / size_of::<IoVec>());
@@ -144,6 +145,13 @@ impl Parasite {
                     self.send_fds(n);
                 }
                 CMD_FINI => {
+                    // Nothing of ours stays open in the task once crtool has the
+                    // answer (it takes the thread back right after).
+                    if self.pipe >= 0 {
+                        // SAFETY: closing the pipe fd this parasite received.
+                        unsafe { syscall3(NR_CLOSE, self.pipe as usize, 0, 0) };
+                        self.pipe = -1;
+                    }
                     self.reply(cmd.op, 0, 0, &[]);
                     return true;
                 }

@@ -112,7 +112,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
     // The images take the target's place only once complete and checked, before
     // anything is killed.
-    let result = collect(&mut frozen, &mut ctx).and_then(|()| work.commit());
+    let result = collect(&mut frozen, &mut ctx).and_then(|()| crate::error::check_interrupt()).and_then(|()| work.commit());
     match result {
         Ok(()) => {
             let kill = !opts.leave_running;
@@ -126,7 +126,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             if let Err(r) = release(frozen, false) {
                 log::error!("releasing the tree after a failed dump: {r}");
             }
-            Err(e)
+            Err(crate::sys::signals::interrupted().map_or(e, |sig| Error::Interrupted { sig }))
         }
     }
 }
@@ -242,6 +242,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
             entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads: vec![], zombie: true, exit_status: status, comm, uids: id("Uid"), gids: id("Gid"), exit_signal });
             continue;
         }
+        crate::error::check_interrupt()?;
         let survey = surveys.next().ok_or(Error::NoProcess(p.pid))?;
         process::dump_process(p, survey, ctx)?;
         ctx.stats.processes += 1;
@@ -272,6 +273,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     };
     // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
+    crate::error::check_interrupt()?;
     // Would restore rebuild this? Checked now, while the tree still runs.
     let imgs = crate::restore::load(dir)?;
     crate::restore::preflight::check(&imgs, Default::default()).map_err(|e| match e {

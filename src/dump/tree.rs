@@ -115,6 +115,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
     // feet: passes repeat until one finds nothing new (bounded).
     let mut passes = 0;
     loop {
+        crate::error::check_interrupt()?;
         passes += 1;
         if passes > MAX_PASSES {
             return Err(Error::Unsupported {

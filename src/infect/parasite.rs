@@ -36,6 +36,8 @@ pub struct Parasite<'t> {
     sock: Option<OwnedFd>,
     /// The parasite's end of the control socket, as an fd number in the task.
     theirs: i32,
+    /// The page pipe's fd number in the task, once given.
+    pipe: i32,
     /// The blob has stopped (or died): no more commands.
     stopped: bool,
     unmapped: bool,
@@ -78,7 +80,7 @@ impl<'t> Parasite<'t> {
             },
             e => e,
         })?;
-        let mut p = Parasite { threads, base, size, sock: None, theirs: -1, stopped: true, unmapped: false };
+        let mut p = Parasite { threads, base, size, sock: None, theirs: -1, pipe: -1, stopped: true, unmapped: false };
 
         let image = blobs::relocated(blobs::PARASITE_IMAGE, blobs::PARASITE_RELOCS, base);
         write_remote(pid, base, &image).ptrace(pid, "process_vm_writev")?;
@@ -142,13 +144,24 @@ impl<'t> Parasite<'t> {
         Ok(())
     }
 
-    /// Waits for a reply; notices a parasite that crashed instead of answering.
+    /// Waits for a reply; notices a parasite that crashed instead of answering, and
+    /// crtool being interrupted.
     fn recv(&mut self, want_op: u32, payload: &mut [u8]) -> Result<(Reply, usize, Vec<OwnedFd>)> {
+        self.recv_reply(want_op, payload, true)
+    }
+
+    fn recv_reply(&mut self, want_op: u32, payload: &mut [u8], interruptible: bool) -> Result<(Reply, usize, Vec<OwnedFd>)> {
         let start = Instant::now();
         let sock = self.sock.as_ref().ok_or_else(|| self.err("control socket closed"))?;
         loop {
+            if interruptible {
+                crate::error::check_interrupt()?;
+            }
             let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            let n = poll(&mut fds, PollTimeout::from(100u16)).map_err(|e| self.err(format!("poll: {e}")))?;
+            let n = match poll(&mut fds, PollTimeout::from(100u16)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => r.map_err(|e| self.err(format!("poll: {e}")))?,
+            };
             if n > 0 {
                 break;
             }
@@ -192,6 +205,7 @@ impl<'t> Parasite<'t> {
         if r.ret < 0 {
             return Err(self.err(format!("taking the page pipe failed: errno {}", -r.ret)));
         }
+        self.pipe = r.ret as i32;
         Ok(())
     }
 
@@ -269,18 +283,31 @@ impl<'t> Parasite<'t> {
         }
         // After FINI the parasite closes its page pipe, answers, and waits on the
         // control socket: crtool takes the thread back there (were crtool gone, the
-        // socket would close and the thread cure itself).
-        let said_bye = self.send(abi::CMD_FINI, &[], 0, None).and_then(|_| self.recv(abi::CMD_FINI, &mut []));
+        // socket would close and the thread cure itself). Answers to a command an
+        // interruption cut short come first; they are skipped.
+        let mut said_bye = self.send(abi::CMD_FINI, &[], 0, None);
+        if said_bye.is_ok() {
+            said_bye = loop {
+                match self.recv_reply(abi::CMD_FINI, &mut [], false) {
+                    Err(Error::Parasite { msg, .. }) if msg.starts_with("reply to command") => continue,
+                    r => break r.map(drop),
+                }
+            };
+        }
         self.stopped = true;
         let interrupted = self.main().interrupt();
         self.sock = None;
         interrupted?;
-        // Its end of the socket is the task's fd `theirs`, still open.
-        if self.theirs >= 0 {
-            self.main().syscall_ok("close", libc::SYS_close, &[self.theirs as u64])?;
-            self.theirs = -1;
+        // Its fds in the task: the socket end always, the pipe if FINI did not get
+        // through.
+        let mut left = vec![std::mem::replace(&mut self.theirs, -1)];
+        if said_bye.is_err() {
+            left.push(std::mem::replace(&mut self.pipe, -1));
         }
-        said_bye.map(drop)
+        for fd in left.into_iter().filter(|&f| f >= 0) {
+            self.main().syscall_ok("close", libc::SYS_close, &[fd as u64])?;
+        }
+        said_bye
     }
 }
 

@@ -207,6 +207,7 @@ impl PageDumper {
         if batch.is_empty() {
             return Ok(());
         }
+        crate::error::check_interrupt()?;
         let data = |r: &&Run| r.kind == RunKind::Data;
         let total: u64 = batch.iter().filter(data).map(|r| r.pages * PAGE).sum();
         if readable {

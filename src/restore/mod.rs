@@ -232,7 +232,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             for g in &groups {
                 g.close();
             }
-            let mut sup = done?;
+            let mut sup = done.map_err(|e| crate::sys::signals::interrupted().map_or(e, |sig| Error::Interrupted { sig }))?;
             log::info!("pid {root_pid}: tree restored and running");
             if let Some(f) = &opts.pidfile {
                 let outer = sup.outer_pid(root_pid).unwrap_or(root_pid);

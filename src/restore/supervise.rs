@@ -423,13 +423,21 @@ impl Supervisor {
     }
 
     /// Detaches, then waits for the root to end: its exit code, or 128 + signal.
+    /// SIGINT, SIGTERM and SIGHUP sent to crtool meanwhile go on to the root (as a
+    /// shell would pass them to its job).
     pub fn detach_and_wait_root(mut self) -> Result<i32> {
         self.detach_all()?;
         loop {
-            match ptrace::wait(self.root, false).map_err(|e| Error::sys("waitpid", e))? {
-                Some(Stop::Exited(c)) => return Ok(c),
-                Some(Stop::Killed(s)) => return Ok(128 + s),
-                _ => {}
+            match ptrace::wait_for(self.root.as_raw()) {
+                Ok((_, Stop::Exited(c))) => return Ok(c),
+                Ok((_, Stop::Killed(s))) => return Ok(128 + s),
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => {
+                    if let Some(sig) = crate::sys::signals::take().filter(|&s| s != libc::SIGPIPE) {
+                        let _ = nix::sys::signal::kill(self.root, nix::sys::signal::Signal::try_from(sig).ok());
+                    }
+                }
+                Err(e) => return Err(Error::sys("waitpid", e)),
             }
         }
     }

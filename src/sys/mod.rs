@@ -6,6 +6,7 @@ pub mod fd;
 pub mod mm;
 pub mod process;
 pub mod ptrace;
+pub mod signals;
 
 /// The embedded blobs (built by build.rs from `parasite/`).
 pub mod blobs {

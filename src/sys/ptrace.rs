@@ -82,13 +82,22 @@ pub fn seize_tree(pid: Pid) -> Result<(), Errno> {
     ptrace::seize(pid, O::PTRACE_O_TRACESYSGOOD | O::PTRACE_O_EXITKILL | O::PTRACE_O_TRACEFORK | O::PTRACE_O_TRACECLONE)
 }
 
-/// Waits for a state change of any child or tracee; returns who and what.
+/// Waits for a state change of any child or tracee; returns who and what. Fails
+/// with EINTR once crtool was asked to stop (see `sys::signals`).
 pub fn wait_any() -> Result<(Pid, Stop), Errno> {
+    wait_for(-1)
+}
+
+/// Waits for `pid` (or any, -1) like `wait_any`, EINTR included.
+pub fn wait_for(pid: i32) -> Result<(Pid, Stop), Errno> {
     let mut status = 0;
     let r = loop {
         // SAFETY: waitpid writes only into `status`.
-        let r = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
         if r < 0 && Errno::last() == Errno::EINTR {
+            if super::signals::interrupted().is_some() {
+                return Err(Errno::EINTR);
+            }
             continue;
         }
         break Errno::result(r)?;
