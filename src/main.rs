@@ -54,6 +54,11 @@ enum Cmd {
         /// restore it from the same session.
         #[arg(short = 'j', long)]
         shell_job: bool,
+        /// A resource shared with a process outside the tree that is expected to be
+        /// handed over at restore: pipe:[ID] (a pipe or FIFO by inode, as
+        /// /proc/PID/fd shows it). Repeatable.
+        #[arg(long, value_name = "RES")]
+        external: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -79,6 +84,10 @@ enum Cmd {
         /// Write the PID of the restored root (as crtool sees it) to FILE.
         #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
+        /// fd[N]:pipe:[ID]: use crtool's fd N for the pipe that was external at dump
+        /// (--external pipe:[ID]). Repeatable.
+        #[arg(long, value_name = "fd[N]:RES")]
+        inherit_fd: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -220,6 +229,19 @@ impl RestoreNotYet {
     }
 }
 
+/// "pipe:[ID]" → ID.
+fn parse_pipe(s: &str) -> Result<u64> {
+    s.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()).context("expected pipe:[ID], ID a pipe's inode number")
+}
+
+/// "fd[N]:pipe:[ID]" → (N, ID); fd N must be open in crtool.
+fn parse_inherit(s: &str) -> Result<(i32, u64)> {
+    let (fd, res) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).context("expected fd[N]:pipe:[ID]")?;
+    let fd: i32 = fd.parse().context("fd[N]: N must be a number")?;
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).with_context(|| format!("fd {fd} is not open in crtool"))?;
+    Ok((fd, parse_pipe(res)?))
+}
+
 fn not_yet(option: Option<&str>) -> Result<()> {
     match option {
         Some(o) => anyhow::bail!("option {o} is not supported yet"),
@@ -282,13 +304,16 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
             let dir = absolute(&dir)?;
             init_log(&log, &dir, "dump.log")?;
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job };
+            for e in &external {
+                parse_pipe(e).with_context(|| format!("--external {e}"))?;
+            }
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",
@@ -304,15 +329,20 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidfile, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidfile, inherit_fd, log, not_yet: n } => {
             not_yet(n.used())?;
+            let mut inherit = std::collections::BTreeMap::new();
+            for spec in &inherit_fd {
+                let (fd, id) = parse_inherit(spec).with_context(|| format!("--inherit-fd {spec}"))?;
+                inherit.insert(id, fd);
+            }
             let dir = absolute(&dir)?;
             // Nothing is created (not even the log) where there is no dump.
             restore::check_dir(&dir)?;
             crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidfile })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidfile, inherit })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)

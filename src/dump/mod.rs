@@ -23,6 +23,8 @@ pub struct DumpOpts {
     pub leave_running: bool,
     pub compress: bool,
     pub shell_job: bool,
+    /// Resources expected outside the tree (--external), e.g. "pipe:[1234]".
+    pub external: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -251,6 +253,9 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![], exit_signal });
     }
 
+    // Pipes and FIFOs shared with processes outside the tree.
+    let tree_pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
+    ctx.files.check_outside_peers(&tree_pids, &ctx.opts.external)?;
     let dir = &ctx.work.clone();
     let pids: Vec<u32> = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.vpid as u32).collect();
     let outer_pids = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid as u32).collect();

@@ -99,6 +99,8 @@ pub struct FileTable {
     /// Buffered data of every pipe and FIFO, by pipe id.
     pub pipes: Vec<pb::PipeData>,
     pipes_seen: std::collections::HashSet<u64>,
+    /// Where each entry was first seen: (pid, fd), parallel to `entries`.
+    first_seen: Vec<(i32, i32)>,
 }
 
 impl FileTable {
@@ -146,6 +148,7 @@ impl FileTable {
                     let id = self.entries.len() as u32 + 1;
                     let (owner, signum) = owner_of(pid, info, dup, vpid)?;
                     self.entries.push(pb::FileEntry { id, kind: Some(kind), owner, signum });
+                    self.first_seen.push((pid, info.fd));
                     self.seen.entry((st.st_dev, st.st_ino)).or_default().insert(at, (pid, info.fd, id));
                     id
                 }
@@ -153,6 +156,48 @@ impl FileTable {
             out.push(pb::FdEntry { fd: info.fd, file_id: id, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0 });
         }
         Ok(out)
+    }
+}
+
+impl FileTable {
+    /// Pipes and FIFOs whose other end a process outside the tree holds: refused,
+    /// unless `external` names them ("pipe:[ID]", ID the pipe's or FIFO's inode),
+    /// then marked so: restore takes a pipe from the caller (--inherit-fd) and
+    /// reopens a FIFO by path, and neither's buffered bytes are stored (they stay in
+    /// the pipe, which the process outside keeps). `tree` are the tree's pids.
+    pub fn check_outside_peers(&mut self, tree: &std::collections::BTreeSet<i32>, external: &[String]) -> Result<()> {
+        let key = |k: &Kind| match k {
+            Kind::Pipe(p) => Some((format!("pipe:[{}]", p.pipe_id), p.pipe_id)),
+            Kind::Fifo(f) => Some((f.path.clone(), f.pipe_id)),
+            _ => None,
+        };
+        let keys: std::collections::BTreeSet<String> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).map(|(k, _)| k).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let outside = pipe::outside_holders(tree, &keys);
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            let Some((k, id)) = e.kind.as_ref().and_then(key) else { continue };
+            let Some(&(opid, ofd)) = outside.get(&k) else { continue };
+            let name = format!("pipe:[{id}]");
+            if !external.contains(&name) {
+                let (pid, fd) = self.first_seen[i];
+                let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
+                return Err(Error::Unsupported {
+                    pid,
+                    fd: Some(fd),
+                    what: format!("{} is also open in pid {opid} ({}) fd {ofd}, outside the dumped tree", describe(e.kind.as_ref().unwrap()), comm.trim()),
+                    hint: Some("dump a tree that holds both ends, or pass --external pipe:[ID] and hand the pipe over at restore with --inherit-fd fd[N]:pipe:[ID]"),
+                });
+            }
+            match e.kind.as_mut() {
+                Some(Kind::Pipe(p)) => p.external = true,
+                Some(Kind::Fifo(f)) => f.external = true,
+                _ => {}
+            }
+            self.pipes.retain(|p| p.pipe_id != id);
+        }
+        Ok(())
     }
 }
 
@@ -210,10 +255,11 @@ pub struct Parked {
 }
 
 impl Parked {
-    /// `users` counts the tasks that hold each file id.
-    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, usize>) -> Result<Parked> {
+    /// `users` counts the tasks that hold each file id; `inherited` are the pipes
+    /// the caller hands over for external ones (pipe id → fd of crtool's).
+    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, usize>, inherited: BTreeMap<u64, RawFd>) -> Result<Parked> {
         let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at };
-        let mut pipe_ends = pipe::Restorer::new(pipes);
+        let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)));
             if !piped && f.owner.is_none() && users.get(&f.id).copied().unwrap_or(0) <= 1 {

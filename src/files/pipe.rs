@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use images_format::pb::{self, file_entry::Kind};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 pub struct PipeKind;
 
@@ -15,7 +15,7 @@ impl FileKind for PipeKind {
     fn dump(_pid: i32, info: &FdInfo, fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         if info.link.starts_with("pipe:") {
-            Ok(Kind::Pipe(pb::PipeEnd { pipe_id: st.st_ino, flags }))
+            Ok(Kind::Pipe(pb::PipeEnd { pipe_id: st.st_ino, flags, external: false }))
         } else {
             // A reader reports POLLHUP once the writers it saw are gone; one that
             // opened with no writer and saw none since stays quiet (pipe_poll()).
@@ -23,7 +23,7 @@ impl FileKind for PipeKind {
             let mut pfd = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
             let revents = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).ok().and_then(|_| pfd[0].revents()).unwrap_or(nix::poll::PollFlags::empty());
             let quiet = read_only && revents.is_empty();
-            Ok(Kind::Fifo(pb::Fifo { path: info.link.clone(), pipe_id: st.st_ino, flags, quiet }))
+            Ok(Kind::Fifo(pb::Fifo { path: info.link.clone(), pipe_id: st.st_ino, flags, quiet, external: false }))
         }
     }
     fn open(&self) -> std::io::Result<OwnedFd> {
@@ -61,6 +61,31 @@ pub fn capture_data(pid: i32, info: &FdInfo, st: &libc::stat) -> Result<pb::Pipe
     Ok(pb::PipeData { pipe_id: st.st_ino, capacity, data })
 }
 
+/// Who outside the tree holds the pipes and FIFOs of the tree: for each key
+/// ("pipe:[INODE]", or the FIFO's path) a (pid, fd) holding it. Every process but
+/// `tree` and crtool itself is looked at (/proc/PID/fd).
+pub fn outside_holders(tree: &std::collections::BTreeSet<i32>, keys: &std::collections::BTreeSet<String>) -> BTreeMap<String, (i32, i32)> {
+    let mut out = BTreeMap::new();
+    let me = std::process::id() as i32;
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid == me || tree.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for f in fds.flatten() {
+            let Ok(link) = std::fs::read_link(f.path()) else { continue };
+            let link = link.to_string_lossy();
+            if keys.contains(link.as_ref()) && !out.contains_key(link.as_ref()) {
+                let fd = f.file_name().to_string_lossy().parse().unwrap_or(-1);
+                out.insert(link.into_owned(), (pid, fd));
+            }
+        }
+    }
+    out
+}
+
 /// Recreates pipes and FIFOs (in crtool, before the tree is forked).
 pub struct Restorer<'a> {
     data: BTreeMap<u64, &'a pb::PipeData>,
@@ -69,11 +94,13 @@ pub struct Restorer<'a> {
     /// Any end of each new pipe, to open further descriptions through /proc.
     any_end: BTreeMap<u64, OwnedFd>,
     keepers: Vec<OwnedFd>,
+    /// External pipes handed over by the caller (--inherit-fd): pipe id → its fd.
+    inherited: BTreeMap<u64, RawFd>,
 }
 
 impl<'a> Restorer<'a> {
-    pub fn new(pipes: &'a [pb::PipeData]) -> Self {
-        Restorer { data: pipes.iter().map(|p| (p.pipe_id, p)).collect(), fresh: BTreeMap::new(), any_end: BTreeMap::new(), keepers: Vec::new() }
+    pub fn new(pipes: &'a [pb::PipeData], inherited: BTreeMap<u64, RawFd>) -> Self {
+        Restorer { data: pipes.iter().map(|p| (p.pipe_id, p)).collect(), fresh: BTreeMap::new(), any_end: BTreeMap::new(), keepers: Vec::new(), inherited }
     }
 
     fn fill(&self, id: u64, w: &OwnedFd) -> std::io::Result<()> {
@@ -90,6 +117,19 @@ impl<'a> Restorer<'a> {
     }
 
     pub fn open_end(&mut self, p: &pb::PipeEnd) -> std::io::Result<OwnedFd> {
+        if p.external {
+            let Some(&given) = self.inherited.get(&p.pipe_id) else {
+                return Err(std::io::Error::other(format!(
+                    "it was shared with a process outside the tree: hand it over with --inherit-fd fd[N]:pipe:[{}]",
+                    p.pipe_id
+                )));
+            };
+            let fd = crate::sys::fd::dup_above(given, 0)?;
+            // SAFETY: a fresh duplicate nobody else owns.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            set_status_flags(&fd, p.flags)?;
+            return Ok(fd);
+        }
         if !self.fresh.contains_key(&p.pipe_id) && !self.any_end.contains_key(&p.pipe_id) {
             let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
             self.fill(p.pipe_id, &w)?;
@@ -113,6 +153,13 @@ impl<'a> Restorer<'a> {
     }
 
     pub fn open_fifo(&mut self, f: &pb::Fifo) -> std::io::Result<OwnedFd> {
+        if f.external {
+            // The process outside keeps the FIFO's pipe (and its bytes) alive.
+            let acc = OFlag::from_bits_truncate((f.flags & libc::O_ACCMODE as u32) as i32);
+            let fd = nix::fcntl::open(f.path.as_str(), acc | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+            set_status_flags(&fd, f.flags)?;
+            return Ok(fd);
+        }
         let empty = self.data.get(&f.pipe_id).is_none_or(|d| d.data.is_empty());
         if f.quiet && empty && !self.any_end.contains_key(&f.pipe_id) {
             // A reader that has seen no writer: opened while none exists, so that it

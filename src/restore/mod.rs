@@ -26,6 +26,9 @@ pub struct RestoreOpts {
     pub checks: preflight::Checks,
     /// Where to write the restored root's PID (as crtool sees it) once it runs.
     pub pidfile: Option<PathBuf>,
+    /// Pipes the caller hands over for ones that were external at dump
+    /// (--inherit-fd fd[N]:pipe:[ID]): pipe id → crtool's fd N.
+    pub inherit: std::collections::BTreeMap<u64, i32>,
 }
 
 pub enum Outcome {
@@ -182,7 +185,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             *users.entry(id).or_default() += 1;
         }
     }
-    let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3), &users)?;
+    let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3), &users, opts.inherit.clone())?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?;
