@@ -315,10 +315,10 @@ pub fn files() -> Vec<pb::FileEntry> {
             owner: Some(pb::FileOwner { r#type: 1, pid: 42 }),
             signum: 36,
         },
-        pb::FileEntry { id: 3, kind: Some(file_entry::Kind::Pipe(pb::PipeEnd { pipe_id: 555, flags: 0o4000 })), ..Default::default() },
+        pb::FileEntry { id: 3, kind: Some(file_entry::Kind::Pipe(pb::PipeEnd { pipe_id: 555, flags: 0o4000, external: false })), ..Default::default() },
         pb::FileEntry {
             id: 4,
-            kind: Some(file_entry::Kind::Fifo(pb::Fifo { path: "/tmp/fifo".into(), pipe_id: 556, flags: 1, quiet: true })),
+            kind: Some(file_entry::Kind::Fifo(pb::Fifo { path: "/tmp/fifo".into(), pipe_id: 556, flags: 1, quiet: true, external: true })),
             ..Default::default()
         },
     ]
