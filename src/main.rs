@@ -81,6 +81,11 @@ enum Cmd {
         /// have the same size; CRIU's method) or `none`.
         #[arg(long, value_name = "METHOD", default_value = "buildid")]
         file_validation: crtool::files::identity::Validation,
+        /// Restore into a new PID namespace (with its own /proc) under a minimal init
+        /// that outlives crtool: the PIDs are free there whatever runs here, and the
+        /// same images can be restored several times side by side.
+        #[arg(long)]
+        pidns: bool,
         /// Write the PID of the restored root (as crtool sees it) to FILE.
         #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
@@ -93,6 +98,9 @@ enum Cmd {
         #[command(flatten)]
         not_yet: RestoreNotYet,
     },
+    /// The init of a PID namespace made by `restore --pidns` (internal).
+    #[command(name = "__pidns-init", hide = true)]
+    PidnsInit { root: i32 },
     /// CRIU's incremental pre-dump: not supported yet.
     #[command(name = "pre-dump")]
     PreDump {
@@ -329,7 +337,7 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidfile, inherit_fd, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             for spec in &inherit_fd {
@@ -342,7 +350,7 @@ fn run() -> Result<i32> {
             crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidfile, inherit })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)
@@ -350,6 +358,7 @@ fn run() -> Result<i32> {
                 restore::Outcome::Exited(code) => Ok(code),
             }
         }
+        Cmd::PidnsInit { root } => Ok(restore::pidns::init_loop(root)),
         Cmd::PreDump { .. } => anyhow::bail!("crtool pre-dump is not supported yet"),
         Cmd::PageServer { .. } => anyhow::bail!("crtool page-server is not supported yet"),
         Cmd::LazyPages { .. } => anyhow::bail!("crtool lazy-pages is not supported yet"),

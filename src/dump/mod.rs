@@ -118,8 +118,17 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     match result {
         Ok(()) => {
             let kill = !opts.leave_running;
+            let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
             release(frozen, kill)?;
             ctx.stats.frozen = t0.elapsed();
+            if kill {
+                // Until their parents (or init) reap them, the dead keep their PIDs:
+                // wait a little, so that a restore right after the dump finds them free.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             log::info!("tree of pid {pid}: {} after {:?} frozen", if kill { "killed" } else { "resumed" }, ctx.stats.frozen);
             Ok(ctx.stats)
         }
@@ -135,7 +144,6 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
 
 fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
     if kill {
-        let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
         // Kill every process first: a thread-group leader reports its death only
         // after its other threads are reaped, so waiting one by one would hang.
         for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
@@ -153,12 +161,6 @@ fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
                 Ok(_) => {}
                 Err(_) => break,
             }
-        }
-        // Until their parents (or init) reap them, the dead keep their PIDs: wait a
-        // little, so that a restore right after the dump finds them free.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
         }
         return Ok(());
     }

@@ -188,7 +188,7 @@ fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible
 
 /// A private mount namespace with a /proc of the new PID namespace (what
 /// `unshare --mount-proc` gave the original).
-fn remount_proc() -> nix::Result<()> {
+pub(crate) fn remount_proc() -> nix::Result<()> {
     use nix::mount::{MsFlags, mount};
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
     mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)

@@ -5,6 +5,7 @@
 //! areas, and lets the tree run.
 
 mod child;
+pub mod pidns;
 pub mod preflight;
 mod supervise;
 
@@ -26,6 +27,8 @@ pub struct RestoreOpts {
     pub checks: preflight::Checks,
     /// Where to write the restored root's PID (as crtool sees it) once it runs.
     pub pidfile: Option<PathBuf>,
+    /// Restore into a new PID namespace under an init of crtool's (--pidns).
+    pub pidns: bool,
     /// Pipes the caller hands over for ones that were external at dump
     /// (--inherit-fd fd[N]:pipe:[ID]): pipe id → crtool's fd N.
     pub inherit: std::collections::BTreeMap<u64, i32>,
@@ -163,8 +166,17 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let imgs = load(&opts.dir)?;
     let root_pid = imgs.inv.root_pid as i32;
     preflight::check(&imgs, opts.checks)?;
+    if opts.pidns && imgs.inv.new_pid_ns {
+        return Err(Error::Restore { pid: root_pid, msg: "--pidns: the dumped tree had a PID namespace of its own, which restore creates anyway".into() });
+    }
+    if std::process::id() == 1 && opts.detach && !opts.pidns && !imgs.inv.new_pid_ns {
+        return Err(Error::Restore {
+            pid: root_pid,
+            msg: "crtool is the init of its PID namespace (started by unshare -pf?): a detached tree would die when crtool exits; restore without -d, or with --pidns".into(),
+        });
+    }
     for p in &imgs.procs {
-        if !imgs.inv.new_pid_ns
+        if !imgs.inv.new_pid_ns && !opts.pidns
             && let Some(holder) = holder_of(p.tree.pid as i32) {
                 return Err(Error::PidTaken { pid: p.tree.pid as i32, holder });
             }
@@ -205,7 +217,16 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         groups: &groups,
     };
     log::info!("pid {root_pid}: forking the tree ({} processes)", imgs.procs.len());
-    let forked = if imgs.inv.new_pid_ns {
+    let mut init = None;
+    let forked = if opts.pidns {
+        match pidns::fork_root(root_pid)? {
+            pidns::Root::Child => Ok(Forked::Child),
+            pidns::Root::Parent { init: i, root } => {
+                init = Some(i);
+                Ok(Forked::Parent(nix::unistd::Pid::from_raw(root)))
+            }
+        }
+    } else if imgs.inv.new_pid_ns {
         let flags = libc::CLONE_NEWPID as u64 | if imgs.inv.new_mount_ns { libc::CLONE_NEWNS as u64 } else { 0 };
         let outer = imgs.outer_pid(root_pid as u32);
         let with_outer = outer.and_then(|o| fork_with_pids(&[1, o], flags).ok());
@@ -231,6 +252,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                     Err(e)
                 }
             });
+            if let (Err(_), Some(i)) = (&done, init) {
+                // The namespace goes with its init.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(i), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(i), None);
+            }
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {
                 g.close();
@@ -245,10 +271,13 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 }
             }
             if opts.detach {
+                let outer = sup.outer_pid(root_pid).unwrap_or(root_pid);
                 sup.detach_all()?;
-                return Ok(Outcome::Detached(root_pid));
+                return Ok(Outcome::Detached(outer));
             }
-            let code = sup.detach_and_wait_root()?;
+            // With --pidns the root is the init's child: the init ends with its status.
+            let child = init.unwrap_or(sup.root().as_raw());
+            let code = sup.detach_and_wait(child)?;
             Ok(Outcome::Exited(code))
         }
     }

@@ -422,15 +422,17 @@ impl Supervisor {
         first.map_or(Ok(()), Err)
     }
 
-    /// Detaches, then waits for the root to end: its exit code, or 128 + signal.
-    /// SIGINT, SIGTERM and SIGHUP sent to crtool meanwhile go on to the root (as a
-    /// shell would pass them to its job).
-    pub fn detach_and_wait_root(mut self) -> Result<i32> {
+    /// Detaches, then waits for `child` (the root, or the init of a namespace made
+    /// with --pidns) to end: its exit code, or 128 + signal. SIGINT, SIGTERM and
+    /// SIGHUP sent to crtool meanwhile go on to the root (as a shell would pass them
+    /// to its job).
+    pub fn detach_and_wait(mut self, child: i32) -> Result<i32> {
         self.detach_all()?;
         loop {
-            match ptrace::wait_for(self.root.as_raw()) {
-                Ok((_, Stop::Exited(c))) => return Ok(c),
-                Ok((_, Stop::Killed(s))) => return Ok(128 + s),
+            // Any child: crtool may be the init of its namespace and inherit orphans.
+            match ptrace::wait_for(-1) {
+                Ok((p, Stop::Exited(c))) if p.as_raw() == child => return Ok(c),
+                Ok((p, Stop::Killed(s))) if p.as_raw() == child => return Ok(128 + s),
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => {
                     if let Some(sig) = crate::sys::signals::take().filter(|&s| s != libc::SIGPIPE) {
@@ -440,6 +442,11 @@ impl Supervisor {
                 Err(e) => return Err(Error::sys("waitpid", e)),
             }
         }
+    }
+
+    /// The restored root, as crtool sees it.
+    pub fn root(&self) -> Pid {
+        self.root
     }
 
     /// The id (as crtool sees it) of the restored thread or process whose id in the

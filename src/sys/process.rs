@@ -25,7 +25,7 @@ pub fn fork_with_pids_signal(pids: &[i32], flags: u64, exit_signal: i32) -> Resu
     let args = super::abi::CloneArgs {
         flags,
         exit_signal: exit_signal as u64,
-        set_tid: pids.as_ptr() as u64,
+        set_tid: if pids.is_empty() { 0 } else { pids.as_ptr() as u64 },
         set_tid_size: pids.len() as u64,
         ..Default::default()
     };
