@@ -185,3 +185,41 @@ wait_until nonempty "$T/result" || fail "idle wrote no result after SIGUSR1"
     p.extend(s.pidset_problems("before", "after"));
     s.all_ok(p);
 }
+
+/// A process stopped (SIGSTOP) while its main thread waits in rt_sigsuspend (with a
+/// temporary mask: SigBlk shows the mask sigsuspend set, not the thread's own) and
+/// two threads in read(), SIGUSR2 and SIGURG pending: `dump --leave-running` must
+/// leave it as it was (snapshot: every thread's SigBlk, SigPnd, ShdPnd, states), and
+/// once continued it behaves as the kernel decides (the `blocked sarestart` check).
+#[test]
+fn dump_leave_running_leaves_a_stopped_sigsuspend_mask() {
+    let s = Scenario::run(
+        "leave-running-stopped-sigsuspend",
+        r#"
+is_state() { [ "$(state $1)" = "$2" ]; }
+start_wl blocked sarestart; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "blocked did not get ready"
+kill -STOP $P
+wait_until is_state $P T || fail "it did not stop"
+kill -USR2 $P; kill -URG $P
+put main_sigblk "$(awk '/^SigBlk:/ {print $2}' /proc/$P/task/$P/status)"
+snapshot before $P
+pidset before
+run dump crt dump -t $P -D "$T/ck" --leave-running
+need dump
+pidset after
+snapshot after $P
+kill -CONT $P
+wait_until nonempty "$T/returned.B" || fail "the read without SA_RESTART did not return after SIGCONT"
+sleep 0.3
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "blocked wrote no result after SIGUSR1"
+"#,
+    );
+    // sigsuspend's mask: the thread's own (SIGUSR1, SIGUSR2, SIGURG) without SIGUSR1.
+    s.ensure(s.var("main_sigblk") == "0000000000400800", || format!("setup: the main thread's SigBlk while stopped in sigsuspend is {:?}", s.var("main_sigblk")));
+    let mut p: Vec<String> = s.verdict("result").err().into_iter().collect();
+    p.extend(s.state_problems("before", "after"));
+    p.extend(s.pidset_problems("before", "after"));
+    s.all_ok(p);
+}
