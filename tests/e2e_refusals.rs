@@ -171,6 +171,7 @@ run dump crt dump -t $P -D "$T/ck"
 pidset after
 snapshot after $P --no-pos
 put threads "$(for p in $(tree_of $P); do echo "$p $(state $p) $(tracer $p)"; done)"
+put inventory "$([ -e "$T/ck/inventory.img" ] && echo "$(images "$T/ck")")"
 wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
 kill -USR1 $P
 wait_until nonempty "$T/result"
@@ -183,6 +184,7 @@ wait_until nonempty "$T/result"
     s.ensure(msg.contains(&format!("pid {p}")) && msg.contains(&c) || msg.contains(&format!("pid {c}")) && msg.contains(&p.to_string()), || format!("the message does not name both {p} and {c}:\n{msg}"));
     s.ensure(s.var("threads").lines().count() == 2 && s.var("threads").lines().all(|l| l.ends_with(" 0") && (l.contains(" S ") || l.contains(" R "))), || format!("after the refused dump (pid state tracer):\n{}", s.var("threads")));
     s.ensure(s.var("counting") == "yes", || "the process stopped counting".into());
+    s.ensure(s.var("inventory").is_empty(), || format!("a refused dump left a complete checkpoint: {}", s.var("inventory")));
     let mut pr: Vec<String> = s.verdict("result").err().into_iter().collect();
     pr.extend(s.state_problems("before", "after"));
     pr.extend(s.pidset_problems("before", "after"));

@@ -26,6 +26,8 @@
 //!     dump began;
 //!   - never early: a relative call lasted at least MS, an absolute one returned at
 //!     or after its deadline on its clock, read/wait4 not before T0 + MS;
+//!   - still waiting when the last dump began (else the dump came too late to test
+//!     anything: a setup failure);
 //!   - never late beyond what the dumps explain: DIR/downtime holds one line "START
 //!     END" (µs of CLOCK_REALTIME) per dump/restore window (written by the test
 //!     before SIGUSR1); a relative call lasts at most MS + the sum of the windows +
@@ -325,6 +327,10 @@ fn check_calls(c: &Ctx) -> Report {
             r.expect(ok, || format!("{n} failed with EINTR {} after T0, not during a dump (downtime windows {wins:?})", ms(x.end - c.t0)));
             continue;
         }
+        // The test must have dumped while the call still waited.
+        if let Some(ls) = wins.iter().map(|w| w.0).max() {
+            r.expect(x.end_real >= ls, || format!("setup: {n} returned {} after T0, before the last dump began: the dump came too late to test it", ms(x.end - c.t0)));
+        }
         let right = match call.want {
             Want::Ret(v) => x.ret == v,
             Want::Err(e) => x.ret == -1 && x.errno == e,
@@ -341,7 +347,7 @@ fn check_calls(c: &Ctx) -> Report {
                 let took = x.end - x.start;
                 r.expect(took >= c.due_ns, || format!("{n} returned early: after {} of its {} timeout", ms(took), ms(c.due_ns)));
                 r.expect(took <= c.due_ns + down + slack, || {
-                    format!("{n} returned {} after it started: more than its {} timeout + {} down + {SLACK_MS} ms (restarted with the full timeout?)", ms(took), ms(c.due_ns), ms(down))
+                    format!("{n} returned {} after it started: more than its {} timeout + {} down + {SLACK_MS} ms (restarted with more than the time it had left?)", ms(took), ms(c.due_ns), ms(down))
                 });
             }
             Due::AbsMono | Due::AbsReal | Due::Event => {
