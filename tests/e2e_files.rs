@@ -115,11 +115,27 @@ fn chrooted_process_keeps_its_root_and_cwd() {
 
 // ------------------------------------------------------------------ changed files
 
+/// A file changed between dump and restore.
+struct Change<'a> {
+    /// bash before the workload starts, and hold.py's WHAT.
+    setup: &'a str,
+    what: &'a str,
+    /// bash that alters a file after the dump.
+    change: &'a str,
+    /// Options of the restore that must fail, and what its message must name.
+    restore_opts: &'a str,
+    needles: &'a [&'a str],
+    /// bash after the failed restore, and the options of the restore that must work.
+    fix: &'a str,
+    retry_opts: &'a str,
+}
+
 /// The process (`hold.py WHAT`, after `setup`) is dumped; `change` alters a file;
-/// `restore` (crtool restore with its options) must fail with `needles` in its
-/// message and leave nothing running; then `retry` (a restore after `fix`) must
-/// bring the process back, its state as before the dump, and its verdict PASS.
-fn changed_file(name: &str, setup: &str, what: &str, change: &str, restore_opts: &str, needles: &[&str], fix: &str, retry_opts: &str) -> Scenario {
+/// the restore (with `restore_opts`) must fail with `needles` and the pid in its
+/// message and leave nothing running; then a restore after `fix` (with `retry_opts`)
+/// must bring the process back, its state as before the dump, and its verdict PASS.
+fn changed_file(name: &str, c: Change) -> Scenario {
+    let Change { setup, what, change, restore_opts, needles, fix, retry_opts } = c;
     let s = Scenario::run(
         name,
         &format!(
@@ -174,9 +190,10 @@ const OWN_PYTHON: &str = r#"mkdir "$T/bin"; cp "$(readlink -f "$PY3")" "$T/bin/p
 fn restore_refuses_an_executable_replaced_by_a_rebuild() {
     changed_file(
         "exe-rebuilt-mv",
-        OWN_PYTHON,
-        "none",
-        r#"cp "$T/bin/python3" "$T/bin/python3.new"
+        Change {
+            setup: OWN_PYTHON,
+            what: "none",
+            change: r#"cp "$T/bin/python3" "$T/bin/python3.new"
 python3 - "$T/bin/python3.new" <<'EOF'
 import sys
 p = sys.argv[1]; b = bytearray(open(p, "rb").read())
@@ -187,10 +204,11 @@ b[i + 8:i + 8 + n] = bytes(x ^ 0xFF for x in b[i + 8:i + 8 + n])
 open(p, "wb").write(b)
 EOF
 mv "$T/bin/python3.new" "$T/bin/python3""#,
-        "",
-        &["bin/python3", "build-id"],
-        "",
-        "--file-validation none",
+            restore_opts: "",
+            needles: &["bin/python3", "build-id"],
+            fix: "",
+            retry_opts: "--file-validation none",
+        },
     );
 }
 
@@ -201,14 +219,16 @@ mv "$T/bin/python3.new" "$T/bin/python3""#,
 fn restore_refuses_an_executable_overwritten_in_place() {
     let s = changed_file(
         "exe-overwritten-cp",
-        OWN_PYTHON,
-        "none",
-        r#"cp "$T/bin/python3" "$T/python3.orig"; put ino_before "$(stat -c %i "$T/bin/python3")"
+        Change {
+            setup: OWN_PYTHON,
+            what: "none",
+            change: r#"cp "$T/bin/python3" "$T/python3.orig"; put ino_before "$(stat -c %i "$T/bin/python3")"
 cp "$(command -v env)" "$T/bin/python3"; put ino_after "$(stat -c %i "$T/bin/python3")""#,
-        "",
-        &["bin/python3", "size"],
-        r#"cp "$T/python3.orig" "$T/bin/python3""#,
-        "",
+            restore_opts: "",
+            needles: &["bin/python3", "size"],
+            fix: r#"cp "$T/python3.orig" "$T/bin/python3""#,
+            retry_opts: "",
+        },
     );
     s.ensure(s.var("ino_before") == s.var("ino_after"), || "setup: cp did not overwrite the file in place".into());
 }
@@ -220,13 +240,15 @@ cp "$(command -v env)" "$T/bin/python3"; put ino_after "$(stat -c %i "$T/bin/pyt
 fn restore_refuses_a_mapped_file_changed_at_the_same_size() {
     let s = changed_file(
         "mapped-changed",
-        r#"{ echo "original content"; head -c 8000 /dev/zero; } >"$T/data.bin"; chmod 644 "$T/data.bin""#,
-        r#"map "$T/data.bin""#,
-        r#"S=$(stat -c %s "$T/data.bin"); { echo "changed content!"; head -c 8000 /dev/zero; } | head -c $S >"$T/data.bin.new"; cat "$T/data.bin.new" >"$T/data.bin"; put sizes "$S $(stat -c %s "$T/data.bin")""#,
-        "",
-        &["data.bin", "differ"],
-        "",
-        "--file-validation none",
+        Change {
+            setup: r#"{ echo "original content"; head -c 8000 /dev/zero; } >"$T/data.bin"; chmod 644 "$T/data.bin""#,
+            what: r#"map "$T/data.bin""#,
+            change: r#"S=$(stat -c %s "$T/data.bin"); { echo "changed content!"; head -c 8000 /dev/zero; } | head -c $S >"$T/data.bin.new"; cat "$T/data.bin.new" >"$T/data.bin"; put sizes "$S $(stat -c %s "$T/data.bin")""#,
+            restore_opts: "",
+            needles: &["data.bin", "differ"],
+            fix: "",
+            retry_opts: "--file-validation none",
+        },
     );
     let sizes: Vec<u64> = s.var("sizes").split_whitespace().filter_map(|v| v.parse().ok()).collect();
     s.ensure(sizes.len() == 2 && sizes[0] == sizes[1], || format!("setup: the file's size before and after the change: {:?}", s.var("sizes")));
@@ -241,12 +263,14 @@ fn restore_refuses_a_mapped_file_changed_at_the_same_size() {
 fn restore_with_filesize_validation_refuses_an_open_file_that_grew() {
     changed_file(
         "open-file-grew",
-        r#"echo "some text" >"$T/data.txt"; chmod 644 "$T/data.txt""#,
-        r#"open "$T/data.txt""#,
-        r#"echo "more" >>"$T/data.txt""#,
-        "--file-validation filesize",
-        &["data.txt", "size is 15 bytes", "10 bytes"],
-        "",
-        "",
+        Change {
+            setup: r#"echo "some text" >"$T/data.txt"; chmod 644 "$T/data.txt""#,
+            what: r#"open "$T/data.txt""#,
+            change: r#"echo "more" >>"$T/data.txt""#,
+            restore_opts: "--file-validation filesize",
+            needles: &["data.txt", "size is 15 bytes", "10 bytes"],
+            fix: "",
+            retry_opts: "",
+        },
     );
 }

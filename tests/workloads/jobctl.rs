@@ -14,11 +14,12 @@
 //! stopped (`nocollect`: the stop stays unreported, /proc/C/stat field 52 holds the
 //! signal). P catches SIGCHLD with an SA_SIGINFO|SA_RESTART handler that logs each
 //! si_code, or with `sigchld-blocked` blocks SIGCHLD and takes the one the stop raised
-//! (so none is pending). Then P writes C's pid to DIR/child and DIR/ready, and:
-//!   - default: blocks in waitpid(C, WUNTRACED|WCONTINUED) across the dump;
-//!   - `nocollect`: waits for SIGUSR2 (sent by the test after the restore), then calls
-//!     waitpid(C, WUNTRACED|WCONTINUED), which must report the stop (the signal that
-//!     stopped C), and writes DIR/collected.
+//! (so none is pending). Then P writes C's pid to DIR/child and DIR/ready, and by
+//! default blocks in waitpid(C, WUNTRACED|WCONTINUED) across the dump; with
+//! `nocollect` it waits for SIGUSR2 (sent by the test after the restore), then calls
+//! waitpid(C, WUNTRACED|WCONTINUED), which must report the stop (the signal that
+//! stopped C), and writes DIR/collected.
+//!
 //! On CONTINUED (the test sends SIGCONT to C) P tells C to exit (SIGUSR2); C checks that
 //! its threads count again and exits 7 (8 if they do not). P records every waitpid
 //! report in DIR/events and writes DIR/child-done once C exited. On SIGUSR1 P checks:
