@@ -13,8 +13,8 @@
 //!
 //! Needs root, util-linux (unshare, setsid, setpriv, taskset), procps (ps) and
 //! python3. The workloads are cargo examples (`memstate`, `threads`, `tree`, ... in
-//! tests/workloads/), built by `cargo test`, plus tests/workloads/loop.py. Most of
-//! them follow one protocol: `NAME DIR [options]` sets itself up, writes DIR/ready,
+//! tests/workloads/), built by `cargo test`, plus tests/workloads/loop.py and hold.py.
+//! Most of them follow one protocol: `NAME DIR [options]` sets itself up, writes DIR/ready,
 //! waits for SIGUSR1, checks its own state and writes PASS or FAIL: ... to
 //! DIR/result ("PASS (skipped: WHAT)" when the CPU cannot run a part of the check,
 //! which the test then reports on stderr).
@@ -56,7 +56,7 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// The workloads every scenario may start (`start_wl NAME`).
-const WORKLOADS: &[&str] = &["memstate", "threads", "tree", "shm", "signals", "pipes", "sharedfd"];
+const WORKLOADS: &[&str] = &["memstate", "threads", "tree", "shm", "signals", "pipes", "sharedfd", "blocked", "jobctl", "sigactions", "idle", "attrs"];
 
 pub fn loop_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/loop.py")
