@@ -56,6 +56,10 @@ pub enum Error {
 
     #[error("interrupted by signal {sig} ({}): stopped, and nothing was left half-done", nix::sys::signal::Signal::try_from(*sig).map(|s| s.as_str()).unwrap_or("?"))]
     Interrupted { sig: i32 },
+
+    /// A failure injected on purpose with `CRTOOL_FAULT` (see `fault`).
+    #[error("CRTOOL_FAULT: injected failure at step {step}")]
+    Fault { step: u32 },
 }
 
 /// Fails with `Error::Interrupted` once crtool received SIGINT, SIGTERM, SIGHUP or

@@ -7,6 +7,7 @@
 pub mod check;
 pub mod dump;
 pub mod error;
+pub mod fault;
 pub mod files;
 pub mod infect;
 pub mod mem;

@@ -382,6 +382,8 @@ fn run() -> Result<i32> {
             Ok(0)
         }
         Cmd::Verify { dir } => {
+            // A checkpoint an interrupted dump had set aside is put back first.
+            crtool::dump::workdir::recover(&dir)?;
             let report = images_format::verify_dir(&dir)?;
             for (path, n) in &report.files {
                 println!("ok {} ({n} entries)", path.display());

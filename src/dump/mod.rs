@@ -4,7 +4,7 @@
 
 mod process;
 mod tree;
-mod workdir;
+pub mod workdir;
 
 use crate::error::{Error, Result};
 use crate::files::FileTable;
@@ -114,7 +114,11 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
     // The images take the target's place only once complete and checked, before
     // anything is killed.
-    let result = collect(&mut frozen, &mut ctx).and_then(|()| crate::error::check_interrupt()).and_then(|()| work.commit());
+    let result = crate::fault::point(1)
+        .and_then(|()| collect(&mut frozen, &mut ctx))
+        .and_then(|()| crate::error::check_interrupt())
+        .and_then(|()| work.commit())
+        .and_then(|()| crate::fault::point(12));
     match result {
         Ok(()) => {
             let kill = !opts.leave_running;
@@ -198,6 +202,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     }
     task::precheck::check_sharing(&live)?;
     task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
+    crate::fault::point(2)?;
     let mut surveys = Vec::new();
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
         surveys.push(process::Survey::take(p.pid)?);
@@ -280,6 +285,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     };
     // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
+    crate::fault::point(8)?;
     crate::error::check_interrupt()?;
     // Would restore rebuild this? Checked now, while the tree still runs.
     let imgs = crate::restore::load(dir)?;
@@ -287,6 +293,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         Error::Restore { pid, msg } => Error::NotRestorable { pid, msg },
         e => e,
     })?;
+    crate::fault::point(9)?;
     // Like CRIU, images are not fsync()ed: they sit in the page cache when the tasks
     // are killed, which survives everything but a host crash.
     Ok(())

@@ -105,6 +105,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let (main, _) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
     let mut parasite = Parasite::inject(&p.threads, ctx.geometry)?;
     let info = parasite.info()?;
+    crate::fault::point(3)?;
     let mlockall = vma::future_lock(pid, parasite.base())?;
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
     let vpid = |outer: i32| vpids.get(&outer).copied();
@@ -115,6 +116,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         let dups = parasite.fds(&numbers)?;
         fd_entries.extend(ctx.files.dump_fds(pid, chunk, &dups, &vpid)?);
     }
+    crate::fault::point(4)?;
 
     let mut pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
@@ -123,6 +125,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     }
     dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, &mut pages)?;
     ctx.manifest.push(pages.finish()?);
+    crate::fault::point(5)?;
     parasite.stop()?;
 
     // Per-thread state only the thread can report, through remote syscalls that use
@@ -131,6 +134,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let extras = p.threads.iter().map(|t| task::probe_thread(t, scratch)).collect::<Result<Vec<_>>>()?;
     timers::read_values(main, &mut timers, scratch)?;
     drop(parasite);
+    crate::fault::point(6)?;
 
     ctx.stats.pages.dumped += dumper.stats.dumped;
     ctx.stats.pages.scanned += dumper.stats.scanned;
@@ -179,5 +183,5 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     ];
     ctx.manifest.extend(written);
     ctx.frames.insert(p.vpid, std::mem::take(&mut dumper.frames));
-    Ok(())
+    crate::fault::point(7)
 }

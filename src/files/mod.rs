@@ -230,9 +230,9 @@ fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<O
         _ => Err(std::io::Error::other("pipes are opened by crtool")),
     }
     .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
-    if flags_of(kind) & libc::O_ASYNC as u32 != 0 || f.signum != 0 {
-        fd::set_async(&fd, flags_of(kind) & libc::O_ASYNC as u32 != 0, f.signum)
-            .map_err(|e| Error::Reported(format!("cannot restore O_ASYNC/F_SETSIG of {}: {e}", describe(kind))))?;
+    // O_ASYNC is set by the task on its own fd (see `Parked::install`).
+    if f.signum != 0 {
+        fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of {}: {e}", describe(kind))))?;
     }
     Ok(fd)
 }
@@ -252,17 +252,27 @@ pub struct Parked {
     /// Lowest number above every task's fds: parked (and other crtool) fds live
     /// at or above it.
     park_at: RawFd,
+    /// Descriptions with O_ASYNC: the task (pid in the tree) that sets it, on its
+    /// lowest fd of the description (the kernel notes the fd number, which SIGIO's
+    /// si_fd reports; it must be the task's, not crtool's).
+    async_by: BTreeMap<u32, i32>,
 }
 
 impl Parked {
-    /// `users` counts the tasks that hold each file id; `inherited` are the pipes
-    /// the caller hands over for external ones (pipe id → fd of crtool's).
-    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, usize>, inherited: BTreeMap<u64, RawFd>) -> Result<Parked> {
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at };
+    /// `users` counts the tasks that hold each file id and `first_user` names the
+    /// first; `inherited` are the pipes the caller hands over for external ones
+    /// (pipe id → fd of crtool's).
+    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, (usize, i32)>, inherited: BTreeMap<u64, RawFd>) -> Result<Parked> {
+        let async_by = files
+            .iter()
+            .filter(|f| f.kind.as_ref().is_some_and(|k| flags_of(k) & libc::O_ASYNC as u32 != 0))
+            .filter_map(|f| users.get(&f.id).map(|&(_, first)| (f.id, first)))
+            .collect();
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by };
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)));
-            if !piped && f.owner.is_none() && users.get(&f.id).copied().unwrap_or(0) <= 1 {
+            if !piped && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
@@ -326,6 +336,11 @@ impl Parked {
                 msg: format!("fd {} refers to missing file id {}", e.fd, e.file_id),
             })?;
             dup(src, e)?;
+        }
+        for (&id, _) in self.async_by.iter().filter(|&(_, &holder)| holder == pid) {
+            if let Some(lowest) = fds.iter().filter(|e| e.file_id == id).map(|e| e.fd).min() {
+                fd::set_async_raw(lowest).map_err(|err| Error::Restore { pid, msg: format!("fd {lowest}: O_ASYNC: {err}") })?;
+            }
         }
         Ok(())
     }

@@ -195,7 +195,8 @@ impl<'a> Restorer<'a> {
 }
 
 fn set_status_flags(fd: &OwnedFd, flags: u32) -> std::io::Result<()> {
-    let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME | libc::O_ASYNC;
+    // O_ASYNC is set by the task itself (files::Parked::install).
+    let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME;
     let f = OFlag::from_bits_truncate(flags as i32 & keep);
     fcntl(fd, FcntlArg::F_SETFL(f)).map(drop).map_err(std::io::Error::from)
 }

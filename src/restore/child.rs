@@ -183,6 +183,7 @@ fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible
     for h in helpers {
         let _ = nix::sys::wait::waitpid(h, None);
     }
+    task::apply_after_fork(&task.core);
     setup_task(ctx, pid, task, pm)
 }
 
@@ -303,6 +304,7 @@ fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Opt
 
     let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
     let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited)?;
+    crate::fault::point(103)?;
     Ok(Premapped { area, slots, reg, specials, protects })
 }
 
@@ -447,6 +449,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     args.exe_fd = exe_hi;
     args.mm.exe_fd = exe_hi as u32;
     let _warnings = task::apply_rlimits(core); // nowhere to log them from here
+    if let Err(e) = crate::fault::point(104) {
+        report_and_exit(status, &e);
+    }
 
     put(mem, reg.args, &*args);
     mm::block_all_signals();

@@ -90,7 +90,7 @@ fn bad(file: &str, msg: impl Into<String>) -> Error {
 /// holds no complete dump.
 pub fn check_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.is_dir() => crate::dump::workdir::recover(dir)?,
         Ok(_) => return Err(Error::io(dir, std::io::Error::from(std::io::ErrorKind::NotADirectory))),
         Err(e) => return Err(Error::io(dir, e)),
     }
@@ -166,6 +166,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let imgs = load(&opts.dir)?;
     let root_pid = imgs.inv.root_pid as i32;
     preflight::check(&imgs, opts.checks)?;
+    crate::fault::point(101)?;
     if opts.pidns && imgs.inv.new_pid_ns {
         return Err(Error::Restore { pid: root_pid, msg: "--pidns: the dumped tree had a PID namespace of its own, which restore creates anyway".into() });
     }
@@ -190,17 +191,19 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     // Parked fds sit above every target fd: make room for them.
     crate::sys::process::raise_nofile();
     let max_fd = imgs.procs.iter().filter_map(|p| p.task.as_ref()).flat_map(|t| t.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
-    let mut users: std::collections::BTreeMap<u32, usize> = Default::default();
+    // For each file id: how many tasks hold it, and the first of them.
+    let mut users: std::collections::BTreeMap<u32, (usize, i32)> = Default::default();
     for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {
         let ids: std::collections::BTreeSet<u32> = t.fds.iter().map(|f| f.file_id).collect();
         for id in ids {
-            *users.entry(id).or_default() += 1;
+            users.entry(id).or_insert((0, t.core.pid as i32)).0 += 1;
         }
     }
     let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3), &users, opts.inherit.clone())?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?;
+    crate::fault::point(102)?;
 
     let groups = child::LeaderlessGroup::plan(&imgs, parked.max_fd() + 1)?;
     let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
@@ -245,7 +248,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             drop(go_r);
             let expected = supervise::Expected::from(&imgs);
             let sup = supervise::Supervisor::new(root, status_r, vdso_syscall, &imgs);
-            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &parked, &sup) {
+            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &parked, &sup).and_then(|()| crate::fault::point(106)) {
                 Ok(()) => Ok(sup),
                 Err(e) => {
                     sup.kill_all();

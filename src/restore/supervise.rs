@@ -223,6 +223,7 @@ impl Supervisor {
     /// signal still blocked), then per thread and process what only a tracer can do
     /// (see `finish_tree`).
     fn finish(&mut self) -> Result<()> {
+        crate::fault::point(105)?;
         let ready: Vec<(Pid, Regs)> = self.ready.iter().map(|(&p, &r)| (p, r)).collect();
         let mut threads = Vec::new();
         for (tid, at_trap) in ready {

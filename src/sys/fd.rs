@@ -148,3 +148,14 @@ pub fn set_async(fd: &OwnedFd, on: bool, sig: i32) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Adds O_ASYNC to the status flags of a raw fd (F_SETFL from this fd number: the
+/// kernel records it for SIGIO's si_fd).
+pub fn set_async_raw(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: fcntl commands taking integers.
+    unsafe {
+        let fl = Errno::result(libc::fcntl(fd, libc::F_GETFL))?;
+        Errno::result(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_ASYNC))?;
+    }
+    Ok(())
+}

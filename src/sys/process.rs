@@ -296,15 +296,22 @@ pub fn own_rseq() -> crate::sys::abi::RseqReg {
     }
 }
 
-/// PR_SET_CHILD_SUBREAPER and (only ever on) PR_SET_NO_NEW_PRIVS.
-pub fn set_prctl_flags(subreaper: bool, no_new_privs: bool) {
-    // SAFETY: prctl options that take plain integers.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, subreaper as libc::c_ulong, 0, 0, 0);
-        if no_new_privs {
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-        }
-    }
+/// PR_SET_CHILD_SUBREAPER, on or off.
+pub fn set_subreaper(on: bool) {
+    // SAFETY: a prctl taking a plain integer.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on as libc::c_ulong, 0, 0, 0) };
+}
+
+/// PR_SET_NO_NEW_PRIVS (it can only ever be turned on).
+pub fn set_no_new_privs() {
+    // SAFETY: a prctl taking plain integers.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+}
+
+/// setpriority(PRIO_PROCESS, tid, nice).
+pub fn set_nice(tid: i32, nice: i32) -> Result<(), Errno> {
+    // SAFETY: no pointers.
+    Errno::result(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) }).map(drop)
 }
 
 /// setresgid then setresuid of this (forked) process; supplementary groups dropped.
@@ -322,8 +329,9 @@ pub fn set_ids(uids: [u32; 3], gids: [u32; 3]) -> Result<(), Errno> {
 /// disabled; 3: disabled except where madvise(MADV_HUGEPAGE)d, Linux 6.18).
 pub fn set_thp_disable(value: i32) -> Result<(), Errno> {
     let flags: libc::c_ulong = if value & 2 != 0 { 1 << 1 /* PR_THP_DISABLE_EXCEPT_ADVISED */ } else { 0 };
+    let on: libc::c_ulong = if value != 0 { 1 } else { 0 };
     // SAFETY: a prctl taking plain integers.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, flags, 0 as libc::c_ulong, 0 as libc::c_ulong) }).map(drop)
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, flags, 0 as libc::c_ulong, 0 as libc::c_ulong) }).map(drop)
 }
 
 /// Makes the membarrier registrations in `registrations` (a

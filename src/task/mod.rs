@@ -337,11 +337,10 @@ pub fn apply_early(core: &pb::TaskCore) -> Result<()> {
     let fail = |what: String, e: std::io::Error| Error::Restore { pid, msg: format!("{what}: {e}") };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(core.umask));
     process::set_comm(&core.comm);
-    process::set_prctl_flags(core.child_subreaper, core.no_new_privs);
-    // mm-wide flags, before the memory is filled.
-    if core.thp_disable != 0 {
-        process::set_thp_disable(core.thp_disable).map_err(|e| Error::Restore { pid, msg: format!("PR_SET_THP_DISABLE {}: {e}", core.thp_disable) })?;
-    }
+    process::set_subreaper(core.child_subreaper);
+    // mm-wide flags, before the memory is filled (set either way: a child inherits
+    // its parent's, which are set before the child is forked).
+    process::set_thp_disable(core.thp_disable).map_err(|e| Error::Restore { pid, msg: format!("PR_SET_THP_DISABLE {}: {e}", core.thp_disable) })?;
     process::register_membarrier(core.membarrier).map_err(|e| Error::Restore { pid, msg: format!("membarrier registrations {:#x}: {e}", core.membarrier) })?;
     std::env::set_current_dir(&core.cwd).map_err(|e| fail(format!("chdir {}", core.cwd), e))?;
     // The audit login uid can only be set by the task itself (CAP_AUDIT_CONTROL).
@@ -364,11 +363,22 @@ pub fn apply_from_outside(core: &pb::TaskCore, pid: i32, threads: &[(i32, &pb::T
         if let Some(s) = &t.sched {
             let a = process::SchedAttr { policy: s.policy, flags: s.flags, nice: s.nice, priority: s.priority, runtime: s.runtime, deadline: s.deadline, period: s.period, ..Default::default() };
             process::sched_setattr(tid, &a).map_err(|e| fail(format!("thread {}: sched_setattr (policy {}, nice {})", t.tid, s.policy, s.nice), e.to_string()))?;
+            // sched_setattr sets the nice value of fair policies only; a real-time
+            // thread keeps one too (used if it goes back to SCHED_OTHER).
+            process::set_nice(tid, s.nice).map_err(|e| fail(format!("thread {}: setpriority({})", t.tid, s.nice), e.to_string()))?;
         }
         process::ioprio_set(tid, t.ioprio).map_err(|e| fail(format!("thread {}: ioprio_set {:#x}", t.tid, t.ioprio), e.to_string()))?;
         std::fs::write(format!("/proc/{tid}/timerslack_ns"), t.timerslack_ns.to_string()).map_err(|e| fail(format!("thread {}: timerslack_ns", t.tid), e.to_string()))?;
     }
     Ok(())
+}
+
+/// What children must not inherit, set once they are forked: no_new_privs (it
+/// cannot be cleared again).
+pub fn apply_after_fork(core: &pb::TaskCore) {
+    if core.no_new_privs {
+        process::set_no_new_privs();
+    }
 }
 
 /// chroot(2) into the task's root directory (a path as crtool sees it; the cwd, set

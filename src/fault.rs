@@ -1,0 +1,43 @@
+//! Fault injection for tests, as CRIU's `CRIU_FAULT`: `CRTOOL_FAULT=N` makes crtool
+//! fail at step N of a dump or restore (through the path real errors take), and
+//! `CRTOOL_FAULT=N:kill` makes it kill itself with SIGKILL there. The steps:
+//!
+//! | step | where |
+//! | ---: | --- |
+//! | 1 | dump: the tree is frozen |
+//! | 2 | dump: checks before infecting passed |
+//! | 3 | dump: a parasite runs in a process |
+//! | 4 | dump: a process's fds were received |
+//! | 5 | dump: a process's pages are written |
+//! | 6 | dump: a process's parasite has stopped |
+//! | 7 | dump: a process's images are written |
+//! | 8 | dump: the inventory is written |
+//! | 9 | dump: the images passed the restore checks |
+//! | 10 | dump: an earlier checkpoint is being set aside (half-way) |
+//! | 11 | dump: the new images are moving in (half-way) |
+//! | 12 | dump: committed, before the tree is killed or let go |
+//! | 101 | restore: the images are loaded and checked |
+//! | 102 | restore: files are reopened, shared memory made |
+//! | 103 | restore: in a restoring task, its memory is premapped |
+//! | 104 | restore: in a restoring task, before the restorer |
+//! | 105 | restore: every thread is at the restorer's end |
+//! | 106 | restore: the tree is ready to run |
+
+use crate::error::{Error, Result};
+
+/// Fails (or dies) here if `CRTOOL_FAULT` names `step`.
+pub fn point(step: u32) -> Result<()> {
+    let Ok(v) = std::env::var("CRTOOL_FAULT") else { return Ok(()) };
+    let (n, kill) = match v.split_once(':') {
+        Some((n, "kill")) => (n, true),
+        _ => (v.as_str(), false),
+    };
+    if n.parse::<u32>().ok() != Some(step) {
+        return Ok(());
+    }
+    if kill {
+        // No log line: in a restoring task, fd 2 may already be the task's own.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+    }
+    Err(Error::Fault { step })
+}
