@@ -68,3 +68,24 @@ pub fn file_link(link: &str) -> std::io::Result<FileLink> {
     let literal = std::fs::symlink_metadata(&path).ok().is_some_and(|m| m.dev() == open.dev() && m.ino() == open.ino());
     Ok(if literal { FileLink { path, deleted: false } } else { FileLink { path: stripped.to_string(), deleted: true } })
 }
+
+/// Whether process group `pgid` is orphaned as the kernel decides it for SIGTSTP,
+/// SIGTTIN and SIGTTOU (kernel/exit.c `will_become_orphaned_pgrp`): no member has
+/// a living parent, other than init, in another group of the same session. An
+/// empty group counts as orphaned. Ids are those of crtool's PID namespace.
+pub fn pgrp_orphaned(pgid: i32) -> bool {
+    let Ok(all) = procfs::process::all_processes() else { return true };
+    let stats: Vec<procfs::process::Stat> = all.flatten().filter_map(|p| p.stat().ok()).collect();
+    let by_pid: std::collections::HashMap<i32, &procfs::process::Stat> = stats.iter().map(|s| (s.pid, s)).collect();
+    !stats.iter().filter(|s| s.pgrp == pgid && s.state != 'Z').any(|s| {
+        by_pid.get(&s.ppid).is_some_and(|parent| parent.pid != 1 && parent.state != 'Z' && parent.pgrp != pgid && parent.session == s.session)
+    })
+}
+
+/// Whether signal `sig` of process `pid` has its default action (neither caught nor
+/// ignored, from `SigCgt`/`SigIgn` of /proc/PID/status).
+pub fn signal_default(pid: i32, sig: i32) -> bool {
+    let Ok(st) = procfs::process::Process::new(pid).and_then(|p| p.status()) else { return false };
+    let bit = 1u64 << (sig - 1);
+    st.sigcgt & bit == 0 && st.sigign & bit == 0
+}

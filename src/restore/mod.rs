@@ -235,7 +235,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         let with_outer = outer.and_then(|o| fork_with_pids(&[1, o], flags).ok());
         with_outer.map_or_else(|| fork_with_pids(&[1], flags), Ok)
     } else {
-        fork_with_pids(&[root_pid], 0)
+        // A detached root with a parent-death signal would receive it when crtool
+        // exits: it becomes a child of crtool's parent instead.
+        let pdeath = imgs.root().task.as_ref().is_some_and(|t| t.core.threads.iter().any(|th| th.pdeath_signal != 0));
+        if opts.detach && pdeath {
+            // (clone3 takes no exit signal with CLONE_PARENT: crtool's is inherited.)
+            crate::sys::process::fork_with_pids_signal(&[root_pid], libc::CLONE_PARENT as u64, 0)
+        } else {
+            fork_with_pids(&[root_pid], 0)
+        }
     };
     let forked = forked.map_err(|e| match e {
         nix::errno::Errno::EEXIST => Error::PidTaken { pid: root_pid, holder: holder_of(root_pid).unwrap_or_else(|| "another process".into()) },

@@ -301,7 +301,8 @@ impl Supervisor {
         let stopped: Vec<i32> = self.plans.procs.iter().filter(|(_, p)| p.stop_signal != 0).map(|(&v, _)| v).collect();
         for vpid in stopped {
             let tids: Vec<Pid> = threads.iter().filter(|t| t.plan.vpid == vpid).map(|t| t.tid).collect();
-            self.stop_again(vpid, &tids)?;
+            let sig = self.plans.procs[&vpid].stop_signal;
+            self.stop_again(vpid, &tids, sig)?;
             let (ppid, unreported) = (self.plans.procs[&vpid].ppid, self.plans.procs[&vpid].stop_unreported);
             let Some(parent) = threads.iter().find(|t| t.plan.vpid == ppid && t.plan.main) else { continue };
             let a = area_of(ppid)?;
@@ -357,27 +358,46 @@ impl Supervisor {
         Ok(ret)
     }
 
-    /// Puts a process back into group-stop: SIGSTOP is queued, delivered by one
-    /// thread (the tracer lets it through) and every other thread joins the stop.
-    /// The tasks run no user code: all of this happens on their way out of the kernel.
-    fn stop_again(&mut self, vpid: i32, tids: &[Pid]) -> Result<()> {
+    /// Puts a process back into group-stop by the signal that stopped it (so that a
+    /// parent's wait reports the same WSTOPSIG): the signal is queued, delivered by
+    /// one thread (the tracer lets it through with only that signal unblocked) and
+    /// every other thread joins the stop. SIGTSTP, SIGTTIN and SIGTTOU stop only with
+    /// their default action in a group that is not orphaned (kernel/signal.c
+    /// `get_signal`); otherwise SIGSTOP stands in. The tasks run no user code: all
+    /// of this happens on their way out of the kernel.
+    fn stop_again(&mut self, vpid: i32, tids: &[Pid], recorded: i32) -> Result<()> {
         let Some(&first) = tids.first() else { return Ok(()) };
-        nix::sys::signal::kill(first, nix::sys::signal::Signal::SIGSTOP).map_err(|e| Error::sys(format!("kill({first}, SIGSTOP)"), e))?;
+        let pid = first.as_raw();
+        let pgid = procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| s.pgrp).unwrap_or(0);
+        let sig = match recorded {
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if procinfo::signal_default(pid, recorded) && !procinfo::pgrp_orphaned(pgid) => recorded,
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+                log::info!("pid {vpid}: stopped again by SIGSTOP in place of signal {recorded} (its action or its orphaned group would not stop it now)");
+                libc::SIGSTOP
+            }
+            _ => libc::SIGSTOP,
+        };
+        let signal = nix::sys::signal::Signal::try_from(sig).map_err(|e| Error::sys("signal", e))?;
+        // Every signal is blocked while crtool finishes the tree: this one must get
+        // through, to this thread.
+        ptrace::set_sigmask(first, !(1u64 << (sig - 1))).ptrace(first, "PTRACE_SETSIGMASK")?;
+        nix::sys::signal::kill(first, signal).map_err(|e| Error::sys(format!("kill({first}, {signal})"), e))?;
         let mut injected = false;
         for &tid in tids {
             ptrace::cont(tid).ptrace(tid, "PTRACE_CONT")?;
             loop {
                 match ptrace::wait(tid, false).ptrace(tid, "waitpid")? {
-                    Some(Stop::Signal(libc::SIGSTOP)) if !injected => {
+                    Some(Stop::Signal(s)) if s == sig && !injected => {
                         injected = true;
-                        ptrace::cont_signal(tid, libc::SIGSTOP).ptrace(tid, "PTRACE_CONT")?;
+                        ptrace::cont_signal(tid, sig).ptrace(tid, "PTRACE_CONT")?;
                     }
-                    Some(Stop::Event(ptrace::PTRACE_EVENT_STOP, sig)) if sig != libc::SIGTRAP => break,
+                    Some(Stop::Event(ptrace::PTRACE_EVENT_STOP, s)) if s != libc::SIGTRAP => break,
                     Some(Stop::Event(..)) => ptrace::cont(tid).ptrace(tid, "PTRACE_CONT")?,
                     other => return Err(Error::Restore { pid: vpid, msg: format!("thread {tid}: unexpected {other:?} while stopping it again") }),
                 }
             }
         }
+        ptrace::set_sigmask(first, !0).ptrace(first, "PTRACE_SETSIGMASK")?;
         Ok(())
     }
 

@@ -120,7 +120,10 @@ fn sched_of(tid: i32) -> Result<pb::Sched> {
     if a.util_min != 0 || a.util_max != 1024 && a.util_max != 0 {
         return Err(Error::Unsupported { pid: tid, fd: None, what: format!("thread {tid} has utilisation clamps ({}-{})", a.util_min, a.util_max), hint: Some("not supported yet") });
     }
-    Ok(pb::Sched { policy: a.policy, flags: a.flags, nice: a.nice, priority: a.priority, runtime: a.runtime, deadline: a.deadline, period: a.period })
+    // sched_getattr reports the nice value of fair policies only (0 for others);
+    // /proc/TID/stat field 19 has it for every policy.
+    let nice = procfs::process::Process::new(tid).and_then(|p| p.stat()).map_err(|e| Error::proc(tid, "stat", std::io::Error::other(e)))?.nice as i32;
+    Ok(pb::Sched { policy: a.policy, flags: a.flags, nice, priority: a.priority, runtime: a.runtime, deadline: a.deadline, period: a.period })
 }
 
 /// A thread frozen inside an rseq critical section (its rseq area's `rseq_cs` points
