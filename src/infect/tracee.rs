@@ -200,6 +200,9 @@ impl Tracee {
             return Ok(());
         }
         restored?;
+        if self.group_stop.is_some() {
+            crate::task::syscall::rearm_temporary_mask(self.pid, &self.regs, self.sigmask).ptrace(self.pid, "re-entering a call with a temporary signal mask")?;
+        }
         ptrace::detach(self.pid).ptrace(self.pid, "PTRACE_DETACH")
     }
 }

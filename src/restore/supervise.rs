@@ -430,8 +430,15 @@ impl Supervisor {
             for &sig in self.deferred.get(&tid).into_iter().flatten() {
                 let _ = nix::sys::signal::kill(tid, nix::sys::signal::Signal::try_from(sig).ok());
             }
+            // A thread of a stopped process that waits in a call with a temporary mask
+            // enters it again, so that it shows that mask while stopped.
+            let stopped = procinfo::innermost_pid(tid.as_raw())
+                .and_then(|v| self.plans.threads.get(&v))
+                .and_then(|t| self.plans.procs.get(&t.vpid))
+                .is_some_and(|p| p.stop_signal != 0);
             let r = ptrace::setregs(tid, &regs)
                 .and_then(|_| ptrace::set_sigmask(tid, blocked))
+                .and_then(|_| if stopped { syscall::rearm_temporary_mask(tid, &regs, blocked).map(drop) } else { Ok(()) })
                 .and_then(|_| ptrace::detach(tid))
                 .ptrace(tid, "PTRACE_DETACH");
             if let Err(e) = r {

@@ -218,6 +218,11 @@ pub fn cont_signal(pid: Pid, sig: i32) -> Result<(), Errno> {
     raw(libc::PTRACE_CONT, pid, 0, sig as usize as *mut c_void).map(drop)
 }
 
+/// Resumes to the next syscall stop, delivering `sig` (a signal-delivery stop).
+pub fn syscall_signal(pid: Pid, sig: i32) -> Result<(), Errno> {
+    raw(libc::PTRACE_SYSCALL, pid, 0, sig as usize as *mut c_void).map(drop)
+}
+
 /// Whether GDT TLS entry `idx` (12..=14 on x86-64) of `tid` holds a segment set with
 /// set_thread_area(2) (PTRACE_GET_THREAD_AREA): an empty one has base and limit 0
 /// and is marked not present.

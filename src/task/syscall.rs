@@ -286,3 +286,74 @@ mod tests {
         assert!(restart_for(me(), &r, None).is_none());
     }
 }
+
+/// Calls that run with a temporary signal mask and put the thread's own back on
+/// return (`set_restore_sigmask` in the kernel): rt_sigsuspend, pselect6, ppoll,
+/// epoll_pwait, io_pgetevents, epoll_pwait2.
+const TEMP_MASK_CALLS: [u64; 6] = [130, 270, 271, 281, 333, 441];
+/// -ERESTARTNOHAND as the kernel leaves it in rax.
+const ERESTARTNOHAND: i64 = -514;
+
+/// A thread stopped (group-stop) inside a call with a temporary signal mask shows
+/// that mask as blocked, and the kernel keeps its own mask aside until the call
+/// returns. PTRACE_GETSIGMASK reports the thread's own mask (which the image keeps),
+/// and putting any mask with PTRACE_SETSIGMASK drops the temporary one. This makes
+/// the thread, whose registers and own mask `mask` are in place, enter the same
+/// call again and be interrupted in it, so that both masks are as before; then it
+/// sits at the call's exit and stops again when detached (its group is stopped).
+/// Returns false (nothing done) when `regs` are not such a call; a signal that
+/// arrives meanwhile stays pending (ptrace requeues it while blocked) and the
+/// thread gets its registers and mask back.
+pub fn rearm_temporary_mask(tid: Pid, regs: &Regs, mask: u64) -> Result<bool, nix::errno::Errno> {
+    use crate::sys::ptrace::{self, Stop};
+    if !TEMP_MASK_CALLS.contains(&regs.orig_rax) || regs.rax as i64 != ERESTARTNOHAND {
+        return Ok(false);
+    }
+    let mut again = *regs;
+    again.rip -= 2; // the syscall instruction
+    again.rax = regs.orig_rax;
+    ptrace::setregs(tid, &again)?;
+    // To the call's entry.
+    let mut signalled = false;
+    loop {
+        ptrace::cont_syscall(tid)?;
+        match ptrace::wait(tid, false)? {
+            Some(Stop::Syscall) => break,
+            Some(Stop::Event(..)) => {}
+            Some(Stop::Signal(sig)) => {
+                // Requeued, since blocked: it waits for the thread's own mask.
+                signalled = true;
+                ptrace::set_sigmask(tid, mask | 1u64 << (sig - 1))?;
+                ptrace::syscall_signal(tid, sig)?;
+                if let Some(Stop::Syscall) = ptrace::wait(tid, false)? {
+                    break;
+                }
+                return Err(nix::errno::Errno::EINTR);
+            }
+            _ => return Err(nix::errno::Errno::ESRCH),
+        }
+    }
+    if signalled {
+        // Skip the call: the thread keeps its registers and own mask.
+        let mut skip = ptrace::getregs(tid)?;
+        skip.orig_rax = u64::MAX;
+        ptrace::setregs(tid, &skip)?;
+        ptrace::cont_syscall(tid)?;
+        ptrace::wait(tid, false)?;
+        ptrace::setregs(tid, regs)?;
+        ptrace::set_sigmask(tid, mask)?;
+        return Ok(false);
+    }
+    // Into the call, which sleeps with its temporary mask until interrupted.
+    // (An interrupt that comes before it sleeps makes it return at once, the same way.)
+    ptrace::cont_syscall(tid)?;
+    ptrace::interrupt(tid)?;
+    loop {
+        // The exit stop comes before any signal is dequeued.
+        match ptrace::wait(tid, false)? {
+            Some(Stop::Syscall) => return Ok(true),
+            Some(Stop::Event(..)) => ptrace::cont_syscall(tid)?,
+            _ => return Err(nix::errno::Errno::ESRCH),
+        }
+    }
+}
