@@ -174,6 +174,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                     return Err(Error::Unsupported { pid, fd: None, what: format!("thread {tid} is traced by pid {tracer}"), hint: Some("detach the debugger or tracer first") });
                 }
                 let blocked = crate::task::syscall::probe(pid, tid);
+                let timers = blocked.filter(|b| b.timed).and_then(|_| crate::task::sleepers::Snapshot::take());
                 match Tracee::seize(Pid::from_raw(tid), xsave_size) {
                     Ok(mut t) => {
                         crate::task::rseq_fixup(&mut t);
@@ -184,7 +185,11 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                             procs[idx].stopped.get_or_insert((sig, exit != 0));
                         }
                         procs[idx].threads.push(t);
-                        if let Some(b) = blocked {
+                        if let Some(mut b) = blocked {
+                            if let Some(before) = &timers {
+                                b.left_ns = crate::task::sleepers::Snapshot::take().and_then(|after| before.vanished(&after));
+                                log::info!("thread {tid}: in a timed wait, {}", b.left_ns.map_or("its timer not found".into(), |ns| format!("{ns} ns left")));
+                            }
                             procs[idx].blocked.insert(tid, b);
                         }
                         changed = true;

@@ -4,6 +4,7 @@
 
 pub mod precheck;
 pub mod regs;
+pub mod sleepers;
 pub mod syscall;
 pub mod timers;
 

@@ -43,6 +43,11 @@ pub struct Blocked {
     /// How long the thread had been blocked (since it last went to sleep), in ns,
     /// or `None` when it could not be measured.
     pub elapsed_ns: Option<u64>,
+    /// Whether the call has a relative timeout (its timer is worth finding).
+    pub timed: bool,
+    /// What its timer had left when the freeze interrupted it, in ns (see
+    /// `sleepers`), when known: exact, and preferred over `elapsed_ns`.
+    pub left_ns: Option<u64>,
 }
 
 /// Looks at a thread that may be blocked in a timed call, before it is seized: the
@@ -59,7 +64,16 @@ pub fn probe(pid: i32, tid: i32) -> Option<Blocked> {
         return None;
     }
     let restarted = if nr == NR_RESTART_SYSCALL { restarted_call(&base) } else { None };
-    Some(Blocked { restarted, elapsed_ns: asleep_for(pid, tid) })
+    // The call's arguments as it was entered (restart_syscall keeps them).
+    let arg = |i: usize| sc.split_whitespace().nth(1 + i).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+    let timed = match restarted.unwrap_or(nr) {
+        NR_NANOSLEEP => true,
+        NR_CLOCK_NANOSLEEP => nr == NR_RESTART_SYSCALL || arg(1) & TIMER_ABSTIME == 0,
+        NR_FUTEX => arg(1) & FUTEX_CMD_MASK == FUTEX_WAIT && arg(3) != 0,
+        NR_POLL => (arg(2) as i32) >= 0,
+        _ => false,
+    };
+    Some(Blocked { restarted, elapsed_ns: asleep_for(pid, tid), timed, left_ns: None })
 }
 
 /// Which call `restart_syscall` is continuing, from the restart function on the
@@ -117,12 +131,13 @@ pub fn restart_for(tid: Pid, r: &Regs, blocked: Option<Blocked>) -> Option<pb::S
         return None;
     }
     let elapsed = blocked.and_then(|b| b.elapsed_ns);
+    let known_left = blocked.and_then(|b| b.left_ns);
     let nr = match r.orig_rax {
         NR_RESTART_SYSCALL => blocked.and_then(|b| b.restarted)?,
         n => n,
     };
     let args = [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9];
-    let left = |request: Option<u64>| request.map(|ns| ns.saturating_sub(elapsed.unwrap_or(0)));
+    let left = |request: Option<u64>| request.map(|ns| known_left.map_or(ns.saturating_sub(elapsed.unwrap_or(0)), |l| l.min(ns)));
     let restart = |nr: u64, args: [u64; 6], timeout_arg: Option<u32>, remaining_ns: u64| pb::SyscallRestart {
         nr,
         args: args.to_vec(),
@@ -132,9 +147,9 @@ pub fn restart_for(tid: Pid, r: &Regs, blocked: Option<Blocked>) -> Option<pb::S
     match nr {
         // nanosleep(req, rem), or clock_nanosleep(clock, flags, req, rem) behind a
         // restart_syscall (a clock id is small, a pointer is not).
-        NR_NANOSLEEP => Some(sleep(tid, nr, [0, 0, args[0], args[1], 0, 0], elapsed)),
+        NR_NANOSLEEP => Some(sleep(tid, nr, [0, 0, args[0], args[1], 0, 0], elapsed, known_left)),
         NR_CLOCK_NANOSLEEP if r.orig_rax == NR_RESTART_SYSCALL && args[0] >= 4096 => {
-            Some(sleep(tid, NR_NANOSLEEP, [0, 0, args[0], args[1], 0, 0], elapsed))
+            Some(sleep(tid, NR_NANOSLEEP, [0, 0, args[0], args[1], 0, 0], elapsed, known_left))
         }
         NR_CLOCK_NANOSLEEP => {
             let clock = args[0] as i32;
@@ -146,7 +161,7 @@ pub fn restart_for(tid: Pid, r: &Regs, blocked: Option<Blocked>) -> Option<pb::S
                 let ns = read_timespec(tid, args[3]).or_else(|| read_timespec(tid, args[2])).unwrap_or(0);
                 Some(restart(nr, [args[0], 0, 0, args[3], 0, 0], Some(2), ns))
             } else {
-                Some(sleep(tid, nr, args, elapsed))
+                Some(sleep(tid, nr, args, elapsed, known_left))
             }
         }
         NR_FUTEX => {
@@ -177,10 +192,11 @@ pub fn restart_for(tid: Pid, r: &Regs, blocked: Option<Blocked>) -> Option<pb::S
 /// A relative nanosleep or clock_nanosleep (`args` as clock_nanosleep's: clock,
 /// flags, req, rem): the time left is what the kernel wrote to `rem`, or the request
 /// minus the time asleep.
-fn sleep(tid: Pid, nr: u64, args: [u64; 6], elapsed: Option<u64>) -> pb::SyscallRestart {
+fn sleep(tid: Pid, nr: u64, args: [u64; 6], elapsed: Option<u64>, known_left: Option<u64>) -> pb::SyscallRestart {
     let (req, rem) = (args[2], args[3]);
     let left = read_timespec(tid, rem)
         .filter(|_| rem != 0)
+        .or(known_left)
         .or_else(|| read_timespec(tid, req).map(|ns| ns.saturating_sub(elapsed.unwrap_or(0))))
         .unwrap_or(0);
     if nr == NR_NANOSLEEP {
