@@ -259,13 +259,27 @@ mod tests {
     fn relative_timeouts_lose_the_time_already_waited() {
         let ts = timespec(6_000_000_000);
         let futex = regs(NR_FUTEX, [0x1000, FUTEX_WAIT | 128, 7, ts.as_ptr() as u64, 0, 0]);
-        let b = Blocked { restarted: None, elapsed_ns: Some(2_000_000_000) };
+        let b = Blocked { restarted: None, elapsed_ns: Some(2_000_000_000), timed: true, left_ns: None };
         let rs = restart_for(me(), &futex, Some(b)).unwrap();
         assert_eq!(rs.remaining_ns, 4_000_000_000);
         assert_eq!(restart_args(&rs, 0xabc), [0x1000, 128, 7, 0xabc, 0, FUTEX_BITSET_MATCH_ANY]);
         let poll = regs(NR_POLL, [0x5000, 2, 6000, 0, 0, 0]);
-        let rs = restart_for(me(), &poll, Some(Blocked { restarted: None, elapsed_ns: Some(1_999_999_999) })).unwrap();
+        let rs = restart_for(me(), &poll, Some(Blocked { restarted: None, elapsed_ns: Some(1_999_999_999), timed: true, left_ns: None })).unwrap();
         assert_eq!(restart_args(&rs, 0)[2], 4001, "poll's milliseconds round up");
+    }
+
+    #[test]
+    fn the_timer_s_own_time_left_wins_over_the_estimate() {
+        // A wait resumed by an earlier restore: asleep only 1 s since, but its
+        // timer (the restart block's deadline) had 0.5 s left.
+        let ts = timespec(6_000_000_000);
+        let r = regs(NR_RESTART_SYSCALL, [0x1000, FUTEX_WAIT, 7, ts.as_ptr() as u64, 0, 0]);
+        let b = Blocked { restarted: Some(NR_FUTEX), elapsed_ns: Some(1_000_000_000), timed: true, left_ns: Some(500_000_000) };
+        assert_eq!(restart_for(me(), &r, Some(b)).unwrap().remaining_ns, 500_000_000);
+        let req = timespec(2_000_000_000);
+        let r = regs(NR_NANOSLEEP, [req.as_ptr() as u64, 0, 0, 0, 0, 0]);
+        let b = Blocked { restarted: None, elapsed_ns: Some(1), timed: true, left_ns: Some(700) };
+        assert_eq!(restart_for(me(), &r, Some(b)).unwrap().remaining_ns, 700);
     }
 
     #[test]
@@ -273,7 +287,7 @@ mod tests {
         let req = timespec(6_000_000_000);
         let rem = timespec(3_500_000_000);
         let r = regs(NR_NANOSLEEP, [req.as_ptr() as u64, rem.as_ptr() as u64, 0, 0, 0, 0]);
-        let rs = restart_for(me(), &r, Some(Blocked { restarted: None, elapsed_ns: Some(1) })).unwrap();
+        let rs = restart_for(me(), &r, Some(Blocked { restarted: None, elapsed_ns: Some(1), timed: true, left_ns: None })).unwrap();
         assert_eq!((rs.nr, rs.remaining_ns), (NR_NANOSLEEP, 3_500_000_000));
         assert_eq!(restart_args(&rs, 0x77), [0x77, rem.as_ptr() as u64, 0, 0, 0, 0]);
     }
@@ -282,15 +296,15 @@ mod tests {
     fn restart_syscall_is_resolved_from_the_kernel_stack() {
         let ts = timespec(6_000_000_000);
         let r = regs(NR_RESTART_SYSCALL, [0x1000, FUTEX_WAIT, 7, ts.as_ptr() as u64, 0, 0]);
-        let b = Blocked { restarted: Some(NR_FUTEX), elapsed_ns: Some(1_000_000_000) };
+        let b = Blocked { restarted: Some(NR_FUTEX), elapsed_ns: Some(1_000_000_000), timed: true, left_ns: None };
         let rs = restart_for(me(), &r, Some(b)).unwrap();
         assert_eq!((rs.nr, rs.remaining_ns), (NR_FUTEX, 5_000_000_000));
         // Unknown restart function: no rebuilt block (the kernel answers EINTR).
-        assert!(restart_for(me(), &r, Some(Blocked { restarted: None, elapsed_ns: None })).is_none());
+        assert!(restart_for(me(), &r, Some(Blocked { restarted: None, elapsed_ns: None, timed: true, left_ns: None })).is_none());
         // A clock_nanosleep behind restart_syscall with a pointer first is nanosleep.
         let req = timespec(2_000_000_000);
         let r = regs(NR_RESTART_SYSCALL, [req.as_ptr() as u64, 0, 0, 0, 0, 0]);
-        let b = Blocked { restarted: Some(NR_CLOCK_NANOSLEEP), elapsed_ns: Some(500_000_000) };
+        let b = Blocked { restarted: Some(NR_CLOCK_NANOSLEEP), elapsed_ns: Some(500_000_000), timed: true, left_ns: None };
         let rs = restart_for(me(), &r, Some(b)).unwrap();
         assert_eq!((rs.nr, rs.remaining_ns), (NR_NANOSLEEP, 1_500_000_000));
     }
