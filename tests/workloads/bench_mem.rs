@@ -2,10 +2,13 @@
 //! random-ish data that zstd compresses moderately (about 2:1: each byte carries four
 //! random bits), writes "ready" to READY_FILE and sleeps until killed.
 //!
-//!     bench_mem MIB READY_FILE [procs N] [threads N]
+//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N]
 //!
 //! `procs N`: N processes (the first and N-1 children), each with its own MIB MiB of
 //! different data. `threads N`: the (first) process has N threads, all asleep.
+//! `fds N`: the first process holds N more fds (each a separate open of /dev/null,
+//! every fourth a dup of the one before). `vmas N`: it maps N more one-page VMAs
+//! (alternately read-only and read-write with data, so that none merge).
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -43,11 +46,13 @@ fn main() {
     }
     let num = |s: &str| s.parse::<usize>().unwrap_or_else(|_| usage());
     let mib = num(&args[1]);
-    let (mut procs, mut threads) = (1, 1);
+    let (mut procs, mut threads, mut nfds, mut vmas) = (1, 1, 0, 0);
     for kv in args[3..].chunks(2) {
         match kv[0].as_str() {
             "procs" => procs = num(&kv[1]).max(1),
             "threads" => threads = num(&kv[1]).max(1),
+            "fds" => nfds = num(&kv[1]),
+            "vmas" => vmas = num(&kv[1]),
             _ => usage(),
         }
     }
@@ -89,8 +94,51 @@ fn main() {
     for _ in 1..threads {
         rx.recv().unwrap();
     }
+    open_fds(nfds);
+    map_vmas(vmas);
     let mut f = std::fs::File::create(&args[2]).expect("creating the ready file");
     f.write_all(b"ready\n").expect("writing the ready file");
     drop(f);
     sleep_forever()
+}
+
+fn open_fds(n: usize) {
+    if n == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit with a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(n as u64 + 64).max(lim.rlim_cur);
+        lim.rlim_max = lim.rlim_max.max(lim.rlim_cur);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let mut last = -1;
+    for i in 0..n {
+        // SAFETY: open/dup of /dev/null; the fds stay open for the process's life.
+        let fd = unsafe { if i % 4 == 3 { libc::dup(last) } else { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } };
+        assert!(fd >= 0, "opening fd {i} of {n}: {}", std::io::Error::last_os_error());
+        last = fd;
+    }
+}
+
+fn map_vmas(n: usize) {
+    if n == 0 {
+        return;
+    }
+    // One reservation, then every page remapped with its own protection.
+    // SAFETY: a fresh anonymous mapping, owned by this process for its life.
+    let base = unsafe { libc::mmap(std::ptr::null_mut(), n * 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    assert!(base != libc::MAP_FAILED, "mmap of {n} pages");
+    for i in 0..n {
+        let page = (base as usize + i * 4096) as *mut u8;
+        if i % 2 == 0 {
+            // SAFETY: the page is inside the mapping made above and writable.
+            unsafe { page.write_volatile(i as u8 | 1) };
+        } else {
+            // SAFETY: changes only the protection of a page of our own mapping.
+            assert_eq!(unsafe { libc::mprotect(page.cast(), 4096, libc::PROT_READ) }, 0, "mprotect");
+        }
+    }
 }
