@@ -115,6 +115,10 @@ pub struct Supervisor {
     ready: BTreeMap<Pid, Regs>,
     /// Finished threads: the registers and signal mask they are let go with.
     restored: BTreeMap<Pid, (Regs, u64)>,
+    /// Tid in the tree's PID namespace of every restored thread (outer tid → inner),
+    /// and back: read once from /proc.
+    inner: BTreeMap<Pid, i32>,
+    outer: BTreeMap<i32, Pid>,
     /// Signals that could not stay blocked while we finished a thread (SIGSTOP from
     /// outside), sent again on detach.
     deferred: BTreeMap<Pid, Vec<i32>>,
@@ -140,6 +144,8 @@ impl Supervisor {
             known: BTreeSet::from([root]),
             ready: BTreeMap::new(),
             restored: BTreeMap::new(),
+            inner: BTreeMap::new(),
+            outer: BTreeMap::new(),
             deferred: BTreeMap::new(),
             affinity,
             plans: Plans::from(imgs),
@@ -228,6 +234,8 @@ impl Supervisor {
         let mut threads = Vec::new();
         for (tid, at_trap) in ready {
             let vtid = procinfo::innermost_pid(tid.as_raw()).ok_or_else(|| self.fail(format!("task {tid} vanished")))?;
+            self.inner.insert(tid, vtid);
+            self.outer.insert(vtid, tid);
             let plan = self.plans.threads.get(&vtid).cloned().ok_or_else(|| self.fail(format!("thread {vtid} is not in the images")))?;
             self.step_syscall(tid)?; // rt_sigreturn entry
             self.step_syscall(tid)?; // ... and exit
@@ -422,7 +430,7 @@ impl Supervisor {
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = None;
         for &tid in self.restored.keys() {
-            if let Some(mask) = procinfo::innermost_pid(tid.as_raw()).and_then(|v| self.affinity.get(&v)) {
+            if let Some(mask) = self.inner.get(&tid).and_then(|v| self.affinity.get(v)) {
                 crate::sys::process::set_affinity(tid, mask);
             }
         }
@@ -432,8 +440,8 @@ impl Supervisor {
             }
             // A thread of a stopped process that waits in a call with a temporary mask
             // enters it again, so that it shows that mask while stopped.
-            let stopped = procinfo::innermost_pid(tid.as_raw())
-                .and_then(|v| self.plans.threads.get(&v))
+            let stopped = self.inner.get(&tid)
+                .and_then(|v| self.plans.threads.get(v))
                 .and_then(|t| self.plans.procs.get(&t.vpid))
                 .is_some_and(|p| p.stop_signal != 0);
             let r = ptrace::setregs(tid, &regs)
@@ -480,7 +488,7 @@ impl Supervisor {
     /// The id (as crtool sees it) of the restored thread or process whose id in the
     /// tree's namespace is `vpid`.
     pub fn outer_pid(&self, vpid: i32) -> Option<i32> {
-        self.restored.keys().map(|t| t.as_raw()).find(|&t| procinfo::innermost_pid(t) == Some(vpid))
+        self.outer.get(&vpid).filter(|t| self.restored.contains_key(t)).map(|t| t.as_raw())
     }
 
     /// Kills every task of the half-built tree: those we have seen and any other that
