@@ -20,10 +20,10 @@ pub enum ImageError {
     #[error("{}: no inventory.img: not a complete dump (an interrupted or failed dump, or not an image directory)", dir.display())]
     NoDump { dir: PathBuf },
 
-    #[error("{}: {found} bytes, the dump wrote {expected} (image {})", path.display(), if found < expected { "truncated" } else { "extended" })]
+    #[error("{}: {found} bytes, but inventory.img says the dump wrote {expected} (image {}, or the two are from different dumps)", path.display(), if found < expected { "truncated" } else { "extended" })]
     FileSize { path: PathBuf, expected: u64, found: u64 },
 
-    #[error("{}: contents differ from what the dump wrote (CRC {found:#010x}, inventory says {expected:#010x}): changed, corrupt or swapped with another file", path.display())]
+    #[error("{}: contents differ from what the dump wrote (CRC {found:#010x}, inventory.img says {expected:#010x}): changed, corrupt, or it and inventory.img are from different dumps", path.display())]
     FileCrc { path: PathBuf, expected: u32, found: u32 },
 
     #[error("{}: not part of this dump (the inventory does not list it); remove it or restore from a clean directory", path.display())]
