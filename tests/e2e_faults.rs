@@ -174,17 +174,19 @@ fn only_blob_added_or_same(s: &Scenario, prev: &str, n: &str) -> Vec<String> {
     only_blob_added(s, prev, n)
 }
 
-/// crtool dump -R of a two-process tree with 64 MiB each, interrupted by SIGTERM,
+/// crtool dump -R of a two-process tree with 64 MiB each (CRTOOL_E2E_DUMP_MIB=512
+/// for the 1 GiB tree `tools/bench LONG=1` runs), interrupted by SIGTERM,
 /// SIGINT, SIGHUP or SIGKILL at twelve points spread over a whole dump's duration:
 /// every time the tree runs on untraced with its state as it was, and the image
 /// directory holds either the earlier checkpoint, byte-identical, or (the signal
 /// came after the commit) a complete new one.
 #[test]
 fn signals_during_a_large_dump_leave_the_tree_and_the_checkpoint_intact() {
+    let mib: u32 = std::env::var("CRTOOL_E2E_DUMP_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let s = Scenario::run(
         "interrupted",
-        r#"
-"${AS_WL[@]}" setsid "$EXAMPLES/bench_mem" 64 "$T/bm_ready" procs 2 </dev/null >"$T/bench_mem.log" 2>&1 & P=$!; put pid $P
+        &r#"
+"${AS_WL[@]}" setsid "$EXAMPLES/bench_mem" MIB "$T/bm_ready" procs 2 </dev/null >"$T/bench_mem.log" 2>&1 & P=$!; put pid $P
 wait_until nonempty "$T/bm_ready" || fail "bench_mem did not get ready: $(cat "$T/bench_mem.log")"
 PIDS=$(tree_of $P | sort -n | tr '\n' ' '); put pids "$PIDS"
 snapshot before $P --no-pos
@@ -219,7 +221,8 @@ for k in $(seq 0 11); do
     echo "$n $(cat "$T/$n.rc")" >>"$T/results"
 done
 kill -KILL $PIDS
-"#,
+"#
+        .replace("MIB", &mib.to_string()),
     );
     let mut p: Vec<String> = s.read("faults").lines().map(str::to_string).collect();
     let results = s.read("results");

@@ -1,5 +1,5 @@
-//! Damaged image directories: every image file of a real dump, truncated (to its
-//! header, at its last entry boundary, by half), with a byte flipped (in the header
+//! Damaged image directories: every image file of a real dump, truncated (at every
+//! entry boundary, by half), with a byte flipped (in the header
 //! and in the middle), removed, or replaced by the same file of another dump of the
 //! same process; and a file that does not belong. `crtool verify` and `crtool
 //! restore` must each refuse every one, naming the file, without a panic or a hang,
@@ -71,6 +71,20 @@ for f in $(cd "$T/ck" && ls *.img); do
     mutate $m "$T/bad/$f"
     # (An empty file has no entry to cut nor middle to flip.)
     [ -e "$T/bad/$f" ] && cmp -s "$T/ck/$f" "$T/bad/$f" && continue
+    run "v.$n" crt verify "$T/bad"
+    run "r.$n" crt restore -D "$T/bad" -d
+    sleep 0.05
+    echo "$n $(cat "$T/v.$n.rc") $(cat "$T/r.$n.rc") $(state $P)" >>"$T/results"
+  done
+done
+# Every entry boundary of every framed file (a cut there leaves whole entries).
+for f in $(cd "$T/ck" && ls *.img | grep -v '^pages-'); do
+  for cut in $(python3 -c 'import struct, sys
+d = open(sys.argv[1], "rb").read(); off = 8
+while off < len(d):
+    print(off); off += 8 + struct.unpack_from("<I", d, off)[0]' "$T/ck/$f"); do
+    n="cut$cut.$f"
+    rm -rf "$T/bad"; cp -a "$T/ck" "$T/bad"; truncate -s $cut "$T/bad/$f"
     run "v.$n" crt verify "$T/bad"
     run "r.$n" crt restore -D "$T/bad" -d
     sleep 0.05
