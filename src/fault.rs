@@ -16,6 +16,8 @@
 //! | 10 | dump: an earlier checkpoint is being set aside (half-way) |
 //! | 11 | dump: the new images are moving in (half-way) |
 //! | 12 | dump: committed, before the tree is killed or let go |
+//! | 13 | dump: a process is at the entry of the parasite's mmap (run from the vdso) |
+//! | 14 | dump: a process is at the entry of the parasite's munmap (run from the vdso) |
 //! | 101 | restore: the images are loaded and checked |
 //! | 102 | restore: files are reopened, shared memory made |
 //! | 103 | restore: in a restoring task, its memory is premapped |

@@ -43,6 +43,10 @@ pub struct DumpCtx {
     pub compression: Compression,
     pub zero_pfn: Option<u64>,
     pub vdso_syscall: Option<u64>,
+    /// Offset of the vdso's `syscall; ...; ret` (see `infect::gadgets`).
+    pub vdso_syscall_ret: Option<u64>,
+    /// Where tasks' files hold an rt_sigreturn sequence.
+    pub sigreturns: crate::infect::gadgets::SigreturnCache,
     /// The XSAVE geometry of signal frames (for the parasite's cure frames).
     pub geometry: cpu::SigFrameXstate,
     pub files: FileTable,
@@ -98,6 +102,8 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         compression: if opts.compress { Compression::Zstd } else { Compression::Raw },
         zero_pfn: mm::zero_pfn(),
         vdso_syscall: mm::vdso_syscall_offset(),
+        vdso_syscall_ret: mm::vdso_code().and_then(|c| crate::infect::gadgets::vdso_syscall_ret(&c)),
+        sigreturns: Default::default(),
         geometry: cpu::sigframe_xstate(),
         files: FileTable::default(),
         shmem_seen: BTreeSet::new(),

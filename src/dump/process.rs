@@ -90,8 +90,17 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let (Some(vdso), Some(off)) = (vdso, ctx.vdso_syscall) else {
         return Err(unsupported("it has no vdso to run syscalls through".into(), None));
     };
+    // Remote syscalls before the parasite is mapped and after it is gone run so
+    // that the thread cures itself should crtool die meanwhile (infect::gadgets).
+    let sigreturn = ctx.vdso_syscall_ret.and_then(|_| ctx.sigreturns.find(nix::unistd::Pid::from_raw(pid)));
+    if sigreturn.is_none() {
+        log::info!("pid {pid}: no rt_sigreturn sequence found in its code: crtool killed during the parasite's mmap or munmap would leave it running crtool's registers");
+    }
     for t in p.threads.iter_mut() {
         t.set_syscall_ip(vdso + off);
+        if let (Some(ret), Some(sigreturn)) = (ctx.vdso_syscall_ret, sigreturn) {
+            t.set_stack_cure(crate::infect::tracee::StackCure { syscall_ret: vdso + ret, sigreturn, geometry: ctx.geometry });
+        }
     }
     let mut timers = timers::list(pid)?;
 
@@ -133,7 +142,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let scratch = parasite.scratch();
     let extras = p.threads.iter().map(|t| task::probe_thread(t, scratch)).collect::<Result<Vec<_>>>()?;
     timers::read_values(main, &mut timers, scratch)?;
-    drop(parasite);
+    parasite.finish()?;
     crate::fault::point(6)?;
 
     ctx.stats.pages.dumped += dumper.stats.dumped;

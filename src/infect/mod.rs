@@ -1,6 +1,7 @@
 //! The compel analogue: seize and freeze a task, run syscalls inside it, inject the
 //! parasite blob, talk to it, and cure the task afterwards.
 
+pub mod gadgets;
 pub mod parasite;
 pub mod tracee;
 

@@ -2,7 +2,22 @@
 
 use crate::error::{Error, PtraceCtx, Result};
 use crate::sys::ptrace::{self, Regs, Stop, PTRACE_EVENT_STOP};
+use crate::sys::cpu::SigFrameXstate;
+use crate::sys::process::{read_remote, write_remote};
 use nix::unistd::Pid;
+
+/// How a remote syscall run from the vdso (before the parasite is mapped, or after
+/// it is gone) stays safe should crtool die during it (see `infect::gadgets`): rip
+/// at a vdso `syscall` that is followed by `ret`, rsp at a cure frame below the
+/// thread's red zone whose return address is a sigreturn sequence of the task's.
+#[derive(Debug, Clone, Copy)]
+pub struct StackCure {
+    /// Address of the vdso's `syscall; xor...; ret`.
+    pub syscall_ret: u64,
+    /// Address of `mov $15, %eax; syscall` in the task.
+    pub sigreturn: u64,
+    pub geometry: SigFrameXstate,
+}
 
 /// A task under crtool's ptrace control, frozen in a PTRACE_EVENT_STOP. Everything
 /// crtool changes while it holds the task (registers, XSAVE state, signal mask) is put
@@ -27,6 +42,8 @@ pub struct Tracee {
     pub group_stop: Option<i32>,
     /// While the parasite is mapped: its syscall stub and this thread's cure frame.
     cure: std::cell::Cell<Option<(u64, u64)>>,
+    /// Otherwise, for remote syscalls from the vdso: see `StackCure`.
+    stack_cure: Option<StackCure>,
     /// Whether regs/xstate/sigmask above hold the task's real state (so that putting
     /// them back is right).
     captured: bool,
@@ -40,7 +57,7 @@ impl Tracee {
             nix::errno::Errno::ESRCH => Error::NoProcess(pid.as_raw()),
             errno => Error::Ptrace { pid: pid.as_raw(), op: "PTRACE_SEIZE", errno },
         })?;
-        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, group_stop: None, cure: Default::default(), captured: false, released: false };
+        let mut t = Tracee { pid, regs: unsafe_zeroed_regs(), xstate: Vec::new(), sigmask: 0, syscall_ip: 0, group_stop: None, cure: Default::default(), stack_cure: None, captured: false, released: false };
         ptrace::interrupt(pid).ptrace(pid, "PTRACE_INTERRUPT")?;
         loop {
             match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
@@ -84,19 +101,45 @@ impl Tracee {
         self.syscall_ip = ip;
     }
 
+    /// Makes remote syscalls run without the parasite cure-safe (see `StackCure`).
+    pub fn set_stack_cure(&mut self, cure: StackCure) {
+        self.stack_cure = Some(cure);
+    }
+
     /// Runs one syscall in the task and returns its raw result (negative errno on
     /// failure). The task stays stopped before and after, with its own registers and
     /// signal mask back in place.
     pub fn syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
         let pid = self.pid;
         let mut r = self.regs;
-        match self.cure.get() {
-            Some((stub, frame)) => {
+        // Stack bytes a cure frame borrows, put back after the call.
+        let mut borrowed = None;
+        match (self.cure.get(), self.stack_cure) {
+            (Some((stub, frame)), _) => {
                 r.rip = stub;
                 r.r12 = frame;
             }
-            None if self.syscall_ip != 0 => r.rip = self.syscall_ip,
-            None => return Err(Error::Parasite { pid: pid.as_raw(), msg: "no syscall instruction found in the task".into() }),
+            (None, Some(c)) => {
+                let len = crate::task::regs::cure_frame_len(&self.xstate, c.geometry) as u64;
+                // Below the red zone, where a signal frame would go.
+                let at = (self.regs.rsp.wrapping_sub(128 + len)) & !63;
+                let mut frame = crate::task::regs::cure_frame(&self.regs, &self.xstate, self.sigmask, at, c.geometry);
+                frame[..8].copy_from_slice(&c.sigreturn.to_le_bytes());
+                let mut old = vec![0u8; frame.len()];
+                let placed = read_remote(pid, at, &mut old).is_ok() && write_remote(pid, at, &frame).is_ok();
+                if placed {
+                    borrowed = Some((at, old));
+                    r.rip = c.syscall_ret;
+                    r.rsp = at;
+                } else if self.syscall_ip != 0 {
+                    // No room on its stack (a guard region, a tiny stack): unprotected.
+                    r.rip = self.syscall_ip;
+                } else {
+                    return Err(Error::Parasite { pid: pid.as_raw(), msg: "no syscall instruction found in the task".into() });
+                }
+            }
+            (None, None) if self.syscall_ip != 0 => r.rip = self.syscall_ip,
+            (None, None) => return Err(Error::Parasite { pid: pid.as_raw(), msg: "no syscall instruction found in the task".into() }),
         }
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
@@ -106,8 +149,29 @@ impl Tracee {
         // in the middle of a remote call).
         ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
         ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
-        let ran = self.resume_to_syscall_stop().and_then(|_| self.resume_to_syscall_stop());
+        let ran = self.resume_to_syscall_stop().and_then(|_| {
+            // Test hook: crtool fails or dies with the task at the entry of the
+            // parasite's mmap (13) or munmap (14).
+            let fault = match (self.cure.get(), nr) {
+                (None, libc::SYS_mmap) => crate::fault::point(13),
+                (None, libc::SYS_munmap) => crate::fault::point(14),
+                _ => Ok(()),
+            };
+            if let Err(e) = fault {
+                // Leave the entry stop without making the call (it would run with
+                // whatever registers are put back).
+                let mut skip = r;
+                skip.orig_rax = u64::MAX;
+                ptrace::setregs(pid, &skip).ptrace(pid, "PTRACE_SETREGS")?;
+                self.resume_to_syscall_stop()?;
+                return Err(e);
+            }
+            self.resume_to_syscall_stop()
+        });
         let out = ran.and_then(|_| ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS"));
+        if let Some((at, old)) = borrowed {
+            write_remote(pid, at, &old).ptrace(pid, "process_vm_writev")?;
+        }
         self.put_back()?;
         Ok(out?.rax as i64)
     }

@@ -251,6 +251,13 @@ pub unsafe fn jump_to_restorer(entry: u64, arg: u64, stack_top: u64) -> ! {
     }
 }
 
+/// A copy of this process's vdso (every process on this kernel has the same).
+pub fn vdso_code() -> Option<Vec<u8>> {
+    let (s, e) = crate::procinfo::vdso("self")?;
+    // SAFETY: the vdso is mapped readable for the life of the process.
+    Some(unsafe { std::slice::from_raw_parts(s as *const u8, (e - s) as usize) }.to_vec())
+}
+
 /// Offset of a `syscall` instruction (0f 05) inside this process's vdso, and the
 /// vdso's size. Every process on this kernel has the same vdso image, so the same
 /// offset in a tracee's vdso is a syscall instruction crtool can point rip at.
