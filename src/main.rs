@@ -67,6 +67,7 @@ enum Cmd {
     /// Restore a process from an image directory. Without -d crtool stays its parent,
     /// waits for it and exits with its exit status.
     Restore {
+        /// Image directory of a complete dump.
         #[arg(short = 'D', long = "images-dir")]
         dir: PathBuf,
         /// Detach: exit once the process runs; it is reparented.
@@ -122,16 +123,23 @@ enum Cmd {
     /// Probe the kernel features crtool needs and say which are missing.
     Check,
     /// Summarise an image directory.
-    Show { dir: PathBuf },
+    Show {
+        /// Image directory.
+        dir: PathBuf,
+    },
     /// Decode one image file (every kind) to JSON.
     Decode {
+        /// An image file (e.g. DIR/core-42.img).
         file: PathBuf,
         /// Print JSON (the default and only format today).
         #[arg(long)]
         json: bool,
     },
     /// Check every image file's framing and checksums.
-    Verify { dir: PathBuf },
+    Verify {
+        /// Image directory.
+        dir: PathBuf,
+    },
 }
 
 /// CRIU dump options crtool does not implement yet: accepted by the parser so that
@@ -373,6 +381,7 @@ fn run() -> Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
         Cmd::Show { dir } => {
+            crtool::restore::check_dir(&dir)?;
             print!("{}", show::show(&dir)?);
             Ok(0)
         }
@@ -382,8 +391,9 @@ fn run() -> Result<i32> {
             Ok(0)
         }
         Cmd::Verify { dir } => {
-            // A checkpoint an interrupted dump had set aside is put back first.
-            crtool::dump::workdir::recover(&dir)?;
+            // A missing directory is named as such; a checkpoint an interrupted dump
+            // had set aside is put back first.
+            crtool::restore::check_dir(&dir)?;
             let report = images_format::verify_dir(&dir)?;
             for (path, n) in &report.files {
                 println!("ok {} ({n} entries)", path.display());

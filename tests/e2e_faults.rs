@@ -248,3 +248,55 @@ kill -KILL $PIDS
     s.note(&format!("a whole dump took {} us; results:\n{results}", s.var("dur_us")));
     s.all_ok(p);
 }
+
+/// A dump killed in the middle of its commit (steps 10 and 11) from inside a nested
+/// PID namespace, where its PID means nothing outside: `crtool verify` from outside
+/// puts the earlier checkpoint back. A file of the user's in the image directory
+/// (`disk.img`) is never touched. A dump that is still running is never disturbed
+/// by a verify (its lock is held).
+#[test]
+fn a_commit_cut_short_in_another_pid_namespace_is_undone_and_user_files_stay() {
+    let s = Scenario::run(
+        "commit-nested",
+        r#"
+mkdir -p "$T/ck"; echo "the user's data" >"$T/ck/disk.img"
+sums() { (cd "$T/ck" && ls -A | sort && sha256sum *.img); }
+export -f sums
+export T CRTOOL LOOP_PY
+for step in 10 11; do
+    # All in a PID namespace of its own, gone when verify runs.
+    unshare -pf --kill-child --mount-proc bash -c '
+        setsid "$PY3" "$LOOP_PY" </dev/null >"$T/out$0.txt" 2>/dev/null & P=$!
+        while [ "$(wc -l <"$T/out$0.txt")" -lt 3 ]; do sleep 0.05; done
+        "$CRTOOL" dump -t $P -D "$T/ck" -R >"$T/first$0.out" 2>&1 || exit 3
+        sums >"$T/sums.first$0"
+        CRTOOL_FAULT=$0:kill "$CRTOOL" dump -t $P -D "$T/ck" -R >"$T/k$0.out" 2>&1
+        echo $? >"$T/k$0.rc"
+        ls -A "$T/ck" >"$T/left.$0"' $step
+    run v$step crt verify "$T/ck"
+    sums >"$T/sums.$step"
+done
+start_loop; P=$!; put pid $P
+wait_until has_lines "$T/out.txt" 5 || fail "loop.py did not start counting"
+# A verify while a dump runs (a slow one: compression) leaves it alone.
+"$CRTOOL" dump -t $P -D "$T/ck" -R --compress >"$T/slow.out" 2>"$T/slow.err" & D=$!
+for i in $(seq 1 50); do "$CRTOOL" verify "$T/ck" >/dev/null 2>&1; done
+wait $D; echo $? >"$T/slow.rc"
+cat "$T/ck/disk.img" >"$T/disk.after"
+kill $P
+"#,
+    );
+    let mut p = Vec::new();
+    for step in ["10", "11"] {
+        let rc = s.read(&format!("k{step}.rc"));
+        s.ensure(rc.trim() == "137", || format!("the dump killed at step {step} exited {rc}"));
+        s.ensure(s.read(&format!("left.{step}")).contains(".crtool-old-"), || format!("step {step}: nothing was set aside, so nothing was tested: {}", s.read(&format!("left.{step}"))));
+        s.ok(&format!("v{step}"));
+        if s.read(&format!("sums.first{step}")) != s.read(&format!("sums.{step}")) {
+            p.push(format!("after the dump killed at step {step} and a verify, the directory is not the earlier checkpoint:\n{}", s.read(&format!("sums.{step}"))));
+        }
+    }
+    s.ensure(s.read("slow.rc").trim() == "0", || format!("a dump with verify running beside it failed: {}", s.read("slow.err")));
+    s.ensure(s.read("disk.after") == "the user's data\n", || "disk.img was changed".into());
+    s.all_ok(p);
+}

@@ -62,6 +62,13 @@ need dump
 wait_until dead $P || fail "the dumped process is still alive"
 pidset dumped
 : >"$T/results"
+# try_bad N: verify and restore $T/bad, recording both exit codes and the pid's state.
+try_bad() {{
+    run "v.$1" crt verify "$T/bad"
+    run "r.$1" crt restore -D "$T/bad" -d
+    sleep 0.05
+    echo "$1 $(cat "$T/v.$1.rc") $(cat "$T/r.$1.rc") $(state $P)" >>"$T/results"
+}}
 for f in $(cd "$T/ck" && ls *.img); do
   for m in {mutations}; do
     # (The same file of both dumps may be identical: nothing to swap then.)
@@ -71,10 +78,7 @@ for f in $(cd "$T/ck" && ls *.img); do
     mutate $m "$T/bad/$f"
     # (An empty file has no entry to cut nor middle to flip.)
     [ -e "$T/bad/$f" ] && cmp -s "$T/ck/$f" "$T/bad/$f" && continue
-    run "v.$n" crt verify "$T/bad"
-    run "r.$n" crt restore -D "$T/bad" -d
-    sleep 0.05
-    echo "$n $(cat "$T/v.$n.rc") $(cat "$T/r.$n.rc") $(state $P)" >>"$T/results"
+    try_bad "$n"
   done
 done
 # Every entry boundary of every framed file (a cut there leaves whole entries).
@@ -85,18 +89,12 @@ while off < len(d):
     print(off); off += 8 + struct.unpack_from("<I", d, off)[0]' "$T/ck/$f"); do
     n="cut$cut.$f"
     rm -rf "$T/bad"; cp -a "$T/ck" "$T/bad"; truncate -s $cut "$T/bad/$f"
-    run "v.$n" crt verify "$T/bad"
-    run "r.$n" crt restore -D "$T/bad" -d
-    sleep 0.05
-    echo "$n $(cat "$T/v.$n.rc") $(cat "$T/r.$n.rc") $(state $P)" >>"$T/results"
+    try_bad "$n"
   done
 done
 # A file that is not part of the dump.
 rm -rf "$T/bad"; cp -a "$T/ck" "$T/bad"; cp "$T/ck/core-$P.img" "$T/bad/core-99999.img"
-n=extra.core-99999.img
-run v.$n crt verify "$T/bad"
-run r.$n crt restore -D "$T/bad" -d
-echo "$n $(cat "$T/v.$n.rc") $(cat "$T/r.$n.rc") $(state $P)" >>"$T/results"
+try_bad extra.core-99999.img
 pidset failed
 run restore crt restore -D "$T/ck" -d
 need restore

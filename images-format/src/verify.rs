@@ -30,12 +30,18 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, ImageError> {
         r => r?,
     };
     check_manifest(dir, &inv, true)?;
-    verify_files(dir)
+    verify_paths(dir, true)
 }
 
 /// The per-file part of [`verify_dir`], without the manifest: framing, CRCs and
 /// decoding of every `*.img` file of `dir`, page data against its pagemap.
 pub fn verify_files(dir: &Path) -> Result<VerifyReport, ImageError> {
+    verify_paths(dir, false)
+}
+
+/// `verify_files`; with `ours_only`, files not named as crtool names its images
+/// (a user's `disk.img`) are left alone.
+fn verify_paths(dir: &Path, ours_only: bool) -> Result<VerifyReport, ImageError> {
     let io_err = |source| ImageError::Io {
         path: dir.to_path_buf(),
         source,
@@ -44,7 +50,8 @@ pub fn verify_files(dir: &Path) -> Result<VerifyReport, ImageError> {
     for dent in fs::read_dir(dir).map_err(io_err)? {
         let path = dent.map_err(io_err)?.path();
         let is_img = path.extension().is_some_and(|e| e == "img");
-        if is_img && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        let ours = path.file_name().and_then(|n| n.to_str()).and_then(ImageKind::parse_file_name).is_some();
+        if is_img && (ours || !ours_only) && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             paths.push(path);
         }
     }
@@ -131,7 +138,9 @@ pub fn check_manifest(dir: &Path, inv: &crate::pb::Inventory, full: bool) -> Res
     for dent in fs::read_dir(dir).map_err(io_err)? {
         let dent = dent.map_err(io_err)?;
         let name = dent.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".img") && name != inventory && !inv.files.iter().any(|f| f.name == name) {
+        // Other files are not crtool's business (a user's disk.img, say).
+        let ours = ImageKind::parse_file_name(&name).is_some();
+        if ours && name != inventory && !inv.files.iter().any(|f| f.name == name) {
             return Err(ImageError::Extra { path: dent.path() });
         }
     }

@@ -3,14 +3,22 @@
 //! dump never touches an earlier checkpoint in the target directory, and the target
 //! never holds a mix of two dumps (the inventory, with the manifest of every other
 //! file, is moved in last).
+//!
+//! Only crtool's own image files (`core-42.img`, `inventory.img`, ... as
+//! `ImageKind::parse_file_name` knows them) are ever moved or removed: other files
+//! in the directory are the user's. A dump holds an exclusive `flock` on a lock file
+//! in its working directory for as long as it runs; leftovers whose lock can be
+//! taken belong to a crtool that died, whatever PID namespace it ran in, and are
+//! cleaned up or put back by the next dump, restore, verify or show.
 
 use crate::error::{Error, Result};
 use images_format::ImageKind;
 use std::path::{Path, PathBuf};
 
-/// Working directories start with this; a leftover one belongs to a dump that
-/// was killed (its pid is in the name).
+/// Working directories start with this, then the dump's tag (pid and start time).
 const WORK_PREFIX: &str = ".crtool-dump-";
+/// In a working directory: locked by the dump while it runs.
+const LOCK: &str = "owner.lock";
 /// Where an earlier checkpoint is set aside while a new one moves in.
 const OLD_PREFIX: &str = ".crtool-old-";
 /// Created in an `OLD_PREFIX` directory once every old file is in it.
@@ -20,7 +28,11 @@ const SET_ASIDE: &str = "set-aside-complete";
 pub struct WorkDir {
     pub path: PathBuf,
     dir: PathBuf,
+    /// Which dump this is: names its working and set-aside directories.
+    tag: String,
     committed: bool,
+    /// The exclusive lock on `path/LOCK`, held until the WorkDir is dropped.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 fn image_files(dir: &Path) -> Result<Vec<String>> {
@@ -28,7 +40,7 @@ fn image_files(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = rd
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".img") && !n.starts_with('.'))
+        .filter(|n| ImageKind::parse_file_name(n).is_some())
         .collect();
     names.sort();
     // The inventory last: a directory without one holds no complete dump.
@@ -40,8 +52,12 @@ fn image_files(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn pid_alive(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix).and_then(|p| p.parse::<i32>().ok()).is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+/// Takes the lock of the dump tagged `tag` in `dir` if its crtool is gone (`None`
+/// while it runs). A tag without a working directory has no owner left.
+fn take_over(dir: &Path, tag: &str) -> Option<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(f) = std::fs::File::open(dir.join(format!("{WORK_PREFIX}{tag}")).join(LOCK)) else { return Some(None) };
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).ok().map(Some)
 }
 
 /// Removes the working directories of dumps whose crtool died, and finishes the
@@ -52,17 +68,22 @@ fn pid_alive(name: &str, prefix: &str) -> bool {
 pub fn recover(dir: &Path) -> Result<()> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
     let inv = ImageKind::Inventory.file_name(0);
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(WORK_PREFIX) && !pid_alive(&name, WORK_PREFIX) {
-            // The images of a dump that never finished.
-            let _ = std::fs::remove_dir_all(e.path());
+    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    // A set-aside checkpoint before the working directory whose lock guards it.
+    names.sort_by_key(|n| !n.starts_with(OLD_PREFIX));
+    for name in names {
+        let path = dir.join(&name);
+        if let Some(tag) = name.strip_prefix(WORK_PREFIX) {
+            // The images of a dump that never finished (its lock is dropped only
+            // after the directory is gone).
+            if let Some(_lock) = take_over(dir, tag) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
             continue;
         }
-        if !name.starts_with(OLD_PREFIX) || pid_alive(&name, OLD_PREFIX) {
-            continue;
-        }
-        let old_dir = e.path();
+        let Some(tag) = name.strip_prefix(OLD_PREFIX) else { continue };
+        let Some(_lock) = take_over(dir, tag) else { continue };
+        let old_dir = path;
         let old = image_files(&old_dir)?;
         if !old_dir.join(SET_ASIDE).exists() {
             // Setting aside was cut short: no new file had moved in yet.
@@ -95,16 +116,28 @@ impl WorkDir {
     pub fn create(dir: &Path) -> Result<WorkDir> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         recover(dir)?;
-        let path = dir.join(format!("{WORK_PREFIX}{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let tag = format!("{}-{nanos}", std::process::id());
+        let path = dir.join(format!("{WORK_PREFIX}{tag}"));
         std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(WorkDir { path, dir: dir.to_path_buf(), committed: false })
+        let lock_path = path.join(LOCK);
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| Error::sys(format!("flock {}", lock_path.display()), e)));
+        let lock = match lock {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&path);
+                return Err(e);
+            }
+        };
+        Ok(WorkDir { path, dir: dir.to_path_buf(), tag, committed: false, _lock: lock })
     }
 
     /// Moves the new images into the target directory, replacing the image files of
     /// an earlier dump there (set aside first and put back if anything fails).
     pub fn commit(mut self) -> Result<()> {
-        let old_dir = self.dir.join(format!("{OLD_PREFIX}{}", std::process::id()));
+        let old_dir = self.dir.join(format!("{OLD_PREFIX}{}", self.tag));
         let old = image_files(&self.dir)?;
         let new = image_files(&self.path)?;
         let mut set_aside = Vec::new();

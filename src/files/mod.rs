@@ -172,6 +172,16 @@ impl FileTable {
             _ => None,
         };
         let keys: std::collections::BTreeSet<String> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).map(|(k, _)| k).collect();
+        // Every --external names a pipe the tree holds.
+        let ids: std::collections::BTreeSet<String> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).map(|(_, id)| format!("pipe:[{id}]")).collect();
+        if let Some(x) = external.iter().find(|x| !ids.contains(*x)) {
+            return Err(Error::Unsupported {
+                pid: tree.first().copied().unwrap_or(0),
+                fd: None,
+                what: format!("--external {x}: no process of the tree holds {x}"),
+                hint: Some("name a pipe as /proc/PID/fd of a process in the tree shows it"),
+            });
+        }
         if keys.is_empty() {
             return Ok(());
         }

@@ -6,6 +6,7 @@ use super::{FdInfo, FileKind};
 use crate::error::{Error, Result};
 use images_format::pb::{self, file_entry::Kind};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::stat::{SFlag, fstat};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
@@ -127,6 +128,19 @@ impl<'a> Restorer<'a> {
             let fd = crate::sys::fd::dup_above(given, 0)?;
             // SAFETY: a fresh duplicate nobody else owns.
             let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // It must be a pipe (or FIFO) end that can do what this end did.
+            let is_pipe = fstat(&fd).is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO);
+            let acc = fcntl(&fd, FcntlArg::F_GETFL).map(|f| f & libc::O_ACCMODE).unwrap_or(-1);
+            let want_write = p.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32;
+            let fits = if want_write { acc == libc::O_WRONLY || acc == libc::O_RDWR } else { acc == libc::O_RDONLY || acc == libc::O_RDWR };
+            if !is_pipe || !fits {
+                return Err(std::io::Error::other(format!(
+                    "--inherit-fd fd[{given}]:pipe:[{}]: fd {given} is {}, but the task had the {} end of a pipe there",
+                    p.pipe_id,
+                    if !is_pipe { "not a pipe" } else if want_write { "not writable" } else { "not readable" },
+                    if want_write { "write" } else { "read" },
+                )));
+            }
             set_status_flags(&fd, p.flags)?;
             return Ok(fd);
         }

@@ -162,10 +162,34 @@ fn holder_of(pid: i32) -> Option<String> {
     Some(format!("running process {pid} ({})", comm.trim()))
 }
 
+/// Every --inherit-fd names a pipe the images hold as external.
+fn check_inherited(imgs: &TreeImages, inherit: &std::collections::BTreeMap<u64, i32>) -> Result<()> {
+    use images_format::pb::file_entry::Kind;
+    let external: std::collections::BTreeSet<u64> = imgs
+        .files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(Kind::Pipe(p)) if p.external => Some(p.pipe_id),
+            _ => None,
+        })
+        .collect();
+    for (id, fd) in inherit {
+        if !external.contains(id) {
+            let known = if external.is_empty() { "none".to_string() } else { external.iter().map(|i| format!("pipe:[{i}]")).collect::<Vec<_>>().join(", ") };
+            return Err(Error::Restore {
+                pid: imgs.inv.root_pid as i32,
+                msg: format!("--inherit-fd fd[{fd}]:pipe:[{id}]: the images have no external pipe:[{id}] (their external pipes: {known})"),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let imgs = load(&opts.dir)?;
     let root_pid = imgs.inv.root_pid as i32;
     preflight::check(&imgs, opts.checks)?;
+    check_inherited(&imgs, &opts.inherit)?;
     crate::fault::point(101)?;
     if opts.pidns && imgs.inv.new_pid_ns {
         return Err(Error::Restore { pid: root_pid, msg: "--pidns: the dumped tree had a PID namespace of its own, which restore creates anyway".into() });
