@@ -118,7 +118,7 @@ pub fn compare(f: &File, want: &pb::FileIdentity, pgoff: u64, len: u64, how: Val
     }
     let md = f.metadata().map_err(|e| e.to_string())?;
     let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-    let when = if mtime_ns != want.mtime_ns { ", modified since the dump" } else { "" };
+    let when = if mtime_ns != want.mtime_ns { ", modified or replaced since the dump" } else { "" };
     if md.size() != want.size {
         return Err(format!("its size is {} bytes, it was {} bytes when dumped{when}", md.size(), want.size));
     }
