@@ -54,19 +54,29 @@ type Entry = [i64; 6];
 static LOG: [[AtomicI64; 6]; 256] = [const { [const { AtomicI64::new(0) }; 6] }; 256];
 static LOGGED: AtomicUsize = AtomicUsize::new(0);
 static ALARMS: AtomicI32 = AtomicI32::new(0);
-/// CLOCK_REALTIME (ns) of the first SIGALRM and of the first SIGRTMIN+4 (t1).
+/// CLOCK_REALTIME (ns) of the first expiry of ITIMER_REAL (SIGALRM) and of t1
+/// (SIGRTMIN+4), as the kernel timed it: the handler's time less what the reloaded
+/// interval has run since, so that a handler scheduled late does not count.
 static FIRST_ALARM: AtomicI64 = AtomicI64::new(0);
 static FIRST_T1: AtomicI64 = AtomicI64::new(0);
+/// t1's timer id, for its handler.
+static T1_ID: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let now = now_ns(libc::CLOCK_REALTIME);
     if sig == libc::SIGALRM {
-        let _ = FIRST_ALARM.compare_exchange(0, now, SeqCst, SeqCst);
+        // SAFETY: itimerval is plain data; getitimer(2) writes into it.
+        let mut v: libc::itimerval = unsafe { std::mem::zeroed() };
+        // SAFETY: getitimer into a local (async-signal-safe).
+        unsafe { libc::getitimer(libc::ITIMER_REAL, &mut v) };
+        let left = v.it_value.tv_sec * 1_000_000_000 + v.it_value.tv_usec * 1000;
+        let _ = FIRST_ALARM.compare_exchange(0, now - (REAL_INTERVAL_MS * 1_000_000 - left), SeqCst, SeqCst);
         ALARMS.fetch_add(1, SeqCst);
         return;
     }
     if sig == rt(4) {
-        let _ = FIRST_T1.compare_exchange(0, now, SeqCst, SeqCst);
+        let left = timer_gettime(T1_ID.load(SeqCst)).map_or(T1_INTERVAL_MS * 1_000_000, |its| ns(its.value));
+        let _ = FIRST_T1.compare_exchange(0, now - (T1_INTERVAL_MS * 1_000_000 - left), SeqCst, SeqCst);
     }
     // SAFETY: the kernel passes a valid siginfo.
     let (code, a, b, value) = siginfo_fields(unsafe { &*info });
@@ -294,6 +304,7 @@ fn main() {
     // Timers.
     let throwaway: Vec<i32> = (0..3).map(|_| timer_create(libc::CLOCK_MONOTONIC, SIGEV_SIGNAL, rt(6), 0, 0)).collect();
     let t1 = timer_create(libc::CLOCK_MONOTONIC, SIGEV_SIGNAL, rt(4), 0x1001, 0);
+    T1_ID.store(t1, SeqCst);
     let t2 = timer_create(libc::CLOCK_REALTIME, SIGEV_THREAD_ID, rt(5), 0x2002, if to_thread { t } else { gettid() });
     let t3 = timer_create(libc::CLOCK_MONOTONIC, SIGEV_SIGNAL, rt(6), 0x3003, 0);
     throwaway.into_iter().for_each(timer_delete);
