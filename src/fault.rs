@@ -18,6 +18,8 @@
 //! | 12 | dump: committed, before the tree is killed or let go |
 //! | 13 | dump: a process is at the entry of the parasite's mmap (run from the vdso) |
 //! | 14 | dump: a process is at the entry of the parasite's munmap (run from the vdso) |
+//! | 15 | dump: the parasite's control socket exists in a process, both ends |
+//! | 16 | dump: ... only its own end, the parasite not started yet |
 //! | 101 | restore: the images are loaded and checked |
 //! | 102 | restore: files are reopened, shared memory made |
 //! | 103 | restore: in a restoring task, its memory is premapped |

@@ -7,11 +7,11 @@
 mod common;
 use common::*;
 
-const DUMP_STEPS: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+const DUMP_STEPS: &[u32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
 /// The steps at which a parasite runs in a process, or its mapping is made: killed
 /// there, crtool leaves the (cured, idle) blob mapped in that process (README: known
 /// limitations). These come last, so that every other check is exact.
-const PARASITE_STEPS: &[u32] = &[3, 4, 5, 13];
+const PARASITE_STEPS: &[u32] = &[3, 4, 5, 13, 15, 16];
 /// Step 14 fails the parasite's munmap itself: its mapping stays (run last too).
 const MUNMAP_FAILS: u32 = 14;
 const RESTORE_STEPS: &[u32] = &[101, 102, 103, 104, 105, 106];

@@ -32,7 +32,15 @@ struct MsgHdr {
 const CMSG_HDR: usize = 16; // struct cmsghdr: len u64, level i32, type i32
 const CMSG_SPACE_MAX: usize = CMSG_HDR + MAX_FDS_PER_MSG * 4;
 
-/// All mutable state lives on the stack frame of `serve`; the blob has no statics.
+/// The task's fds the control socket occupies: [the parasite's end, crtool's end
+/// until crtool has taken it], -1 once closed (the injected socketpair(2) writes
+/// them here). Each is closed exactly once, by whoever swaps it out first: the
+/// command loop on its way out, crtool's remote close (`parasite_close_slot`) or a
+/// thread's cure path in the stub, should crtool die before. The blob's only static.
+#[unsafe(no_mangle)]
+pub static parasite_open_fds: [core::sync::atomic::AtomicI32; 2] = [core::sync::atomic::AtomicI32::new(-1), core::sync::atomic::AtomicI32::new(-1)];
+
+/// All other mutable state lives on the stack frame of `serve`.
 struct Parasite {
     sock: i32,
     pipe: i32,
@@ -75,12 +83,59 @@ pub unsafe extern "C" fn _start() -> ! {
 pub unsafe extern "C" fn parasite_syscall_stub() -> ! {
     core::arch::naked_asm!(
         "syscall",
+        // crtool is gone: close what is left of the control socket, then cure.
+        "lea rcx, [rip + {fds}]",
+        "mov eax, -1",
+        "xchg eax, [rcx]",
+        "test eax, eax",
+        "js 2f",
+        "mov edi, eax",
+        "mov eax, {close}",
+        "syscall",
+        "2:",
+        "lea rcx, [rip + {fds}]",
+        "mov eax, -1",
+        "xchg eax, [rcx + 4]",
+        "test eax, eax",
+        "js 3f",
+        "mov edi, eax",
+        "mov eax, {close}",
+        "syscall",
+        "3:",
         "mov rsp, r12",
         "add rsp, 8",
         "mov eax, {sigreturn}",
         "syscall",
         "ud2",
+        fds = sym parasite_open_fds,
+        close = const NR_CLOSE,
         sigreturn = const NR_RT_SIGRETURN,
+    );
+}
+
+/// A remote close of slot `rdi` of `parasite_open_fds` (r12 = the thread's cure
+/// frame): the slot is swapped to -1 first, so that the fd is closed exactly once,
+/// then the stub makes one syscall (close, or getpid for a slot already closed).
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.stub")]
+pub unsafe extern "C" fn parasite_close_slot() -> ! {
+    core::arch::naked_asm!(
+        "lea rcx, [rip + {fds}]",
+        "mov eax, -1",
+        "xchg eax, [rcx + rdi * 4]",
+        "test eax, eax",
+        "js 2f",
+        "mov edi, eax",
+        "mov eax, {close}",
+        "jmp {stub}",
+        "2:",
+        "mov eax, {getpid}",
+        "jmp {stub}",
+        fds = sym parasite_open_fds,
+        close = const NR_CLOSE,
+        getpid = const 39,
+        stub = sym parasite_syscall_stub,
     );
 }
 
@@ -100,8 +155,13 @@ extern "C" fn parasite_main(args: *mut ParasiteArgs) -> u64 {
         // SAFETY: a blocking read into a local buffer.
         unsafe { syscall6(NR_RECVFROM, sock as usize, b.as_mut_ptr() as usize, b.len(), 0, 0, 0) };
     }
-    // SAFETY: closing the parasite's end of the control socket.
-    unsafe { syscall3(NR_CLOSE, sock as usize, 0, 0) };
+    // The parasite's end of the control socket, unless closed already.
+    let fd = parasite_open_fds[0].swap(-1, core::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: closing the fd this slot held, which nobody else will close.
+        unsafe { syscall3(NR_CLOSE, fd as usize, 0, 0) };
+    }
+    let _ = sock;
     frame
 }
 

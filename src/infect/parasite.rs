@@ -90,9 +90,11 @@ impl<'t> Parasite<'t> {
             t.set_cure(Some((base + blobs::PARASITE_SYSCALL_STUB, base + off)));
         }
 
-        let sv_addr = base + args_off + std::mem::offset_of!(ParasiteArgs, socketpair) as u64;
+        // The socket's fds go where the blob's cure paths find them.
+        let sv_addr = base + blobs::PARASITE_OPEN_FDS;
         let domain_type = (libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC) as u64;
         main.syscall_ok("socketpair", libc::SYS_socketpair, &[libc::AF_UNIX as u64, domain_type, 0, sv_addr])?;
+        crate::fault::point(15)?;
         let mut sv = [0u8; 8];
         read_remote(pid, sv_addr, &mut sv).ptrace(pid, "process_vm_readv")?;
         let ours = i32::from_le_bytes(sv[4..8].try_into().unwrap());
@@ -100,8 +102,9 @@ impl<'t> Parasite<'t> {
         p.theirs = theirs;
         let pidfd = pidfd_open(pid).ptrace(pid, "pidfd_open")?;
         let sock = pidfd_getfd(&pidfd, ours).ptrace(pid, "pidfd_getfd");
-        main.syscall_ok("close", libc::SYS_close, &[ours as u64])?;
+        p.close_slot(1)?;
         p.sock = Some(sock?);
+        crate::fault::point(16)?;
 
         let args = ParasiteArgs { sock: theirs, socketpair: [theirs, ours], _pad: 0, frame: base + frames[0] };
         write_remote(pid, base + args_off, as_bytes(&args)).ptrace(pid, "process_vm_writev")?;
@@ -263,13 +266,31 @@ impl<'t> Parasite<'t> {
         self.base + blobs::PARASITE_IMAGE.len() as u64 + 2048
     }
 
+    /// Closes the control socket's fd in slot `slot` of the blob's
+    /// `parasite_open_fds` (0: the parasite's end, 1: crtool's), exactly once
+    /// whoever else (a cure path) might try.
+    fn close_slot(&self, slot: u64) -> Result<()> {
+        let r = self.main().call_parasite(self.base + blobs::PARASITE_CLOSE_SLOT, &[slot])?;
+        if (-4095..0).contains(&r) {
+            return Err(Error::Ptrace { pid: self.main().pid.as_raw(), op: "close", errno: nix::errno::Errno::from_raw(-r as i32) });
+        }
+        Ok(())
+    }
+
     fn stop_and_unmap(&mut self) -> Result<()> {
         let stopped = self.stop_blob();
         if !self.unmapped {
             self.unmapped = true;
-            // The last remote call runs from the vdso: the stub goes with the mapping.
+            // Whatever is left of the control socket (after a failure on the way in,
+            // both ends may be).
+            if self.main().can_call_parasite() {
+                self.close_slot(0)?;
+                self.close_slot(1)?;
+            }
+            // The last remote call runs from the vdso: the stub goes with the mapping,
+            // so no thread may wait there any more.
             for t in self.threads {
-                t.set_cure(None);
+                t.leave_parasite()?;
             }
             self.main().syscall_ok("munmap", libc::SYS_munmap, &[self.base, self.size])?;
         }
@@ -304,7 +325,10 @@ impl<'t> Parasite<'t> {
         if said_bye.is_err() {
             left.push(std::mem::replace(&mut self.pipe, -1));
         }
-        for fd in left.into_iter().filter(|&f| f >= 0) {
+        if left[0] >= 0 {
+            self.close_slot(0)?;
+        }
+        for fd in left.into_iter().skip(1).filter(|&f| f >= 0) {
             self.main().syscall_ok("close", libc::SYS_close, &[fd as u64])?;
         }
         said_bye

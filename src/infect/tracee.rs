@@ -110,15 +110,27 @@ impl Tracee {
     /// failure). The task stays stopped before and after, with its own registers and
     /// signal mask back in place.
     pub fn syscall(&self, nr: i64, args: &[u64]) -> Result<i64> {
+        self.run(None, nr, args)
+    }
+
+    /// Like `syscall`, but entering the parasite at `ip` (which makes exactly one
+    /// syscall of its own choosing, then goes on as the stub does) with `args` in
+    /// the argument registers. Needs the parasite (`set_cure`).
+    pub fn call_parasite(&self, ip: u64, args: &[u64]) -> Result<i64> {
+        self.run(Some(ip), -1, args)
+    }
+
+    fn run(&self, entry: Option<u64>, nr: i64, args: &[u64]) -> Result<i64> {
         let pid = self.pid;
         let mut r = self.regs;
         // Stack bytes a cure frame borrows, put back after the call.
         let mut borrowed = None;
         match (self.cure.get(), self.stack_cure) {
             (Some((stub, frame)), _) => {
-                r.rip = stub;
+                r.rip = entry.unwrap_or(stub);
                 r.r12 = frame;
             }
+            (None, _) if entry.is_some() => return Err(Error::Parasite { pid: pid.as_raw(), msg: "no parasite to call".into() }),
             (None, Some(c)) => {
                 let len = crate::task::regs::cure_frame_len(&self.xstate, c.geometry) as u64;
                 // Below the red zone, where a signal frame would go.
@@ -172,8 +184,33 @@ impl Tracee {
         if let Some((at, old)) = borrowed {
             write_remote(pid, at, &old).ptrace(pid, "process_vm_writev")?;
         }
-        self.put_back()?;
+        self.park()?;
         Ok(out?.rax as i64)
+    }
+
+    /// Between remote calls: with the parasite mapped, the thread waits at its
+    /// stub's cure path (every signal blocked), so that should crtool die it closes
+    /// what is left of the parasite's socket and returns through its cure frame;
+    /// otherwise it has its own registers and mask back.
+    fn park(&self) -> Result<()> {
+        let Some((stub, frame)) = self.cure.get() else { return self.put_back() };
+        let mut r = self.regs;
+        r.rip = stub + 2; // past the stub's `syscall`
+        r.r12 = frame;
+        r.orig_rax = u64::MAX;
+        ptrace::setregs(self.pid, &r).ptrace(self.pid, "PTRACE_SETREGS")
+    }
+
+    /// Whether remote calls run through the parasite's stub (`set_cure`).
+    pub fn can_call_parasite(&self) -> bool {
+        self.cure.get().is_some()
+    }
+
+    /// Leaves the parasite's stub for good (before its mapping goes): the thread's
+    /// own registers and mask are back, remote calls run from the vdso again.
+    pub fn leave_parasite(&self) -> Result<()> {
+        self.cure.set(None);
+        self.put_back()
     }
 
     /// The task's own registers and signal mask (not the XSAVE state, which remote
