@@ -62,6 +62,7 @@ pub fn fork_root(root_pid: i32) -> Result<Root> {
 fn exec_init(root_pid: i32) -> ! {
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new("/proc/self/exe")
+        .arg0("crtool")
         .arg("__pidns-init")
         .arg(root_pid.to_string())
         .stdin(std::process::Stdio::null())
