@@ -294,12 +294,18 @@ impl log::Log for Logger {
 const FINAL: &str = "crtool::final";
 
 fn init_log(opts: &LogOpts, dir: &Path, default_name: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{}: not a directory", dir.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = match &opts.log {
         Some(p) if p.is_absolute() => p.clone(),
         Some(p) => dir.join(p),
         None => dir.join(default_name),
     };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
     let file = std::fs::File::create(&path).with_context(|| format!("creating log {}", path.display()))?;
     let stderr_level = match opts.v {
         0 => log::LevelFilter::Warn,
