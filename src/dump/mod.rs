@@ -84,8 +84,7 @@ pub fn check_target(pid: i32) -> Result<()> {
     if stat.field(9) & 0x20_0000 != 0 {
         return refuse("it is a kernel thread".into(), "kernel threads cannot be checkpointed");
     }
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next().map(str::to_string)));
-    if state.as_deref() == Some("Z") {
+    if stat.state == 'Z' {
         return refuse(format!("it is a zombie: it has exited and waits for its parent {} to reap it", stat.field(4)), "there is nothing left to dump");
     }
     Ok(())
@@ -97,12 +96,13 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let work = workdir::WorkDir::create(&opts.dir)?;
     // Every fd of the tree passes through crtool (a few hundred at a time).
     crate::sys::process::raise_nofile();
+    let vdso = mm::vdso_code();
     let mut ctx = DumpCtx {
         opts: opts.clone(),
         compression: if opts.compress { Compression::Zstd } else { Compression::Raw },
         zero_pfn: mm::zero_pfn(),
-        vdso_syscall: mm::vdso_syscall_offset(),
-        vdso_syscall_ret: mm::vdso_code().and_then(|c| crate::infect::gadgets::vdso_syscall_ret(&c)),
+        vdso_syscall: vdso.as_deref().and_then(mm::first_syscall),
+        vdso_syscall_ret: vdso.as_deref().and_then(crate::infect::gadgets::vdso_syscall_ret),
         sigreturns: Default::default(),
         geometry: cpu::sigframe_xstate(),
         files: FileTable::default(),
@@ -244,10 +244,11 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
                 return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session leader {v} has exited"), hint: Some("orphaned sessions are not supported yet") });
             }
         };
-        let exit_signal = process::Stat::read(p.pid)?.field(38) as i32;
+        let stat = process::Stat::read(p.pid)?;
+        let exit_signal = stat.field(38) as i32;
         // A controlling terminal comes back only with a session from outside the tree
         // (--shell-job: the restored task joins crtool's session and terminal).
-        let tty = process::Stat::read(p.pid)?.field(7);
+        let tty = stat.field(7);
         if tty != 0 && vsid != 0 && p.zombie.is_none() {
             return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session has a controlling terminal (tty {}:{})", (tty >> 8) & 0xfff, tty & 0xff), hint: Some("terminals are not supported yet; a shell job can be dumped with --shell-job") });
         }

@@ -10,8 +10,12 @@ use crate::task;
 use crate::{files, task::timers};
 use images_format::{pb, ImageKind, PagesWriter, write_entries};
 
-/// Fields of /proc/PID/stat after the command name.
-pub struct Stat(Vec<u64>);
+/// Fields of /proc/PID/stat after the command name: the state letter (field 3),
+/// and the numbers from field 4 on.
+pub struct Stat {
+    pub state: char,
+    fields: Vec<u64>,
+}
 
 impl Stat {
     pub fn read(pid: i32) -> Result<Stat> {
@@ -19,12 +23,13 @@ impl Stat {
             std::io::ErrorKind::NotFound => Error::NoProcess(pid),
             _ => Error::proc(pid, "stat", e),
         })?;
-        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        Ok(Stat(rest.split_whitespace().skip(1).map(|v| v.parse::<i64>().map(|x| x as u64).unwrap_or(0)).collect()))
+        let mut rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        Ok(Stat { state, fields: rest.map(|v| v.parse::<i64>().map(|x| x as u64).unwrap_or(0)).collect() })
     }
     /// Field number `n` as numbered in proc(5).
     pub fn field(&self, n: usize) -> u64 {
-        self.0.get(n - 4).copied().unwrap_or(0)
+        self.fields.get(n - 4).copied().unwrap_or(0)
     }
 }
 

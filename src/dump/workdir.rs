@@ -6,9 +6,10 @@
 //!
 //! Only crtool's own image files (`core-42.img`, `inventory.img`, ... as
 //! `ImageKind::parse_file_name` knows them) are ever moved or removed: other files
-//! in the directory are the user's. A dump holds an exclusive `flock` on a lock file
-//! in its working directory for as long as it runs; leftovers whose lock can be
-//! taken belong to a crtool that died, whatever PID namespace it ran in, and are
+//! in the directory are the user's. A dump holds an exclusive `flock` on its lock
+//! file (`.crtool-dump-TAG.lock`, made before its directories and removed after
+//! them) for as long as it runs; leftovers whose lock can be taken, or that have
+//! none, belong to a crtool that died, whatever PID namespace it ran in, and are
 //! cleaned up or put back by the next dump, restore, verify or show.
 
 use crate::error::{Error, Result};
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Working directories start with this, then the dump's tag (pid and start time).
 const WORK_PREFIX: &str = ".crtool-dump-";
-/// In a working directory: locked by the dump while it runs.
-const LOCK: &str = "owner.lock";
+/// Ends the name of a dump's lock file (`WORK_PREFIX` TAG `LOCK_SUFFIX`).
+const LOCK_SUFFIX: &str = ".lock";
 /// Where an earlier checkpoint is set aside while a new one moves in.
 const OLD_PREFIX: &str = ".crtool-old-";
 /// Created in an `OLD_PREFIX` directory once every old file is in it.
@@ -31,8 +32,9 @@ pub struct WorkDir {
     /// Which dump this is: names its working and set-aside directories.
     tag: String,
     committed: bool,
-    /// The exclusive lock on `path/LOCK`, held until the WorkDir is dropped.
+    /// The exclusive lock on `lock_path`, held until the WorkDir is dropped.
     _lock: nix::fcntl::Flock<std::fs::File>,
+    lock_path: PathBuf,
 }
 
 fn image_files(dir: &Path) -> Result<Vec<String>> {
@@ -52,11 +54,15 @@ fn image_files(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+fn lock_path(dir: &Path, tag: &str) -> PathBuf {
+    dir.join(format!("{WORK_PREFIX}{tag}{LOCK_SUFFIX}"))
+}
+
 /// Takes the lock of the dump tagged `tag` in `dir` if its crtool is gone (`None`
 /// while it runs). A tag without a working directory has no owner left.
 fn take_over(dir: &Path, tag: &str) -> Option<Option<nix::fcntl::Flock<std::fs::File>>> {
     use nix::fcntl::{Flock, FlockArg};
-    let Ok(f) = std::fs::File::open(dir.join(format!("{WORK_PREFIX}{tag}")).join(LOCK)) else { return Some(None) };
+    let Ok(f) = std::fs::File::open(lock_path(dir, tag)) else { return Some(None) };
     Flock::lock(f, FlockArg::LockExclusiveNonblock).ok().map(Some)
 }
 
@@ -73,11 +79,19 @@ pub fn recover(dir: &Path) -> Result<()> {
     names.sort_by_key(|n| !n.starts_with(OLD_PREFIX));
     for name in names {
         let path = dir.join(&name);
+        if let Some(tag) = name.strip_prefix(WORK_PREFIX).and_then(|t| t.strip_suffix(LOCK_SUFFIX)) {
+            // The lock of a dump that died after removing its directories.
+            if !dir.join(format!("{WORK_PREFIX}{tag}")).exists() && !dir.join(format!("{OLD_PREFIX}{tag}")).exists()
+                && let Some(Some(_lock)) = take_over(dir, tag) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            continue;
+        }
         if let Some(tag) = name.strip_prefix(WORK_PREFIX) {
-            // The images of a dump that never finished (its lock is dropped only
-            // after the directory is gone).
+            // The images of a dump that never finished.
             if let Some(_lock) = take_over(dir, tag) {
                 let _ = std::fs::remove_dir_all(&path);
+                let _ = std::fs::remove_file(lock_path(dir, tag));
             }
             continue;
         }
@@ -118,20 +132,15 @@ impl WorkDir {
         recover(dir)?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let tag = format!("{}-{nanos}", std::process::id());
-        let path = dir.join(format!("{WORK_PREFIX}{tag}"));
-        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
-        let lock_path = path.join(LOCK);
+        // The lock first: a directory of ours never exists unlocked while we run.
+        let lock_path = lock_path(dir, &tag);
         let lock = std::fs::File::create(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))
-            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| Error::sys(format!("flock {}", lock_path.display()), e)));
-        let lock = match lock {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&path);
-                return Err(e);
-            }
-        };
-        Ok(WorkDir { path, dir: dir.to_path_buf(), tag, committed: false, _lock: lock })
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| Error::sys(format!("flock {}", lock_path.display()), e)))?;
+        let path = dir.join(format!("{WORK_PREFIX}{tag}"));
+        let work = WorkDir { path, dir: dir.to_path_buf(), tag, committed: false, _lock: lock, lock_path };
+        std::fs::create_dir(&work.path).map_err(|e| Error::io(&work.path, e))?;
+        Ok(work)
     }
 
     /// Moves the new images into the target directory, replacing the image files of
@@ -194,5 +203,8 @@ impl Drop for WorkDir {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+        // After the directories (a set-aside one stays only if putting it back
+        // failed, and then recovery needs no lock to see it is orphaned).
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }

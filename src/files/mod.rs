@@ -171,9 +171,10 @@ impl FileTable {
             Kind::Fifo(f) => Some((f.path.clone(), f.pipe_id)),
             _ => None,
         };
-        let keys: std::collections::BTreeSet<String> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).map(|(k, _)| k).collect();
+        let held: Vec<(String, u64)> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).collect();
+        let keys: std::collections::BTreeSet<String> = held.iter().map(|(k, _)| k.clone()).collect();
         // Every --external names a pipe the tree holds.
-        let ids: std::collections::BTreeSet<String> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).map(|(_, id)| format!("pipe:[{id}]")).collect();
+        let ids: std::collections::BTreeSet<String> = held.iter().map(|(_, id)| format!("pipe:[{id}]")).collect();
         if let Some(x) = external.iter().find(|x| !ids.contains(*x)) {
             return Err(Error::Unsupported {
                 pid: tree.first().copied().unwrap_or(0),

@@ -262,9 +262,11 @@ pub fn vdso_code() -> Option<Vec<u8>> {
 /// vdso's size. Every process on this kernel has the same vdso image, so the same
 /// offset in a tracee's vdso is a syscall instruction crtool can point rip at.
 pub fn vdso_syscall_offset() -> Option<u64> {
-    let (s, e) = crate::procinfo::vdso("self")?;
-    // SAFETY: the vdso is mapped readable for the life of the process.
-    let code = unsafe { std::slice::from_raw_parts(s as *const u8, (e - s) as usize) };
+    first_syscall(&vdso_code()?)
+}
+
+/// Offset of the first `syscall` instruction (0f 05) in `code`.
+pub fn first_syscall(code: &[u8]) -> Option<u64> {
     code.windows(2).position(|w| w == [0x0f, 0x05]).map(|p| p as u64)
 }
 
