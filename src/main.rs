@@ -59,6 +59,11 @@ enum Cmd {
         /// /proc/PID/fd shows it). Repeatable.
         #[arg(long, value_name = "RES")]
         external: Vec<String>,
+        /// Dump unix sockets connected to a peer outside the tree: at restore a
+        /// datagram socket is connected to the peer's name again, a stream socket is
+        /// taken from --inherit-fd fd[N]:socket:[INO].
+        #[arg(long)]
+        ext_unix_sk: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -91,9 +96,14 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
         /// fd[N]:pipe:[ID]: use crtool's fd N for the pipe that was external at dump
-        /// (--external pipe:[ID]). Repeatable.
+        /// (--external pipe:[ID]); fd[N]:socket:[INO]: use crtool's fd N (a
+        /// connected unix stream socket) for socket INO, whose peer was outside the
+        /// tree (dump --ext-unix-sk). Repeatable.
         #[arg(long, value_name = "fd[N]:RES")]
         inherit_fd: Vec<String>,
+        /// Accepted for CRIU compatibility (what is external is in the images).
+        #[arg(long)]
+        ext_unix_sk: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -150,9 +160,6 @@ struct DumpNotYet {
     /// Established TCP connections (not supported yet).
     #[arg(long)]
     tcp_established: bool,
-    /// External unix socket peers (not supported yet).
-    #[arg(long, num_args = 0..=1)]
-    ext_unix_sk: Option<Option<String>>,
     /// File locks (not supported yet; locks are refused).
     #[arg(long)]
     file_locks: bool,
@@ -186,7 +193,6 @@ impl DumpNotYet {
     fn used(&self) -> Option<&'static str> {
         [
             (self.tcp_established, "--tcp-established"),
-            (self.ext_unix_sk.is_some(), "--ext-unix-sk"),
             (self.file_locks, "--file-locks"),
             (self.link_remap, "--link-remap"),
             (self.ghost_limit.is_some(), "--ghost-limit"),
@@ -209,9 +215,6 @@ struct RestoreNotYet {
     /// Established TCP connections (not supported yet).
     #[arg(long)]
     tcp_established: bool,
-    /// External unix socket peers (not supported yet).
-    #[arg(long, num_args = 0..=1)]
-    ext_unix_sk: Option<Option<String>>,
     /// File locks (not supported yet).
     #[arg(long)]
     file_locks: bool,
@@ -233,7 +236,6 @@ impl RestoreNotYet {
     fn used(&self) -> Option<&'static str> {
         [
             (self.tcp_established, "--tcp-established"),
-            (self.ext_unix_sk.is_some(), "--ext-unix-sk"),
             (self.file_locks, "--file-locks"),
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
             (self.lazy_pages, "--lazy-pages"),
@@ -250,12 +252,16 @@ fn parse_pipe(s: &str) -> Result<u64> {
     s.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()).context("expected pipe:[ID], ID a pipe's inode number")
 }
 
-/// "fd[N]:pipe:[ID]" → (N, ID); fd N must be open in crtool.
-fn parse_inherit(s: &str) -> Result<(i32, u64)> {
-    let (fd, res) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).context("expected fd[N]:pipe:[ID]")?;
+/// "fd[N]:pipe:[ID]" or "fd[N]:socket:[INO]" → (N, ID, is a socket); fd N must be
+/// open in crtool.
+fn parse_inherit(s: &str) -> Result<(i32, u64, bool)> {
+    let (fd, res) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).context("expected fd[N]:pipe:[ID] or fd[N]:socket:[INO]")?;
     let fd: i32 = fd.parse().context("fd[N]: N must be a number")?;
     std::fs::read_link(format!("/proc/self/fd/{fd}")).with_context(|| format!("fd {fd} is not open in crtool"))?;
-    Ok((fd, parse_pipe(res)?))
+    if let Some(ino) = res.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+        return Ok((fd, ino.parse().context("expected socket:[INO], INO a socket's inode number")?, true));
+    }
+    Ok((fd, parse_pipe(res)?, false))
 }
 
 fn not_yet(option: Option<&str>) -> Result<()> {
@@ -326,7 +332,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
@@ -335,7 +341,7 @@ fn run() -> Result<i32> {
             for e in &external {
                 parse_pipe(e).with_context(|| format!("--external {e}"))?;
             }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external };
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",
@@ -351,12 +357,13 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
+            let mut inherit_socks = std::collections::BTreeMap::new();
             for spec in &inherit_fd {
-                let (fd, id) = parse_inherit(spec).with_context(|| format!("--inherit-fd {spec}"))?;
-                inherit.insert(id, fd);
+                let (fd, id, socket) = parse_inherit(spec).with_context(|| format!("--inherit-fd {spec}"))?;
+                if socket { inherit_socks.insert(id, fd) } else { inherit.insert(id, fd) };
             }
             let dir = absolute(&dir)?;
             // Nothing is created (not even the log) where there is no dump.
@@ -364,7 +371,7 @@ fn run() -> Result<i32> {
             crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)

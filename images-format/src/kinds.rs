@@ -14,6 +14,8 @@ pub enum ImageKind {
     Files,
     Pages,
     Pipes,
+    UnixSk,
+    SkQueues,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -23,7 +25,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues]
     }
 
     fn number(self) -> u32 {
@@ -37,6 +39,8 @@ impl ImageKind {
             Self::Files => 7,
             Self::Pages => 8,
             Self::Pipes => 9,
+            Self::UnixSk => 20,
+            Self::SkQueues => 21,
         }
     }
 
@@ -62,12 +66,14 @@ impl ImageKind {
             Self::Files => "files",
             Self::Pages => "pages",
             Self::Pipes => "pipes",
+            Self::UnixSk => "unixsk",
+            Self::SkQueues => "skqueues",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -117,6 +123,8 @@ impl ImageKind {
             Self::Fdinfo => "crtool.FdEntry",
             Self::Files => "crtool.FileEntry",
             Self::Pipes => "crtool.PipeData",
+            Self::UnixSk => "crtool.UnixSocket",
+            Self::SkQueues => "crtool.SkPacket",
             Self::Pages => return None,
         })
     }

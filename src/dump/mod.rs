@@ -25,6 +25,8 @@ pub struct DumpOpts {
     pub shell_job: bool,
     /// Resources expected outside the tree (--external), e.g. "pipe:[1234]".
     pub external: Vec<String>,
+    /// Unix sockets connected to peers outside the tree are dumped (--ext-unix-sk).
+    pub ext_unix_sk: bool,
 }
 
 #[derive(Debug, Default)]
@@ -267,6 +269,10 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![], exit_signal });
     }
 
+    // Unix sockets: how they connect, and their queues (files passed in them join
+    // the file table).
+    let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
+    let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk)?;
     // Pipes and FIFOs shared with processes outside the tree.
     let tree_pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
     ctx.files.check_outside_peers(&tree_pids, &ctx.opts.external)?;
@@ -278,6 +284,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let mut pipes = ctx.files.pipes.clone();
     pipes.sort_by_key(|p| p.pipe_id);
     ctx.manifest.push(write_entries(dir, ImageKind::Pipes, 0, &pipes)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::UnixSk, 0, &sockets)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let inventory = pb::Inventory {

@@ -6,6 +6,7 @@ mod chr;
 pub mod identity;
 mod pipe;
 mod reg;
+pub mod unix;
 
 use crate::error::{Error, Result};
 use crate::sys::fd;
@@ -49,27 +50,30 @@ pub fn list(pid: i32) -> Result<Vec<FdInfo>> {
     for ent in rd {
         let ent = ent.map_err(|e| Error::proc(pid, "fd", e))?;
         let Ok(fd) = ent.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let link = crate::procinfo::file_link(&format!("/proc/{pid}/fd/{fd}")).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => Error::Unsupported { pid, fd: Some(fd), what: e.to_string(), hint: Some("paths must be UTF-8") },
-            _ => Error::proc(pid, format!("fd/{fd}"), e),
-        })?;
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|e| Error::proc(pid, format!("fdinfo/{fd}"), e))?;
-        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-        let pos = field("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let flags = field("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
-        let locked = info.lines().any(|l| l.starts_with("lock:"));
-        out.push(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked });
+        out.push(info_of(pid, fd)?);
     }
     out.sort_by_key(|f| f.fd);
     Ok(out)
 }
 
+/// What /proc says of fd `fd` of `pid`.
+pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
+    let link = crate::procinfo::file_link(&format!("/proc/{pid}/fd/{fd}")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::Unsupported { pid, fd: Some(fd), what: e.to_string(), hint: Some("paths must be UTF-8") },
+        _ => Error::proc(pid, format!("fd/{fd}"), e),
+    })?;
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|e| Error::proc(pid, format!("fdinfo/{fd}"), e))?;
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let pos = field("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let flags = field("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
+    let locked = info.lines().any(|l| l.starts_with("lock:"));
+    Ok(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked })
+}
+
 /// Rejects, before any parasite runs, fds whose kind this version cannot restore.
 pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
     for f in fds {
-        let what = if f.link.starts_with("socket:") {
-            Some(("socket", Some("sockets are not supported yet")))
-        } else if f.link.starts_with("anon_inode:") {
+        let what = if f.link.starts_with("anon_inode:") {
             Some(("anon inode", Some("epoll/eventfd/signalfd/timerfd and similar are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
             Some(("memfd", Some("memfd files are not supported yet")))
@@ -101,6 +105,13 @@ pub struct FileTable {
     pipes_seen: std::collections::HashSet<u64>,
     /// Where each entry was first seen: (pid, fd), parallel to `entries`.
     first_seen: Vec<(i32, i32)>,
+    /// The unix sockets of the tree.
+    pub unix: unix::UnixTable,
+    /// Messages queued on unix sockets.
+    pub packets: Vec<pb::SkPacket>,
+    /// crtool's duplicates of files passed in queued messages (kept open until
+    /// the dump ends: the file table compares files by (pid, fd) with kcmp).
+    in_flight: Vec<OwnedFd>,
 }
 
 impl FileTable {
@@ -129,6 +140,10 @@ impl FileTable {
                     let kind = match ty {
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
                         SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
+                        SFlag::S_IFSOCK => {
+                            self.unix.add(pid, info.fd, &info.link, dup, st.st_ino)?;
+                            Kind::Unix(pb::UnixFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
+                        }
                         SFlag::S_IFIFO => {
                             let k = pipe::PipeKind::dump(pid, info, dup, &st)?;
                             if self.pipes_seen.insert(st.st_ino) {
@@ -160,6 +175,33 @@ impl FileTable {
 }
 
 impl FileTable {
+    /// Describes every unix socket of the tree and the messages queued on them;
+    /// files passed in those messages (sockets too) join the table. `vpid` as for
+    /// `dump_fds`.
+    pub fn finish_sockets(&mut self, vpid: &dyn Fn(i32) -> Option<i32>, ext_unix_sk: bool) -> Result<Vec<pb::UnixSocket>> {
+        let me = std::process::id() as i32;
+        loop {
+            let todo = self.unix.undescribed();
+            if todo.is_empty() {
+                break;
+            }
+            for ino in todo {
+                for p in self.unix.describe(ino, vpid)? {
+                    let mut packet = p.packet;
+                    for f in p.files {
+                        let fd = f.as_raw_fd();
+                        let info = info_of(me, fd)?;
+                        let ids = self.dump_fds(me, std::slice::from_ref(&info), std::slice::from_ref(&f), vpid)?;
+                        packet.fds.push(ids[0].file_id);
+                        self.in_flight.push(f);
+                    }
+                    self.packets.push(packet);
+                }
+            }
+        }
+        self.unix.resolve(ext_unix_sk)
+    }
+
     /// Pipes and FIFOs whose other end a process outside the tree holds: refused,
     /// unless `external` names them ("pipe:[ID]", ID the pipe's or FIFO's inode),
     /// then marked so: restore takes a pipe from the caller (--inherit-fd) and
@@ -267,27 +309,53 @@ pub struct Parked {
     /// lowest fd of the description (the kernel notes the fd number, which SIGIO's
     /// si_fd reports; it must be the task's, not crtool's).
     async_by: BTreeMap<u32, i32>,
+    /// The unix sockets, until their queues and states are restored.
+    unix: Option<unix::Restorer>,
 }
 
 impl Parked {
     /// `users` counts the tasks that hold each file id and `first_user` names the
     /// first; `inherited` are the pipes the caller hands over for external ones
     /// (pipe id → fd of crtool's).
-    pub fn open_all(files: &[pb::FileEntry], pipes: &[pb::PipeData], park_at: i32, users: &BTreeMap<u32, (usize, i32)>, inherited: BTreeMap<u64, RawFd>) -> Result<Parked> {
+    /// `sockets` are the unix sockets (and `inherited_socks` the caller's sockets
+    /// for external stream peers, by inode); files passed in `packets` are parked
+    /// too (crtool sends them again).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_all(
+        files: &[pb::FileEntry],
+        pipes: &[pb::PipeData],
+        sockets: &[pb::UnixSocket],
+        packets: &[pb::SkPacket],
+        park_at: i32,
+        users: &BTreeMap<u32, (usize, i32)>,
+        inherited: BTreeMap<u64, RawFd>,
+        inherited_socks: &BTreeMap<u64, RawFd>,
+    ) -> Result<Parked> {
         let async_by = files
             .iter()
             .filter(|f| f.kind.as_ref().is_some_and(|k| flags_of(k) & libc::O_ASYNC as u32 != 0))
             .filter_map(|f| users.get(&f.id).map(|&(_, first)| (f.id, first)))
             .collect();
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by };
+        let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix };
+        let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
-            let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)));
-            if !piped && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
+            let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)));
+            if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = reopen(f, Some(&mut pipe_ends))?;
+            let fd = if let Some(Kind::Unix(u)) = &f.kind {
+                let r = parked.unix.as_ref().ok_or_else(|| Error::BadImage { file: "unixsk.img".into(), msg: format!("socket:[{}] of file {} is missing", u.ino, f.id) })?;
+                let fd = r.open(u.ino).and_then(|fd| fd::set_status_flags(&fd, u.flags).map(|()| fd)).map_err(|e| Error::Reported(format!("cannot restore unix socket:[{}]: {e}", u.ino)))?;
+                if f.signum != 0 {
+                    fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of socket:[{}]: {e}", u.ino)))?;
+                }
+                fd
+            } else {
+                reopen(f, Some(&mut pipe_ends))?
+            };
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         for k in pipe_ends.into_keepers() {
@@ -305,6 +373,21 @@ impl Parked {
             fd::set_owner(fd, o.r#type, pid).map_err(|e| Error::Restore { pid: o.pid, msg: format!("F_SETOWN_EX on file {}: {e}", f.id) })?;
         }
         Ok(())
+    }
+
+    /// Refills the unix sockets' queues and sets their states (once every task
+    /// exists; `outer` maps a pid of the tree to crtool's).
+    pub fn finish_sockets(&mut self, packets: &[pb::SkPacket], outer: &dyn Fn(i32) -> Option<i32>) -> Result<()> {
+        let Some(u) = self.unix.as_mut() else { return Ok(()) };
+        let by_id = &self.by_id;
+        u.finish(packets, &|id| by_id.get(&id).copied(), outer).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))
+    }
+
+    /// Removes the socket files restore bound (after a failed restore).
+    pub fn remove_socket_files(&self) {
+        for p in self.unix.as_ref().map(|u| u.created_paths()).unwrap_or(&[]) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// Highest parked fd number (at least the highest number any task uses).
@@ -402,7 +485,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) => Ok(()),
     }
 }
 
@@ -412,6 +495,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Chr(c) => c.flags,
         Kind::Pipe(p) => p.flags,
         Kind::Fifo(f) => f.flags,
+        Kind::Unix(u) => u.flags,
     }
 }
 
@@ -421,5 +505,6 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Chr(c) => format!("{} ({}:{})", c.path, c.major, c.minor),
         Kind::Pipe(p) => format!("pipe:[{}] ({})", p.pipe_id, if p.flags & 3 == 0 { "read end" } else { "write end" }),
         Kind::Fifo(f) => format!("FIFO {}", f.path),
+        Kind::Unix(u) => format!("socket:[{}]", u.ino),
     }
 }

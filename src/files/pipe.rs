@@ -141,7 +141,7 @@ impl<'a> Restorer<'a> {
                     if want_write { "write" } else { "read" },
                 )));
             }
-            set_status_flags(&fd, p.flags)?;
+            crate::sys::fd::set_status_flags(&fd, p.flags)?;
             return Ok(fd);
         }
         if !self.fresh.contains_key(&p.pipe_id) && !self.any_end.contains_key(&p.pipe_id) {
@@ -162,7 +162,7 @@ impl<'a> Restorer<'a> {
                 nix::fcntl::open(path.as_str(), mode | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, nix::sys::stat::Mode::empty())?
             }
         };
-        set_status_flags(&fd, p.flags)?;
+        crate::sys::fd::set_status_flags(&fd, p.flags)?;
         Ok(fd)
     }
 
@@ -171,7 +171,7 @@ impl<'a> Restorer<'a> {
             // The process outside keeps the FIFO's pipe (and its bytes) alive.
             let acc = OFlag::from_bits_truncate((f.flags & libc::O_ACCMODE as u32) as i32);
             let fd = nix::fcntl::open(f.path.as_str(), acc | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
-            set_status_flags(&fd, f.flags)?;
+            crate::sys::fd::set_status_flags(&fd, f.flags)?;
             return Ok(fd);
         }
         let empty = self.data.get(&f.pipe_id).is_none_or(|d| d.data.is_empty());
@@ -180,7 +180,7 @@ impl<'a> Restorer<'a> {
             // stays quiet; the pipe lives as long as it does (no keeper, which would
             // count as a writer).
             let fd = nix::fcntl::open(f.path.as_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
-            set_status_flags(&fd, f.flags)?;
+            crate::sys::fd::set_status_flags(&fd, f.flags)?;
             return Ok(fd);
         }
         if !self.any_end.contains_key(&f.pipe_id) {
@@ -192,7 +192,7 @@ impl<'a> Restorer<'a> {
         }
         let acc = OFlag::from_bits_truncate((f.flags & libc::O_ACCMODE as u32) as i32);
         let fd = nix::fcntl::open(f.path.as_str(), acc | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
-        set_status_flags(&fd, f.flags)?;
+        crate::sys::fd::set_status_flags(&fd, f.flags)?;
         Ok(fd)
     }
 
@@ -207,11 +207,3 @@ impl<'a> Restorer<'a> {
         k
     }
 }
-
-fn set_status_flags(fd: &OwnedFd, flags: u32) -> std::io::Result<()> {
-    // O_ASYNC is set by the task itself (files::Parked::install).
-    let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME;
-    let f = OFlag::from_bits_truncate(flags as i32 & keep);
-    fcntl(fd, FcntlArg::F_SETFL(f)).map(drop).map_err(std::io::Error::from)
-}
-

@@ -32,6 +32,9 @@ pub struct RestoreOpts {
     /// Pipes the caller hands over for ones that were external at dump
     /// (--inherit-fd fd[N]:pipe:[ID]): pipe id → crtool's fd N.
     pub inherit: std::collections::BTreeMap<u64, i32>,
+    /// Sockets the caller hands over for stream sockets whose peer was outside the
+    /// tree (--inherit-fd fd[N]:socket:[INO]): socket inode → crtool's fd N.
+    pub inherit_socks: std::collections::BTreeMap<u64, i32>,
 }
 
 pub enum Outcome {
@@ -60,6 +63,8 @@ pub struct TreeImages {
     pub procs: Vec<ProcImages>,
     pub files: Vec<pb::FileEntry>,
     pub pipes: Vec<pb::PipeData>,
+    pub sockets: Vec<pb::UnixSocket>,
+    pub packets: Vec<pb::SkPacket>,
 }
 
 impl TreeImages {
@@ -135,13 +140,17 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     }
     let files = read_entries(dir, ImageKind::Files, 0)?;
     let pipes = if dir.join(ImageKind::Pipes.file_name(0)).exists() { read_entries(dir, ImageKind::Pipes, 0)? } else { Vec::new() };
-    Ok(TreeImages { inv, procs, files, pipes })
+    let optional = |k: ImageKind| dir.join(k.file_name(0)).exists();
+    let sockets = if optional(ImageKind::UnixSk) { read_entries(dir, ImageKind::UnixSk, 0)? } else { Vec::new() };
+    let packets = if optional(ImageKind::SkQueues) { read_entries(dir, ImageKind::SkQueues, 0)? } else { Vec::new() };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
 /// owners (they name tasks), scheduling and /proc knobs of each task.
-fn from_outside(imgs: &TreeImages, parked: &Parked, sup: &supervise::Supervisor) -> Result<()> {
+fn from_outside(imgs: &TreeImages, parked: &mut Parked, sup: &supervise::Supervisor) -> Result<()> {
     parked.set_owners(&imgs.files, &|v| sup.outer_pid(v))?;
+    parked.finish_sockets(&imgs.packets, &|v| sup.outer_pid(v))?;
     for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {
         let vpid = t.core.pid as i32;
         let missing = |v: i32| Error::Restore { pid: vpid, msg: format!("thread {v} is missing from the restored tree") };
@@ -223,7 +232,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             users.entry(id).or_insert((0, t.core.pid as i32)).0 += 1;
         }
     }
-    let parked = Parked::open_all(&imgs.files, &imgs.pipes, (max_fd + 1).max(3), &users, opts.inherit.clone())?;
+    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks)?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?;
@@ -280,7 +289,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             drop(go_r);
             let expected = supervise::Expected::from(&imgs);
             let sup = supervise::Supervisor::new(root, status_r, vdso_syscall, &imgs);
-            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &parked, &sup).and_then(|()| crate::fault::point(106)) {
+            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &mut parked, &sup).and_then(|()| crate::fault::point(106)) {
                 Ok(()) => Ok(sup),
                 Err(e) => {
                     sup.kill_all();
@@ -291,6 +300,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 // The namespace goes with its init.
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(i), nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(i), None);
+            }
+            if done.is_err() {
+                parked.remove_socket_files();
             }
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {

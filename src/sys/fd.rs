@@ -159,3 +159,12 @@ pub fn set_async_raw(fd: RawFd) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Sets the status flags open(2) cannot give a file after the fact (O_NONBLOCK,
+/// O_APPEND, O_DIRECT, O_NOATIME) as in `flags`; O_ASYNC is left to the task.
+pub fn set_status_flags(fd: &OwnedFd, flags: u32) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT | libc::O_NOATIME;
+    let f = OFlag::from_bits_truncate(flags as i32 & keep);
+    fcntl(fd, FcntlArg::F_SETFL(f)).map(drop).map_err(io::Error::from)
+}

@@ -7,6 +7,7 @@ pub mod mm;
 pub mod process;
 pub mod ptrace;
 pub mod signals;
+pub mod sock;
 
 /// The embedded blobs (built by build.rs from `parasite/`).
 pub mod blobs {

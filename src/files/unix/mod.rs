@@ -1,0 +1,98 @@
+//! AF_UNIX sockets (unix(7)): stream, datagram and seqpacket; socketpairs, bound
+//! and listening sockets, connections in an accept queue, and the messages queued
+//! on them. Dump reads a socket through crtool's duplicate of the task's fd (options,
+//! names) and the kernel's sock_diag (peers, accept queues, shutdown state), and
+//! peeks its receive queue without consuming it; restore rebuilds every socket in
+//! crtool before the tree is forked (so shared sockets are inherited), refills the
+//! queues and sets options and shutdown states.
+
+mod diag;
+mod dump;
+mod restore;
+
+pub use dump::UnixTable;
+pub use restore::Restorer;
+
+use images_format::pb;
+
+/// sock_diag / tcp_states.h states a unix socket can be in.
+pub const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_CLOSE: u32 = 7;
+pub const TCP_LISTEN: u32 = 10;
+
+/// How a socket's name reads in messages: a path, `@abstract`, or `(unbound)`.
+pub fn name_text(name: &[u8]) -> String {
+    match name.first() {
+        None => "(unbound)".into(),
+        Some(0) => format!("@{}", String::from_utf8_lossy(&name[1..])),
+        Some(_) => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
+pub fn type_text(ty: u32) -> &'static str {
+    match ty as i32 {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "dgram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "?",
+    }
+}
+
+/// One line about a socket, for `show` and messages.
+pub fn describe(s: &pb::UnixSocket) -> String {
+    let mut d = format!("unix {} socket:[{}] {}", type_text(s.r#type), s.ino, name_text(&s.name));
+    match s.state {
+        TCP_LISTEN => d.push_str(&format!(" listening (backlog {})", s.backlog)),
+        _ if s.in_queue_of != 0 => d.push_str(&format!(" waiting in the accept queue of socket:[{}]", s.in_queue_of)),
+        _ if s.peer != 0 => d.push_str(&format!(" connected to socket:[{}]", s.peer)),
+        _ if s.peer_closed => d.push_str(" (peer closed)"),
+        _ => {}
+    }
+    if s.external {
+        d.push_str(&format!(" (external peer {})", name_text(&s.peer_name)));
+    }
+    if s.shutdown != 0 {
+        d.push_str(&format!(" shutdown {}{}", if s.shutdown & 1 != 0 { "r" } else { "" }, if s.shutdown & 2 != 0 { "w" } else { "" }));
+    }
+    d
+}
+
+/// Converts an address to the bytes of its sun_path (without a path's NUL); empty
+/// for an unnamed one (nix's accessors assert on the zero-length address recvmsg
+/// reports for a connected sender).
+pub(crate) fn addr_bytes(a: &nix::sys::socket::UnixAddr) -> Vec<u8> {
+    use nix::sys::socket::SockaddrLike;
+    let off = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let len = (a.len() as usize).min(std::mem::size_of::<libc::sockaddr_un>());
+    if len <= off {
+        return Vec::new();
+    }
+    let mut v: Vec<u8> = a.as_ref().sun_path[..len - off].iter().map(|&c| c as u8).collect();
+    if v.first() != Some(&0) {
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+    }
+    v
+}
+
+/// The address for `name` (as [`addr_bytes`] gives it).
+pub(crate) fn addr_of(name: &[u8]) -> nix::Result<nix::sys::socket::UnixAddr> {
+    use nix::sys::socket::UnixAddr;
+    match name.first() {
+        None => Ok(UnixAddr::new_unnamed()),
+        Some(0) => UnixAddr::new_abstract(&name[1..]),
+        Some(_) => UnixAddr::new(std::ffi::OsStr::from_bytes_compat(name)),
+    }
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &Self;
+}
+
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &Self {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::OsStr::from_bytes(b)
+    }
+}

@@ -1,0 +1,426 @@
+//! Restore side of unix sockets. Sockets are made in crtool before the tree is
+//! forked ([`Restorer::create`]): listeners and bound sockets first, then socketpairs,
+//! connections through listeners (connect + accept, the accepted side taking the
+//! listener's name), connections left waiting in accept queues (in queue order).
+//! Once every task exists ([`Restorer::finish`]): queued messages are sent again
+//! from the right sender (with their files and credentials), then datagram sockets
+//! connect, shutdown states and options are set, closed peers are closed, and
+//! listeners get their own backlog.
+
+use super::{TCP_ESTABLISHED, TCP_LISTEN, addr_of, describe, name_text};
+use crate::sys::sock;
+use images_format::pb;
+use nix::errno::Errno;
+use nix::sys::socket::{self as so, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Error, IoSlice, Result};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+/// Room in an accept queue while connections are made again.
+const BIG_BACKLOG: i32 = 1 << 16;
+/// A sender's SO_SNDBUF while it resends a queue (bytes; set as half, see socket(7)).
+const FILL_SNDBUF: i32 = 1 << 28;
+
+fn err(s: &pb::UnixSocket, what: impl std::fmt::Display) -> Error {
+    Error::other(format!("{}: {what}", describe(s)))
+}
+
+fn sock_type(t: u32) -> Result<SockType> {
+    Ok(match t as i32 {
+        libc::SOCK_STREAM => SockType::Stream,
+        libc::SOCK_DGRAM => SockType::Datagram,
+        libc::SOCK_SEQPACKET => SockType::SeqPacket,
+        _ => return Err(Error::other(format!("unix socket of type {t}"))),
+    })
+}
+
+fn new_socket(s: &pb::UnixSocket) -> Result<OwnedFd> {
+    so::socket(AddressFamily::Unix, sock_type(s.r#type)?, SockFlag::SOCK_CLOEXEC, None).map_err(|e| err(s, format!("socket: {e}")))
+}
+
+/// Runs `f` with the current directory set to `dir` (for relative names).
+fn in_dir<T>(dir: &str, f: impl FnOnce() -> nix::Result<T>) -> nix::Result<T> {
+    if dir.is_empty() {
+        return f();
+    }
+    let here = nix::fcntl::open(".", nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+    nix::unistd::chdir(dir)?;
+    let r = f();
+    nix::unistd::fchdir(&here)?;
+    r
+}
+
+/// The sockets of the images, made again.
+pub struct Restorer {
+    sockets: BTreeMap<u64, pb::UnixSocket>,
+    fds: BTreeMap<u64, OwnedFd>,
+    /// The other end of a socket whose peer was closed (closed in `finish`).
+    others: BTreeMap<u64, OwnedFd>,
+    /// Listeners made only to accept connections whose listener is gone.
+    temp_listeners: Vec<(Vec<u8>, String, OwnedFd)>,
+    /// Path names bound by restore (removed if the restore fails).
+    created: Vec<PathBuf>,
+    /// Path names to unlink once everything is connected (their files were gone at
+    /// dump time).
+    unlink_after: BTreeSet<PathBuf>,
+}
+
+impl Restorer {
+    /// Makes every socket of `sockets`. `inherited` are the caller's sockets for
+    /// stream sockets with a peer outside the tree (socket inode → crtool's fd).
+    pub fn create(sockets: &[pb::UnixSocket], inherited: &BTreeMap<u64, RawFd>) -> Result<Restorer> {
+        let mut r = Restorer {
+            sockets: sockets.iter().map(|s| (s.ino, s.clone())).collect(),
+            fds: BTreeMap::new(),
+            others: BTreeMap::new(),
+            temp_listeners: Vec::new(),
+            created: Vec::new(),
+            unlink_after: BTreeSet::new(),
+        };
+        let all: Vec<pb::UnixSocket> = sockets.to_vec();
+        // Listeners and sockets bound to a name of their own.
+        for s in all.iter().filter(|s| !s.name.is_empty() && !s.accepted && !(s.external && s.r#type != libc::SOCK_DGRAM as u32)) {
+            let fd = new_socket(s)?;
+            r.bind(s, &fd, &s.name)?;
+            if s.state == TCP_LISTEN {
+                so::listen(&fd, so::Backlog::new(BIG_BACKLOG).unwrap_or(so::Backlog::MAXCONN)).map_err(|e| err(s, format!("listen: {e}")))?;
+            }
+            r.fds.insert(s.ino, fd);
+        }
+        // Stream sockets whose peer is outside: the caller's.
+        for s in all.iter().filter(|s| s.external && s.r#type != libc::SOCK_DGRAM as u32) {
+            let Some(&given) = inherited.get(&s.ino) else {
+                return Err(err(s, format!("its peer is outside the tree: hand a connected socket over with --inherit-fd fd[N]:socket:[{}]", s.ino)));
+            };
+            let fd = crate::sys::fd::dup_above(given, 0)?;
+            // SAFETY: a fresh duplicate nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let ty = so::getsockopt(&fd, sockopt::SockType).map(|t| t as i32 as u32);
+            if sock::get_int(fd.as_fd(), libc::SO_DOMAIN) != Ok(libc::AF_UNIX) || ty != Ok(s.r#type) {
+                return Err(err(s, format!("--inherit-fd fd[{given}]:socket:[{}]: fd {given} is not a unix {} socket", s.ino, super::type_text(s.r#type))));
+            }
+            r.fds.insert(s.ino, fd);
+        }
+        // Socketpairs: both ends in the tree, connected to each other, neither made
+        // by accept(2).
+        for s in &all {
+            let Some(p) = r.sockets.get(&s.peer).cloned() else { continue };
+            if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino || r.fds.contains_key(&s.ino) || r.fds.contains_key(&p.ino) {
+                continue;
+            }
+            let (a, b) = so::socketpair(AddressFamily::Unix, sock_type(s.r#type)?, None, SockFlag::SOCK_CLOEXEC).map_err(|e| err(s, format!("socketpair: {e}")))?;
+            r.fds.insert(s.ino, a);
+            r.fds.insert(p.ino, b);
+        }
+        // Connections made through a listener: connect, then accept.
+        for a in all.iter().filter(|s| s.accepted) {
+            let b = r.sockets.get(&a.peer).cloned().ok_or_else(|| err(a, "its peer is missing from the images"))?;
+            let listener = all.iter().find(|l| l.state == TCP_LISTEN && l.name == a.name && l.r#type == a.r#type).map(|l| l.ino);
+            if listener.is_none() && !r.temp_listeners.iter().any(|(n, _, _)| *n == a.name) {
+                let fd = new_socket(a)?;
+                r.bind(a, &fd, &a.name)?;
+                so::listen(&fd, so::Backlog::new(BIG_BACKLOG).unwrap_or(so::Backlog::MAXCONN)).map_err(|e| err(a, format!("listen: {e}")))?;
+                r.temp_listeners.push((a.name.clone(), a.name_dir.clone(), fd));
+            }
+            let client = match r.fds.remove(&b.ino) {
+                Some(fd) => fd,
+                None => new_socket(&b)?,
+            };
+            r.connect(&b, &client, &a.name, &a.name_dir)?;
+            r.fds.insert(b.ino, client);
+            let lfd = match listener {
+                Some(l) => r.fds[&l].as_raw_fd(),
+                None => r.temp_listeners.iter().find(|(n, _, _)| *n == a.name).map(|(_, _, f)| f.as_raw_fd()).unwrap(),
+            };
+            let got = so::accept4(lfd, SockFlag::SOCK_CLOEXEC).map_err(|e| err(a, format!("accept: {e}")))?;
+            // SAFETY: accept4 returned a new fd that nothing else owns.
+            r.fds.insert(a.ino, unsafe { OwnedFd::from_raw_fd(got) });
+        }
+        // Connections waiting to be accepted, in queue order.
+        let mut waiting: Vec<&pb::UnixSocket> = all.iter().filter(|s| s.in_queue_of != 0).collect();
+        waiting.sort_by_key(|s| (s.in_queue_of, s.queue_pos));
+        for c in waiting {
+            let l = r.sockets.get(&c.in_queue_of).cloned().ok_or_else(|| err(c, "its listener is missing from the images"))?;
+            let fd = match r.fds.remove(&c.ino) {
+                Some(fd) => fd,
+                None => new_socket(c)?,
+            };
+            r.connect(c, &fd, &l.name, &l.name_dir)?;
+            r.fds.insert(c.ino, fd);
+        }
+        // Sockets whose peer was closed: a socketpair whose other end goes later.
+        for s in all.iter().filter(|s| s.peer_closed) {
+            if r.fds.contains_key(&s.ino) {
+                continue;
+            }
+            let (a, b) = so::socketpair(AddressFamily::Unix, sock_type(s.r#type)?, None, SockFlag::SOCK_CLOEXEC).map_err(|e| err(s, format!("socketpair: {e}")))?;
+            r.fds.insert(s.ino, a);
+            r.others.insert(s.ino, b);
+        }
+        for s in &all {
+            if r.fds.contains_key(&s.ino) {
+                continue;
+            }
+            let fd = new_socket(s)?;
+            r.fds.insert(s.ino, fd);
+        }
+        Ok(r)
+    }
+
+    /// Binds `fd` to `name`: a stale socket file left there (nobody listening) is
+    /// replaced.
+    fn bind(&mut self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8]) -> Result<()> {
+        let addr = addr_of(name).map_err(|e| err(s, format!("address {}: {e}", name_text(name))))?;
+        let mut r = in_dir(&s.name_dir, || so::bind(fd.as_raw_fd(), &addr));
+        if r == Err(Errno::EADDRINUSE) && name[0] != 0 && self.stale(s, &addr) {
+            let path = self.path_of(s, name);
+            let _ = std::fs::remove_file(&path);
+            r = in_dir(&s.name_dir, || so::bind(fd.as_raw_fd(), &addr));
+        }
+        r.map_err(|e| err(s, format!("bind to {}: {e}", name_text(name))))?;
+        if name[0] != 0 {
+            let path = self.path_of(s, name);
+            self.created.push(path.clone());
+            if !s.file_exists {
+                self.unlink_after.insert(path);
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(s.file_mode)).map_err(|e| err(s, format!("chmod {}: {e}", path.display())))?;
+                std::os::unix::fs::lchown(&path, Some(s.file_uid), Some(s.file_gid)).map_err(|e| err(s, format!("chown {}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, s: &pb::UnixSocket, name: &[u8]) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(&s.name_dir).join(std::ffi::OsStr::from_bytes(name))
+    }
+
+    /// Whether the socket file at `addr` is left over (no socket listens there).
+    fn stale(&self, s: &pb::UnixSocket, addr: &UnixAddr) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        let Some(p) = addr.path() else { return false };
+        let path = PathBuf::from(&s.name_dir).join(p);
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+            return false;
+        }
+        [SockType::Stream, SockType::SeqPacket, SockType::Datagram].iter().all(|&t| {
+            let Ok(probe) = so::socket(AddressFamily::Unix, t, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None) else { return false };
+            matches!(in_dir(&s.name_dir, || so::connect(probe.as_raw_fd(), addr)), Err(Errno::ECONNREFUSED) | Err(Errno::EPROTOTYPE))
+        })
+    }
+
+    fn connect(&self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8], dir: &str) -> Result<()> {
+        let addr = addr_of(name).map_err(|e| err(s, format!("address {}: {e}", name_text(name))))?;
+        in_dir(dir, || so::connect(fd.as_raw_fd(), &addr)).map_err(|e| err(s, format!("connect to {}: {e}", name_text(name))))
+    }
+
+    /// A new file description of socket `ino` (crtool keeps its own).
+    pub fn open(&self, ino: u64) -> Result<OwnedFd> {
+        let fd = self.fds.get(&ino).ok_or_else(|| Error::other(format!("socket:[{ino}] is missing from unixsk.img")))?;
+        fd.try_clone()
+    }
+
+    /// Socket files bound by restore, to remove when the restore fails.
+    pub fn created_paths(&self) -> &[PathBuf] {
+        &self.created
+    }
+
+    /// Refills every queue, then connects datagram sockets, sets shutdown states,
+    /// options and backlogs, and closes the peers that were closed. `file` gives
+    /// crtool's fd of a file id (for passed files), `outer` a tree pid as crtool
+    /// sees it (for passed credentials).
+    pub fn finish(&mut self, packets: &[pb::SkPacket], file: &dyn Fn(u32) -> Option<RawFd>, outer: &dyn Fn(i32) -> Option<i32>) -> Result<()> {
+        let mut by_sock: BTreeMap<u64, Vec<&pb::SkPacket>> = BTreeMap::new();
+        for p in packets {
+            by_sock.entry(p.ino).or_default().push(p);
+        }
+        let socks: Vec<pb::UnixSocket> = self.sockets.values().cloned().collect();
+        for s in &socks {
+            let queue = by_sock.remove(&s.ino).unwrap_or_default();
+            let dgram_peer = s.r#type == libc::SOCK_DGRAM as u32 && (s.peer != 0 || s.external) && !self.mutual(s);
+            // A datagram socket connected to one peer takes that peer's messages
+            // without queue limits; others' only while it is not connected.
+            let all_from_peer = dgram_peer && queue.iter().all(|p| !p.sender.is_empty() && p.sender == self.peer_name(s));
+            if dgram_peer && all_from_peer {
+                self.connect_dgram(s)?;
+            }
+            for p in &queue {
+                self.resend(s, p, file, outer)?;
+            }
+            if dgram_peer && !all_from_peer {
+                self.connect_dgram(s)?;
+            }
+        }
+        for s in &socks {
+            let fd = &self.fds[&s.ino];
+            if s.shutdown != 0 && !s.peer_closed && s.state == TCP_ESTABLISHED {
+                let how = match s.shutdown & 3 {
+                    1 => so::Shutdown::Read,
+                    2 => so::Shutdown::Write,
+                    _ => so::Shutdown::Both,
+                };
+                so::shutdown(fd.as_raw_fd(), how).map_err(|e| err(s, format!("shutdown: {e}")))?;
+            }
+            if s.state == TCP_LISTEN {
+                so::listen(fd, so::Backlog::new(s.backlog as i32).unwrap_or(so::Backlog::MAXCONN)).map_err(|e| err(s, format!("listen: {e}")))?;
+            }
+            set_options(s, fd)?;
+        }
+        // Closed peers go now: the survivors see them closed.
+        self.others.clear();
+        self.temp_listeners.clear();
+        for p in std::mem::take(&mut self.unlink_after) {
+            let _ = std::fs::remove_file(&p);
+        }
+        self.created.clear();
+        Ok(())
+    }
+
+    fn mutual(&self, s: &pb::UnixSocket) -> bool {
+        self.sockets.get(&s.peer).is_some_and(|p| p.peer == s.ino)
+    }
+
+    fn peer_name(&self, s: &pb::UnixSocket) -> Vec<u8> {
+        if s.external {
+            return s.peer_name.clone();
+        }
+        self.sockets.get(&s.peer).map(|p| p.name.clone()).unwrap_or_default()
+    }
+
+    fn connect_dgram(&self, s: &pb::UnixSocket) -> Result<()> {
+        let (name, dir) = if s.external { (s.peer_name.clone(), String::new()) } else {
+            let p = &self.sockets[&s.peer];
+            (p.name.clone(), p.name_dir.clone())
+        };
+        self.connect(s, &self.fds[&s.ino], &name, &dir)
+    }
+
+    /// Sends message `p` again so that it lands in `s`'s queue.
+    fn resend(&mut self, s: &pb::UnixSocket, p: &pb::SkPacket, file: &dyn Fn(u32) -> Option<RawFd>, outer: &dyn Fn(i32) -> Option<i32>) -> Result<()> {
+        let stream_like = s.r#type != libc::SOCK_DGRAM as u32;
+        // The sender and the address it sends to (None: its connected peer).
+        let (sender, to): (RawFd, Option<UnixAddr>) = if stream_like || (p.sender.is_empty() && self.mutual(s)) {
+            let from = self.others.get(&s.ino).or_else(|| self.fds.get(&s.peer)).ok_or_else(|| err(s, "no peer to send its queued data from"))?;
+            (from.as_raw_fd(), None)
+        } else {
+            if s.name.is_empty() {
+                return Err(err(s, "an unbound datagram socket with messages from other senders than its peer"));
+            }
+            let to = addr_of(&s.name).map_err(|e| err(s, e))?;
+            let named = self.sockets.values().find(|o| !p.sender.is_empty() && o.name == p.sender && !o.accepted && o.r#type == s.r#type).map(|o| o.ino);
+            match named {
+                Some(ino) => (self.fds[&ino].as_raw_fd(), Some(to)),
+                None => {
+                    // A sender that is gone: a stand-in bound to its name.
+                    let tmp = new_socket(s)?;
+                    if !p.sender.is_empty() {
+                        let stand_in = pb::UnixSocket { name: p.sender.clone(), ..s.clone() };
+                        self.bind(&stand_in, &tmp, &p.sender)?;
+                        if p.sender[0] != 0 {
+                            self.unlink_after.insert(self.path_of(&stand_in, &p.sender));
+                        }
+                    }
+                    let raw = tmp.as_raw_fd();
+                    self.others.insert(u64::MAX - self.others.len() as u64, tmp);
+                    (raw, Some(to))
+                }
+            }
+        };
+        // SAFETY: `sender` stays open for this call (owned by `self`).
+        let sfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sender) };
+        let old = so::getsockopt(&sfd, sockopt::SndBuf).unwrap_or(0);
+        let _ = so::setsockopt(&sfd, sockopt::SndBufForce, &(FILL_SNDBUF as usize / 2));
+        let fds: Vec<RawFd> = p.fds.iter().map(|&id| file(id).ok_or_else(|| err(s, format!("queued file {id} was not opened")))).collect::<Result<_>>()?;
+        let creds = match &p.creds {
+            Some(c) if c.pid != 0 => {
+                let pid = if c.outside { c.pid } else { outer(c.pid).ok_or_else(|| err(s, format!("pid {} of queued credentials is not in the restored tree", c.pid)))? };
+                Some(so::UnixCredentials::from(libc::ucred { pid, uid: c.uid, gid: c.gid }))
+            }
+            _ => None,
+        };
+        let mut cmsgs = Vec::new();
+        if !fds.is_empty() {
+            cmsgs.push(ControlMessage::ScmRights(&fds));
+        }
+        if let Some(c) = &creds {
+            cmsgs.push(ControlMessage::ScmCredentials(c));
+        }
+        let dead_sender = p.creds.as_ref().is_some_and(|c| c.pid == 0);
+        let r = if dead_sender { send_as_exited(sender, &p.data, &fds, to.as_ref(), p.creds.as_ref().unwrap()) } else { send_all(sender, &p.data, &cmsgs, to.as_ref(), stream_like) };
+        let _ = so::setsockopt(&sfd, sockopt::SndBufForce, &(old / 2));
+        r.map_err(|e| err(s, format!("sending its queued data again: {e}")))
+    }
+
+    /// The parked description of every socket: crtool's own, for closing.
+    pub fn into_fds(self) -> Vec<OwnedFd> {
+        self.fds.into_values().collect()
+    }
+}
+
+fn send_all(fd: RawFd, data: &[u8], cmsgs: &[ControlMessage], to: Option<&UnixAddr>, stream: bool) -> nix::Result<()> {
+    let mut off = 0;
+    loop {
+        let first = off == 0;
+        let iov = [IoSlice::new(&data[off..])];
+        let n = so::sendmsg(fd, &iov, if first { cmsgs } else { &[] }, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL, to)?;
+        off += n;
+        if off >= data.len() || !stream {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends from a short-lived child, which exits before the message is read: the
+/// receiver sees the credentials of a process that no longer exists (pid 0).
+fn send_as_exited(fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&UnixAddr>, c: &pb::UnixCreds) -> nix::Result<()> {
+    match crate::sys::process::fork_plain()? {
+        None => {
+            let me = std::process::id() as i32;
+            let creds = so::UnixCredentials::from(libc::ucred { pid: me, uid: c.uid, gid: c.gid });
+            let mut cmsgs = vec![ControlMessage::ScmCredentials(&creds)];
+            if !fds.is_empty() {
+                cmsgs.push(ControlMessage::ScmRights(fds));
+            }
+            let ok = send_all(fd, data, &cmsgs, to, true).is_ok();
+            crate::sys::process::exit_now(if ok { 0 } else { 1 })
+        }
+        Some(child) => match nix::sys::wait::waitpid(child, None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+            _ => Err(Errno::EIO),
+        },
+    }
+}
+
+/// Socket options, as the socket had them.
+fn set_options(s: &pb::UnixSocket, fd: &OwnedFd) -> Result<()> {
+    let f = fd.as_fd();
+    let e = |what: &str, x: Errno| err(s, format!("{what}: {x}"));
+    if so::getsockopt(&f, sockopt::PassCred).map_err(|x| e("SO_PASSCRED", x))? != s.passcred {
+        so::setsockopt(&f, sockopt::PassCred, &s.passcred).map_err(|x| e("SO_PASSCRED", x))?;
+    }
+    if (sock::get_int(f, libc::SO_PASSSEC).map_err(|x| e("SO_PASSSEC", x))? != 0) != s.passsec {
+        sock::set_int(f, libc::SO_PASSSEC, s.passsec as i32).map_err(|x| e("SO_PASSSEC", x))?;
+    }
+    // The kernel doubles what is set (socket(7)); only values that differ are set,
+    // as setting one also locks it against the kernel's own sizing.
+    if so::getsockopt(&f, sockopt::SndBuf).map_err(|x| e("SO_SNDBUF", x))? != s.sndbuf as usize {
+        so::setsockopt(&f, sockopt::SndBufForce, &(s.sndbuf as usize / 2)).map_err(|x| e("SO_SNDBUFFORCE", x))?;
+    }
+    if so::getsockopt(&f, sockopt::RcvBuf).map_err(|x| e("SO_RCVBUF", x))? != s.rcvbuf as usize {
+        so::setsockopt(&f, sockopt::RcvBufForce, &(s.rcvbuf as usize / 2)).map_err(|x| e("SO_RCVBUFFORCE", x))?;
+    }
+    let tv = |us: u64| nix::sys::time::TimeVal::new((us / 1_000_000) as i64, (us % 1_000_000) as i64);
+    if s.sndtimeo_us != 0 {
+        so::setsockopt(&f, sockopt::SendTimeout, &tv(s.sndtimeo_us)).map_err(|x| e("SO_SNDTIMEO", x))?;
+    }
+    if s.rcvtimeo_us != 0 {
+        so::setsockopt(&f, sockopt::ReceiveTimeout, &tv(s.rcvtimeo_us)).map_err(|x| e("SO_RCVTIMEO", x))?;
+    }
+    if s.peek_off != -1 && s.state != TCP_LISTEN {
+        sock::set_int(f, libc::SO_PEEK_OFF, s.peek_off).map_err(|x| e("SO_PEEK_OFF", x))?;
+    }
+    Ok(())
+}
