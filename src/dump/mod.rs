@@ -272,7 +272,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     // Unix sockets: how they connect, and their queues (files passed in them join
     // the file table).
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
-    let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk)?;
+    let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk, tree.new_pid_ns)?;
     // Pipes and FIFOs shared with processes outside the tree.
     let tree_pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
     ctx.files.check_outside_peers(&tree_pids, &ctx.opts.external)?;

@@ -178,7 +178,10 @@ impl FileTable {
     /// Describes every unix socket of the tree and the messages queued on them;
     /// files passed in those messages (sockets too) join the table. `vpid` as for
     /// `dump_fds`.
-    pub fn finish_sockets(&mut self, vpid: &dyn Fn(i32) -> Option<i32>, ext_unix_sk: bool) -> Result<Vec<pb::UnixSocket>> {
+    /// `own_pidns`: the tree has a PID namespace of its own (then credentials of a
+    /// process outside the tree, queued on a socket, are refused: the task sees
+    /// them with a number crtool cannot learn).
+    pub fn finish_sockets(&mut self, vpid: &dyn Fn(i32) -> Option<i32>, ext_unix_sk: bool, own_pidns: bool) -> Result<Vec<pb::UnixSocket>> {
         let me = std::process::id() as i32;
         loop {
             let todo = self.unix.undescribed();
@@ -188,6 +191,14 @@ impl FileTable {
             for ino in todo {
                 for p in self.unix.describe(ino, vpid)? {
                     let mut packet = p.packet;
+                    if own_pidns && let Some(c) = packet.creds.as_ref().filter(|c| c.outside) {
+                        return Err(Error::Unsupported {
+                            pid: me,
+                            fd: None,
+                            what: format!("socket:[{ino}] has a message queued with the credentials (SCM_CREDENTIALS) of pid {}, outside the dumped tree's PID namespace", c.pid),
+                            hint: Some("let the task read it first; in a tree with its own PID namespace only credentials of its own processes are supported"),
+                        });
+                    }
                     for f in p.files {
                         let fd = f.as_raw_fd();
                         let info = info_of(me, fd)?;

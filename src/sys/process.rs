@@ -269,19 +269,6 @@ pub fn fork_idle_child() -> Result<Pid, Errno> {
     }
 }
 
-/// fork(2) in a single-threaded crtool: `None` in the child, which must end with
-/// [`exit_now`]; `Some(pid)` in the parent.
-pub fn fork_plain() -> Result<Option<Pid>, Errno> {
-    single_threaded()?;
-    // SAFETY: crtool is single-threaded (checked), so the child's copy of every lock
-    // is free; the child runs short crtool code and leaves with exit_now.
-    match unsafe { libc::fork() } {
-        -1 => Err(Errno::last()),
-        0 => Ok(None),
-        child => Ok(Some(Pid::from_raw(child))),
-    }
-}
-
 /// Forking with raw clone3 is only sound while this process has one thread.
 pub fn single_threaded() -> Result<(), Errno> {
     match std::fs::read_dir("/proc/self/task").map(|d| d.count()) {

@@ -79,8 +79,27 @@ impl Restorer {
             unlink_after: BTreeSet::new(),
         };
         let all: Vec<pb::UnixSocket> = sockets.to_vec();
+        // Socketpairs: both ends in the tree, connected to each other, neither made
+        // by accept(2) (an end may have been bound since, or autobound).
+        for s in &all {
+            let Some(p) = r.sockets.get(&s.peer).cloned() else { continue };
+            if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino {
+                continue;
+            }
+            let (a, b) = so::socketpair(AddressFamily::Unix, sock_type(s.r#type)?, None, SockFlag::SOCK_CLOEXEC).map_err(|e| err(s, format!("socketpair: {e}")))?;
+            for (x, fd) in [(s, &a), (&p, &b)] {
+                if !x.name.is_empty() {
+                    r.bind(x, fd, &x.name)?;
+                }
+            }
+            r.fds.insert(s.ino, a);
+            r.fds.insert(p.ino, b);
+        }
         // Listeners and sockets bound to a name of their own.
         for s in all.iter().filter(|s| !s.name.is_empty() && !s.accepted && !(s.external && s.r#type != libc::SOCK_DGRAM as u32)) {
+            if r.fds.contains_key(&s.ino) {
+                continue;
+            }
             let fd = new_socket(s)?;
             r.bind(s, &fd, &s.name)?;
             if s.state == TCP_LISTEN {
@@ -101,17 +120,6 @@ impl Restorer {
                 return Err(err(s, format!("--inherit-fd fd[{given}]:socket:[{}]: fd {given} is not a unix {} socket", s.ino, super::type_text(s.r#type))));
             }
             r.fds.insert(s.ino, fd);
-        }
-        // Socketpairs: both ends in the tree, connected to each other, neither made
-        // by accept(2).
-        for s in &all {
-            let Some(p) = r.sockets.get(&s.peer).cloned() else { continue };
-            if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino || r.fds.contains_key(&s.ino) || r.fds.contains_key(&p.ino) {
-                continue;
-            }
-            let (a, b) = so::socketpair(AddressFamily::Unix, sock_type(s.r#type)?, None, SockFlag::SOCK_CLOEXEC).map_err(|e| err(s, format!("socketpair: {e}")))?;
-            r.fds.insert(s.ino, a);
-            r.fds.insert(p.ino, b);
         }
         // Connections made through a listener: connect, then accept.
         for a in all.iter().filter(|s| s.accepted) {
@@ -302,7 +310,8 @@ impl Restorer {
     fn resend(&mut self, s: &pb::UnixSocket, p: &pb::SkPacket, file: &dyn Fn(u32) -> Option<RawFd>, outer: &dyn Fn(i32) -> Option<i32>) -> Result<()> {
         let stream_like = s.r#type != libc::SOCK_DGRAM as u32;
         // The sender and the address it sends to (None: its connected peer).
-        let (sender, to): (RawFd, Option<UnixAddr>) = if stream_like || (p.sender.is_empty() && self.mutual(s)) {
+        // (Only its peer can send to a socket connected to it.)
+        let (sender, to): (RawFd, Option<UnixAddr>) = if stream_like || self.mutual(s) {
             let from = self.others.get(&s.ino).or_else(|| self.fds.get(&s.peer)).ok_or_else(|| err(s, "no peer to send its queued data from"))?;
             (from.as_raw_fd(), None)
         } else {
@@ -334,12 +343,21 @@ impl Restorer {
         let old = so::getsockopt(&sfd, sockopt::SndBuf).unwrap_or(0);
         let _ = so::setsockopt(&sfd, sockopt::SndBufForce, &(FILL_SNDBUF as usize / 2));
         let fds: Vec<RawFd> = p.fds.iter().map(|&id| file(id).ok_or_else(|| err(s, format!("queued file {id} was not opened")))).collect::<Result<_>>()?;
+        // Credentials of a process of the tree, of one that still exists, or of one
+        // that is gone (sent by a short-lived stand-in with its pid).
+        let mut stand_in = None;
         let creds = match &p.creds {
-            Some(c) if c.pid != 0 => {
-                let pid = if c.outside { c.pid } else { outer(c.pid).ok_or_else(|| err(s, format!("pid {} of queued credentials is not in the restored tree", c.pid)))? };
+            // pid 0: the message carried no credentials (neither end had SO_PASSCRED
+            // when it was sent); none are attached now either (options come later).
+            Some(c) if c.pid == 0 => None,
+            Some(c) => {
+                let pid = if c.outside || c.pid == 0 { c.pid } else { outer(c.pid).ok_or_else(|| err(s, format!("pid {} of queued credentials is not in the restored tree", c.pid)))? };
+                if c.outside && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+                    stand_in = Some(pid);
+                }
                 Some(so::UnixCredentials::from(libc::ucred { pid, uid: c.uid, gid: c.gid }))
             }
-            _ => None,
+            None => None,
         };
         let mut cmsgs = Vec::new();
         if !fds.is_empty() {
@@ -348,8 +366,10 @@ impl Restorer {
         if let Some(c) = &creds {
             cmsgs.push(ControlMessage::ScmCredentials(c));
         }
-        let dead_sender = p.creds.as_ref().is_some_and(|c| c.pid == 0);
-        let r = if dead_sender { send_as_exited(sender, &p.data, &fds, to.as_ref(), p.creds.as_ref().unwrap()) } else { send_all(sender, &p.data, &cmsgs, to.as_ref(), stream_like) };
+        let r = match (stand_in, &p.creds) {
+            (Some(pid), Some(c)) => send_as_exited(pid, sender, &p.data, &fds, to.as_ref(), c),
+            _ => send_all(sender, &p.data, &cmsgs, to.as_ref(), stream_like),
+        };
         let _ = so::setsockopt(&sfd, sockopt::SndBufForce, &(old / 2));
         r.map_err(|e| err(s, format!("sending its queued data again: {e}")))
     }
@@ -373,13 +393,14 @@ fn send_all(fd: RawFd, data: &[u8], cmsgs: &[ControlMessage], to: Option<&UnixAd
     }
 }
 
-/// Sends from a short-lived child, which exits before the message is read: the
-/// receiver sees the credentials of a process that no longer exists (pid 0).
-fn send_as_exited(fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&UnixAddr>, c: &pb::UnixCreds) -> nix::Result<()> {
-    match crate::sys::process::fork_plain()? {
-        None => {
-            let me = std::process::id() as i32;
-            let creds = so::UnixCredentials::from(libc::ucred { pid: me, uid: c.uid, gid: c.gid });
+/// Sends from a short-lived child with pid `pid` (clone3 set_tid), which exits
+/// before the message is read: the receiver sees the credentials of a process that
+/// no longer exists, as it did at dump time.
+fn send_as_exited(pid: i32, fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&UnixAddr>, c: &pb::UnixCreds) -> nix::Result<()> {
+    use crate::sys::process::{Forked, fork_with_pids};
+    match fork_with_pids(&[pid], 0)? {
+        Forked::Child => {
+            let creds = so::UnixCredentials::from(libc::ucred { pid, uid: c.uid, gid: c.gid });
             let mut cmsgs = vec![ControlMessage::ScmCredentials(&creds)];
             if !fds.is_empty() {
                 cmsgs.push(ControlMessage::ScmRights(fds));
@@ -387,7 +408,7 @@ fn send_as_exited(fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&UnixAddr>, 
             let ok = send_all(fd, data, &cmsgs, to, true).is_ok();
             crate::sys::process::exit_now(if ok { 0 } else { 1 })
         }
-        Some(child) => match nix::sys::wait::waitpid(child, None)? {
+        Forked::Parent(child) => match nix::sys::wait::waitpid(child, None)? {
             nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
             _ => Err(Errno::EIO),
         },

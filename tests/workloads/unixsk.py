@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""The `unixsk` workload: unix sockets with data in flight, checked after a restore.
+
+    unixsk.py DIR WHAT
+
+Sets up WHAT, writes DIR/ready, then prints an increasing counter to stdout, one
+number a line, every 0.05 s. On SIGUSR1 it checks that every socket is as it set it
+up (queued bytes, message boundaries, senders, passed files and credentials,
+pending connections, shutdown states, options) and that new traffic flows, writes
+"PASS" or "FAIL: why" to DIR/result and exits.
+
+  pairs     one process: stream/dgram/seqpacket socketpairs with data both ways, a
+            listener bound to DIR/lsock with an accepted connection (data both ways)
+            and one waiting to be accepted, a bound datagram server with messages
+            from a bound, an autobound and an unbound sender, a socket bound to a
+            path that was then unlinked, a shut-down pair, a socket whose peer was
+            closed with data left, options (SO_SNDBUF, SO_RCVBUF, SO_RCVTIMEO,
+            SO_PASSCRED, SO_PEEK_OFF inside a partly peeked queue, O_NONBLOCK)
+  tree      a parent and a child sharing sockets; queued for the child: a pipe's read
+            end (bytes in the pipe), a file open at offset 5, and one end of a
+            socketpair whose other end has a message queued (SCM_RIGHTS), messages
+            with the credentials (SCM_CREDENTIALS) of the parent, of the child
+            itself and of a process that has exited since
+  external  a socketpair whose other end is held by DIR/peer.py's process (started
+            by the test) — crtool must refuse it without --ext-unix-sk
+  many N    N socketpairs (2N sockets), each with a message queued both ways
+Python 3 standard library only.
+"""
+import array
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+d, what = sys.argv[1], sys.argv[2]
+problems = []
+S, D, Q = socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET
+U = socket.AF_UNIX
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
+
+
+def chk(name, got, want):
+    if got != want:
+        problems.append("%s: got %r, want %r" % (name, got, want))
+
+
+def recv_all(sk, n=65536):
+    """recvmsg with room for files and credentials: (data, fds, creds)."""
+    data, anc, flags, addr = sk.recvmsg(n, socket.CMSG_SPACE(16 * 4) + socket.CMSG_SPACE(12))
+    fds, creds = [], None
+    for level, ty, payload in anc:
+        if level == socket.SOL_SOCKET and ty == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(payload[: len(payload) - len(payload) % 4])
+            fds.extend(a)
+        elif level == socket.SOL_SOCKET and ty == socket.SCM_CREDENTIALS:
+            creds = struct.unpack("iII", payload[:12])
+    return data, fds, creds
+
+
+checks = []  # functions run on SIGUSR1
+tag = "crtool-unixsk-%d" % os.getpid()
+
+if what == "pairs":
+    a, b = socket.socketpair(U, S)
+    a.send(b"to-b-1")
+    a.send(b"to-b-2")
+    b.send(b"to-a")
+    c, e = socket.socketpair(U, D)
+    for m in (b"d1", b"", b"d3"):
+        c.send(m)
+    f, g = socket.socketpair(U, Q)
+    f.send(b"rec1")
+    f.send(b"rec22")
+    g.send(b"back")
+    path = os.path.join(d, "lsock")
+    lst = socket.socket(U, S)
+    lst.bind(path)
+    lst.listen(7)
+    cl = socket.socket(U, S)
+    cl.connect(path)
+    sv, _ = lst.accept()
+    cl.send(b"client-data")
+    sv.send(b"server-data")
+    pend = socket.socket(U, S)
+    pend.connect(path)
+    srv_name = b"\0" + tag.encode() + b"-srv"
+    srv = socket.socket(U, D)
+    srv.bind(srv_name)
+    cli = socket.socket(U, D)
+    cli.bind(b"\0" + tag.encode() + b"-cli")
+    cli.sendto(b"from-cli", srv_name)
+    auto = socket.socket(U, D)
+    auto.bind(b"")  # autobind: an abstract name the kernel picks
+    auto_name = auto.getsockname()
+    auto.sendto(b"from-auto", srv_name)
+    anon = socket.socket(U, D)
+    anon.sendto(b"from-anon", srv_name)
+    cli.sendto(b"from-cli-2", srv_name)
+    gone = socket.socket(U, D)
+    gone.bind(os.path.join(d, "gone-sock"))
+    os.unlink(os.path.join(d, "gone-sock"))
+    h, i = socket.socketpair()
+    h.send(b"before-shut")
+    h.shutdown(socket.SHUT_WR)
+    j, k = socket.socketpair()
+    k.send(b"orphan-data")
+    k.close()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    e.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 40000)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 250000))
+    sv.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    b.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    chk("peek", b.recv(3, socket.MSG_PEEK), b"to-")  # the peek offset is now 3
+    c.setblocking(False)
+    rcvtimeo = b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)  # in jiffies: rounded
+    sndbuf, rcvbuf = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), e.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def check_pairs():
+        chk("sndbuf", a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), sndbuf)
+        chk("rcvbuf", e.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), rcvbuf)
+        chk("rcvtimeo", b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16), rcvtimeo)
+        chk("passcred", sv.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED), 1)
+        chk("nonblock", c.getblocking(), False)
+        chk("peek_off", b.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF), 3)
+        chk("peek-after", b.recv(3, socket.MSG_PEEK), b"b-1")
+        b.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+        chk("b", b.recv(100), b"to-b-1to-b-2")
+        chk("a", a.recv(100), b"to-a")
+        for n, m in enumerate((b"d1", b"", b"d3")):
+            chk("dgram pair %d" % n, e.recv(100), m)
+        chk("seqpacket 1", g.recv(100), b"rec1")
+        chk("seqpacket 2", g.recv(100), b"rec22")
+        chk("seqpacket back", f.recv(100), b"back")
+        chk("accepted", sv.recv(100), b"client-data")
+        chk("client", cl.recv(100), b"server-data")
+        chk("accepted name", sv.getsockname(), path)
+        chk("client peer name", cl.getpeername(), path)
+        chk("listener name", lst.getsockname(), path)
+        p2, _ = lst.accept()
+        p2.send(b"x")
+        chk("pending", pend.recv(10), b"x")
+        chk("srv 1", srv.recvfrom(100), (b"from-cli", b"\0" + tag.encode() + b"-cli"))
+        chk("srv 2", srv.recvfrom(100), (b"from-auto", auto_name))
+        chk("srv 3", srv.recvfrom(100)[0], b"from-anon")
+        chk("srv 4", srv.recvfrom(100), (b"from-cli-2", b"\0" + tag.encode() + b"-cli"))
+        chk("gone name", gone.getsockname(), os.path.join(d, "gone-sock"))
+        chk("gone file", os.path.exists(os.path.join(d, "gone-sock")), False)
+        chk("shut", i.recv(100), b"before-shut")
+        chk("shut eof", i.recv(100), b"")
+        try:
+            h.send(b"x")
+            problems.append("send after SHUT_WR worked")
+        except BrokenPipeError:
+            pass
+        chk("orphan", j.recv(100), b"orphan-data")
+        chk("orphan eof", j.recv(100), b"")
+        # New traffic on the old sockets and a new connection to the listener.
+        a.send(b"new")
+        chk("new", b.recv(10), b"new")
+        cli.sendto(b"again", srv_name)
+        chk("srv again", srv.recv(10), b"again")
+        c2 = socket.socket(U, S)
+        c2.connect(path)
+        s2, _ = lst.accept()
+        s2.send(b"y")
+        chk("new connection", c2.recv(5), b"y")
+
+    checks.append(check_pairs)
+
+elif what == "tree":
+    up_p, up_c = socket.socketpair(U, S)  # parent <-> child
+    dg_p, dg_c = socket.socketpair(U, D)
+    r, w = os.pipe()
+    os.write(w, b"pipe-bytes")
+    fpath = os.path.join(d, "passed.txt")
+    with open(fpath, "wb") as fh:
+        fh.write(b"0123456789")
+    fobj = open(fpath, "rb")
+    fobj.seek(5)
+    inner_a, inner_b = socket.socketpair(U, S)
+    inner_a.send(b"inner-data")
+    dg_c.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    up_c.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    go_r, go_w = os.pipe()
+    turn_r, turn_w = os.pipe()
+    ack_r, ack_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(go_w)
+        # Its turn: a message of its own into its own queue (sent through the
+        # parent's end, which it holds too), one for the parent.
+        os.read(turn_r, 1)
+        dg_p.send(b"from-child")
+        dg_c.send(b"to-parent")
+        os.write(ack_w, b"k")
+        gc = int(os.read(turn_r, 16))
+        # Then it waits for the parent's word and checks its queues.
+        os.read(go_r, 1)
+        data, fds, creds = recv_all(dg_c)
+        chk("fds msg", data, b"files")
+        if len(fds) == 3:
+            chk("passed pipe", os.read(fds[0], 100), b"pipe-bytes")
+            chk("passed file offset", os.lseek(fds[1], 0, os.SEEK_CUR), 5)
+            chk("passed file", os.read(fds[1], 100), b"56789")
+            sk = socket.socket(fileno=fds[2])
+            chk("passed socket's queue", sk.recv(100), b"inner-data")
+            sk.send(b"reply")
+            chk("passed socket's peer", inner_a.recv(100), b"reply")
+        else:
+            problems.append("got %d files, want 3" % len(fds))
+        data, fds, creds = recv_all(dg_c)
+        chk("creds msg", data, b"from-parent")
+        chk("parent's credentials", creds, (os.getppid(), os.getuid(), os.getgid()))
+        data, fds, creds = recv_all(dg_c)
+        chk("own creds msg", data, b"from-child")
+        chk("own credentials", creds, (os.getpid(), os.getuid(), os.getgid()))
+        data, fds, creds = recv_all(dg_c)
+        chk("exited msg", data, b"from-exited")
+        chk("exited credentials", creds, (gc, os.getuid(), os.getgid()))
+        data, fds, creds = recv_all(up_c)
+        chk("stream from parent", data, b"stream-1")
+        chk("stream creds", creds, (os.getppid(), os.getuid(), os.getgid()))
+        up_c.send(b"child-alive")
+        with open(os.path.join(d, "child_result"), "w") as fh:
+            fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
+        os._exit(0)
+    os.close(go_r)
+    dg_p.sendmsg([b"files"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, fobj.fileno(), inner_b.fileno()]))])
+    os.close(r)
+    fobj.close()
+    inner_b.close()
+    dg_p.send(b"from-parent")
+    os.write(turn_w, b"t")
+    os.read(ack_r, 1)
+    gc = os.fork()
+    if gc == 0:
+        dg_p.send(b"from-exited")
+        os._exit(0)
+    os.waitpid(gc, 0)
+    os.write(turn_w, str(gc).encode().ljust(16))
+    up_p.send(b"stream-1")
+
+    def check_tree():
+        data = dg_p.recv(100)
+        chk("parent's dgram", data, b"to-parent")
+        os.write(go_w, b"g")
+        chk("child reply", up_p.recv(100), b"child-alive")
+        _, status = os.waitpid(child, 0)
+        chk("child exit", status, 0)
+        try:
+            res = open(os.path.join(d, "child_result")).read()
+        except OSError as ex:
+            res = "no result: %s" % ex
+        if res != "PASS":
+            problems.append("child: " + res)
+
+    checks.append(check_tree)
+
+elif what == "external":
+    x, y = socket.socketpair(U, S)
+    peer = os.fork()
+    if peer == 0:
+        x.close()
+        os.setsid()  # outside the dumped tree: the test dumps only the parent...
+        signal.pause()
+        os._exit(0)
+    y.close()
+    with open(os.path.join(d, "peer"), "w") as fh:
+        fh.write(str(peer))
+    x.send(b"still-here")
+
+    def check_external():
+        pass
+
+    checks.append(check_external)
+
+elif what == "many":
+    n = int(sys.argv[3])
+    pairs = [socket.socketpair(U, S if i % 2 else D) for i in range(n)]
+    for i, (p, q) in enumerate(pairs):
+        p.send(b"p%d" % i)
+        q.send(b"q%d" % i)
+
+    def check_many():
+        for i, (p, q) in enumerate(pairs):
+            chk("pair %d q" % i, q.recv(20), b"p%d" % i)
+            chk("pair %d p" % i, p.recv(20), b"q%d" % i)
+            if problems:
+                break
+
+    checks.append(check_many)
+else:
+    sys.exit("unknown WHAT %r" % what)
+
+done = False
+
+
+def on_usr1(*_):
+    global done
+    done = True
+
+
+signal.signal(signal.SIGUSR1, on_usr1)
+with open(os.path.join(d, "ready"), "w") as fh:
+    fh.write("ready\n")
+n = 0
+while not done:
+    print(n, flush=True)
+    n += 1
+    time.sleep(0.05)
+for check in checks:
+    try:
+        check()
+    except Exception as ex:  # noqa: BLE001 - every failure is a verdict
+        problems.append("%s: %r" % (check.__name__, ex))
+with open(os.path.join(d, "result"), "w") as fh:
+    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
