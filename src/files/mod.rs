@@ -224,6 +224,23 @@ impl FileTable {
             Kind::Fifo(f) => Some((f.path.clone(), f.pipe_id)),
             _ => None,
         };
+        // A socket of the tree also open in a process outside it: restore would make
+        // a new socket, which that process would not share.
+        let sockets: std::collections::BTreeSet<String> =
+            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), _ => None }).collect();
+        if !sockets.is_empty() {
+            let outside = pipe::outside_holders(tree, &sockets);
+            if let Some((k, &(opid, ofd))) = outside.iter().next() {
+                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
+                let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
+                return Err(Error::Unsupported {
+                    pid,
+                    fd: (fd >= 0).then_some(fd),
+                    what: format!("{k} is also open in pid {opid} ({}) fd {ofd}, outside the dumped tree", comm.trim()),
+                    hint: Some("dump a tree that holds every process using it, or close it in the other process"),
+                });
+            }
+        }
         let held: Vec<(String, u64)> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).collect();
         let keys: std::collections::BTreeSet<String> = held.iter().map(|(k, _)| k.clone()).collect();
         // Every --external names a pipe the tree holds.

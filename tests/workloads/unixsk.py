@@ -21,8 +21,16 @@ pending connections, shutdown states, options) and that new traffic flows, write
             socketpair whose other end has a message queued (SCM_RIGHTS), messages
             with the credentials (SCM_CREDENTIALS) of the parent, of the child
             itself and of a process that has exited since
-  external  a socketpair whose other end is held by DIR/peer.py's process (started
-            by the test) — crtool must refuse it without --ext-unix-sk
+  external  a stream socket (with a message queued) whose peer is held by a
+            process outside the tree (its pid in DIR/peer), which also serves a
+            bound datagram socket that the process is connected to and that sent it
+            a message; on SIGUSR1 the queued messages are read and a datagram goes
+            out and its echo comes back
+  ext-dgram the same without the stream socket (what --ext-unix-sk restores)
+  mp-manager  Python's multiprocessing Manager (a server process with a listener
+            and threads) with a dict and a queue in use; on SIGUSR1 they must hold
+            what they held, take new items and a new proxy (a new connection)
+  (UNIXSK_IDLE=1 in the environment: no counter, the process sleeps until SIGUSR1.)
   many N    N socketpairs (2N sockets), each with a message queued both ways
 Python 3 standard library only.
 """
@@ -61,7 +69,9 @@ def recv_all(sk, n=65536):
 
 
 checks = []  # functions run on SIGUSR1
-tag = "crtool-unixsk-%d" % os.getpid()
+# Abstract names are shared by the whole network namespace (tests run side by side
+# in PID namespaces of their own, where PIDs repeat): named after DIR.
+tag = "crtool-unixsk-%s-%d" % (os.path.basename(os.path.abspath(d)), os.getpid())
 
 if what == "pairs":
     a, b = socket.socketpair(U, S)
@@ -259,23 +269,82 @@ elif what == "tree":
 
     checks.append(check_tree)
 
-elif what == "external":
+elif what in ("external", "ext-dgram"):
+    # A peer outside the tree: a grandchild whose parent exits (it is re-parented
+    # to the scenario's init). Its pid goes to DIR/peer.
     x, y = socket.socketpair(U, S)
-    peer = os.fork()
-    if peer == 0:
-        x.close()
-        os.setsid()  # outside the dumped tree: the test dumps only the parent...
-        signal.pause()
+    srv_name = b"\0" + tag.encode() + b"-outside"
+    own_name = b"\0" + tag.encode() + b"-inside"
+    gone_name = b"\0" + tag.encode() + b"-gone"
+    mine = socket.socket(U, D)
+    mine.bind(own_name)
+    rd, wr = os.pipe()
+    if os.fork() == 0:
+        if os.fork() == 0:
+            os.close(rd)
+            x.close()
+            mine.close()
+            os.setsid()
+            srv = socket.socket(U, D)
+            srv.bind(srv_name)
+            y.send(b"from-outside")
+            # From a socket that is gone by the dump: its name comes back with it.
+            tmp = socket.socket(U, D)
+            tmp.bind(gone_name)
+            tmp.sendto(b"queued-from-gone", own_name)
+            tmp.close()
+            os.write(wr, str(os.getpid()).encode())
+            os.close(wr)
+            # Echoes datagrams back to the process's bound socket, forever.
+            while True:
+                m = srv.recv(100)
+                srv.sendto(b"echo:" + m, own_name)
         os._exit(0)
+    os.wait()
+    os.close(wr)
+    peer = int(os.read(rd, 16))
+    os.close(rd)
     y.close()
     with open(os.path.join(d, "peer"), "w") as fh:
         fh.write(str(peer))
-    x.send(b"still-here")
+    to_outside = socket.socket(U, D)
+    to_outside.connect(srv_name)
+    if what == "ext-dgram":
+        x.close()  # only the datagram sockets: --ext-unix-sk restores them
 
     def check_external():
-        pass
+        if what == "external":
+            chk("queued from outside", x.recv(100), b"from-outside")
+        chk("queued datagram from a gone sender", mine.recvfrom(100), (b"queued-from-gone", gone_name))
+        to_outside.send(b"ping")
+        chk("outside peer's echo", mine.recv(100), b"echo:ping")
+        chk("still connected to", to_outside.getpeername(), srv_name)
 
     checks.append(check_external)
+
+elif what == "mp-manager":
+    # Python's multiprocessing manager: a server process (threads, a listener in
+    # /tmp/pymp-*) and this client's connections to it, mid-use.
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork")
+    mgr = multiprocessing.Manager()
+    shared = mgr.dict()
+    queue = mgr.Queue()
+    for i in range(5):
+        shared[i] = i * i
+        queue.put("item%d" % i)
+
+    def check_manager():
+        chk("dict", dict(shared), {i: i * i for i in range(5)})
+        chk("queue", [queue.get(timeout=5) for _ in range(5)], ["item%d" % i for i in range(5)])
+        shared["after"] = "restore"
+        chk("write after", shared["after"], "restore")
+        second = mgr.list([1, 2])  # a new connection to the server
+        chk("new proxy", list(second), [1, 2])
+        mgr.shutdown()
+
+    checks.append(check_manager)
 
 elif what == "many":
     n = int(sys.argv[3])
@@ -308,6 +377,9 @@ with open(os.path.join(d, "ready"), "w") as fh:
     fh.write("ready\n")
 n = 0
 while not done:
+    if os.environ.get("UNIXSK_IDLE"):
+        signal.pause()  # nothing changes between dumps
+        continue
     print(n, flush=True)
     n += 1
     time.sleep(0.05)

@@ -283,7 +283,8 @@ impl Restorer {
         for p in std::mem::take(&mut self.unlink_after) {
             let _ = std::fs::remove_file(&p);
         }
-        self.created.clear();
+        // `created` stays: should the restore still fail, the tree is killed and
+        // the files its sockets were bound to go too.
         Ok(())
     }
 
