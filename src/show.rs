@@ -51,5 +51,15 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let _ = writeln!(s, "    fd {:>3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " (cloexec)" } else { "" }, fd.file_id);
         }
     }
+    if !imgs.sockets.is_empty() {
+        let _ = writeln!(s, "\nunix sockets:");
+        for sk in &imgs.sockets {
+            let queued: Vec<&images_format::pb::SkPacket> = imgs.packets.iter().filter(|p| p.ino == sk.ino).collect();
+            let bytes: usize = queued.iter().map(|p| p.data.len()).sum();
+            let files: usize = queued.iter().map(|p| p.fds.len()).sum();
+            let q = if queued.is_empty() { String::new() } else { format!("; {} queued message(s), {bytes} bytes, {files} file(s) in flight", queued.len()) };
+            let _ = writeln!(s, "  {}{q}", crate::files::unix::describe(sk));
+        }
+    }
     Ok(s)
 }

@@ -52,8 +52,8 @@ wait_until dead $P
 }
 
 #[test]
-fn dump_refuses_a_socket_and_the_process_runs_on() {
-    unsupported_fd("socket", "", "socket");
+fn dump_refuses_an_inet_socket_and_the_process_runs_on() {
+    unsupported_fd("inet-socket", "", "inet");
 }
 
 /// /dev/ptmx passes the by-name precheck and is only refused once its fd was
@@ -112,7 +112,7 @@ kill -TERM -- -$P
 
 #[test]
 fn refused_tree_dump_leaves_every_process_running() {
-    refused_tree("tree-refused-socket", "socket", "socket:*");
+    refused_tree("tree-refused-socket", "inet", "socket:*");
 }
 
 /// The same with a terminal (/dev/ptmx), which is only refused once its fd was

@@ -2,11 +2,12 @@
 """The `pyloop` workload: prints an increasing counter, one number a line, flushed,
 every 0.05 s, forever.
 
-    loop.py [--hold socket|pipe|fifo:PATH|ptmx] [--alternate]
+    loop.py [--hold inet|pipe|fifo:PATH|ptmx] [--alternate]
 
---hold keeps a resource open for the whole run (a socket pair, a pipe, a named FIFO
-opened read-write, or a pseudo-terminal master); the tests use the ones crtool
-cannot dump (sockets, terminals) to check that a refused dump leaves the process
+--hold keeps a resource open for the whole run (a UDP socket bound to 127.0.0.1, a
+pipe, a named FIFO opened read-write, or a pseudo-terminal master); the tests use
+the ones crtool cannot dump (inet sockets, terminals) to check that a refused dump
+leaves the process
 running. --alternate writes even numbers to stdout and odd ones to stderr
 (started with 2>&1, both fds share one open file description and its offset).
 """
@@ -22,8 +23,10 @@ if alternate:
     args.remove("--alternate")
 if args[:1] == ["--hold"] and len(args) == 2:
     kind = args[1]
-    if kind == "socket":
-        held.extend(socket.socketpair())
+    if kind == "inet":
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        held.append(udp)
     elif kind == "pipe":
         held.extend(os.pipe())
     elif kind.startswith("fifo:"):
