@@ -210,7 +210,7 @@ impl FileTable {
                 }
             }
         }
-        self.unix.resolve(ext_unix_sk)
+        self.unix.resolve(ext_unix_sk, vpid)
     }
 
     /// Pipes and FIFOs whose other end a process outside the tree holds: refused,
@@ -347,7 +347,8 @@ impl Parked {
     /// (pipe id → fd of crtool's).
     /// `sockets` are the unix sockets (and `inherited_socks` the caller's sockets
     /// for external stream peers, by inode); files passed in `packets` are parked
-    /// too (crtool sends them again).
+    /// too (crtool sends them again). `exact_pids`: the tree's pids are crtool's
+    /// (no new PID namespace), so sockets can be made by helpers with their pids.
     #[allow(clippy::too_many_arguments)]
     pub fn open_all(
         files: &[pb::FileEntry],
@@ -358,13 +359,14 @@ impl Parked {
         users: &BTreeMap<u32, (usize, i32)>,
         inherited: BTreeMap<u64, RawFd>,
         inherited_socks: &BTreeMap<u64, RawFd>,
+        exact_pids: bool,
     ) -> Result<Parked> {
         let async_by = files
             .iter()
             .filter(|f| f.kind.as_ref().is_some_and(|k| flags_of(k) & libc::O_ASYNC as u32 != 0))
             .filter_map(|f| users.get(&f.id).map(|&(_, first)| (f.id, first)))
             .collect();
-        let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
+        let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks, exact_pids).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
         let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix };
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);

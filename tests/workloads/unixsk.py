@@ -126,9 +126,14 @@ if what == "pairs":
     chk("peek", b.recv(3, socket.MSG_PEEK), b"to-")  # the peek offset is now 3
     c.setblocking(False)
     rcvtimeo = b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)  # in jiffies: rounded
+    # SO_PEERCRED: who made each pair, listened, or connected (pid, uid, gid).
+    peer_socks = {"a": a, "b": b, "dgram pair": e, "seqpacket": g, "listener": lst, "client": cl, "accepted": sv, "waiting": pend, "shut": i, "orphan": j}
+    peercreds = {k: struct.unpack("iII", v.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)) for k, v in peer_socks.items()}
     sndbuf, rcvbuf = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), e.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     def check_pairs():
+        for k, v in peer_socks.items():
+            chk("SO_PEERCRED of " + k, struct.unpack("iII", v.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)), peercreds[k])
         chk("sndbuf", a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), sndbuf)
         chk("rcvbuf", e.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), rcvbuf)
         chk("rcvtimeo", b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16), rcvtimeo)
@@ -230,6 +235,7 @@ elif what == "tree":
         data, fds, creds = recv_all(dg_c)
         chk("exited msg", data, b"from-exited")
         chk("exited credentials", creds, (gc, os.getuid(), os.getgid()))
+        chk("SO_PEERCRED of the child's end", struct.unpack("iII", up_c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)), (os.getppid(), os.getuid(), os.getgid()))
         data, fds, creds = recv_all(up_c)
         chk("stream from parent", data, b"stream-1")
         chk("stream creds", creds, (os.getppid(), os.getuid(), os.getgid()))

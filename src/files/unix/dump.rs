@@ -132,7 +132,7 @@ impl UnixTable {
     /// Connects the described sockets to each other: peers, accepted connections,
     /// connections waiting in an accept queue, peers outside the tree (refused
     /// unless `ext_unix_sk`). Returns the sockets in inode order.
-    pub fn resolve(&mut self, ext_unix_sk: bool) -> Result<Vec<pb::UnixSocket>> {
+    pub fn resolve(&mut self, ext_unix_sk: bool, vpid: &dyn Fn(i32) -> Option<i32>) -> Result<Vec<pb::UnixSocket>> {
         let diag = self.diag.take().unwrap_or_default();
         let held: std::collections::BTreeSet<u64> = self.held.keys().copied().collect();
         // Which listener (anywhere) each waiting connection is queued on.
@@ -168,6 +168,7 @@ impl UnixTable {
                 }
                 s.in_queue_of = l;
                 s.queue_pos = pos;
+                s.connector = Some(holder_creds(pid, vpid));
             } else if s.state == TCP_ESTABLISHED && d.peer == 0 {
                 s.peer_closed = true;
             } else if d.peer != 0 && !held.contains(&d.peer) {
@@ -206,6 +207,12 @@ impl UnixTable {
         }
         Ok(out)
     }
+}
+
+/// The pid (in the tree's namespace), effective uid and gid of process `pid`.
+fn holder_creds(pid: i32, vpid: &dyn Fn(i32) -> Option<i32>) -> pb::UnixCreds {
+    let ids = |k| crate::procinfo::ids(pid, k).and_then(|v| v.get(1).copied()).unwrap_or(0) as u32;
+    pb::UnixCreds { pid: vpid(pid).unwrap_or(0), uid: ids("Uid"), gid: ids("Gid"), outside: false }
 }
 
 /// Peeks every message queued on `f` from offset 0 (SO_PEEK_OFF is set for the

@@ -64,13 +64,18 @@ pub struct Restorer {
     /// Path names to unlink once everything is connected (their files were gone at
     /// dump time).
     unlink_after: BTreeSet<PathBuf>,
+    /// Helpers that make sockets on a process's behalf take its pid (false when the
+    /// tree is restored into a new PID namespace, where that pid does not exist yet).
+    exact_pids: bool,
 }
 
 impl Restorer {
     /// Makes every socket of `sockets`. `inherited` are the caller's sockets for
     /// stream sockets with a peer outside the tree (socket inode → crtool's fd).
-    pub fn create(sockets: &[pb::UnixSocket], inherited: &BTreeMap<u64, RawFd>) -> Result<Restorer> {
+    /// `exact_pids`: see [`Restorer::exact_pids`].
+    pub fn create(sockets: &[pb::UnixSocket], inherited: &BTreeMap<u64, RawFd>, exact_pids: bool) -> Result<Restorer> {
         let mut r = Restorer {
+            exact_pids,
             sockets: sockets.iter().map(|s| (s.ino, s.clone())).collect(),
             fds: BTreeMap::new(),
             others: BTreeMap::new(),
@@ -86,7 +91,7 @@ impl Restorer {
             if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino {
                 continue;
             }
-            let (a, b) = so::socketpair(AddressFamily::Unix, sock_type(s.r#type)?, None, SockFlag::SOCK_CLOEXEC).map_err(|e| err(s, format!("socketpair: {e}")))?;
+            let (a, b) = r.socketpair(s)?;
             for (x, fd) in [(s, &a), (&p, &b)] {
                 if !x.name.is_empty() {
                     r.bind(x, fd, &x.name)?;
@@ -103,7 +108,9 @@ impl Restorer {
             let fd = new_socket(s)?;
             r.bind(s, &fd, &s.name)?;
             if s.state == TCP_LISTEN {
-                so::listen(&fd, so::Backlog::new(BIG_BACKLOG).unwrap_or(so::Backlog::MAXCONN)).map_err(|e| err(s, format!("listen: {e}")))?;
+                // Its own backlog: accepted connections are made one at a time, and
+                // no more wait than it let wait.
+                r.listen(s, &fd, s.backlog as i32, s.peercred.as_ref())?;
             }
             r.fds.insert(s.ino, fd);
         }
@@ -128,14 +135,16 @@ impl Restorer {
             if listener.is_none() && !r.temp_listeners.iter().any(|(n, _, _)| *n == a.name) {
                 let fd = new_socket(a)?;
                 r.bind(a, &fd, &a.name)?;
-                so::listen(&fd, so::Backlog::new(BIG_BACKLOG).unwrap_or(so::Backlog::MAXCONN)).map_err(|e| err(a, format!("listen: {e}")))?;
+                // The client's SO_PEERCRED is copied from the listener's.
+                r.listen(a, &fd, BIG_BACKLOG, b.peercred.as_ref())?;
                 r.temp_listeners.push((a.name.clone(), a.name_dir.clone(), fd));
             }
             let client = match r.fds.remove(&b.ino) {
                 Some(fd) => fd,
                 None => new_socket(&b)?,
             };
-            r.connect(&b, &client, &a.name, &a.name_dir)?;
+            // The accepted side's SO_PEERCRED is whoever connected.
+            r.connect_as(&b, &client, &a.name, &a.name_dir, a.peercred.as_ref())?;
             r.fds.insert(b.ino, client);
             let lfd = match listener {
                 Some(l) => r.fds[&l].as_raw_fd(),
@@ -154,7 +163,7 @@ impl Restorer {
                 Some(fd) => fd,
                 None => new_socket(c)?,
             };
-            r.connect(c, &fd, &l.name, &l.name_dir)?;
+            r.connect_as(c, &fd, &l.name, &l.name_dir, c.connector.as_ref())?;
             r.fds.insert(c.ino, fd);
         }
         // Sockets whose peer was closed: a socketpair whose other end goes later.
@@ -162,7 +171,7 @@ impl Restorer {
             if r.fds.contains_key(&s.ino) {
                 continue;
             }
-            let (a, b) = so::socketpair(AddressFamily::Unix, sock_type(s.r#type)?, None, SockFlag::SOCK_CLOEXEC).map_err(|e| err(s, format!("socketpair: {e}")))?;
+            let (a, b) = r.socketpair(s)?;
             r.fds.insert(s.ino, a);
             r.others.insert(s.ino, b);
         }
@@ -220,6 +229,41 @@ impl Restorer {
         })
     }
 
+    /// A socketpair made as the process recorded in `s`'s SO_PEERCRED.
+    fn socketpair(&self, s: &pb::UnixSocket) -> Result<(OwnedFd, OwnedFd)> {
+        let ty = sock_type(s.r#type)?;
+        let mut fds = as_peer(s.peercred.as_ref(), self.exact_pids, || {
+            let (a, b) = so::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)?;
+            Ok(vec![a, b])
+        })
+        .map_err(|e| err(s, format!("socketpair: {e}")))?;
+        let b = fds.pop().ok_or_else(|| err(s, "socketpair: no sockets"))?;
+        let a = fds.pop().ok_or_else(|| err(s, "socketpair: no sockets"))?;
+        Ok((a, b))
+    }
+
+    /// listen(2) as the process `who` (the listener's SO_PEERCRED, which connecting
+    /// sockets copy).
+    fn listen(&self, s: &pb::UnixSocket, fd: &OwnedFd, backlog: i32, who: Option<&pb::UnixCreds>) -> Result<()> {
+        let raw = fd.as_raw_fd();
+        as_peer(who, self.exact_pids, || {
+            // SAFETY: `raw` stays open in crtool (and so in this copy of it).
+            let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+            so::listen(&f, so::Backlog::new(backlog).unwrap_or(so::Backlog::MAXCONN)).map(|()| Vec::new())
+        })
+        .map(drop)
+        .map_err(|e| err(s, format!("listen: {e}")))
+    }
+
+    /// connect(2) as the process `who` (the accepting side's SO_PEERCRED).
+    fn connect_as(&self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8], dir: &str, who: Option<&pb::UnixCreds>) -> Result<()> {
+        let addr = addr_of(name).map_err(|e| err(s, format!("address {}: {e}", name_text(name))))?;
+        let raw = fd.as_raw_fd();
+        as_peer(who, self.exact_pids, || in_dir(dir, || so::connect(raw, &addr)).map(|()| Vec::new()))
+            .map(drop)
+            .map_err(|e| err(s, format!("connect to {}: {e}", name_text(name))))
+    }
+
     fn connect(&self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8], dir: &str) -> Result<()> {
         let addr = addr_of(name).map_err(|e| err(s, format!("address {}: {e}", name_text(name))))?;
         in_dir(dir, || so::connect(fd.as_raw_fd(), &addr)).map_err(|e| err(s, format!("connect to {}: {e}", name_text(name))))
@@ -271,9 +315,6 @@ impl Restorer {
                     _ => so::Shutdown::Both,
                 };
                 so::shutdown(fd.as_raw_fd(), how).map_err(|e| err(s, format!("shutdown: {e}")))?;
-            }
-            if s.state == TCP_LISTEN {
-                so::listen(fd, so::Backlog::new(s.backlog as i32).unwrap_or(so::Backlog::MAXCONN)).map_err(|e| err(s, format!("listen: {e}")))?;
             }
             set_options(s, fd)?;
         }
@@ -413,6 +454,75 @@ fn send_as_exited(pid: i32, fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&U
             nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
             _ => Err(Errno::EIO),
         },
+    }
+}
+
+/// Runs `f` as the process `who` describes, for the syscalls that record their
+/// caller in a socket (socketpair, listen, connect: SO_PEERCRED; af_unix.c
+/// init_peercred): in a short-lived child of crtool with that pid (clone3 set_tid,
+/// when `exact_pids` and the pid is free) and that effective uid and gid. The
+/// sockets `f` makes come back to crtool over a socketpair (SCM_RIGHTS); sockets it
+/// only changes are crtool's own (the child shares them). `None`: crtool does it.
+fn as_peer(who: Option<&pb::UnixCreds>, exact_pids: bool, f: impl FnOnce() -> nix::Result<Vec<OwnedFd>>) -> nix::Result<Vec<OwnedFd>> {
+    use crate::sys::process::{Forked, fork_with_pids};
+    let Some(c) = who.filter(|c| c.pid > 0) else { return f() };
+    let (tx, rx) = so::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+    let forked = if exact_pids {
+        match fork_with_pids(&[c.pid], 0) {
+            Err(Errno::EEXIST) => fork_with_pids(&[], 0)?, // the pid is taken (by the original, outside the tree)
+            r => r?,
+        }
+    } else {
+        fork_with_pids(&[], 0)?
+    };
+    match forked {
+        Forked::Child => {
+            drop(rx);
+            let run = || -> nix::Result<Vec<OwnedFd>> {
+                let keep = nix::unistd::Uid::from_raw(u32::MAX);
+                nix::unistd::setresgid(nix::unistd::Gid::from_raw(u32::MAX), nix::unistd::Gid::from_raw(c.gid), nix::unistd::Gid::from_raw(u32::MAX))?;
+                nix::unistd::setresuid(keep, nix::unistd::Uid::from_raw(c.uid), keep)?;
+                f()
+            };
+            let code = match run() {
+                Ok(fds) => {
+                    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                    let cmsg = [ControlMessage::ScmRights(&raw)];
+                    let sent = so::sendmsg::<()>(tx.as_raw_fd(), &[IoSlice::new(b"k")], if raw.is_empty() { &[] } else { &cmsg }, MsgFlags::empty(), None);
+                    if sent.is_ok() { 0 } else { 1 }
+                }
+                Err(e) => {
+                    let _ = so::send(tx.as_raw_fd(), &(e as i32).to_ne_bytes(), MsgFlags::empty());
+                    1
+                }
+            };
+            crate::sys::process::exit_now(code)
+        }
+        Forked::Parent(child) => {
+            drop(tx);
+            let mut buf = [0u8; 8];
+            let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+            let got = {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                so::recvmsg::<()>(rx.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map(|m| {
+                    let mut fds = Vec::new();
+                    for c in m.cmsgs().into_iter().flatten() {
+                        if let so::ControlMessageOwned::ScmRights(v) = c {
+                            // SAFETY: the kernel just installed these fds in crtool.
+                            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        }
+                    }
+                    (m.bytes, fds)
+                })
+            };
+            let status = nix::sys::wait::waitpid(child, None)?;
+            let (n, fds) = got?;
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) if n == 1 => Ok(fds),
+                _ if n == 4 => Err(Errno::from_raw(i32::from_ne_bytes(buf[..4].try_into().unwrap()))),
+                _ => Err(Errno::EIO),
+            }
+        }
     }
 }
 
