@@ -2,13 +2,15 @@
 //! random-ish data that zstd compresses moderately (about 2:1: each byte carries four
 //! random bits), writes "ready" to READY_FILE and sleeps until killed.
 //!
-//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N]
+//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N]
 //!
 //! `procs N`: N processes (the first and N-1 children), each with its own MIB MiB of
 //! different data. `threads N`: the (first) process has N threads, all asleep.
 //! `fds N`: the first process holds N more fds (each a separate open of /dev/null,
 //! every fourth a dup of the one before). `vmas N`: it maps N more one-page VMAs
 //! (alternately read-only and read-write with data, so that none merge).
+//! `sockets N`: it holds N unix sockets: N/2 socketpairs, alternately stream and
+//! datagram, each with a 64-byte message queued in both directions.
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -35,7 +37,7 @@ fn sleep_forever() -> ! {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N]");
+    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N]");
     std::process::exit(2)
 }
 
@@ -46,13 +48,14 @@ fn main() {
     }
     let num = |s: &str| s.parse::<usize>().unwrap_or_else(|_| usage());
     let mib = num(&args[1]);
-    let (mut procs, mut threads, mut nfds, mut vmas) = (1, 1, 0, 0);
+    let (mut procs, mut threads, mut nfds, mut vmas, mut socks) = (1, 1, 0, 0, 0);
     for kv in args[3..].chunks(2) {
         match kv[0].as_str() {
             "procs" => procs = num(&kv[1]).max(1),
             "threads" => threads = num(&kv[1]).max(1),
             "fds" => nfds = num(&kv[1]),
             "vmas" => vmas = num(&kv[1]),
+            "sockets" => socks = num(&kv[1]),
             _ => usage(),
         }
     }
@@ -96,10 +99,33 @@ fn main() {
     }
     open_fds(nfds);
     map_vmas(vmas);
+    open_sockets(socks);
     let mut f = std::fs::File::create(&args[2]).expect("creating the ready file");
     f.write_all(b"ready\n").expect("writing the ready file");
     drop(f);
     sleep_forever()
+}
+
+fn open_sockets(n: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit with a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(n as u64 + 64).max(lim.rlim_cur);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let msg = [0x5au8; 64];
+    for i in 0..n / 2 {
+        let ty = if i % 2 == 0 { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+        let mut sv = [0i32; 2];
+        // SAFETY: socketpair into a local array; the sockets stay open for the
+        // process's life; each send writes from a local buffer.
+        unsafe {
+            assert_eq!(libc::socketpair(libc::AF_UNIX, ty, 0, sv.as_mut_ptr()), 0, "socketpair {i}: {}", std::io::Error::last_os_error());
+            libc::send(sv[0], msg.as_ptr().cast(), msg.len(), 0);
+            libc::send(sv[1], msg.as_ptr().cast(), msg.len(), 0);
+        }
+    }
 }
 
 fn open_fds(n: usize) {

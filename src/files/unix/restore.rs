@@ -86,19 +86,26 @@ impl Restorer {
         let all: Vec<pb::UnixSocket> = sockets.to_vec();
         // Socketpairs: both ends in the tree, connected to each other, neither made
         // by accept(2) (an end may have been bound since, or autobound).
+        // Made in batches, one helper per creator.
+        let mut by_creator: BTreeMap<Option<(i32, u32, u32)>, Vec<(pb::UnixSocket, pb::UnixSocket)>> = BTreeMap::new();
         for s in &all {
             let Some(p) = r.sockets.get(&s.peer).cloned() else { continue };
             if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino {
                 continue;
             }
-            let (a, b) = r.socketpair(s)?;
-            for (x, fd) in [(s, &a), (&p, &b)] {
-                if !x.name.is_empty() {
-                    r.bind(x, fd, &x.name)?;
+            by_creator.entry(s.peercred.as_ref().map(|c| (c.pid, c.uid, c.gid))).or_default().push((s.clone(), p));
+        }
+        for pairs in by_creator.values() {
+            let made = r.socketpairs(pairs)?;
+            for ((s, p), (a, b)) in pairs.iter().zip(made) {
+                for (x, fd) in [(s, &a), (p, &b)] {
+                    if !x.name.is_empty() {
+                        r.bind(x, fd, &x.name)?;
+                    }
                 }
+                r.fds.insert(s.ino, a);
+                r.fds.insert(p.ino, b);
             }
-            r.fds.insert(s.ino, a);
-            r.fds.insert(p.ino, b);
         }
         // Listeners and sockets bound to a name of their own.
         for s in all.iter().filter(|s| !s.name.is_empty() && !s.accepted && !(s.external && s.r#type != libc::SOCK_DGRAM as u32)) {
@@ -227,6 +234,28 @@ impl Restorer {
             let Ok(probe) = so::socket(AddressFamily::Unix, t, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None) else { return false };
             matches!(in_dir(&s.name_dir, || so::connect(probe.as_raw_fd(), addr)), Err(Errno::ECONNREFUSED) | Err(Errno::EPROTOTYPE))
         })
+    }
+
+    /// Socketpairs made as the process recorded in the first's SO_PEERCRED (all
+    /// have the same).
+    fn socketpairs(&self, pairs: &[(pb::UnixSocket, pb::UnixSocket)]) -> Result<Vec<(OwnedFd, OwnedFd)>> {
+        let Some((first, _)) = pairs.first() else { return Ok(Vec::new()) };
+        let types = pairs.iter().map(|(s, _)| sock_type(s.r#type)).collect::<Result<Vec<_>>>()?;
+        let fds = as_peer(first.peercred.as_ref(), self.exact_pids, || {
+            let mut v = Vec::with_capacity(types.len() * 2);
+            for &ty in &types {
+                let (a, b) = so::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)?;
+                v.push(a);
+                v.push(b);
+            }
+            Ok(v)
+        })
+        .map_err(|e| err(first, format!("socketpair: {e}")))?;
+        if fds.len() != pairs.len() * 2 {
+            return Err(err(first, format!("socketpair: {} sockets made for {} pairs", fds.len(), pairs.len())));
+        }
+        let mut it = fds.into_iter();
+        Ok(std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect())
     }
 
     /// A socketpair made as the process recorded in `s`'s SO_PEERCRED.
@@ -457,6 +486,9 @@ fn send_as_exited(pid: i32, fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&U
     }
 }
 
+/// Fds a helper passes back per message (below SCM_MAX_FD).
+const PER_MESSAGE: usize = 250;
+
 /// Runs `f` as the process `who` describes, for the syscalls that record their
 /// caller in a socket (socketpair, listen, connect: SO_PEERCRED; af_unix.c
 /// init_peercred): in a short-lived child of crtool with that pid (clone3 set_tid,
@@ -486,10 +518,16 @@ fn as_peer(who: Option<&pb::UnixCreds>, exact_pids: bool, f: impl FnOnce() -> ni
             };
             let code = match run() {
                 Ok(fds) => {
+                    // At most SCM_MAX_FD (253) fds a message: "m" = more follow.
                     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-                    let cmsg = [ControlMessage::ScmRights(&raw)];
-                    let sent = so::sendmsg::<()>(tx.as_raw_fd(), &[IoSlice::new(b"k")], if raw.is_empty() { &[] } else { &cmsg }, MsgFlags::empty(), None);
-                    if sent.is_ok() { 0 } else { 1 }
+                    let chunks: Vec<&[RawFd]> = if raw.is_empty() { vec![&[][..]] } else { raw.chunks(PER_MESSAGE).collect() };
+                    let last = chunks.len() - 1;
+                    let sent = chunks.iter().enumerate().all(|(i, c)| {
+                        let cmsg = [ControlMessage::ScmRights(c)];
+                        let tag: &[u8] = if i == last { b"k" } else { b"m" };
+                        so::sendmsg::<()>(tx.as_raw_fd(), &[IoSlice::new(tag)], if c.is_empty() { &[] } else { &cmsg }, MsgFlags::empty(), None).is_ok()
+                    });
+                    if sent { 0 } else { 1 }
                 }
                 Err(e) => {
                     let _ = so::send(tx.as_raw_fd(), &(e as i32).to_ne_bytes(), MsgFlags::empty());
@@ -500,26 +538,34 @@ fn as_peer(who: Option<&pb::UnixCreds>, exact_pids: bool, f: impl FnOnce() -> ni
         }
         Forked::Parent(child) => {
             drop(tx);
-            let mut buf = [0u8; 8];
-            let mut cmsg = nix::cmsg_space!([RawFd; 8]);
-            let got = {
-                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-                so::recvmsg::<()>(rx.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map(|m| {
-                    let mut fds = Vec::new();
-                    for c in m.cmsgs().into_iter().flatten() {
-                        if let so::ControlMessageOwned::ScmRights(v) = c {
-                            // SAFETY: the kernel just installed these fds in crtool.
-                            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            let mut fds = Vec::new();
+            let got = loop {
+                let mut buf = [0u8; 8];
+                let mut cmsg = nix::cmsg_space!([RawFd; PER_MESSAGE]);
+                let r = {
+                    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                    so::recvmsg::<()>(rx.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map(|m| {
+                        for c in m.cmsgs().into_iter().flatten() {
+                            if let so::ControlMessageOwned::ScmRights(v) = c {
+                                // SAFETY: the kernel just installed these fds in crtool.
+                                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                            }
                         }
-                    }
-                    (m.bytes, fds)
-                })
+                        m.bytes
+                    })
+                };
+                match r {
+                    Ok(1) if buf[0] == b'm' => continue,
+                    Ok(1) => break Ok(()),
+                    Ok(4) => break Err(Errno::from_raw(i32::from_ne_bytes(buf[..4].try_into().unwrap()))),
+                    Ok(_) => break Err(Errno::EIO),
+                    Err(e) => break Err(e),
+                }
             };
             let status = nix::sys::wait::waitpid(child, None)?;
-            let (n, fds) = got?;
+            got?;
             match status {
-                nix::sys::wait::WaitStatus::Exited(_, 0) if n == 1 => Ok(fds),
-                _ if n == 4 => Err(Errno::from_raw(i32::from_ne_bytes(buf[..4].try_into().unwrap()))),
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(fds),
                 _ => Err(Errno::EIO),
             }
         }
