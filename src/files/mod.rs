@@ -210,7 +210,9 @@ impl FileTable {
                 }
             }
         }
-        self.unix.resolve(ext_unix_sk, vpid)
+        let sockets = self.unix.resolve(ext_unix_sk, vpid)?;
+        unix::check_requeue(&sockets, &self.packets, &|ino| self.unix.holder(ino))?;
+        Ok(sockets)
     }
 
     /// Pipes and FIFOs whose other end a process outside the tree holds: refused,

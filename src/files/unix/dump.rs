@@ -61,6 +61,11 @@ impl UnixTable {
         Ok(())
     }
 
+    /// Where socket `ino` was found: (pid, fd) as crtool sees them.
+    pub fn holder(&self, ino: u64) -> (i32, i32) {
+        self.held.get(&ino).map_or((0, -1), |h| (h.pid, h.fd))
+    }
+
     /// Inodes of the sockets registered but not described yet.
     pub fn undescribed(&self) -> Vec<u64> {
         self.held.iter().filter(|(_, h)| h.sock.is_none()).map(|(&i, _)| i).collect()

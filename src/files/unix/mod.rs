@@ -96,3 +96,31 @@ impl FromBytesCompat for std::ffi::OsStr {
         std::ffi::OsStr::from_bytes(b)
     }
 }
+
+/// Refuses a datagram socket holding more messages from senders other than its
+/// connected peer than restore can queue again: the kernel lets at most
+/// `net.unix.max_dgram_qlen` + 1 wait from them (af_unix.c unix_recvq_full), and
+/// the restored socket takes the current value.
+/// `holder` names where each socket was found (pid, fd).
+pub fn check_requeue(sockets: &[pb::UnixSocket], packets: &[pb::SkPacket], holder: &dyn Fn(u64) -> (i32, i32)) -> crate::error::Result<()> {
+    let limit: usize = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(10);
+    let by_ino: std::collections::HashMap<u64, &pb::UnixSocket> = sockets.iter().map(|s| (s.ino, s)).collect();
+    for s in sockets.iter().filter(|s| s.r#type == libc::SOCK_DGRAM as u32) {
+        let peer = by_ino.get(&s.peer);
+        if peer.is_some_and(|p| p.peer == s.ino) {
+            continue; // a socketpair end: only its peer sends to it
+        }
+        let peer_name = if s.external { s.peer_name.clone() } else { peer.map(|p| p.name.clone()).unwrap_or_default() };
+        let others = packets.iter().filter(|p| p.ino == s.ino && (p.sender.is_empty() || p.sender != peer_name)).count();
+        if others > limit + 1 {
+            let (pid, fd) = holder(s.ino);
+            return Err(crate::error::Error::Unsupported {
+                pid,
+                fd: (fd >= 0).then_some(fd),
+                what: format!("{} has {others} datagrams queued from other senders than its peer; net.unix.max_dgram_qlen = {limit} lets only {} be queued again", describe(s), limit + 1),
+                hint: Some("let the task read its queue first, or raise net.unix.max_dgram_qlen"),
+            });
+        }
+    }
+    Ok(())
+}
