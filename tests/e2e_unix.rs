@@ -185,3 +185,55 @@ wait_until nonempty "$T/result" || fail "no result: $(cat "$T/unixsk.err")"
     s.ok("restore2");
     s.passed("result");
 }
+
+/// With --ext-unix-sk, a stream socket whose peer is outside the tree is taken at
+/// restore from the caller (--inherit-fd fd[N]:socket:[INO]): the restored process
+/// talks with the caller's end; a wrong fd is refused with nothing left running.
+#[test]
+fn ext_unix_sk_takes_a_stream_socket_from_inherit_fd() {
+    let s = Scenario::run_as(
+        "unix-ext-stream",
+        Creds::User,
+        &format!(
+            r#"{START_UNIXSK}
+start_unixsk ext-stream; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "unixsk.py did not start: $(cat "$T/unixsk.err")"
+INO=$(cat "$T/ino")
+run refused crt dump -t $P -D "$T/ck" -R
+run dump crt dump -t $P -D "$T/ck" --ext-unix-sk
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+kill "$(cat "$T/peer")"
+# A pipe where a socket is expected: refused, nothing left running.
+run wrongfd crt restore -D "$T/ck" -d --inherit-fd "fd[0]:socket:[$INO]"
+put after_wrong "$(alive $P && echo alive || echo none)"
+export CRTOOL INO T
+"$PY3" - <<'PY' >"$T/caller.txt" 2>&1 &
+import os, socket, subprocess
+a, b = socket.socketpair()
+fd = a.fileno()
+os.set_inheritable(fd, True)
+r = subprocess.run([os.environ["CRTOOL"], "restore", "-D", os.environ["T"] + "/ck", "-d", "--inherit-fd", "fd[%d]:socket:[%s]" % (fd, os.environ["INO"])], pass_fds=[fd], capture_output=True, text=True)
+print("restore rc", r.returncode, r.stderr.strip())
+a.close()
+b.settimeout(30)
+b.send(b"from-new-peer")
+print("caller got", b.recv(100))
+PY
+CALLER=$!
+wait_until alive $P || fail "not restored: $(cat "$T/caller.txt")"
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 5 )) || fail "the restored process does not count: $(cat "$T/caller.txt")"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "no result: $(cat "$T/unixsk.err")"
+wait $CALLER
+"#
+        ),
+    );
+    s.failed_saying("refused", &["outside the dumped tree", "--ext-unix-sk"]);
+    s.ok("dump");
+    s.failed_saying("wrongfd", &["fd[0]", "not a unix stream socket"]);
+    s.ensure(s.var("after_wrong") == "none", || "a process is left after the refused restore".into());
+    let caller = s.read("caller.txt");
+    s.ensure(caller.contains("restore rc 0") && caller.contains("caller got b'to-new-peer'"), || format!("the caller's side: {caller}"));
+    s.passed("result");
+}

@@ -212,6 +212,17 @@ impl FileTable {
         }
         let sockets = self.unix.resolve(ext_unix_sk, vpid)?;
         unix::check_requeue(&sockets, &self.packets, &|ino| self.unix.holder(ino))?;
+        // Bytes an outside peer sent to a stream socket cannot be put into the socket
+        // the caller hands over at restore.
+        if let Some(s) = sockets.iter().find(|s| s.external && s.r#type != libc::SOCK_DGRAM as u32 && self.packets.iter().any(|p| p.ino == s.ino)) {
+            let (pid, fd) = self.unix.holder(s.ino);
+            return Err(Error::Unsupported {
+                pid,
+                fd: (fd >= 0).then_some(fd),
+                what: format!("{} has data queued from its peer outside the tree, which the socket handed over at restore could not hold", unix::describe(s)),
+                hint: Some("let the task read it first"),
+            });
+        }
         Ok(sockets)
     }
 

@@ -27,6 +27,9 @@ pending connections, shutdown states, options) and that new traffic flows, write
             a message; on SIGUSR1 the queued messages are read and a datagram goes
             out and its echo comes back
   ext-dgram the same without the stream socket (what --ext-unix-sk restores)
+  ext-stream  a stream socket (inode in DIR/ino) whose peer a process outside the
+            tree holds (DIR/peer); on SIGUSR1 it sends "to-new-peer" and must
+            receive "from-new-peer" (from whoever the test connected it to)
   mp-manager  Python's multiprocessing Manager (a server process with a listener
             and threads) with a dict and a queue in use; on SIGUSR1 they must hold
             what they held, take new items and a new proxy (a new connection)
@@ -109,6 +112,10 @@ if what == "pairs":
     anon = socket.socket(U, D)
     anon.sendto(b"from-anon", srv_name)
     cli.sendto(b"from-cli-2", srv_name)
+    rel = socket.socket(U, S)  # bound to a name relative to the cwd (DIR)
+    os.chdir(d)
+    rel.bind("relsock")
+    rel.listen(1)
     gone = socket.socket(U, D)
     gone.bind(os.path.join(d, "gone-sock"))
     os.unlink(os.path.join(d, "gone-sock"))
@@ -161,6 +168,12 @@ if what == "pairs":
         chk("srv 2", srv.recvfrom(100), (b"from-auto", auto_name))
         chk("srv 3", srv.recvfrom(100)[0], b"from-anon")
         chk("srv 4", srv.recvfrom(100), (b"from-cli-2", b"\0" + tag.encode() + b"-cli"))
+        chk("relative name", rel.getsockname(), "relsock")
+        c3 = socket.socket(U, S)
+        c3.connect(os.path.join(d, "relsock"))
+        s3, _ = rel.accept()
+        s3.send(b"rel")
+        chk("relative listener", c3.recv(5), b"rel")
         chk("gone name", gone.getsockname(), os.path.join(d, "gone-sock"))
         chk("gone file", os.path.exists(os.path.join(d, "gone-sock")), False)
         chk("shut", i.recv(100), b"before-shut")
@@ -274,6 +287,36 @@ elif what == "tree":
             problems.append("child: " + res)
 
     checks.append(check_tree)
+
+elif what == "ext-stream":
+    # A stream socket whose peer a process outside the tree holds (DIR/peer); the
+    # test hands a new connection over at restore (--inherit-fd) and talks on it.
+    x, y = socket.socketpair(U, S)
+    rd, wr = os.pipe()
+    if os.fork() == 0:
+        if os.fork() == 0:
+            os.close(rd)
+            x.close()
+            os.setsid()
+            os.write(wr, str(os.getpid()).encode())
+            os.close(wr)
+            signal.pause()
+            os._exit(0)
+        os._exit(0)
+    os.wait()
+    os.close(wr)
+    with open(os.path.join(d, "peer"), "w") as fh:
+        fh.write(os.read(rd, 16).decode())
+    os.close(rd)
+    y.close()
+    with open(os.path.join(d, "ino"), "w") as fh:
+        fh.write(str(os.fstat(x.fileno()).st_ino))
+
+    def check_ext_stream():
+        x.send(b"to-new-peer")
+        chk("from the new peer", x.recv(100), b"from-new-peer")
+
+    checks.append(check_ext_stream)
 
 elif what in ("external", "ext-dgram"):
     # A peer outside the tree: a grandchild whose parent exits (it is re-parented

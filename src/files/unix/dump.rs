@@ -103,8 +103,15 @@ impl UnixTable {
                     s.file_gid = md.gid();
                 }
             }
-            if s.file_exists && s.name_dir.is_empty() && path.is_relative() {
-                return Err(refuse(pid, fd, format!("socket:[{ino}] is bound to relative path {}", name_text(&name)), "bind unix sockets to absolute paths"));
+            // A relative name is bound again in the holder's cwd: if that holds
+            // another file of this name, the cwd changed since the bind.
+            if !s.name_dir.is_empty() && !s.file_exists && std::fs::symlink_metadata(&path).is_ok() {
+                return Err(refuse(
+                    pid,
+                    fd,
+                    format!("socket:[{ino}] is bound to the relative path {}, and {} is another file (the cwd changed since the bind)", name_text(&name), path.display()),
+                    "bind unix sockets to absolute paths, or dump from the directory they were bound in",
+                ));
             }
         }
         s.shutdown = d.shutdown as u32;

@@ -154,8 +154,12 @@ impl Restorer {
             r.connect_as(&b, &client, &a.name, &a.name_dir, a.peercred.as_ref())?;
             r.fds.insert(b.ino, client);
             let lfd = match listener {
-                Some(l) => r.fds[&l].as_raw_fd(),
-                None => r.temp_listeners.iter().find(|(n, _, _)| *n == a.name).map(|(_, _, f)| f.as_raw_fd()).unwrap(),
+                Some(l) => r.fds.get(&l).map(|f| f.as_raw_fd()),
+                None => r.temp_listeners.iter().find(|(n, _, _)| *n == a.name).map(|(_, _, f)| f.as_raw_fd()),
+            };
+            let lfd = match lfd {
+                Some(fd) => fd,
+                None => return Err(err(a, "its listener was not made (inconsistent unixsk.img)")),
             };
             let got = so::accept4(lfd, SockFlag::SOCK_CLOEXEC).map_err(|e| err(a, format!("accept: {e}")))?;
             // SAFETY: accept4 returned a new fd that nothing else owns.
@@ -336,7 +340,7 @@ impl Restorer {
             }
         }
         for s in &socks {
-            let fd = &self.fds[&s.ino];
+            let fd = self.fd(s)?;
             if s.shutdown != 0 && !s.peer_closed && s.state == TCP_ESTABLISHED {
                 let how = match s.shutdown & 3 {
                     1 => so::Shutdown::Read,
@@ -358,6 +362,10 @@ impl Restorer {
         Ok(())
     }
 
+    fn fd(&self, s: &pb::UnixSocket) -> Result<&OwnedFd> {
+        self.fds.get(&s.ino).ok_or_else(|| err(s, "it was not made (inconsistent unixsk.img)"))
+    }
+
     fn mutual(&self, s: &pb::UnixSocket) -> bool {
         self.sockets.get(&s.peer).is_some_and(|p| p.peer == s.ino)
     }
@@ -371,10 +379,10 @@ impl Restorer {
 
     fn connect_dgram(&self, s: &pb::UnixSocket) -> Result<()> {
         let (name, dir) = if s.external { (s.peer_name.clone(), String::new()) } else {
-            let p = &self.sockets[&s.peer];
+            let p = self.sockets.get(&s.peer).ok_or_else(|| err(s, "its peer is missing from unixsk.img"))?;
             (p.name.clone(), p.name_dir.clone())
         };
-        self.connect(s, &self.fds[&s.ino], &name, &dir)
+        self.connect(s, self.fd(s)?, &name, &dir)
     }
 
     /// Sends message `p` again so that it lands in `s`'s queue.
@@ -392,7 +400,7 @@ impl Restorer {
             let to = addr_of(&s.name).map_err(|e| err(s, e))?;
             let named = self.sockets.values().find(|o| !p.sender.is_empty() && o.name == p.sender && !o.accepted && o.r#type == s.r#type).map(|o| o.ino);
             match named {
-                Some(ino) => (self.fds[&ino].as_raw_fd(), Some(to)),
+                Some(ino) => (self.fds.get(&ino).ok_or_else(|| err(s, "its sender was not made"))?.as_raw_fd(), Some(to)),
                 None => {
                     // A sender that is gone: a stand-in bound to its name.
                     let tmp = new_socket(s)?;
