@@ -352,6 +352,8 @@ pub struct Parked {
     async_by: BTreeMap<u32, i32>,
     /// The unix sockets, until their queues and states are restored.
     unix: Option<unix::Restorer>,
+    /// The restore succeeded: dropping keeps the socket files (see `Drop`).
+    pub restored: bool,
 }
 
 impl Parked {
@@ -380,7 +382,7 @@ impl Parked {
             .filter_map(|f| users.get(&f.id).map(|&(_, first)| (f.id, first)))
             .collect();
         let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks, exact_pids).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix };
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false };
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
@@ -496,7 +498,11 @@ impl Parked {
 
 impl Drop for Parked {
     /// In crtool, once the tree holds its own fds (forked tasks never drop this).
+    /// Socket files bound for the tree go too unless the restore succeeded.
     fn drop(&mut self) {
+        if !self.restored {
+            self.remove_socket_files();
+        }
         self.close_all();
     }
 }

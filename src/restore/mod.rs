@@ -301,9 +301,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(i), nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(i), None);
             }
-            if done.is_err() {
-                parked.remove_socket_files();
-            }
+            parked.restored = done.is_ok();
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {
                 g.close();

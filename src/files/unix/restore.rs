@@ -83,6 +83,20 @@ impl Restorer {
             created: Vec::new(),
             unlink_after: BTreeSet::new(),
         };
+        match r.build(sockets, inherited) {
+            Ok(()) => Ok(r),
+            Err(e) => {
+                // Nothing is left bound of a restore that could not make them all.
+                for p in &r.created {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&mut self, sockets: &[pb::UnixSocket], inherited: &BTreeMap<u64, RawFd>) -> Result<()> {
+        let r = self;
         let all: Vec<pb::UnixSocket> = sockets.to_vec();
         // Socketpairs: both ends in the tree, connected to each other, neither made
         // by accept(2) (an end may have been bound since, or autobound).
@@ -193,7 +207,7 @@ impl Restorer {
             let fd = new_socket(s)?;
             r.fds.insert(s.ino, fd);
         }
-        Ok(r)
+        Ok(())
     }
 
     /// Binds `fd` to `name`: a stale socket file left there (nobody listening) is
