@@ -125,9 +125,7 @@ impl<'a> Restorer<'a> {
                     p.pipe_id
                 )));
             };
-            let fd = crate::sys::fd::dup_above(given, 0)?;
-            // SAFETY: a fresh duplicate nobody else owns.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let fd = crate::sys::fd::dup_owned(given)?;
             // It must be a pipe (or FIFO) end that can do what this end did.
             let is_pipe = fstat(&fd).is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO);
             let acc = fcntl(&fd, FcntlArg::F_GETFL).map(|f| f & libc::O_ACCMODE).unwrap_or(-1);

@@ -168,3 +168,17 @@ pub fn set_status_flags(fd: &OwnedFd, flags: u32) -> io::Result<()> {
     let f = OFlag::from_bits_truncate(flags as i32 & keep);
     fcntl(fd, FcntlArg::F_SETFL(f)).map(drop).map_err(io::Error::from)
 }
+
+/// A new fd (the lowest free number) for the open file behind `fd`, owned.
+pub fn dup_owned(fd: RawFd) -> io::Result<OwnedFd> {
+    let n = dup_above(fd, 0)?;
+    // SAFETY: F_DUPFD just made `n`; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Takes ownership of fds the kernel has just installed in this process for the
+/// caller (received with SCM_RIGHTS, returned by accept4): nothing else owns them.
+pub fn take_received(fds: Vec<RawFd>) -> Vec<OwnedFd> {
+    // SAFETY: per the contract above, each fd is open and owned by no one else.
+    fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect()
+}

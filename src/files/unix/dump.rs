@@ -88,15 +88,18 @@ impl UnixTable {
         let mut s = pb::UnixSocket { ino, r#type: ty, state: d.state as u32, name: name.clone(), ..Default::default() };
         // A path name: its socket file, as it is now.
         if !name.is_empty() && name[0] != 0 {
-            let mut path = std::path::PathBuf::from(super::addr_of(&name).ok().and_then(|a| a.path().map(|p| p.to_path_buf())).unwrap_or_default());
+            let mut path = super::addr_of(&name).ok().and_then(|a| a.path().map(|p| p.to_path_buf())).unwrap_or_default();
             if path.is_relative() {
                 let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
                 s.name_dir = cwd.to_string_lossy().into_owned();
                 path = cwd.join(path);
             }
             use std::os::unix::fs::MetadataExt;
-            if let (Ok(md), Some((vino, _))) = (std::fs::symlink_metadata(&path), d.vfs) {
-                if md.ino() == vino as u64 && md.mode() & libc::S_IFMT == libc::S_IFSOCK {
+            if let (Ok(md), Some((vino, _))) = (std::fs::symlink_metadata(&path), d.vfs)
+                && md.ino() == vino as u64
+                && md.mode() & libc::S_IFMT == libc::S_IFSOCK
+            {
+                {
                     s.file_exists = true;
                     s.file_mode = md.mode() & 0o7777;
                     s.file_uid = md.uid();
@@ -264,8 +267,7 @@ fn peek_all(f: std::os::fd::BorrowedFd, s: &pb::UnixSocket, vpid: &dyn Fn(i32) -
             for c in r.cmsgs().map_err(|e| format!("control messages: {e}"))? {
                 match c {
                     so::ControlMessageOwned::ScmRights(fds) => {
-                        // SAFETY: the kernel just installed these fds in crtool.
-                        files.extend(fds.into_iter().map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+                        files.extend(crate::sys::fd::take_received(fds));
                     }
                     so::ControlMessageOwned::ScmCredentials(c) => creds = Some(c),
                     _ => {}

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self as so, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Error, IoSlice, Result};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 /// Room in an accept queue while connections are made again.
@@ -101,7 +101,8 @@ impl Restorer {
         // Socketpairs: both ends in the tree, connected to each other, neither made
         // by accept(2) (an end may have been bound since, or autobound).
         // Made in batches, one helper per creator.
-        let mut by_creator: BTreeMap<Option<(i32, u32, u32)>, Vec<(pb::UnixSocket, pb::UnixSocket)>> = BTreeMap::new();
+        type Pairs = Vec<(pb::UnixSocket, pb::UnixSocket)>;
+        let mut by_creator: BTreeMap<Option<(i32, u32, u32)>, Pairs> = BTreeMap::new();
         for s in &all {
             let Some(p) = r.sockets.get(&s.peer).cloned() else { continue };
             if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino {
@@ -122,7 +123,7 @@ impl Restorer {
             }
         }
         // Listeners and sockets bound to a name of their own.
-        for s in all.iter().filter(|s| !s.name.is_empty() && !s.accepted && !(s.external && s.r#type != libc::SOCK_DGRAM as u32)) {
+        for s in all.iter().filter(|s| !(s.name.is_empty() || s.accepted || (s.external && s.r#type != libc::SOCK_DGRAM as u32))) {
             if r.fds.contains_key(&s.ino) {
                 continue;
             }
@@ -140,9 +141,7 @@ impl Restorer {
             let Some(&given) = inherited.get(&s.ino) else {
                 return Err(err(s, format!("its peer is outside the tree: hand a connected socket over with --inherit-fd fd[N]:socket:[{}]", s.ino)));
             };
-            let fd = crate::sys::fd::dup_above(given, 0)?;
-            // SAFETY: a fresh duplicate nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = crate::sys::fd::dup_owned(given)?;
             let ty = so::getsockopt(&fd, sockopt::SockType).map(|t| t as i32 as u32);
             if sock::get_int(fd.as_fd(), libc::SO_DOMAIN) != Ok(libc::AF_UNIX) || ty != Ok(s.r#type) {
                 return Err(err(s, format!("--inherit-fd fd[{given}]:socket:[{}]: fd {given} is not a unix {} socket", s.ino, super::type_text(s.r#type))));
@@ -176,8 +175,7 @@ impl Restorer {
                 None => return Err(err(a, "its listener was not made (inconsistent unixsk.img)")),
             };
             let got = so::accept4(lfd, SockFlag::SOCK_CLOEXEC).map_err(|e| err(a, format!("accept: {e}")))?;
-            // SAFETY: accept4 returned a new fd that nothing else owns.
-            r.fds.insert(a.ino, unsafe { OwnedFd::from_raw_fd(got) });
+            r.fds.extend(crate::sys::fd::take_received(vec![got]).into_iter().map(|f| (a.ino, f)));
         }
         // Connections waiting to be accepted, in queue order.
         let mut waiting: Vec<&pb::UnixSocket> = all.iter().filter(|s| s.in_queue_of != 0).collect();
@@ -292,12 +290,7 @@ impl Restorer {
     /// listen(2) as the process `who` (the listener's SO_PEERCRED, which connecting
     /// sockets copy).
     fn listen(&self, s: &pb::UnixSocket, fd: &OwnedFd, backlog: i32, who: Option<&pb::UnixCreds>) -> Result<()> {
-        let raw = fd.as_raw_fd();
-        as_peer(who, self.exact_pids, || {
-            // SAFETY: `raw` stays open in crtool (and so in this copy of it).
-            let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
-            so::listen(&f, so::Backlog::new(backlog).unwrap_or(so::Backlog::MAXCONN)).map(|()| Vec::new())
-        })
+        as_peer(who, self.exact_pids, || so::listen(fd, so::Backlog::new(backlog).unwrap_or(so::Backlog::MAXCONN)).map(|()| Vec::new()))
         .map(drop)
         .map_err(|e| err(s, format!("listen: {e}")))
     }
@@ -431,8 +424,7 @@ impl Restorer {
                 }
             }
         };
-        // SAFETY: `sender` stays open for this call (owned by `self`).
-        let sfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sender) };
+        let sfd = crate::sys::fd::dup_owned(sender)?;
         let old = so::getsockopt(&sfd, sockopt::SndBuf).unwrap_or(0);
         let _ = so::setsockopt(&sfd, sockopt::SndBufForce, &(FILL_SNDBUF as usize / 2));
         let fds: Vec<RawFd> = p.fds.iter().map(|&id| file(id).ok_or_else(|| err(s, format!("queued file {id} was not opened")))).collect::<Result<_>>()?;
@@ -569,8 +561,7 @@ fn as_peer(who: Option<&pb::UnixCreds>, exact_pids: bool, f: impl FnOnce() -> ni
                     so::recvmsg::<()>(rx.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).map(|m| {
                         for c in m.cmsgs().into_iter().flatten() {
                             if let so::ControlMessageOwned::ScmRights(v) = c {
-                                // SAFETY: the kernel just installed these fds in crtool.
-                                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                                fds.extend(crate::sys::fd::take_received(v));
                             }
                         }
                         m.bytes
