@@ -51,5 +51,6 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let _ = writeln!(s, "    fd {:>3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " (cloexec)" } else { "" }, fd.file_id);
         }
     }
+    s += &crate::ipc::describe(dir)?;
     Ok(s)
 }

@@ -14,6 +14,12 @@ pub enum ImageKind {
     Files,
     Pages,
     Pipes,
+    /// SysV IPC objects (ipc.img).
+    Ipc,
+    /// Contents of SysV shared memory segments (shmdata.img).
+    ShmData,
+    /// The tree's UTS namespace (uts.img).
+    Uts,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -23,7 +29,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, Ipc, ShmData, Uts]
     }
 
     fn number(self) -> u32 {
@@ -37,6 +43,9 @@ impl ImageKind {
             Self::Files => 7,
             Self::Pages => 8,
             Self::Pipes => 9,
+            Self::Ipc => 20,
+            Self::ShmData => 21,
+            Self::Uts => 22,
         }
     }
 
@@ -62,12 +71,15 @@ impl ImageKind {
             Self::Files => "files",
             Self::Pages => "pages",
             Self::Pipes => "pipes",
+            Self::Ipc => "ipc",
+            Self::ShmData => "shmdata",
+            Self::Uts => "uts",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::Ipc | Self::ShmData | Self::Uts)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -117,6 +129,9 @@ impl ImageKind {
             Self::Fdinfo => "crtool.FdEntry",
             Self::Files => "crtool.FileEntry",
             Self::Pipes => "crtool.PipeData",
+            Self::Ipc => "crtool.IpcEntry",
+            Self::ShmData => "crtool.ShmChunk",
+            Self::Uts => "crtool.UtsNamespace",
             Self::Pages => return None,
         })
     }

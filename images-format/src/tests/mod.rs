@@ -51,6 +51,7 @@ pub fn inventory() -> pb::Inventory {
         new_mount_ns: false,
         outer_pids: vec![4242, 4243],
         files: vec![],
+        ..Default::default()
     }
 }
 
