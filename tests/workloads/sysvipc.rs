@@ -1,6 +1,6 @@
 //! `sysvipc`: SysV shared memory, semaphores and message queues across a dump.
 //!
-//!     sysvipc DIR own|host
+//!     sysvipc DIR own|host [undo]
 //!
 //! `own`: run inside an IPC and UTS namespace of the tree's own (the scenario starts
 //! it under `unshare -iu`, with host name "crtool-ipc" and domain name
@@ -19,6 +19,7 @@
 //! - queues Q1 (key 0x3E55, msg_qbytes 4000, messages of types 1 5 2 5, one
 //!   empty) and Q2 (private, empty).
 //! `host`: in crtool's IPC namespace, only A and B, both IPC_PRIVATE.
+//! `undo`: P also makes a semop with SEM_UNDO on S1 (own namespace).
 //!
 //! The ids go to DIR/ids ("A B L S1 S2 Q1 Q2"). After SIGUSR1 (to P, which passes
 //! it on) both check ids, keys, modes, sizes, nattch, contents, SysV mappings,
@@ -201,6 +202,15 @@ fn main() {
         }
     }
 
+    if rest.iter().any(|a| a == "undo") {
+        // An undo record: what dump must refuse (the kernel cannot report it).
+        // SAFETY: semop on our own set.
+        let ok = unsafe {
+            let mut op = libc::sembuf { sem_num: 2, sem_op: 1, sem_flg: libc::SEM_UNDO as i16 };
+            libc::semop(ids.s1, &mut op, 1) == 0
+        };
+        check(ok, "semop SEM_UNDO");
+    }
     let child = fork();
     if child == 0 {
         // SAFETY: dropping the inherited attachment of A (all three VMAs).
