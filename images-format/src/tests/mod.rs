@@ -7,6 +7,7 @@ mod manifest;
 mod pages;
 mod roundtrip;
 mod verify;
+mod ipc;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
