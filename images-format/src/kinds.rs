@@ -43,9 +43,9 @@ impl ImageKind {
             Self::Files => 7,
             Self::Pages => 8,
             Self::Pipes => 9,
-            Self::Ipc => 20,
-            Self::ShmData => 21,
-            Self::Uts => 22,
+            Self::Ipc => 30,
+            Self::ShmData => 31,
+            Self::Uts => 32,
         }
     }
 

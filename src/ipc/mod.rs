@@ -273,7 +273,7 @@ pub fn describe(dir: &Path) -> Result<String> {
         let data: Vec<pb::ShmChunk> = read_entries(dir, ImageKind::ShmData, 0)?;
         for e in read_entries::<pb::IpcEntry>(dir, ImageKind::Ipc, 0)? {
             let p = |p: &Option<pb::IpcPerm>| {
-                let p = p.clone().unwrap_or_default();
+                let p = p.unwrap_or_default();
                 format!("key {:#010x} mode {:03o} uid {} gid {} cuid {} cgid {}", p.key, p.mode, p.uid, p.gid, p.cuid, p.cgid)
             };
             let _ = match e.kind {

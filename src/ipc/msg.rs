@@ -50,7 +50,7 @@ pub fn dump(pid: i32) -> Result<Vec<pb::IpcEntry>> {
 /// allow them: see `IpcRestore::enter_namespaces`).
 pub fn create_all(queues: &[pb::MsgQueue], pid: i32) -> Result<()> {
     for q in queues {
-        let p = q.perm.clone().unwrap_or_default();
+        let p = q.perm.unwrap_or_default();
         let flags = libc::IPC_CREAT | libc::IPC_EXCL | (p.mode & 0o777) as i32;
         with_next_id("msg", q.id, (p.cuid, p.cgid), || ipc::msg_get(p.key, flags), |got| { let _ = ipc::msg_rmid(got); })
             .map_err(|e| err(pid, q.id, format!("cannot recreate it (key {:#x}) with its id: {e}", p.key)))?;

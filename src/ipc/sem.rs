@@ -31,7 +31,7 @@ pub fn dump(pid: i32) -> Result<Vec<pb::IpcEntry>> {
 /// owners, modes and values.
 pub fn create_all(sets: &[pb::SemSet], pid: i32) -> Result<()> {
     for s in sets {
-        let p = s.perm.clone().unwrap_or_default();
+        let p = s.perm.unwrap_or_default();
         let flags = libc::IPC_CREAT | libc::IPC_EXCL | (p.mode & 0o777) as i32;
         let n = s.values.len() as i32;
         with_next_id("sem", s.id, (p.cuid, p.cgid), || ipc::sem_get(p.key, n, flags), |got| { let _ = ipc::sem_rmid(got); })

@@ -32,8 +32,7 @@ fn swapped(text: &str, id: i32) -> u64 {
 /// `data`.
 pub fn dump(root: i32, own: bool, attached: &BTreeMap<i32, (i32, u64)>, data: &mut ImageWriter) -> Result<Vec<pb::IpcEntry>> {
     let text = std::fs::read_to_string("/proc/sysvipc/shm").map_err(|e| Error::io("/proc/sysvipc/shm", e))?;
-    let listed = listed_ids(&text);
-    let ids: Vec<i32> = if own { listed.clone() } else { attached.keys().copied().collect() };
+    let ids: Vec<i32> = if own { listed_ids(&text) } else { attached.keys().copied().collect() };
     let mut out = Vec::new();
     for id in ids {
         let (pid, at) = attached.get(&id).copied().unwrap_or((root, 0));
@@ -118,7 +117,7 @@ pub fn create_all(dir: &Path, segs: &[pb::ShmSegment], pid: i32) -> Result<Creat
     let mut made = Created::default();
     let mut atts: BTreeMap<i32, ShmAttachment> = BTreeMap::new();
     for s in segs {
-        let p = s.perm.clone().unwrap_or_default();
+        let p = s.perm.unwrap_or_default();
         let flags = libc::IPC_CREAT | libc::IPC_EXCL | (p.mode & 0o777) as i32;
         let key = if s.removed { libc::IPC_PRIVATE } else { p.key };
         let made_id = with_next_id("shm", s.id, (p.cuid, p.cgid), || ipc::shm_get(key, s.size, flags), |got| {
@@ -168,7 +167,7 @@ pub fn create_all(dir: &Path, segs: &[pb::ShmSegment], pid: i32) -> Result<Creat
 pub fn prepare_host(dir: &Path, segs: &[pb::ShmSegment], user: &dyn Fn(i32) -> (i32, u64)) -> Result<Created> {
     let mut missing = Vec::new();
     for s in segs {
-        let p = s.perm.clone().unwrap_or_default();
+        let p = s.perm.unwrap_or_default();
         let (pid, at) = user(s.id);
         match ipc::shm_stat(s.id) {
             Ok(now) if now.perm.key == p.key && now.size == s.size && now.cpid == s.cpid && now.ctime == s.ctime => {
@@ -180,7 +179,7 @@ pub fn prepare_host(dir: &Path, segs: &[pb::ShmSegment], user: &dyn Fn(i32) -> (
                     p.key, s.size, now.perm.key, now.size, now.cpid, s.id
                 )));
             }
-            Err(_) => missing.push(s.clone()),
+            Err(_) => missing.push(*s),
         }
     }
     for s in &missing {

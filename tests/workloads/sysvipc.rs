@@ -18,6 +18,7 @@
 //! - semaphore sets S1 (key 0x5E5, values 0 1 7 32767) and S2 (private, 3);
 //! - queues Q1 (key 0x3E55, msg_qbytes 4000, messages of types 1 5 2 5, one
 //!   empty) and Q2 (private, empty).
+//!
 //! `host`: in crtool's IPC namespace, only A and B, both IPC_PRIVATE.
 //! `undo`: P also makes a semop with SEM_UNDO on S1 (own namespace).
 //!
