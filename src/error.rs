@@ -60,6 +60,10 @@ pub enum Error {
     /// A failure injected on purpose with `CRTOOL_FAULT` (see `fault`).
     #[error("CRTOOL_FAULT: injected failure at step {step}")]
     Fault { step: u32 },
+
+    /// A SysV IPC object (`object`: "shared memory segment", ...) of the tree.
+    #[error("pid {pid}: SysV {object} {id}: {msg}")]
+    Ipc { pid: i32, object: &'static str, id: i32, msg: String },
 }
 
 /// Fails with `Error::Interrupted` once crtool received SIGINT, SIGTERM, SIGHUP or

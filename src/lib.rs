@@ -10,6 +10,7 @@ pub mod error;
 pub mod fault;
 pub mod files;
 pub mod infect;
+pub mod ipc;
 pub mod mem;
 pub mod procinfo;
 pub mod restore;

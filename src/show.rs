@@ -61,5 +61,6 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let _ = writeln!(s, "  {}{q}", crate::files::unix::describe(sk));
         }
     }
+    s += &crate::ipc::describe(dir)?;
     Ok(s)
 }

@@ -150,8 +150,10 @@ fn dump_refuses_a_thread_in_its_own_uts_namespace() {
     s.ensure(s.err("dump").contains(&format!("thread {tid}")), || format!("the message does not name thread {tid}:\n{}", s.err("dump")));
 }
 
+/// A thread in an IPC namespace of its own (the root's own namespace is supported, see
+/// e2e_ipc).
 #[test]
-fn dump_refuses_a_process_in_its_own_ipc_namespace() {
+fn dump_refuses_a_thread_in_its_own_ipc_namespace() {
     refused("ipc-ns", Creds::Root, "", "ipc-ns", "", &["ipc namespace"]);
 }
 

@@ -16,6 +16,12 @@ pub enum ImageKind {
     Pipes,
     UnixSk,
     SkQueues,
+    /// SysV IPC objects (ipc.img).
+    Ipc,
+    /// Contents of SysV shared memory segments (shmdata.img).
+    ShmData,
+    /// The tree's UTS namespace (uts.img).
+    Uts,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -25,7 +31,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts]
     }
 
     fn number(self) -> u32 {
@@ -41,6 +47,9 @@ impl ImageKind {
             Self::Pipes => 9,
             Self::UnixSk => 20,
             Self::SkQueues => 21,
+            Self::Ipc => 30,
+            Self::ShmData => 31,
+            Self::Uts => 32,
         }
     }
 
@@ -68,12 +77,15 @@ impl ImageKind {
             Self::Pipes => "pipes",
             Self::UnixSk => "unixsk",
             Self::SkQueues => "skqueues",
+            Self::Ipc => "ipc",
+            Self::ShmData => "shmdata",
+            Self::Uts => "uts",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -125,6 +137,9 @@ impl ImageKind {
             Self::Pipes => "crtool.PipeData",
             Self::UnixSk => "crtool.UnixSocket",
             Self::SkQueues => "crtool.SkPacket",
+            Self::Ipc => "crtool.IpcEntry",
+            Self::ShmData => "crtool.ShmChunk",
+            Self::Uts => "crtool.UtsNamespace",
             Self::Pages => return None,
         })
     }

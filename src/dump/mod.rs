@@ -205,8 +205,9 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         .map(|p| task::precheck::Proc { pid: p.pid, tids: p.threads.iter().map(|t| t.pid.as_raw()).collect() })
         .collect();
     let root_mnt = tree.new_mount_ns.then(|| std::fs::read_link(format!("/proc/{root}/ns/mnt")).ok()).flatten();
+    let tree_ns = crate::ipc::tree_namespaces(root);
     for p in &live {
-        task::precheck::check_process(p, root_mnt.as_deref())?;
+        task::precheck::check_process(p, root_mnt.as_deref(), &tree_ns)?;
     }
     task::precheck::check_sharing(&live)?;
     task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
@@ -286,6 +287,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     ctx.manifest.push(write_entries(dir, ImageKind::Pipes, 0, &pipes)?);
     ctx.manifest.push(write_entries(dir, ImageKind::UnixSk, 0, &sockets)?);
     ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
+    let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let inventory = pb::Inventory {
@@ -297,6 +299,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         new_mount_ns: tree.new_mount_ns,
         outer_pids,
         files,
+        new_ipc_ns: ns.new_ipc_ns,
+        new_uts_ns: ns.new_uts_ns,
     };
     // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;

@@ -153,7 +153,7 @@ pub fn premap<'a>(
         let len = members[members.len() - 1].end - v.start;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (rw, noreserve) = initial_prot(v);
-        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
+        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared | VmaKind::VmaSysvShm);
         let mut now = if shared { v.prot as i32 } else { rw };
         let r = match v.kind() {
             _ if solo[first] => {
@@ -183,6 +183,7 @@ pub fn premap<'a>(
                 let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE | noreserve) };
                 area.map_next(len, prot, flags, Some(f.as_fd()), v.pgoff)
             }
+            VmaKind::VmaSysvShm => crate::ipc::shm::attach(area, v, len),
             _ => unreachable!("groups() only holds restorable VMAs"),
         };
         let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.start + len, v.path), e))?;
@@ -258,7 +259,7 @@ pub fn premap<'a>(
 
     for (si, slot) in slots.iter_mut().enumerate() {
         let v = &slot.vmas[0];
-        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared);
+        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared | VmaKind::VmaSysvShm);
         if slot.vmas.len() == 1 && !shared && v.prot as i32 != prot_now[si] {
             slot.map.protect(v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
         }

@@ -41,7 +41,8 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
             MMapPath::Other(n) if n == "vvar_vclock" || n == "[vvar_vclock]" => VmaKind::VmaVvarVclock,
             MMapPath::Vsyscall => VmaKind::VmaVsyscall,
             MMapPath::Vsys(key) => {
-                return Err(unsupported(format!("SysV shared memory (key {key}) mapped at {start:#x} is not supported yet")));
+                (v.shmid, v.path, v.open_flags) = (m.inode, format!("/SYSV{key:08x}"), crate::ipc::shm::attach_flags(flag_line));
+                VmaKind::VmaSysvShm
             }
             MMapPath::Heap | MMapPath::Stack | MMapPath::TStack(_) | MMapPath::Anonymous if !shared || m.inode == 0 => {
                 if m.inode != 0 {

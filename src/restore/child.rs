@@ -31,6 +31,7 @@ pub struct Ctx<'a> {
     pub geometry: SigFrameXstate,
     pub cpu_tick_usec: u64,
     pub groups: &'a [LeaderlessGroup],
+    pub ipc: &'a crate::ipc::IpcRestore,
 }
 
 /// A process group whose leader had exited: restore recreates it with a helper
@@ -104,6 +105,7 @@ fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible
         if imgs.inv.new_mount_ns {
             remount_proc().map_err(|e| fail(format!("mounting /proc for the new PID namespace: {e}")))?;
         }
+        ctx.ipc.enter_namespaces()?;
     }
     // Session and process group; children inherit them, so before forking them.
     // A session or group of 0 lay outside the dumped tree: it is inherited.

@@ -236,6 +236,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?;
+    let mut ipc = crate::ipc::IpcRestore::prepare(&opts.dir, &imgs.inv, &tasks.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>())?;
     crate::fault::point(102)?;
 
     let groups = child::LeaderlessGroup::plan(&imgs, parked.max_fd() + 1)?;
@@ -251,6 +252,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         geometry,
         cpu_tick_usec: crate::sys::process::cpu_itimer_tick_usec(),
         groups: &groups,
+        ipc: &ipc,
     };
     log::info!("pid {root_pid}: forking the tree ({} processes)", imgs.procs.len());
     let mut init = None;
@@ -315,6 +317,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                     return Err(Error::io(f, e));
                 }
             }
+            ipc.keep();
             if opts.detach {
                 let outer = sup.outer_pid(root_pid).unwrap_or(root_pid);
                 sup.detach_all()?;

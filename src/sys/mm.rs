@@ -92,6 +92,52 @@ impl Area {
         Ok(Mapping { addr: at, len, writable: prot & libc::PROT_WRITE != 0 })
     }
 
+    /// Attaches `[pgoff, pgoff+len)` of SysV segment `id` (`seg_len` bytes, page
+    /// rounded) at the next `len` bytes of the area, as a real attachment: shmat(2)
+    /// wherever the kernel likes, mremap(2) of the wanted part into place, munmap(2)
+    /// of the rest; then `prot` (the attachment is made read-only with SHM_RDONLY
+    /// in `shmflg`).
+    pub fn attach_shm(&mut self, id: i32, seg_len: u64, pgoff: u64, len: u64, shmflg: i32, prot: i32) -> Result<Mapping, Errno> {
+        let at = self.next;
+        if at + len > self.start + self.len || pgoff.checked_add(len).is_none_or(|e| e > seg_len) {
+            return Err(Errno::ENOMEM);
+        }
+        // SAFETY: a new attachment at a kernel-chosen address touches nothing existing.
+        let base = unsafe { libc::shmat(id, std::ptr::null(), shmflg) };
+        if base as isize == -1 {
+            return Err(Errno::last());
+        }
+        let base = base as u64;
+        // SAFETY: moves part of the attachment just made (nothing refers to it) into
+        // our reservation past every range handed out, which MREMAP_FIXED replaces.
+        let r = unsafe { libc::mremap((base + pgoff) as *mut _, len as usize, len as usize, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, at as *mut libc::c_void) };
+        let moved = r != libc::MAP_FAILED;
+        let err = Errno::last();
+        // SAFETY: the rest of the fresh attachment (all of it if the move failed).
+        unsafe {
+            if !moved {
+                libc::munmap(base as *mut _, seg_len as usize);
+            } else {
+                if pgoff > 0 {
+                    libc::munmap(base as *mut _, pgoff as usize);
+                }
+                if pgoff + len < seg_len {
+                    libc::munmap((base + pgoff + len) as *mut _, (seg_len - pgoff - len) as usize);
+                }
+            }
+        }
+        if !moved {
+            return Err(err);
+        }
+        self.next += len;
+        let mut m = Mapping { addr: at, len, writable: shmflg & libc::SHM_RDONLY == 0 };
+        let now = libc::PROT_READ | if m.writable { libc::PROT_WRITE } else { 0 } | if shmflg & super::ipc::SHM_EXEC != 0 { libc::PROT_EXEC } else { 0 };
+        if prot != now {
+            m.protect(prot)?;
+        }
+        Ok(m)
+    }
+
     /// Leaves `len` bytes of the area unmapped (still reserved).
     pub fn skip(&mut self, len: u64) -> u64 {
         let at = self.next;

@@ -3,6 +3,7 @@
 
 pub mod cpu;
 pub mod fd;
+pub mod ipc;
 pub mod mm;
 pub mod process;
 pub mod ptrace;

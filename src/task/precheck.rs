@@ -39,8 +39,9 @@ const PF_USER_WORKER: u64 = 0x4000;
 const PF_KTHREAD: u64 = 0x20_0000;
 
 /// Per-process and per-thread checks. `mnt_ok` is the mount namespace the tree may
-/// be in besides crtool's (the root's own, made by `unshare --mount-proc`).
-pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>) -> Result<()> {
+/// be in besides crtool's (the root's own, made by `unshare --mount-proc`);
+/// `tree_ns` the root's own IPC and UTS namespaces (see `ipc::tree_namespaces`).
+pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>, tree_ns: &[(&str, std::path::PathBuf)]) -> Result<()> {
     let pid = p.pid;
     let own = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
     for &tid in &p.tids {
@@ -59,7 +60,7 @@ pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>) -> Result<()> {
         }
         for ns in ["net", "ipc", "uts", "user", "time", "cgroup", "mnt"] {
             let theirs = std::fs::read_link(format!("/proc/{pid}/task/{tid}/ns/{ns}")).ok();
-            let allowed = theirs == own(ns) || (ns == "mnt" && theirs.as_deref() == mnt_ok);
+            let allowed = theirs == own(ns) || (ns == "mnt" && theirs.as_deref() == mnt_ok) || tree_ns.iter().any(|(n, l)| *n == ns && theirs.as_ref() == Some(l));
             if !allowed {
                 let t = theirs.map(|p| p.display().to_string()).unwrap_or_else(|| "?".into());
                 return Err(refuse(pid, format!("thread {tid} is in a {ns} namespace of its own ({t})"), "namespaces other than PID (and mount with unshare --mount-proc) are not supported yet"));
@@ -84,8 +85,8 @@ pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>) -> Result<()> {
     // Undo records of SysV semaphores: the process has an undo list (kcmp against
     // crtool, which has none; creating a thread also allocates an empty one) and a
     // semaphore set was operated on since the process started.
-    if kcmp(pid, std::process::id() as i32, Kcmp::Sysvsem) != Ok(Ordering::Equal) && semop_since(start_time(pid)) {
-        return Err(refuse(pid, "it holds SysV semaphore undo records (semop SEM_UNDO)".into(), "SysV IPC is not supported yet"));
+    if kcmp(pid, std::process::id() as i32, Kcmp::Sysvsem) != Ok(Ordering::Equal) && semop_since(&crate::ipc::sysvipc_text(pid, "sem"), start_time(pid)) {
+        return Err(crate::ipc::undo_refusal(pid));
     }
     Ok(())
 }
@@ -133,9 +134,9 @@ fn start_time(pid: i32) -> u64 {
     procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| btime + s.starttime / ticks).unwrap_or(0)
 }
 
-/// Whether some SysV semaphore set of the IPC namespace was last operated on
-/// (semop, /proc/sysvipc/sem "otime") at or after `since` (epoch seconds).
-fn semop_since(since: u64) -> bool {
-    let text = std::fs::read_to_string("/proc/sysvipc/sem").unwrap_or_default();
+/// Whether some SysV semaphore set of the IPC namespace (`text`: its
+/// /proc/sysvipc/sem) was last operated on (semop, "otime") at or after `since`
+/// (epoch seconds).
+fn semop_since(text: &str, since: u64) -> bool {
     text.lines().skip(1).any(|l| l.split_whitespace().nth(8).and_then(|t| t.parse::<u64>().ok()).is_none_or(|otime| otime + 1 >= since))
 }

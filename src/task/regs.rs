@@ -15,7 +15,16 @@ pub fn to_image(r: &Regs) -> pb::Regs {
     }
 }
 
-pub fn fpu_to_image(xsave: Vec<u8>) -> pb::Fpu {
+pub fn fpu_to_image(mut xsave: Vec<u8>) -> pb::Fpu {
+    // SSE (bit 1: xmm0-15) and AVX (bit 2: upper ymm halves) marked in use while all
+    // zero are their initial state: whether the CPU still flags them depends on its
+    // history (a cure's XRSTOR clears it), so images say "init" for both.
+    for (bit, at, len) in [(1u64, 160usize, 256usize), (2, 576, 256)] {
+        let bv = xstate_bv(&xsave);
+        if bv & (1 << bit) != 0 && xsave.get(at..at + len).is_some_and(|b| b.iter().all(|&x| x == 0)) {
+            xsave[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&(bv & !(1 << bit)).to_le_bytes());
+        }
+    }
     let layout = cpu::xsave_layout()
         .into_iter()
         .map(|c| pb::XsaveComponent { feature: c.feature, offset: c.offset, size: c.size })

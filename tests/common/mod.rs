@@ -56,7 +56,7 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// The workloads every scenario may start (`start_wl NAME`).
-const WORKLOADS: &[&str] = &["memstate", "threads", "tree", "shm", "signals", "pipes", "sharedfd", "blocked", "jobctl", "sigactions", "idle", "attrs", "bench_mem"];
+const WORKLOADS: &[&str] = &["memstate", "threads", "tree", "shm", "signals", "pipes", "sharedfd", "blocked", "jobctl", "sigactions", "idle", "attrs", "bench_mem", "sysvipc"];
 
 pub fn loop_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/loop.py")

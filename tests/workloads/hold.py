@@ -13,7 +13,7 @@ still as it set it up, writes "PASS" or "FAIL: why" to DIR/result (in a chroot:
 Resources crtool refuses to dump (each in the process, or where said in a thread):
   seccomp          no_new_privs and an allow-everything seccomp filter
   uts-thread       a second thread in a UTS namespace of its own (root)
-  ipc-ns           the process in an IPC namespace of its own (root)
+  ipc-ns           a thread in an IPC namespace of its own (root)
   clone-files      a child made with clone(CLONE_FILES): two processes, one fd table
   flock            an flock(LOCK_EX) lock on DIR/lockfile
   posix-lock       a POSIX record lock (fcntl F_SETLK) on DIR/lockfile
@@ -122,11 +122,21 @@ elif what == "uts-thread":
     write_file(os.path.join(dir_, "tid"), "%d\n" % got["tid"])
     check.append(lambda: None if ns_of("uts", got["tid"]) == got["ns"] else "the thread's uts namespace changed")
 elif what == "ipc-ns":
-    before = ns_of("ipc")
-    if libc.unshare(CLONE_NEWIPC) != 0:
-        fail("unshare(CLONE_NEWIPC)")
-    mine = ns_of("ipc")
-    check.append(lambda: None if ns_of("ipc") == mine != before else "the ipc namespace changed")
+    # A thread in an IPC namespace of its own (the root's own is supported).
+    got = {}
+    def ipc():
+        if libc.unshare(CLONE_NEWIPC) != 0:
+            got["err"] = ctypes.get_errno()
+        got["tid"] = threading.get_native_id()
+        got["ns"] = ns_of("ipc", got["tid"])
+        while True:
+            time.sleep(1)
+    threading.Thread(target=ipc, daemon=True).start()
+    while "ns" not in got and "err" not in got:
+        time.sleep(0.01)
+    if "err" in got or got["ns"] == ns_of("ipc"):
+        fail("unshare(CLONE_NEWIPC) in a thread")
+    check.append(lambda: None if ns_of("ipc", got["tid"]) == got["ns"] else "the thread's ipc namespace changed")
 elif what == "clone-files":
     pid = pylibc.syscall(SYS_CLONE, CLONE_FILES | signal.SIGCHLD, 0, 0, 0, 0)
     if pid < 0:

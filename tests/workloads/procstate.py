@@ -13,6 +13,8 @@ fields of /proc/PID/status; /proc/PID/limits verbatim; cwd, root and exe; person
 timerslack_ns, oom_score_adj, coredump_filter; POSIX timers (/proc/PID/timers); the
 memory mappings and the fds; per thread: comm, state, TracerPid, SigBlk, SigPnd,
 Cpus_allowed_list, scheduling, and credentials where they differ from the process's.
+Then the SysV IPC objects of the root's IPC namespace if it has its own (else the
+segments the tree attaches) and the names of its own UTS namespace.
 
 Mappings: start-end, protection, and for file mappings (those with a
 /proc/PID/map_files link) the offset, the path (from the link, not the escaped maps
@@ -420,6 +422,55 @@ def describe(pid, root, names, descs, opts, out):
     read_bytes("/proc/%d/stat" % pid)
 
 
+# Columns of /proc/sysvipc/* compared (not the pids of the last operations, the
+# times, nor rss/swap: no state to restore).
+SYSVIPC_COLUMNS = {
+    "shm": ["key", "shmid", "perms", "size", "nattch", "uid", "gid", "cuid", "cgid"],
+    "sem": ["key", "semid", "perms", "nsems", "uid", "gid", "cuid", "cgid"],
+    "msg": ["key", "msqid", "perms", "cbytes", "qnum", "uid", "gid", "cuid", "cgid"],
+}
+
+
+def sysvipc(root, pids):
+    """The SysV objects of the root's IPC namespace when it has its own (every one),
+    else the segments the tree attaches; and the names of its own UTS namespace."""
+    import subprocess
+
+    def ns(kind, pid):
+        return readlink("/proc/%d/ns/%s" % (pid, kind))
+
+    def inside(kind, path):
+        r = subprocess.run(["nsenter", "--%s=/proc/%d/ns/%s" % (kind, root, kind), "cat", path],
+                           capture_output=True, text=True)
+        return r.stdout
+
+    out = []
+    own = ns("ipc", root) != ns("ipc", os.getpid())
+    attached = set()
+    for pid in pids:
+        for line in (read_text("/proc/%d/maps" % pid) or "").splitlines():
+            f = line.split()
+            if len(f) >= 6 and f[5].startswith("/SYSV"):
+                attached.add(f[4])
+    for kind, cols in SYSVIPC_COLUMNS.items():
+        text = inside("ipc", "/proc/sysvipc/" + kind) if own else read_text("/proc/sysvipc/" + kind) or ""
+        lines = text.splitlines()
+        if not lines:
+            continue
+        head = lines[0].split()
+        rows = []
+        for l in lines[1:]:
+            f = dict(zip(head, l.split()))
+            if own or (kind == "shm" and f.get("shmid") in attached):
+                rows.append(" ".join("%s=%s" % (c, f.get(c, "?")) for c in cols))
+        for r in sorted(rows, key=lambda r: int(r.split()[1].split("=")[1])):
+            out.append("sysvipc %s %s" % (kind, r))
+    if ns("uts", root) != ns("uts", os.getpid()):
+        for n in ("hostname", "domainname"):
+            out.append("uts %s %s" % (n, inside("uts", "/proc/sys/kernel/" + n).strip()))
+    return out
+
+
 def main(argv):
     opts = {"pos": True, "ignore_pending": [], "ignore_root_ppid": False}
     args = list(argv)
@@ -456,6 +507,12 @@ def main(argv):
         out.extend(lines)
     if descs.broken:
         out.append("(kcmp is not available: open file descriptions not compared)")
+    if pids:
+        try:
+            out.extend(sysvipc(root, pids))
+        except Vanished as e:
+            out.append("SysV IPC: VANISHED while reading %s" % e)
+            PROBLEMS.append("vanished while reading %s" % e)
     sys.stdout.write("\n".join(out) + "\n")
     for p in PROBLEMS:
         print("procstate: " + p, file=sys.stderr)

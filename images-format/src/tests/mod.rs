@@ -7,6 +7,7 @@ mod manifest;
 mod pages;
 mod roundtrip;
 mod verify;
+mod ipc;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,7 @@ pub fn inventory() -> pb::Inventory {
         new_mount_ns: false,
         outer_pids: vec![4242, 4243],
         files: vec![],
+        ..Default::default()
     }
 }
 
