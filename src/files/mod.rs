@@ -3,6 +3,7 @@
 //! file descriptions (shared ones found with kcmp) and installs fds at restore.
 
 mod chr;
+mod event;
 pub mod identity;
 mod pipe;
 mod reg;
@@ -73,7 +74,7 @@ pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
 /// Rejects, before any parasite runs, fds whose kind this version cannot restore.
 pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
     for f in fds {
-        let what = if f.link.starts_with("anon_inode:") {
+        let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) {
             Some(("anon inode", Some("epoll/eventfd/signalfd/timerfd and similar are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
             Some(("memfd", Some("memfd files are not supported yet")))
@@ -112,6 +113,9 @@ pub struct FileTable {
     /// crtool's duplicates of files passed in queued messages (kept open until
     /// the dump ends: the file table compares files by (pid, fd) with kcmp).
     in_flight: Vec<OwnedFd>,
+    /// Epoll entries whose watched files are not known yet: (pid, fd, entry index,
+    /// watches), resolved once all the task's fds are (`resolve_epolls`).
+    pending_epolls: Vec<(i32, i32, usize, Vec<event::Watch>)>,
 }
 
 impl FileTable {
@@ -137,7 +141,13 @@ impl FileTable {
                 Ok(i) => group[i].2,
                 Err(at) => {
                     let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+                    let mut watches = Vec::new();
                     let kind = match ty {
+                        _ if event::handles(&info.link) => {
+                            let (k, w) = event::dump(pid, info, dup)?;
+                            watches = w;
+                            k
+                        }
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
                         SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
                         SFlag::S_IFSOCK => {
@@ -162,6 +172,9 @@ impl FileTable {
                     };
                     let id = self.entries.len() as u32 + 1;
                     let (owner, signum) = owner_of(pid, info, dup, vpid)?;
+                    if matches!(kind, Kind::Epoll(_)) {
+                        self.pending_epolls.push((pid, info.fd, self.entries.len(), watches));
+                    }
                     self.entries.push(pb::FileEntry { id, kind: Some(kind), owner, signum });
                     self.first_seen.push((pid, info.fd));
                     self.seen.entry((st.st_dev, st.st_ino)).or_default().insert(at, (pid, info.fd, id));
@@ -175,6 +188,36 @@ impl FileTable {
 }
 
 impl FileTable {
+    /// Finds the files the epolls of `pid` watch among its fds (`fds`, all of
+    /// them): each watch's fd number must still hold the watched file (kcmp
+    /// KCMP_EPOLL_TFD), else the dump is refused.
+    pub fn resolve_epolls(&mut self, pid: i32, fds: &[pb::FdEntry]) -> Result<()> {
+        let mine: Vec<_> = self.pending_epolls.iter().filter(|p| p.0 == pid).map(|p| (p.1, p.2)).collect();
+        for (epfd, idx) in mine {
+            let watches = self.pending_epolls.iter().find(|p| p.0 == pid && p.2 == idx).map(|p| &p.3).into_iter().flatten();
+            let mut targets = Vec::new();
+            for w in watches {
+                let refuse = |why: &str| Error::Unsupported {
+                    pid,
+                    fd: Some(epfd),
+                    what: format!("epoll watches fd {} (inode {:#x}), {why}", w.tfd, w.ino),
+                    hint: Some("watched files must stay open at the fd number they were added with"),
+                };
+                let e = fds.iter().find(|e| e.fd == w.tfd).ok_or_else(|| refuse("which is closed now"))?;
+                if !crate::sys::process::kcmp_epoll_tfd(pid, w.tfd, epfd, w.tfd).map_err(|e| Error::sys(format!("pid {pid} fd {epfd}: kcmp KCMP_EPOLL_TFD"), e))? {
+                    return Err(refuse("and that fd now holds another file"));
+                }
+                let _ = w.dev;
+                targets.push(pb::EpollTarget { tfd: w.tfd, file_id: e.file_id, events: w.events, data: w.data });
+            }
+            if let Some(Kind::Epoll(ep)) = self.entries[idx].kind.as_mut() {
+                ep.targets = targets;
+            }
+        }
+        self.pending_epolls.retain(|p| p.0 != pid);
+        Ok(())
+    }
+
     /// Describes every unix socket of the tree and the messages queued on them;
     /// files passed in those messages (sockets too) join the table. `vpid` as for
     /// `dump_fds`.
@@ -209,6 +252,9 @@ impl FileTable {
                     self.packets.push(packet);
                 }
             }
+        }
+        if let Some(&(_, fd, _, _)) = self.pending_epolls.first() {
+            return Err(Error::Unsupported { pid: me, fd: None, what: format!("an epoll instance (crtool's fd {fd}) is in flight in a queued message"), hint: Some("epolls passed over unix sockets are not supported") });
         }
         let sockets = self.unix.resolve(ext_unix_sk, vpid)?;
         unix::check_requeue(&sockets, &self.packets, &|ino| self.unix.holder(ino))?;
@@ -321,6 +367,7 @@ fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<O
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
         (Kind::Pipe(p), Some(pe)) => pe.open_end(p),
         (Kind::Fifo(p), Some(pe)) => pe.open_fifo(p),
+        (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_)), _) => event::open(k),
         _ => Err(std::io::Error::other("pipes are opened by crtool")),
     }
     .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
@@ -354,6 +401,9 @@ pub struct Parked {
     unix: Option<unix::Restorer>,
     /// The restore succeeded: dropping keeps the socket files (see `Drop`).
     pub restored: bool,
+    /// Epoll instances: the task (pid in the tree) that adds their watches back,
+    /// with its fd numbers, and the watches.
+    epolls: BTreeMap<u32, (i32, Vec<pb::EpollTarget>)>,
 }
 
 impl Parked {
@@ -382,7 +432,14 @@ impl Parked {
             .filter_map(|f| users.get(&f.id).map(|&(_, first)| (f.id, first)))
             .collect();
         let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks, exact_pids).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false };
+        let epolls = files
+            .iter()
+            .filter_map(|f| match &f.kind {
+                Some(Kind::Epoll(e)) => users.get(&f.id).map(|&(_, first)| (f.id, (first, e.targets.clone()))),
+                _ => None,
+            })
+            .collect();
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false, epolls };
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
@@ -476,6 +533,17 @@ impl Parked {
             })?;
             dup(src, e)?;
         }
+        // Epoll watches, added by the first holder with its own fd numbers (the
+        // kernel keys a watch by file and fd number).
+        for (&id, (_, targets)) in self.epolls.iter().filter(|(_, (holder, _))| *holder == pid) {
+            let Some(ep) = fds.iter().find(|e| e.file_id == id) else { continue };
+            for t in targets {
+                if !fds.iter().any(|e| e.fd == t.tfd && e.file_id == t.file_id) {
+                    return Err(Error::Restore { pid, msg: format!("epoll fd {}: watched fd {} does not hold file {}", ep.fd, t.tfd, t.file_id) });
+                }
+                crate::sys::event::epoll_add(ep.fd, t.tfd, t.events, t.data).map_err(|err| Error::Restore { pid, msg: format!("epoll fd {}: adding fd {}: {err}", ep.fd, t.tfd) })?;
+            }
+        }
         for (&id, _) in self.async_by.iter().filter(|&(_, &holder)| holder == pid) {
             if let Some(lowest) = fds.iter().filter(|e| e.file_id == id).map(|e| e.fd).min() {
                 fd::set_async_raw(lowest).map_err(|err| Error::Restore { pid, msg: format!("fd {lowest}: O_ASYNC: {err}") })?;
@@ -534,7 +602,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -545,6 +613,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Pipe(p) => p.flags,
         Kind::Fifo(f) => f.flags,
         Kind::Unix(u) => u.flags,
+        k => event::flags(k).unwrap_or(0),
     }
 }
 
@@ -555,5 +624,6 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Pipe(p) => format!("pipe:[{}] ({})", p.pipe_id, if p.flags & 3 == 0 { "read end" } else { "write end" }),
         Kind::Fifo(f) => format!("FIFO {}", f.path),
         Kind::Unix(u) => format!("socket:[{}]", u.ino),
+        k => event::describe(k).unwrap_or_default(),
     }
 }

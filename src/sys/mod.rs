@@ -9,6 +9,7 @@ pub mod process;
 pub mod ptrace;
 pub mod signals;
 pub mod sock;
+pub mod event;
 
 /// The embedded blobs (built by build.rs from `parasite/`).
 pub mod blobs {

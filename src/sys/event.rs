@@ -1,0 +1,86 @@
+//! eventfd, signalfd, timerfd and epoll by raw syscalls (eventfd(2), signalfd(2),
+//! timerfd_create(2), epoll_ctl(2)), with what nix does not cover (TFD_IOC_SET_TICKS).
+
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// `_IOW('T', 0, u64)`: sets a timerfd's count of unread expirations
+/// (fs/timerfd.c, CONFIG_CHECKPOINT_RESTORE).
+const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+
+fn owned(r: libc::c_int) -> Result<OwnedFd, Errno> {
+    let fd = Errno::result(r)?;
+    // SAFETY: the syscall just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// eventfd(count, flags) (EFD_CLOEXEC is added; counts above u32 are set by a write).
+pub fn eventfd(count: u64, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = owned(unsafe { libc::eventfd(0, flags | libc::EFD_CLOEXEC) })?;
+    if count > 0 {
+        let b = count.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a local buffer.
+        Errno::result(unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), 8) })?;
+    }
+    Ok(fd)
+}
+
+/// signalfd(-1, mask, flags) for the signals of `mask` (bit N-1 = signal N).
+pub fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd, Errno> {
+    // The kernel's sigset_t is one u64 on x86-64 (sizemask 8).
+    // SAFETY: raw syscall reading 8 bytes of `mask`.
+    owned(unsafe { libc::syscall(libc::SYS_signalfd4, -1, &raw const mask, 8usize, flags | libc::SFD_CLOEXEC) } as libc::c_int)
+}
+
+fn ts(ns: u64) -> libc::timespec {
+    libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 }
+}
+
+/// timerfd_create(clockid, flags) armed with `value`/`interval` (ns; relative, or
+/// absolute with `settime_flags` TFD_TIMER_ABSTIME) and `ticks` unread expirations.
+pub fn timerfd(clockid: i32, flags: i32, settime_flags: i32, value_ns: u64, interval_ns: u64, ticks: u64) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = owned(unsafe { libc::timerfd_create(clockid, flags | libc::TFD_CLOEXEC) })?;
+    if ticks > 0 {
+        // SAFETY: the ioctl reads one u64 from `ticks`.
+        Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &raw const ticks) })?;
+    }
+    if value_ns > 0 {
+        let spec = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(value_ns) };
+        // SAFETY: `spec` is a valid itimerspec; no old value is asked for.
+        Errno::result(unsafe { libc::timerfd_settime(fd.as_raw_fd(), settime_flags, &spec, std::ptr::null_mut()) })?;
+    }
+    Ok(fd)
+}
+
+/// clock_gettime(clockid) in nanoseconds.
+pub fn clock_ns(clockid: i32) -> Result<i64, Errno> {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes one timespec.
+    Errno::result(unsafe { libc::clock_gettime(clockid, &mut t) })?;
+    Ok(t.tv_sec * 1_000_000_000 + t.tv_nsec)
+}
+
+/// epoll_create1(flags) (EPOLL_CLOEXEC added).
+pub fn epoll_create(flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall.
+    owned(unsafe { libc::epoll_create1(flags | libc::EPOLL_CLOEXEC) })
+}
+
+/// epoll_ctl(epfd, EPOLL_CTL_ADD, fd, {events, data}).
+pub fn epoll_add(epfd: RawFd, fd: RawFd, events: u32, data: u64) -> Result<(), Errno> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: `ev` is a valid epoll_event for the call.
+    Errno::result(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+}
+
+/// timerfd_gettime(2), for its effect: a periodic timer that has expired is moved
+/// to its next period and its missed periods added to the unread count, as the
+/// task's own next read or gettime would do (fs/timerfd.c timerfd_gettime), so
+/// that fdinfo then shows when it fires next.
+pub fn timerfd_settle(fd: RawFd) -> Result<(), Errno> {
+    let mut cur = libc::itimerspec { it_interval: ts(0), it_value: ts(0) };
+    // SAFETY: writes one itimerspec.
+    Errno::result(unsafe { libc::timerfd_gettime(fd, &mut cur) }).map(drop)
+}

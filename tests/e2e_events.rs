@@ -1,0 +1,73 @@
+//! End-to-end tests of event files (tests/workloads/events.py): eventfd, signalfd,
+//! timerfd and epoll come back with their counts, masks, schedules and watches; a
+//! watch crtool cannot restore is refused. See tests/common/mod.rs for how
+//! scenarios run.
+
+mod common;
+
+use common::*;
+
+const START_EVENTS: &str = r#"
+EVENTS="$(dirname "$LOOP_PY")/events.py"
+start_events() { "${AS_WL[@]}" setsid "$PY3" "$EVENTS" "$T" "$@" </dev/null >"$T/out.txt" 2>"$T/events.err" & }
+"#;
+
+/// An eventfd in semaphore mode (shared with a child) and one above 2^32, a
+/// signalfd with its signal pending, timerfds (expired and unread, periodic,
+/// CLOCK_REALTIME with an absolute deadline), an epoll watching a pipe
+/// (edge-triggered, not reported yet), an eventfd with data of its own, a socket
+/// and a nested epoll: after the restore every read, gettime and epoll_wait gives
+/// what it would have, and the periodic timer keeps firing.
+#[test]
+fn eventfd_signalfd_timerfd_and_epoll_come_back() {
+    let s = Scenario::run_as(
+        "events",
+        Creds::User,
+        &format!(
+            r#"{START_EVENTS}
+start_events; P=$!; put pid $P
+wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "events.py did not start: $(cat "$T/events.err")"
+PIDS=$(tree_of $P | sort -n | tr '\n' ' ')
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $PIDS || fail "the dumped processes are still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "events.py wrote no result: $(cat "$T/events.err")"
+"#
+        ),
+    );
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.roundtrip_ok("result");
+    s.counter("out.txt");
+}
+
+/// An epoll watch whose fd was closed (a dup keeps the file alive) is refused,
+/// naming pid, fd and the watched fd, and the tree runs on.
+#[test]
+fn an_epoll_watch_on_a_closed_fd_is_refused() {
+    let s = Scenario::run(
+        "events-closed-target",
+        &format!(
+            r#"{START_EVENTS}
+start_events closed-target; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "events.py did not start: $(cat "$T/events.err")"
+run dump crt dump -t $P -D "$T/ck"
+put tracer "$(tracer $P)"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "no result after the refused dump"
+"#
+        ),
+    );
+    s.failed_saying("dump", &[&format!("pid {}", s.pid()), "epoll watches fd", "closed"]);
+    s.ensure(s.var("tracer") == "0", || "still traced after the refused dump".into());
+    s.passed("result");
+}

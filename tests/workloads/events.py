@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""The `events` workload: event files with state in them, checked after a restore.
+
+    events.py DIR [closed-target]
+
+Sets up: an eventfd in semaphore mode with count 5 (non-blocking), an eventfd with
+a count above 2^32, a signalfd for SIGUSR2 (blocked, one pending), a one-shot
+CLOCK_MONOTONIC timerfd that has expired once and not been read, a periodic
+CLOCK_MONOTONIC timerfd (0.5 s) and a CLOCK_REALTIME timerfd armed with
+TFD_TIMER_ABSTIME 100 s ahead, and an epoll instance watching a pipe with bytes in
+it (EPOLLIN | EPOLLET, not yet reported), the second eventfd (EPOLLIN, data 0x1234),
+a socket (EPOLLOUT) and another epoll (nested) that watches the signalfd. A forked
+child shares the first eventfd. Writes DIR/ready, prints a counter every 0.05 s; on
+SIGUSR1 checks it all, writes PASS or FAIL: why to DIR/result and exits.
+With closed-target, the epoll also watches a dup of the pipe's read end that was
+closed since (the watch stays while the file lives): crtool refuses that.
+Python 3 standard library only (ctypes for the syscalls).
+"""
+import ctypes
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+d = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+problems = []
+
+
+def chk(name, got, want):
+    if got != want:
+        problems.append("%s: got %r, want %r" % (name, got, want))
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+
+
+class Itimerspec(ctypes.Structure):
+    _fields_ = [("interval", Timespec), ("value", Timespec)]
+
+
+def arm(fd, value, interval=0.0, flags=0):
+    spec = Itimerspec(Timespec(int(interval), int(interval % 1 * 1e9)), Timespec(int(value), int(value % 1 * 1e9)))
+    if libc.timerfd_settime(fd, flags, ctypes.byref(spec), None) != 0:
+        sys.exit("timerfd_settime: errno %d" % ctypes.get_errno())
+
+
+def gettime(fd):
+    spec = Itimerspec()
+    libc.timerfd_gettime(fd, ctypes.byref(spec))
+    return spec.value.s + spec.value.ns / 1e9, spec.interval.s + spec.interval.ns / 1e9
+
+
+EFD_SEMAPHORE, NONBLOCK = 1, os.O_NONBLOCK
+sem = libc.eventfd(5, EFD_SEMAPHORE | NONBLOCK)
+big = libc.eventfd(0, 0)
+os.write(big, struct.pack("Q", (1 << 40) + 7))
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+mask = struct.pack("Q", 1 << (signal.SIGUSR2 - 1))
+sfd = libc.signalfd(-1, mask, NONBLOCK)
+os.kill(os.getpid(), signal.SIGUSR2)
+oneshot = libc.timerfd_create(time.CLOCK_MONOTONIC, NONBLOCK)
+arm(oneshot, 0.01)
+periodic = libc.timerfd_create(time.CLOCK_MONOTONIC, NONBLOCK)
+arm(periodic, 0.5, 0.5)
+rt = libc.timerfd_create(time.CLOCK_REALTIME, NONBLOCK)
+deadline = time.clock_gettime(time.CLOCK_REALTIME) + 100
+arm(rt, deadline, 0, 1)  # TFD_TIMER_ABSTIME
+for fd in (sem, big, sfd, oneshot, periodic, rt):
+    if fd < 0:
+        sys.exit("setup failed: errno %d" % ctypes.get_errno())
+r, w = os.pipe()
+os.write(w, b"pipe-data")
+sa, sb = socket.socketpair()
+ep = select.epoll()
+ep.register(r, select.EPOLLIN | select.EPOLLET)
+ep.register(sa.fileno(), select.EPOLLOUT)
+inner = select.epoll()
+inner.register(sfd, select.EPOLLIN)
+ep.register(inner.fileno(), select.EPOLLIN)
+# A watch with data of our own (Python's register stores the fd as data).
+class EpollEvent(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+
+
+if libc.epoll_ctl(ep.fileno(), 1, big, ctypes.byref(EpollEvent(select.EPOLLIN, 0x1234))) != 0:
+    sys.exit("epoll_ctl: errno %d" % ctypes.get_errno())
+closed_target = sys.argv[2:] == ["closed-target"]
+if closed_target:
+    # A watch whose fd was closed while a dup keeps the file: crtool refuses it.
+    extra = os.dup(r)
+    ep.register(extra, select.EPOLLIN)
+    os.close(extra)
+time.sleep(0.05)  # the one-shot timer expires
+child = os.fork()
+if child == 0:
+    signal.pause()  # shares the semaphore eventfd
+    os._exit(0)
+
+done = False
+
+
+def on_usr1(*_):
+    global done
+    done = True
+
+
+signal.signal(signal.SIGUSR1, on_usr1)
+with open(os.path.join(d, "ready"), "w") as fh:
+    fh.write("ready\n")
+n = 0
+while not done:
+    print(n, flush=True)
+    n += 1
+    time.sleep(0.05)
+
+
+def check():
+    class EV(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
+
+    evs = (EV * 16)()
+    got = libc.epoll_wait(ep.fileno(), evs, 16, 0)
+    # Python's register() puts the fd in the low 32 bits of the data.
+    seen = sorted((evs[i].data if evs[i].data == 0x1234 else evs[i].data & 0xFFFFFFFF, evs[i].events) for i in range(max(got, 0)))
+    want = [(r, select.EPOLLIN), (sa.fileno(), select.EPOLLOUT), (inner.fileno(), select.EPOLLIN), (0x1234, select.EPOLLIN)]
+    if closed_target:
+        want.append((extra, select.EPOLLIN))
+    chk("epoll_wait", seen, sorted(want))
+    chk("edge reported once", libc.epoll_wait(ep.fileno(), evs, 16, 0), 3 + closed_target)
+    chk("inner epoll", [e for e in inner.poll(0)], [(sfd, select.EPOLLIN)])
+    for i in range(5):
+        chk("semaphore read %d" % i, os.read(sem, 8), struct.pack("Q", 1))
+    try:
+        os.read(sem, 8)
+        problems.append("semaphore eventfd: a sixth read worked")
+    except BlockingIOError:
+        pass
+    chk("big eventfd", struct.unpack("Q", os.read(big, 8))[0], (1 << 40) + 7)
+    info = os.read(sfd, 128)
+    chk("signalfd signal", struct.unpack("I", info[:4])[0], signal.SIGUSR2)
+    chk("one-shot expirations", struct.unpack("Q", os.read(oneshot, 8))[0], 1)
+    left, interval = gettime(periodic)
+    chk("periodic interval", round(interval, 3), 0.5)
+    if not 0 < left <= 0.5:
+        problems.append("periodic timer: %.3f s left" % left)
+    left, interval = gettime(rt)
+    want = deadline - time.clock_gettime(time.CLOCK_REALTIME)
+    if abs(left - want) > 0.5:
+        problems.append("CLOCK_REALTIME deadline moved: %.3f s left, want %.3f" % (left, want))
+    # The periodic timer keeps ticking.
+    time.sleep(0.6)
+    ticks = struct.unpack("Q", os.read(periodic, 8))[0]
+    if ticks < 1:
+        problems.append("periodic timer did not expire after the restore")
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+
+
+try:
+    check()
+except Exception as ex:  # noqa: BLE001 - every failure is a verdict
+    problems.append(repr(ex))
+with open(os.path.join(d, "result"), "w") as fh:
+    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
