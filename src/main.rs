@@ -64,6 +64,10 @@ enum Cmd {
         /// taken from --inherit-fd fd[N]:socket:[INO].
         #[arg(long)]
         ext_unix_sk: bool,
+        /// Dump file locks (POSIX, flock, OFD) held through the tree's fds; restore
+        /// takes them again before the tree runs. Without it a lock is refused.
+        #[arg(long)]
+        file_locks: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -104,6 +108,9 @@ enum Cmd {
         /// Accepted for CRIU compatibility (what is external is in the images).
         #[arg(long)]
         ext_unix_sk: bool,
+        /// Accepted for CRIU compatibility (locks in the images are always taken).
+        #[arg(long)]
+        file_locks: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -160,9 +167,6 @@ struct DumpNotYet {
     /// Established TCP connections (not supported yet).
     #[arg(long)]
     tcp_established: bool,
-    /// File locks (not supported yet; locks are refused).
-    #[arg(long)]
-    file_locks: bool,
     /// Link-remap of deleted files (not supported yet).
     #[arg(long)]
     link_remap: bool,
@@ -193,7 +197,6 @@ impl DumpNotYet {
     fn used(&self) -> Option<&'static str> {
         [
             (self.tcp_established, "--tcp-established"),
-            (self.file_locks, "--file-locks"),
             (self.link_remap, "--link-remap"),
             (self.ghost_limit.is_some(), "--ghost-limit"),
             (self.track_mem, "--track-mem"),
@@ -215,9 +218,6 @@ struct RestoreNotYet {
     /// Established TCP connections (not supported yet).
     #[arg(long)]
     tcp_established: bool,
-    /// File locks (not supported yet).
-    #[arg(long)]
-    file_locks: bool,
     /// cgroup handling (not supported yet).
     #[arg(long, num_args = 0..=1)]
     manage_cgroups: Option<Option<String>>,
@@ -236,7 +236,6 @@ impl RestoreNotYet {
     fn used(&self) -> Option<&'static str> {
         [
             (self.tcp_established, "--tcp-established"),
-            (self.file_locks, "--file-locks"),
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
             (self.lazy_pages, "--lazy-pages"),
             (self.root.is_some(), "--root"),
@@ -332,7 +331,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
@@ -341,7 +340,7 @@ fn run() -> Result<i32> {
             for e in &external {
                 parse_pipe(e).with_context(|| format!("--external {e}"))?;
             }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk };
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",
@@ -357,7 +356,7 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             let mut inherit_socks = std::collections::BTreeMap::new();

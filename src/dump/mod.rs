@@ -27,6 +27,8 @@ pub struct DumpOpts {
     pub external: Vec<String>,
     /// Unix sockets connected to peers outside the tree are dumped (--ext-unix-sk).
     pub ext_unix_sk: bool,
+    /// File locks are dumped and taken again at restore (--file-locks).
+    pub file_locks: bool,
 }
 
 #[derive(Debug, Default)]
@@ -210,11 +212,13 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         task::precheck::check_process(p, root_mnt.as_deref(), &tree_ns)?;
     }
     task::precheck::check_sharing(&live)?;
-    task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
+    if !ctx.opts.file_locks {
+        task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
+    }
     crate::fault::point(2)?;
     let mut surveys = Vec::new();
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
-        surveys.push(process::Survey::take(p.pid)?);
+        surveys.push(process::Survey::take(p.pid, ctx.opts.file_locks)?);
     }
     let mut surveys = surveys.into_iter();
     let vpids: Vec<i32> = tree.procs.iter().map(|p| p.vpid).collect();
@@ -274,6 +278,10 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     // the file table).
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
     let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk, tree.new_pid_ns)?;
+    if ctx.opts.file_locks {
+        let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
+        crate::files::locks::check_all_accounted(&pids, &ctx.files.locks_taken)?;
+    }
     // Pipes and FIFOs shared with processes outside the tree.
     let tree_pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
     ctx.files.check_outside_peers(&tree_pids, &ctx.opts.external)?;

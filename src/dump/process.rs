@@ -77,9 +77,9 @@ pub struct Survey {
 }
 
 impl Survey {
-    pub fn take(pid: i32) -> Result<Survey> {
+    pub fn take(pid: i32, file_locks: bool) -> Result<Survey> {
         let fds = files::list(pid)?;
-        files::precheck(pid, &fds)?;
+        files::precheck(pid, &fds, file_locks)?;
         Ok(Survey { fds, vmas: vma::collect(pid)? })
     }
 }

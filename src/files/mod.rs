@@ -4,6 +4,7 @@
 
 mod chr;
 mod event;
+pub mod locks;
 pub mod identity;
 mod pipe;
 mod reg;
@@ -31,6 +32,8 @@ pub struct FdInfo {
     pub flags: u32,
     /// fdinfo lists a lock on the file (flock, POSIX, OFD, lease).
     pub locked: bool,
+    /// Those "lock:" lines of fdinfo.
+    pub locks: Vec<String>,
 }
 
 /// An open-file kind crtool can save and bring back.
@@ -67,12 +70,13 @@ pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
     let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
     let pos = field("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
     let flags = field("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
-    let locked = info.lines().any(|l| l.starts_with("lock:"));
-    Ok(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked })
+    let locks: Vec<String> = info.lines().filter_map(|l| l.strip_prefix("lock:")).map(|l| l.trim().to_string()).collect();
+    Ok(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked: !locks.is_empty(), locks })
 }
 
-/// Rejects, before any parasite runs, fds whose kind this version cannot restore.
-pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
+/// Rejects, before any parasite runs, fds whose kind this version cannot restore
+/// (and locked files, unless `file_locks`).
+pub fn precheck(pid: i32, fds: &[FdInfo], file_locks: bool) -> Result<()> {
     for f in fds {
         let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) {
             Some(("anon inode", Some("epoll/eventfd/signalfd/timerfd and similar are not supported yet")))
@@ -86,8 +90,8 @@ pub fn precheck(pid: i32, fds: &[FdInfo]) -> Result<()> {
         if let Some((kind, hint)) = what {
             return Err(Error::Unsupported { pid, fd: Some(f.fd), what: format!("{kind} {}", f.link), hint });
         }
-        if f.locked {
-            return Err(Error::Unsupported { pid, fd: Some(f.fd), what: format!("{} is locked (flock, POSIX, OFD lock or lease)", f.link), hint: Some("file locks are not supported yet (CRIU's --file-locks)") });
+        if f.locked && !file_locks {
+            return Err(Error::Unsupported { pid, fd: Some(f.fd), what: format!("{} is locked (flock, POSIX, OFD lock or lease)", f.link), hint: Some("dump with --file-locks to take them along") });
         }
     }
     Ok(())
@@ -116,6 +120,11 @@ pub struct FileTable {
     /// Epoll entries whose watched files are not known yet: (pid, fd, entry index,
     /// watches), resolved once all the task's fds are (`resolve_epolls`).
     pending_epolls: Vec<(i32, i32, usize, Vec<event::Watch>)>,
+    /// Every lock recorded so far, with the "maj:min:ino" it is on.
+    pub locks_taken: Vec<(pb::FileLock, String)>,
+    /// Descriptions whose flock/OFD locks are recorded, and (pid, dev, ino) whose
+    /// POSIX locks are: each lock once.
+    locks_seen: std::collections::HashSet<(i32, u64, u64, u32)>,
 }
 
 impl FileTable {
@@ -181,7 +190,22 @@ impl FileTable {
                     id
                 }
             };
-            out.push(pb::FdEntry { fd: info.fd, file_id: id, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0 });
+            // fdinfo shows a process's POSIX locks on every fd of the file, and a
+            // description's locks on every fd of it: each is taken through one.
+            let mut locks = Vec::new();
+            let mut keys = Vec::new();
+            for line in &info.locks {
+                let (l, dev_ino) = locks::parse(line).map_err(|what| Error::Unsupported { pid, fd: Some(info.fd), what: format!("{} holds {what}", info.link), hint: Some("only POSIX, flock and OFD locks are supported") })?;
+                let key = if l.kind == locks::POSIX { (pid, st.st_dev, st.st_ino, 0) } else { (0, 0, 0, id) };
+                if self.locks_seen.contains(&key) {
+                    continue;
+                }
+                keys.push(key);
+                self.locks_taken.push((l.clone(), dev_ino));
+                locks.push(l);
+            }
+            self.locks_seen.extend(keys);
+            out.push(pb::FdEntry { fd: info.fd, file_id: id, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0, locks });
         }
         Ok(out)
     }
@@ -547,6 +571,18 @@ impl Parked {
         for (&id, _) in self.async_by.iter().filter(|&(_, &holder)| holder == pid) {
             if let Some(lowest) = fds.iter().filter(|e| e.file_id == id).map(|e| e.fd).min() {
                 fd::set_async_raw(lowest).map_err(|err| Error::Restore { pid, msg: format!("fd {lowest}: O_ASYNC: {err}") })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the task's file locks again through its fds (in the task, once every
+    /// fd of crtool's is closed: closing any fd of a file drops the process's POSIX
+    /// locks on it).
+    pub fn take_locks(&self, pid: i32, fds: &[pb::FdEntry]) -> Result<()> {
+        for e in fds {
+            for l in &e.locks {
+                locks::take(e.fd, l).map_err(|err| Error::Restore { pid, msg: format!("fd {}: {}: {err} (is the file locked by another process now?)", e.fd, locks::describe(l)) })?;
             }
         }
         Ok(())

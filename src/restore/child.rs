@@ -444,6 +444,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
         report_and_exit(status, &e);
     }
     ctx.parked.close_all();
+    if let Err(e) = ctx.parked.take_locks(pid, &task.fds) {
+        report_and_exit(status, &e);
+    }
     if let Err(e) = task::apply_root(core) {
         report_and_exit(status, &e);
     }

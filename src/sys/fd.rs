@@ -182,3 +182,24 @@ pub fn take_received(fds: Vec<RawFd>) -> Vec<OwnedFd> {
     // SAFETY: per the contract above, each fd is open and owned by no one else.
     fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }).collect()
 }
+
+/// flock(fd, LOCK_EX or LOCK_SH | LOCK_NB).
+pub fn flock(fd: RawFd, write: bool) -> Result<(), Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    Errno::result(unsafe { libc::flock(fd, if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB) }).map(drop)
+}
+
+/// fcntl(fd, F_SETLK or F_OFD_SETLK) of a read or write lock on `len` bytes from
+/// `start` (0: to the end of the file, however long).
+pub fn record_lock(fd: RawFd, ofd: bool, write: bool, start: u64, len: u64) -> Result<(), Errno> {
+    let fl = libc::flock {
+        l_type: if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: start as i64,
+        l_len: len as i64,
+        l_pid: 0,
+    };
+    let cmd = if ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+    // SAFETY: `fl` is a valid struct flock for the call.
+    Errno::result(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
+}

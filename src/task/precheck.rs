@@ -120,7 +120,7 @@ pub fn check_locks(pids: &[i32]) -> Result<()> {
         let (Some(kind), Some(pid)) = (f.get(1), f.get(4).and_then(|p| p.parse::<i32>().ok())) else { continue };
         if pids.contains(&pid) {
             let what = format!("it holds a file lock ({kind} {} on inode {})", f.get(3).unwrap_or(&"?"), f.get(5).unwrap_or(&"?"));
-            return Err(refuse(pid, what, "file locks are not supported yet (CRIU's --file-locks)"));
+            return Err(refuse(pid, what, "dump with --file-locks to take them along"));
         }
     }
     Ok(())

@@ -77,7 +77,7 @@ fn every_kind_decodes_to_json() {
     let fds = decode(d, ImageKind::Fdinfo, PID);
     assert_eq!(
         fds["entries"][2],
-        json!({"fd": 3, "file_id": 2, "cloexec": true})
+        json!({"fd": 3, "file_id": 2, "cloexec": true, "locks": [{"kind": 1, "write": true, "start": 5, "end": 14, "to_eof": false}]})
     );
 
     let files = decode(d, ImageKind::Files, 0);

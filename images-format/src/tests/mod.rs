@@ -276,16 +276,19 @@ pub fn fdinfo() -> Vec<pb::FdEntry> {
             fd: 0,
             file_id: 1,
             cloexec: false,
+            locks: vec![],
         },
         pb::FdEntry {
             fd: 1,
             file_id: 1,
             cloexec: false,
+            locks: vec![],
         },
         pb::FdEntry {
             fd: 3,
             file_id: 2,
             cloexec: true,
+            locks: vec![pb::FileLock { kind: 1, write: true, start: 5, end: 14, to_eof: false }],
         },
     ]
 }
