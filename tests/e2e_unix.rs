@@ -237,3 +237,34 @@ wait $CALLER
     s.ensure(caller.contains("restore rc 0") && caller.contains("caller got b'to-new-peer'"), || format!("the caller's side: {caller}"));
     s.passed("result");
 }
+
+/// What restore could not rebuild exactly is refused at dump, saying why, and the
+/// process runs on with its sockets untouched: a name relative to a cwd left since
+/// the bind, and a connection waiting in an accept queue whose client closed.
+#[test]
+fn sockets_restore_could_not_rebuild_are_refused() {
+    for (what, needles) in [
+        ("refuse-relative", &["relative path", "rel.sock"][..]),
+        ("refuse-closed-client", &["waiting to be accepted", "client has closed"][..]),
+    ] {
+        let s = Scenario::run_as(
+            &format!("unix-{what}"),
+            Creds::User,
+            &format!(
+                r#"{START_UNIXSK}
+start_unixsk {what}; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "unixsk.py did not start: $(cat "$T/unixsk.err")"
+run dump crt dump -t $P -D "$T/ck"
+put tracer "$(tracer $P)"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "no result after the refused dump"
+"#
+            ),
+        );
+        let mut n = vec![format!("pid {}", s.pid())];
+        n.extend(needles.iter().map(|x| x.to_string()));
+        s.failed_saying("dump", &n.iter().map(String::as_str).collect::<Vec<_>>());
+        s.ensure(s.var("tracer") == "0", || "still traced after the refused dump".into());
+        s.passed("result");
+    }
+}

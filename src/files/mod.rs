@@ -282,6 +282,7 @@ impl FileTable {
         }
         let sockets = self.unix.resolve(ext_unix_sk, vpid)?;
         unix::check_requeue(&sockets, &self.packets, &|ino| self.unix.holder(ino))?;
+        unix::check_senders(&sockets, &self.packets, &|ino| self.unix.holder(ino))?;
         // Bytes an outside peer sent to a stream socket cannot be put into the socket
         // the caller hands over at restore.
         if let Some(s) = sockets.iter().find(|s| s.external && s.r#type != libc::SOCK_DGRAM as u32 && self.packets.iter().any(|p| p.ino == s.ino)) {

@@ -33,6 +33,9 @@ pending connections, shutdown states, options) and that new traffic flows, write
   mp-manager  Python's multiprocessing Manager (a server process with a listener
             and threads) with a dict and a queue in use; on SIGUSR1 they must hold
             what they held, take new items and a new proxy (a new connection)
+  refuse-relative       a listener bound to a name relative to a cwd it left since
+  refuse-closed-client  a connection in an accept queue whose client sent data and
+                        closed (on SIGUSR1 it is accepted and its data read)
   (UNIXSK_IDLE=1 in the environment: no counter, the process sleeps until SIGUSR1.)
   many N    N socketpairs (2N sockets), each with a message queued both ways
 Python 3 standard library only.
@@ -112,6 +115,20 @@ if what == "pairs":
     anon = socket.socket(U, D)
     anon.sendto(b"from-anon", srv_name)
     cli.sendto(b"from-cli-2", srv_name)
+    # Empty seqpacket records, first and between others; and after the peer shut
+    # down (empty records followed by data).
+    sq1, sq2 = socket.socketpair(U, Q)
+    for m in (b"", b"a", b"", b"bb"):
+        sq1.send(m)
+    sq3, sq4 = socket.socketpair(U, Q)
+    for m in (b"", b"x", b"", b"yy"):
+        sq3.send(m)
+    sq3.shutdown(socket.SHUT_WR)
+    # A datagram socket connected to itself, with a message to itself queued.
+    me_sk = socket.socket(U, D)
+    me_sk.bind(b"\0" + tag.encode() + b"-self")
+    me_sk.connect(b"\0" + tag.encode() + b"-self")
+    me_sk.send(b"to-myself")
     rel = socket.socket(U, S)  # bound to a name relative to the cwd (DIR)
     os.chdir(d)
     rel.bind("relsock")
@@ -168,6 +185,11 @@ if what == "pairs":
         chk("srv 2", srv.recvfrom(100), (b"from-auto", auto_name))
         chk("srv 3", srv.recvfrom(100)[0], b"from-anon")
         chk("srv 4", srv.recvfrom(100), (b"from-cli-2", b"\0" + tag.encode() + b"-cli"))
+        chk("seqpacket records", [sq2.recv(10) for _ in range(4)], [b"", b"a", b"", b"bb"])
+        chk("seqpacket records after shutdown", [sq4.recv(10) for _ in range(4)], [b"", b"x", b"", b"yy"])
+        chk("connected to itself", me_sk.recv(20), b"to-myself")
+        me_sk.send(b"again")
+        chk("connected to itself, again", me_sk.recv(20), b"again")
         chk("relative name", rel.getsockname(), "relsock")
         c3 = socket.socket(U, S)
         c3.connect(os.path.join(d, "relsock"))
@@ -394,6 +416,36 @@ elif what == "mp-manager":
         mgr.shutdown()
 
     checks.append(check_manager)
+
+elif what == "refuse-relative":
+    # Bound to a relative name, then the cwd changed: refused.
+    os.makedirs(os.path.join(d, "sub"), exist_ok=True)
+    os.chdir(os.path.join(d, "sub"))
+    rs = socket.socket(U, S)
+    rs.bind("rel.sock")
+    rs.listen(1)
+    os.chdir(d)
+
+    def check_relative():
+        chk("still bound", rs.getsockname(), "rel.sock")
+
+    checks.append(check_relative)
+
+elif what == "refuse-closed-client":
+    # A connection waiting in an accept queue whose client closed: refused.
+    ln = socket.socket(U, S)
+    ln.bind(b"\0" + tag.encode() + b"-kq")
+    ln.listen(3)
+    kc = socket.socket(U, S)
+    kc.connect(b"\0" + tag.encode() + b"-kq")
+    kc.send(b"last words")
+    kc.close()
+
+    def check_closed_client():
+        c, _ = ln.accept()
+        chk("last words", c.recv(20), b"last words")
+
+    checks.append(check_closed_client)
 
 elif what == "many":
     n = int(sys.argv[3])

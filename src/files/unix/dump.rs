@@ -108,12 +108,12 @@ impl UnixTable {
             }
             // A relative name is bound again in the holder's cwd: if that holds
             // another file of this name, the cwd changed since the bind.
-            if !s.name_dir.is_empty() && !s.file_exists && std::fs::symlink_metadata(&path).is_ok() {
+            if !s.name_dir.is_empty() && !s.file_exists {
                 return Err(refuse(
                     pid,
                     fd,
-                    format!("socket:[{ino}] is bound to the relative path {}, and {} is another file (the cwd changed since the bind)", name_text(&name), path.display()),
-                    "bind unix sockets to absolute paths, or dump from the directory they were bound in",
+                    format!("socket:[{ino}] is bound to the relative path {}, and {} is not its socket file (the cwd changed since the bind, or the file was removed)", name_text(&name), path.display()),
+                    "bind unix sockets to absolute paths",
                 ));
             }
         }
@@ -150,6 +150,7 @@ impl UnixTable {
     pub fn resolve(&mut self, ext_unix_sk: bool, vpid: &dyn Fn(i32) -> Option<i32>) -> Result<Vec<pb::UnixSocket>> {
         let diag = self.diag.take().unwrap_or_default();
         let held: std::collections::BTreeSet<u64> = self.held.keys().copied().collect();
+        let held_pids: std::collections::BTreeSet<i32> = self.held.values().map(|h| h.pid).collect();
         // Which listener (anywhere) each waiting connection is queued on.
         let mut queued_on: HashMap<u64, (u64, u32)> = HashMap::new();
         for d in diag.values().filter(|d| d.state as u32 == TCP_LISTEN) {
@@ -170,6 +171,9 @@ impl UnixTable {
             let connected_kind = s.r#type != libc::SOCK_DGRAM as u32;
             if s.state == TCP_LISTEN {
                 for &c in d.icons.iter() {
+                    if c == 0 {
+                        return Err(refuse(pid, fd, format!("{} has a connection waiting to be accepted whose client has closed", describe(&s)), "data it may have sent cannot be read without accepting it; dump once the task has accepted it"));
+                    }
                     if !held.contains(&c) {
                         return Err(refuse(pid, fd, format!("{} has a connection from socket:[{c}] outside the dumped tree waiting to be accepted", describe(&s)), "dump the tree that holds both ends"));
                     }
@@ -188,10 +192,16 @@ impl UnixTable {
                 s.peer_closed = true;
             } else if d.peer != 0 && !held.contains(&d.peer) {
                 if !ext_unix_sk {
+                    let key = format!("socket:[{}]", d.peer);
+                    let holder = crate::files::pipe::outside_holders(&held_pids, &[key.clone()].into_iter().collect()).remove(&key);
+                    let by = match holder {
+                        Some((opid, ofd)) => format!("held by pid {opid} ({}) fd {ofd}", std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default().trim()),
+                        None => "held by no process (in flight in a message, or in a cycle of sockets only messages hold)".to_string(),
+                    };
                     return Err(refuse(
                         pid,
                         fd,
-                        format!("{} is connected to socket:[{}] {} outside the dumped tree", describe(&s), d.peer, name_text(&s.peer_name)),
+                        format!("{} is connected to socket:[{}] {} outside the dumped tree, {by}", describe(&s), d.peer, name_text(&s.peer_name)),
                         "dump the tree that holds both ends, or pass --ext-unix-sk (then restore reconnects a datagram socket by name, and takes a stream socket from --inherit-fd fd[N]:socket:[INO])",
                     ));
                 }
@@ -249,6 +259,8 @@ fn peek_all(f: std::os::fd::BorrowedFd, s: &pb::UnixSocket, vpid: &dyn Fn(i32) -
     let mut buf = vec![0u8; 1 << 16];
     let mut out: Vec<Peeked> = Vec::new();
     let mut empties = 0usize;
+    let shut_down = s.shutdown & 1 != 0;
+    let mut tentative = 0usize;
     loop {
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 253], libc::ucred);
         // MSG_TRUNC: a datagram's whole length (on a stream socket it would mean
@@ -286,8 +298,24 @@ fn peek_all(f: std::os::fd::BorrowedFd, s: &pb::UnixSocket, vpid: &dyn Fn(i32) -
             buf.resize(n.next_power_of_two(), 0);
             continue;
         }
-        if n == 0 && files.is_empty() && !dgram {
-            break; // end of stream (or an empty record of a shut-down seqpacket socket)
+        if n == 0 && files.is_empty() && stream {
+            break; // end of stream
+        }
+        if n == 0 && files.is_empty() && !dgram && shut_down {
+            // A seqpacket socket whose peer shut down: 0 is the end, or an empty
+            // record (each is returned once, then skipped). Empty records are kept
+            // if a record with data follows them; trailing ones cannot be told
+            // from the end (README).
+            tentative += 1;
+            if tentative > 4096 {
+                break;
+            }
+            continue;
+        }
+        if n > 0 || !files.is_empty() {
+            for _ in 0..std::mem::take(&mut tentative) {
+                out.push(Peeked { packet: pb::SkPacket { ino: s.ino, data: Vec::new(), sender: Vec::new(), fds: Vec::new(), creds: None }, files: Vec::new() });
+            }
         }
         if n == 0 {
             empties += 1;

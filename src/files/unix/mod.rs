@@ -22,10 +22,12 @@ pub const TCP_LISTEN: u32 = 10;
 
 /// How a socket's name reads in messages: a path, `@abstract`, or `(unbound)`.
 pub fn name_text(name: &[u8]) -> String {
+    // Control characters (abstract names are often binary) are escaped.
+    let text = |b: &[u8]| String::from_utf8_lossy(b).chars().map(|c| if c.is_control() { format!("\\x{:02x}", c as u32) } else { c.to_string() }).collect::<String>();
     match name.first() {
         None => "(unbound)".into(),
-        Some(0) => format!("@{}", String::from_utf8_lossy(&name[1..])),
-        Some(_) => String::from_utf8_lossy(name).into_owned(),
+        Some(0) => format!("@{}", text(&name[1..])),
+        Some(_) => text(name),
     }
 }
 
@@ -119,6 +121,42 @@ pub fn check_requeue(sockets: &[pb::UnixSocket], packets: &[pb::SkPacket], holde
                 fd: (fd >= 0).then_some(fd),
                 what: format!("{} has {others} datagrams queued from other senders than its peer; net.unix.max_dgram_qlen = {limit} lets only {} be queued again", describe(s), limit + 1),
                 hint: Some("let the task read its queue first, or raise net.unix.max_dgram_qlen"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a queued datagram whose sender cannot stand in again at restore: it is
+/// not a socket of the tree, and a live socket outside the tree is bound to its
+/// name (restore sends such a message again from a stand-in bound to that name).
+pub fn check_senders(sockets: &[pb::UnixSocket], packets: &[pb::SkPacket], holder: &dyn Fn(u64) -> (i32, i32)) -> crate::error::Result<()> {
+    use nix::sys::socket::{self as so, AddressFamily, SockFlag, SockType};
+    let names: std::collections::BTreeSet<&[u8]> = sockets.iter().filter(|s| !s.accepted).map(|s| s.name.as_slice()).collect();
+    let mut checked = std::collections::BTreeSet::new();
+    for p in packets.iter().filter(|p| !p.sender.is_empty() && !names.contains(p.sender.as_slice())) {
+        if !checked.insert(p.sender.clone()) {
+            continue;
+        }
+        let Ok(addr) = addr_of(&p.sender) else { continue };
+        let Ok(probe) = so::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None) else { continue };
+        let live = if p.sender[0] == 0 {
+            so::bind(std::os::fd::AsRawFd::as_raw_fd(&probe), &addr) == Err(nix::errno::Errno::EADDRINUSE)
+        } else {
+            !matches!(so::connect(std::os::fd::AsRawFd::as_raw_fd(&probe), &addr), Err(nix::errno::Errno::ECONNREFUSED) | Err(nix::errno::Errno::ENOENT))
+        };
+        if live {
+            let s = sockets.iter().find(|s| s.ino == p.ino);
+            let (pid, fd) = holder(p.ino);
+            return Err(crate::error::Error::Unsupported {
+                pid,
+                fd: (fd >= 0).then_some(fd),
+                what: format!(
+                    "{} has a datagram queued from {}, a socket outside the dumped tree that is still bound there",
+                    s.map(describe).unwrap_or_else(|| format!("socket:[{}]", p.ino)),
+                    name_text(&p.sender)
+                ),
+                hint: Some("restore could not send it again from that name; let the task read it first"),
             });
         }
     }

@@ -105,8 +105,8 @@ impl Restorer {
         let mut by_creator: BTreeMap<Option<(i32, u32, u32)>, Pairs> = BTreeMap::new();
         for s in &all {
             let Some(p) = r.sockets.get(&s.peer).cloned() else { continue };
-            if s.ino > p.ino || s.accepted || p.accepted || p.peer != s.ino {
-                continue;
+            if s.ino >= p.ino || s.accepted || p.accepted || p.peer != s.ino {
+                continue; // (a datagram socket connected to itself is bound, then connected)
             }
             by_creator.entry(s.peercred.as_ref().map(|c| (c.pid, c.uid, c.gid))).or_default().push((s.clone(), p));
         }
@@ -136,6 +136,11 @@ impl Restorer {
             }
             r.fds.insert(s.ino, fd);
         }
+        // Datagram sockets connected to themselves.
+        for s in all.iter().filter(|s| s.peer == s.ino && s.peer != 0) {
+            let fd = r.fds.get(&s.ino).ok_or_else(|| err(s, "a socket connected to itself must be bound"))?;
+            r.connect(s, fd, &s.name, &s.name_dir)?;
+        }
         // Stream sockets whose peer is outside: the caller's.
         for s in all.iter().filter(|s| s.external && s.r#type != libc::SOCK_DGRAM as u32) {
             let Some(&given) = inherited.get(&s.ino) else {
@@ -145,6 +150,9 @@ impl Restorer {
             let ty = so::getsockopt(&fd, sockopt::SockType).map(|t| t as i32 as u32);
             if sock::get_int(fd.as_fd(), libc::SO_DOMAIN) != Ok(libc::AF_UNIX) || ty != Ok(s.r#type) {
                 return Err(err(s, format!("--inherit-fd fd[{given}]:socket:[{}]: fd {given} is not a unix {} socket", s.ino, super::type_text(s.r#type))));
+            }
+            if so::getpeername::<UnixAddr>(fd.as_raw_fd()).is_err() {
+                return Err(err(s, format!("--inherit-fd fd[{given}]:socket:[{}]: fd {given} is not connected", s.ino)));
             }
             r.fds.insert(s.ino, fd);
         }
@@ -412,8 +420,8 @@ impl Restorer {
                     // A sender that is gone: a stand-in bound to its name.
                     let tmp = new_socket(s)?;
                     if !p.sender.is_empty() {
-                        let stand_in = pb::UnixSocket { name: p.sender.clone(), ..s.clone() };
-                        self.bind(&stand_in, &tmp, &p.sender)?;
+                        let stand_in = pb::UnixSocket { name: p.sender.clone(), ino: 0, peer: 0, ..s.clone() };
+                        self.bind(&stand_in, &tmp, &p.sender).map_err(|e| err(s, format!("a stand-in for the sender {} of a queued datagram: {e}", name_text(&p.sender))))?;
                         if p.sender[0] != 0 {
                             self.unlink_after.insert(self.path_of(&stand_in, &p.sender));
                         }
