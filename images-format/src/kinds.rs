@@ -22,6 +22,10 @@ pub enum ImageKind {
     ShmData,
     /// The tree's UTS namespace (uts.img).
     Uts,
+    /// memfds (memfd.img).
+    Memfd,
+    /// Their data (memfdpages.img).
+    MemfdPages,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -31,7 +35,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages]
     }
 
     fn number(self) -> u32 {
@@ -50,6 +54,8 @@ impl ImageKind {
             Self::Ipc => 30,
             Self::ShmData => 31,
             Self::Uts => 32,
+            Self::Memfd => 40,
+            Self::MemfdPages => 41,
         }
     }
 
@@ -80,12 +86,14 @@ impl ImageKind {
             Self::Ipc => "ipc",
             Self::ShmData => "shmdata",
             Self::Uts => "uts",
+            Self::Memfd => "memfd",
+            Self::MemfdPages => "memfdpages",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -140,6 +148,8 @@ impl ImageKind {
             Self::Ipc => "crtool.IpcEntry",
             Self::ShmData => "crtool.ShmChunk",
             Self::Uts => "crtool.UtsNamespace",
+            Self::Memfd => "crtool.MemfdInode",
+            Self::MemfdPages => "crtool.MemfdChunk",
             Self::Pages => return None,
         })
     }

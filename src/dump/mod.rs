@@ -294,6 +294,9 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     pipes.sort_by_key(|p| p.pipe_id);
     ctx.manifest.push(write_entries(dir, ImageKind::Pipes, 0, &pipes)?);
     ctx.manifest.push(write_entries(dir, ImageKind::UnixSk, 0, &sockets)?);
+    let memfds: Vec<pb::MemfdInode> = ctx.files.memfds.inodes.values().cloned().collect();
+    ctx.manifest.push(write_entries(dir, ImageKind::Memfd, 0, &memfds)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::MemfdPages, 0, &ctx.files.memfds.chunks)?);
     ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     let mut files = std::mem::take(&mut ctx.manifest);

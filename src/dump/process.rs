@@ -90,6 +90,13 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let Survey { fds, mut vmas } = survey;
     vma::mark_shmem(pid, &mut vmas, &mut ctx.shmem_seen)?;
     vma::identify(pid, &mut vmas, &mut ctx.identities)?;
+    // The data of mapped memfds (also those no fd holds any more).
+    for v in vmas.iter().filter(|v| matches!(v.kind(), pb::VmaKind::VmaMemfdShared | pb::VmaKind::VmaMemfdPrivate)) {
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+        let f = std::fs::File::open(&path).map_err(|e| Error::proc(pid, format!("map_files/{:x}-{:x}", v.start, v.end), e))?;
+        let name = crate::files::memfd::name_of(&v.path).unwrap_or_default().to_string();
+        ctx.files.memfds.record(pid, &format!("memfd {} mapped at {:#x}", v.path, v.start), &name, &f)?;
+    }
     let exe = task::path_of(pid, "exe")?;
     let vdso = vmas.iter().find(|v| v.kind() == pb::VmaKind::VmaVdso).map(|v| v.start);
     let (Some(vdso), Some(off)) = (vdso, ctx.vdso_syscall) else {

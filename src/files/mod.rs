@@ -4,6 +4,7 @@
 
 mod chr;
 mod event;
+pub mod memfd;
 pub mod locks;
 pub mod identity;
 mod pipe;
@@ -79,9 +80,9 @@ pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
 pub fn precheck(pid: i32, fds: &[FdInfo], file_locks: bool) -> Result<()> {
     for f in fds {
         let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) {
-            Some(("anon inode", Some("epoll/eventfd/signalfd/timerfd and similar are not supported yet")))
+            Some(("anon inode", Some("inotify/fanotify/pidfd/io_uring and similar are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
-            Some(("memfd", Some("memfd files are not supported yet")))
+            None
         } else if f.deleted {
             Some(("deleted file", Some("open deleted files are not supported yet")))
         } else {
@@ -120,6 +121,8 @@ pub struct FileTable {
     /// Epoll entries whose watched files are not known yet: (pid, fd, entry index,
     /// watches), resolved once all the task's fds are (`resolve_epolls`).
     pending_epolls: Vec<(i32, i32, usize, Vec<event::Watch>)>,
+    /// The memfds of the tree (open or mapped).
+    pub memfds: memfd::MemfdTable,
     /// Every lock recorded so far, with the "maj:min:ino" it is on.
     pub locks_taken: Vec<(pb::FileLock, String)>,
     /// Descriptions whose flock/OFD locks are recorded, and (pid, dev, ino) whose
@@ -152,6 +155,12 @@ impl FileTable {
                     let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
                     let mut watches = Vec::new();
                     let kind = match ty {
+                        _ if memfd::name_of(&info.link).is_some() && info.deleted => {
+                            let name = memfd::name_of(&info.link).unwrap_or_default();
+                            let f = std::fs::File::from(dup.try_clone().map_err(|e| Error::io(&info.link, e))?);
+                            let inode = self.memfds.record(pid, &format!("pid {pid} fd {} ({})", info.fd, info.link), name, &f)?;
+                            Kind::Memfd(pb::MemfdFile { inode, flags: info.flags & !(libc::O_CLOEXEC as u32), pos: info.pos })
+                        }
                         _ if event::handles(&info.link) => {
                             let (k, w) = event::dump(pid, info, dup)?;
                             watches = w;
@@ -450,6 +459,7 @@ impl Parked {
         inherited: BTreeMap<u64, RawFd>,
         inherited_socks: &BTreeMap<u64, RawFd>,
         exact_pids: bool,
+        memfds: &memfd::MemfdObjects,
     ) -> Result<Parked> {
         let async_by = files
             .iter()
@@ -468,12 +478,18 @@ impl Parked {
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
-            let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)));
+            let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = if let Some(Kind::Unix(u)) = &f.kind {
+            let fd = if let Some(Kind::Memfd(m)) = &f.kind {
+                let fd = memfds.open(m).map_err(|e| Error::Reported(format!("cannot reopen memfd {}: {e}", m.inode)))?;
+                if f.signum != 0 {
+                    fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of memfd {}: {e}", m.inode)))?;
+                }
+                fd
+            } else if let Some(Kind::Unix(u)) = &f.kind {
                 let r = parked.unix.as_ref().ok_or_else(|| Error::BadImage { file: "unixsk.img".into(), msg: format!("socket:[{}] of file {} is missing", u.ino, f.id) })?;
                 let fd = r.open(u.ino).and_then(|fd| fd::set_status_flags(&fd, u.flags).map(|()| fd)).map_err(|e| Error::Reported(format!("cannot restore unix socket:[{}]: {e}", u.ino)))?;
                 if f.signum != 0 {
@@ -639,7 +655,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -650,6 +666,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Pipe(p) => p.flags,
         Kind::Fifo(f) => f.flags,
         Kind::Unix(u) => u.flags,
+        Kind::Memfd(m) => m.flags,
         k => event::flags(k).unwrap_or(0),
     }
 }
@@ -661,6 +678,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Pipe(p) => format!("pipe:[{}] ({})", p.pipe_id, if p.flags & 3 == 0 { "read end" } else { "write end" }),
         Kind::Fifo(f) => format!("FIFO {}", f.path),
         Kind::Unix(u) => format!("socket:[{}]", u.ino),
+        Kind::Memfd(m) => format!("memfd {} at {}", m.inode, m.pos),
         k => event::describe(k).unwrap_or_default(),
     }
 }

@@ -52,7 +52,7 @@ impl Frames {
     /// The parent's frames for `v`, if the parent has a VMA like it that covers it.
     fn covering(&self, v: &pb::Vma) -> Option<(&pb::Vma, &[u64])> {
         let (p, frames) = self.vmas.iter().find(|(p, _)| p.start <= v.start && v.end <= p.end)?;
-        let file_offset_matches = v.kind() != VmaKind::VmaFilePrivate || (p.path == v.path && p.pgoff + (v.start - p.start) == v.pgoff);
+        let file_offset_matches = !matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaMemfdPrivate) || (p.path == v.path && p.pgoff + (v.start - p.start) == v.pgoff);
         let same = p.kind == v.kind && p.prot == v.prot && p.flags == v.flags && file_offset_matches;
         same.then_some((p, frames.as_slice()))
     }
@@ -150,7 +150,7 @@ impl PageDumper {
     /// pages inherited from the parent, guard pages. Also notes `v`'s frames.
     fn runs(&mut self, v: &pb::Vma, parent: Option<&Frames>) -> Result<Vec<Run>> {
         let kind = v.kind();
-        let private = matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate);
+        let private = matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate | VmaKind::VmaMemfdPrivate);
         let inherit_from = parent.and_then(|p| p.covering(v)).filter(|_| private);
         let mut frames = Vec::new();
         let mut runs: Vec<Run> = Vec::new();
@@ -181,7 +181,7 @@ impl PageDumper {
                             }
                             (present && !zero) || swapped
                         }
-                        VmaKind::VmaFilePrivate => anon_page || swapped,
+                        VmaKind::VmaFilePrivate | VmaKind::VmaMemfdPrivate => anon_page || swapped,
                         _ => present || swapped,
                     };
                     let inherited = inherit_from.is_some_and(|(p, pf)| {

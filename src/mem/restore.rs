@@ -153,7 +153,7 @@ pub fn premap<'a>(
         let len = members[members.len() - 1].end - v.start;
         let gd = if v.growsdown { libc::MAP_GROWSDOWN } else { 0 };
         let (rw, noreserve) = initial_prot(v);
-        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared | VmaKind::VmaSysvShm);
+        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared | VmaKind::VmaSysvShm | VmaKind::VmaMemfdShared);
         let mut now = if shared { v.prot as i32 } else { rw };
         let r = match v.kind() {
             _ if solo[first] => {
@@ -184,6 +184,15 @@ pub fn premap<'a>(
                 area.map_next(len, prot, flags, Some(f.as_fd()), v.pgoff)
             }
             VmaKind::VmaSysvShm => crate::ipc::shm::attach(area, v, len),
+            VmaKind::VmaMemfdShared | VmaKind::VmaMemfdPrivate => {
+                let path = shmem.memfds().path(v.shmid).ok_or_else(|| Error::BadImage { file: format!("mm-{pid}.img"), msg: format!("memfd {} of VMA {:#x} is not in memfd.img", v.shmid, v.start) })?;
+                let private = v.kind() == VmaKind::VmaMemfdPrivate;
+                let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
+                let f = OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(&path)
+                    .map_err(|e| Error::Restore { pid, msg: format!("cannot open memfd {} mapped at {:#x}: {e}", v.path, v.start) })?;
+                let (prot, flags) = if private { (rw, libc::MAP_PRIVATE | noreserve) } else { (v.prot as i32, libc::MAP_SHARED) };
+                area.map_next(len, prot, flags, Some(f.as_fd()), v.pgoff)
+            }
             _ => unreachable!("groups() only holds restorable VMAs"),
         };
         let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.start + len, v.path), e))?;
@@ -259,7 +268,7 @@ pub fn premap<'a>(
 
     for (si, slot) in slots.iter_mut().enumerate() {
         let v = &slot.vmas[0];
-        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared | VmaKind::VmaSysvShm);
+        let shared = matches!(v.kind(), VmaKind::VmaFileShared | VmaKind::VmaAnonShared | VmaKind::VmaSysvShm | VmaKind::VmaMemfdShared);
         if slot.vmas.len() == 1 && !shared && v.prot as i32 != prot_now[si] {
             slot.map.protect(v.prot as i32).map_err(|e| fail(format!("mprotect {:#x}", v.start), e))?;
         }

@@ -9,9 +9,10 @@ use images_format::PagesReader;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// shmid → the object's mapping in crtool (inherited by every forked task).
+/// shmid → the object's mapping in crtool (inherited by every forked task); and the
+/// memfds of the tree.
 #[derive(Default)]
-pub struct ShmemObjects(BTreeMap<u64, Mapping>);
+pub struct ShmemObjects(BTreeMap<u64, Mapping>, crate::files::memfd::MemfdObjects);
 
 impl ShmemObjects {
     /// Creates and fills every shmem object the tree uses. `tasks` lists each task's
@@ -49,6 +50,16 @@ impl ShmemObjects {
             }
         }
         Ok(objs)
+    }
+
+    /// With the tree's memfds (for their mappings).
+    pub fn with_memfds(mut self, m: crate::files::memfd::MemfdObjects) -> Self {
+        self.1 = m;
+        self
+    }
+
+    pub fn memfds(&self) -> &crate::files::memfd::MemfdObjects {
+        &self.1
     }
 
     /// The path that opens object `id` (valid in crtool and in every task it forks).

@@ -60,7 +60,20 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
                     _ => Error::proc(pid, format!("map_files/{start:x}-{end:x}"), e),
                 })?;
                 let s = link.path;
-                if s.starts_with("/memfd:") || s.starts_with("/dev/zero") || s.starts_with("/SYSV") {
+                if s.starts_with("/memfd:") {
+                    // The memfd's inode; its data is dumped once (files::memfd).
+                    v.path = s;
+                    v.shmid = m.inode;
+                    // The mapped file's open mode (the map_files link's permissions):
+                    // without FMODE_WRITE a shared mapping is not VM_SHARED/VM_MAYWRITE.
+                    use std::os::unix::fs::PermissionsExt;
+                    let link = std::fs::symlink_metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).map(|m| m.permissions().mode()).unwrap_or(0);
+                    if link & 0o200 != 0 {
+                        v.open_flags = libc::O_RDWR as u32;
+                    }
+                    if shared { VmaKind::VmaMemfdShared } else { VmaKind::VmaMemfdPrivate }
+                } else {
+                if s.starts_with("/dev/zero") || s.starts_with("/SYSV") {
                     return Err(unsupported(format!("mapping at {start:#x} of {s} is not supported yet")));
                 }
                 if link.deleted {
@@ -73,6 +86,7 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
                     v.open_flags = libc::O_RDWR as u32;
                 }
                 if shared { VmaKind::VmaFileShared } else { VmaKind::VmaFilePrivate }
+                }
             }
             other => {
                 // Named anonymous mappings ("[anon:...]") are anonymous memory too.
@@ -194,7 +208,7 @@ pub fn is_restorable(v: &pb::Vma) -> bool {
 /// stored once, with its first owner; file-backed shared memory lives in its file).
 pub fn has_private_pages(v: &pb::Vma) -> bool {
     match v.kind() {
-        VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate => true,
+        VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate | VmaKind::VmaMemfdPrivate => true,
         VmaKind::VmaAnonShared => v.shmem_owner,
         _ => false,
     }

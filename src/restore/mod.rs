@@ -65,6 +65,8 @@ pub struct TreeImages {
     pub pipes: Vec<pb::PipeData>,
     pub sockets: Vec<pb::UnixSocket>,
     pub packets: Vec<pb::SkPacket>,
+    pub memfds: Vec<pb::MemfdInode>,
+    pub memfd_chunks: Vec<pb::MemfdChunk>,
 }
 
 impl TreeImages {
@@ -143,7 +145,9 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     let optional = |k: ImageKind| dir.join(k.file_name(0)).exists();
     let sockets = if optional(ImageKind::UnixSk) { read_entries(dir, ImageKind::UnixSk, 0)? } else { Vec::new() };
     let packets = if optional(ImageKind::SkQueues) { read_entries(dir, ImageKind::SkQueues, 0)? } else { Vec::new() };
-    Ok(TreeImages { inv, procs, files, pipes, sockets, packets })
+    let memfds = if optional(ImageKind::Memfd) { read_entries(dir, ImageKind::Memfd, 0)? } else { Vec::new() };
+    let memfd_chunks = if optional(ImageKind::MemfdPages) { read_entries(dir, ImageKind::MemfdPages, 0)? } else { Vec::new() };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
@@ -232,10 +236,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             users.entry(id).or_insert((0, t.core.pid as i32)).0 += 1;
         }
     }
-    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns)?;
+    let memfds = crate::files::memfd::MemfdObjects::create(&imgs.memfds, &imgs.memfd_chunks)?;
+    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds)?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
-    let shmem = ShmemObjects::create(&opts.dir, &tasks)?;
+    let shmem = ShmemObjects::create(&opts.dir, &tasks)?.with_memfds(memfds);
     let mut ipc = crate::ipc::IpcRestore::prepare(&opts.dir, &imgs.inv, &tasks.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>())?;
     crate::fault::point(102)?;
 

@@ -203,3 +203,40 @@ pub fn record_lock(fd: RawFd, ofd: bool, write: bool, start: u64, len: u64) -> R
     // SAFETY: `fl` is a valid struct flock for the call.
     Errno::result(unsafe { libc::fcntl(fd, cmd, &fl) }).map(drop)
 }
+
+/// fcntl(F_GET_SEALS).
+pub fn get_seals(fd: std::os::fd::BorrowedFd) -> Result<u32, Errno> {
+    // SAFETY: plain fcntl with no pointer.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) }).map(|v| v as u32)
+}
+
+/// fcntl(F_ADD_SEALS, seals).
+pub fn add_seals(fd: std::os::fd::BorrowedFd, seals: u32) -> Result<(), Errno> {
+    // SAFETY: plain fcntl with an integer argument.
+    Errno::result(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) }).map(drop)
+}
+
+/// lseek(SEEK_DATA) from `at`: the next data offset, or None past the last data.
+pub fn seek_data(fd: std::os::fd::BorrowedFd, at: u64) -> Result<Option<u64>, Errno> {
+    // SAFETY: plain lseek.
+    match Errno::result(unsafe { libc::lseek(fd.as_raw_fd(), at as i64, libc::SEEK_DATA) }) {
+        Ok(v) => Ok(Some(v as u64)),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// lseek(SEEK_HOLE) from `at`: where the data run starting at `at` ends.
+pub fn seek_hole(fd: std::os::fd::BorrowedFd, at: u64) -> Result<u64, Errno> {
+    // SAFETY: plain lseek.
+    Errno::result(unsafe { libc::lseek(fd.as_raw_fd(), at as i64, libc::SEEK_HOLE) }).map(|v| v as u64)
+}
+
+/// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING).
+pub fn memfd_create(name: &str) -> Result<OwnedFd, Errno> {
+    let c = CString::new(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `c` is a valid C string for the call.
+    let fd = Errno::result(unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    // SAFETY: a new fd nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
