@@ -68,6 +68,10 @@ enum Cmd {
         /// takes them again before the tree runs. Without it a lock is refused.
         #[arg(long)]
         file_locks: bool,
+        /// Largest deleted file (ghost file) whose data is saved in the images:
+        /// bytes, or with a K, M or G suffix (default 1M, as CRIU).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        ghost_limit: Option<u64>,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -170,9 +174,6 @@ struct DumpNotYet {
     /// Link-remap of deleted files (not supported yet).
     #[arg(long)]
     link_remap: bool,
-    /// Ghost file size limit (not supported yet).
-    #[arg(long, value_name = "SIZE")]
-    ghost_limit: Option<String>,
     /// Incremental dumps with soft-dirty tracking (not supported yet).
     #[arg(long)]
     track_mem: bool,
@@ -198,7 +199,6 @@ impl DumpNotYet {
         [
             (self.tcp_established, "--tcp-established"),
             (self.link_remap, "--link-remap"),
-            (self.ghost_limit.is_some(), "--ghost-limit"),
             (self.track_mem, "--track-mem"),
             (self.prev_images_dir.is_some(), "--prev-images-dir"),
             (self.page_server, "--page-server"),
@@ -244,6 +244,17 @@ impl RestoreNotYet {
         .into_iter()
         .find_map(|(on, name)| on.then_some(name))
     }
+}
+
+/// "4096", "64K", "1M", "2G" → bytes.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul)).ok_or_else(|| format!("{s:?}: expected bytes, or a number with K, M or G"))
 }
 
 /// "pipe:[ID]" → ID.
@@ -331,7 +342,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
@@ -340,7 +351,7 @@ fn run() -> Result<i32> {
             for e in &external {
                 parse_pipe(e).with_context(|| format!("--external {e}"))?;
             }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks };
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT) };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",

@@ -20,6 +20,9 @@ MEMFD="$(dirname "$LOOP_PY")/memfd.py"
 "${AS_WL[@]}" setsid "$PY3" "$MEMFD" "$T" </dev/null >"$T/out.txt" 2>"$T/memfd.err" & P=$!; put pid $P
 wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "memfd.py did not start: $(cat "$T/memfd.err")"
 PIDS=$(tree_of $P | sort -n | tr '\n' ' ')
+# A dump that leaves the tree running must not move anything (offsets included).
+run dump_r crt dump -t $P -D "$T/ck-r" -R
+need dump_r
 snapshot before $P --no-pos
 pidset before
 run dump crt dump -t $P -D "$T/ck"

@@ -26,6 +26,10 @@ pub enum ImageKind {
     Memfd,
     /// Their data (memfdpages.img).
     MemfdPages,
+    /// Deleted files (ghost.img).
+    Ghost,
+    /// Their data (ghostdata.img).
+    GhostData,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -35,7 +39,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData]
     }
 
     fn number(self) -> u32 {
@@ -56,6 +60,8 @@ impl ImageKind {
             Self::Uts => 32,
             Self::Memfd => 40,
             Self::MemfdPages => 41,
+            Self::Ghost => 42,
+            Self::GhostData => 43,
         }
     }
 
@@ -88,12 +94,14 @@ impl ImageKind {
             Self::Uts => "uts",
             Self::Memfd => "memfd",
             Self::MemfdPages => "memfdpages",
+            Self::Ghost => "ghost",
+            Self::GhostData => "ghostdata",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -150,6 +158,8 @@ impl ImageKind {
             Self::Uts => "crtool.UtsNamespace",
             Self::Memfd => "crtool.MemfdInode",
             Self::MemfdPages => "crtool.MemfdChunk",
+            Self::Ghost => "crtool.GhostFile",
+            Self::GhostData => "crtool.GhostChunk",
             Self::Pages => return None,
         })
     }

@@ -29,6 +29,8 @@ pub struct DumpOpts {
     pub ext_unix_sk: bool,
     /// File locks are dumped and taken again at restore (--file-locks).
     pub file_locks: bool,
+    /// Largest deleted file whose data the images take (--ghost-limit), bytes.
+    pub ghost_limit: u64,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +121,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         manifest: Vec::new(),
     };
 
+    ctx.files.ghosts.limit = opts.ghost_limit;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
@@ -297,6 +300,9 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let memfds: Vec<pb::MemfdInode> = ctx.files.memfds.inodes.values().cloned().collect();
     ctx.manifest.push(write_entries(dir, ImageKind::Memfd, 0, &memfds)?);
     ctx.manifest.push(write_entries(dir, ImageKind::MemfdPages, 0, &ctx.files.memfds.chunks)?);
+    let ghosts: Vec<pb::GhostFile> = ctx.files.ghosts.files.values().cloned().collect();
+    ctx.manifest.push(write_entries(dir, ImageKind::Ghost, 0, &ghosts)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::GhostData, 0, &ctx.files.ghosts.chunks)?);
     ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     let mut files = std::mem::take(&mut ctx.manifest);

@@ -90,6 +90,12 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let Survey { fds, mut vmas } = survey;
     vma::mark_shmem(pid, &mut vmas, &mut ctx.shmem_seen)?;
     vma::identify(pid, &mut vmas, &mut ctx.identities)?;
+    // The data of mapped deleted files.
+    for v in vmas.iter().filter(|v| v.ghost) {
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+        let f = std::fs::File::open(&path).map_err(|e| Error::proc(pid, format!("map_files/{:x}-{:x}", v.start, v.end), e))?;
+        ctx.files.ghosts.record(pid, None, &v.path, &f)?;
+    }
     // The data of mapped memfds (also those no fd holds any more).
     for v in vmas.iter().filter(|v| matches!(v.kind(), pb::VmaKind::VmaMemfdShared | pb::VmaKind::VmaMemfdPrivate)) {
         let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);

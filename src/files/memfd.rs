@@ -26,6 +26,31 @@ pub fn name_of(link: &str) -> Option<&str> {
     link.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n))
 }
 
+/// The data of `f` (`size` bytes) in runs of at most 1 MiB, without its holes
+/// (lseek SEEK_DATA/SEEK_HOLE). `what` names it in errors.
+pub fn extents(pid: i32, what: &str, f: &std::fs::File, size: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    // A description of its own: `f` may share the task's, whose offset lseek would
+    // move.
+    let own = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| Error::io(what, e))?;
+    let f = &own;
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let Some(start) = crate::sys::fd::seek_data(f.as_fd(), at).map_err(|e| Error::sys(format!("pid {pid}: {what}: SEEK_DATA"), e))? else { break };
+        let end = crate::sys::fd::seek_hole(f.as_fd(), start).map_err(|e| Error::sys(format!("pid {pid}: {what}: SEEK_HOLE"), e))?.min(size);
+        let mut off = start;
+        while off < end {
+            let len = ((end - off) as usize).min(CHUNK);
+            let mut data = vec![0u8; len];
+            f.read_exact_at(&mut data, off).map_err(|e| Error::io(what, e))?;
+            out.push((off, data));
+            off += len as u64;
+        }
+        at = end.max(start + 1);
+    }
+    Ok(out)
+}
+
 impl MemfdTable {
     /// Records the memfd behind `f` (once per inode). `what` names it in errors.
     pub fn record(&mut self, pid: i32, what: &str, name: &str, f: &std::fs::File) -> Result<u64> {
@@ -41,22 +66,8 @@ impl MemfdTable {
         }
         let seals = crate::sys::fd::get_seals(f.as_fd()).map_err(|e| Error::sys(format!("pid {pid}: {what}: F_GET_SEALS"), e))?;
         let size = md.size();
-        // Data extents only (SEEK_DATA/SEEK_HOLE): holes stay holes.
-        let mut at = 0u64;
-        while at < size {
-            let Some(start) = crate::sys::fd::seek_data(f.as_fd(), at).map_err(|e| Error::sys(format!("pid {pid}: {what}: SEEK_DATA"), e))? else { break };
-            let end = crate::sys::fd::seek_hole(f.as_fd(), start).map_err(|e| Error::sys(format!("pid {pid}: {what}: SEEK_HOLE"), e))?.min(size);
-            let mut off = start;
-            while off < end {
-                let len = ((end - off) as usize).min(CHUNK);
-                let mut data = vec![0u8; len];
-                f.read_exact_at(&mut data, off).map_err(|e| Error::io(what, e))?;
-                // Pages that were written with zeros read as zeros: store them once
-                // as a hole is not worth the extra pass.
-                self.chunks.push(pb::MemfdChunk { inode: ino, offset: off, data });
-                off += len as u64;
-            }
-            at = end;
+        for (offset, data) in extents(pid, what, f, size)? {
+            self.chunks.push(pb::MemfdChunk { inode: ino, offset, data });
         }
         self.inodes.insert(ino, pb::MemfdInode { inode: ino, name: name.to_string(), size, seals, mode: md.mode() & 0o7777 });
         Ok(ino)

@@ -5,6 +5,7 @@
 mod chr;
 mod event;
 pub mod memfd;
+pub mod ghost;
 pub mod locks;
 pub mod identity;
 mod pipe;
@@ -83,8 +84,6 @@ pub fn precheck(pid: i32, fds: &[FdInfo], file_locks: bool) -> Result<()> {
             Some(("anon inode", Some("inotify/fanotify/pidfd/io_uring and similar are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
             None
-        } else if f.deleted {
-            Some(("deleted file", Some("open deleted files are not supported yet")))
         } else {
             None
         };
@@ -121,6 +120,8 @@ pub struct FileTable {
     /// Epoll entries whose watched files are not known yet: (pid, fd, entry index,
     /// watches), resolved once all the task's fds are (`resolve_epolls`).
     pending_epolls: Vec<(i32, i32, usize, Vec<event::Watch>)>,
+    /// The deleted files of the tree (open or mapped).
+    pub ghosts: ghost::GhostTable,
     /// The memfds of the tree (open or mapped).
     pub memfds: memfd::MemfdTable,
     /// Every lock recorded so far, with the "maj:min:ino" it is on.
@@ -165,6 +166,14 @@ impl FileTable {
                             let (k, w) = event::dump(pid, info, dup)?;
                             watches = w;
                             k
+                        }
+                        SFlag::S_IFREG if info.deleted => {
+                            let f = std::fs::File::from(dup.try_clone().map_err(|e| Error::io(&info.link, e))?);
+                            self.ghosts.record(pid, Some(info.fd), &info.link, &f)?;
+                            match reg::RegFileKind::dump(pid, info, dup, &st)? {
+                                Kind::Reg(r) => Kind::Reg(pb::RegFile { ghost: true, ..r }),
+                                k => k,
+                            }
                         }
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
                         SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
@@ -460,6 +469,7 @@ impl Parked {
         inherited_socks: &BTreeMap<u64, RawFd>,
         exact_pids: bool,
         memfds: &memfd::MemfdObjects,
+        ghosts: &ghost::Ghosts,
     ) -> Result<Parked> {
         let async_by = files
             .iter()
@@ -478,12 +488,20 @@ impl Parked {
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
-            let piped = matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
+            let piped = ghost || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = if let Some(Kind::Memfd(m)) = &f.kind {
+            let fd = if let Some(Kind::Reg(r)) = f.kind.as_ref().filter(|_| ghost) {
+                let path = ghosts.path(&r.path, r.ino).ok_or_else(|| Error::BadImage { file: "ghost.img".into(), msg: format!("deleted file {} of file {} is missing", r.path, f.id) })?;
+                let fd = reg::RegFileKind(pb::RegFile { path, ..r.clone() }).open().map_err(|e| Error::Reported(format!("cannot reopen deleted file {}: {e}", r.path)))?;
+                if f.signum != 0 {
+                    fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of {}: {e}", r.path)))?;
+                }
+                fd
+            } else if let Some(Kind::Memfd(m)) = &f.kind {
                 let fd = memfds.open(m).map_err(|e| Error::Reported(format!("cannot reopen memfd {}: {e}", m.inode)))?;
                 if f.signum != 0 {
                     fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of memfd {}: {e}", m.inode)))?;
@@ -639,6 +657,7 @@ fn park(f: OwnedFd, at: i32) -> Result<RawFd> {
 pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
     match kind {
+        Kind::Reg(r) if r.ghost => Ok(()),
         Kind::Reg(r) => {
             let f = reg::RegFileKind(r.clone()).open().map_err(|e| format!("cannot reopen it: {e}"))?;
             if how == identity::Validation::FileSize && r.mode & libc::S_IFMT == libc::S_IFREG {

@@ -40,6 +40,7 @@ impl FileKind for RegFileKind {
             mode: st.st_mode,
             dev: st.st_dev,
             ino: st.st_ino,
+            ghost: false,
         }))
     }
 

@@ -178,7 +178,12 @@ pub fn premap<'a>(
             VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
                 let shared = v.kind() == VmaKind::VmaFileShared;
                 let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;
-                let f = OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(&v.path)
+                let path = if v.ghost {
+                    shmem.ghosts().path(&v.path, v.ino).ok_or_else(|| Error::BadImage { file: format!("mm-{pid}.img"), msg: format!("deleted file {} mapped at {:#x} is not in ghost.img", v.path, v.start) })?
+                } else {
+                    v.path.clone()
+                };
+                let f = OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(&path)
                     .map_err(|e| Error::Restore { pid, msg: format!("cannot open {} mapped at {:#x}: {e}", v.path, v.start) })?;
                 let (prot, flags) = if shared { (v.prot as i32, libc::MAP_SHARED) } else { (rw, libc::MAP_PRIVATE | noreserve) };
                 area.map_next(len, prot, flags, Some(f.as_fd()), v.pgoff)

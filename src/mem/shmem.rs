@@ -12,7 +12,7 @@ use std::path::Path;
 /// shmid → the object's mapping in crtool (inherited by every forked task); and the
 /// memfds of the tree.
 #[derive(Default)]
-pub struct ShmemObjects(BTreeMap<u64, Mapping>, crate::files::memfd::MemfdObjects);
+pub struct ShmemObjects(BTreeMap<u64, Mapping>, crate::files::memfd::MemfdObjects, crate::files::ghost::Ghosts);
 
 impl ShmemObjects {
     /// Creates and fills every shmem object the tree uses. `tasks` lists each task's
@@ -60,6 +60,16 @@ impl ShmemObjects {
 
     pub fn memfds(&self) -> &crate::files::memfd::MemfdObjects {
         &self.1
+    }
+
+    /// With the tree's ghost files (for their mappings).
+    pub fn with_ghosts(mut self, g: crate::files::ghost::Ghosts) -> Self {
+        self.2 = g;
+        self
+    }
+
+    pub fn ghosts(&self) -> &crate::files::ghost::Ghosts {
+        &self.2
     }
 
     /// The path that opens object `id` (valid in crtool and in every task it forks).

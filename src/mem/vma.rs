@@ -76,9 +76,8 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
                 if s.starts_with("/dev/zero") || s.starts_with("/SYSV") {
                     return Err(unsupported(format!("mapping at {start:#x} of {s} is not supported yet")));
                 }
-                if link.deleted {
-                    return Err(unsupported(format!("mapping at {start:#x} of deleted file {s} is not supported yet")));
-                }
+                // A deleted file: a ghost file (files::ghost), made again at restore.
+                v.ghost = link.deleted;
                 v.path = s;
                 v.dev = ((m.dev.0 as u64) << 8) | m.dev.1 as u64;
                 v.ino = m.inode;
@@ -131,7 +130,7 @@ pub fn future_lock(pid: i32, addr: u64) -> Result<u32> {
 /// Records what each mapped file is (see `files::identity`), from the mapped file
 /// itself (/proc/PID/map_files), not from whatever its path names now.
 pub fn identify(pid: i32, vmas: &mut [pb::Vma], cache: &mut crate::files::identity::Cache) -> Result<()> {
-    for v in vmas.iter_mut().filter(|v| matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared)) {
+    for v in vmas.iter_mut().filter(|v| matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) && !v.ghost) {
         let what = format!("map_files/{:x}-{:x}", v.start, v.end);
         let f = std::fs::File::open(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what.clone(), e))?;
         let private = v.kind() == VmaKind::VmaFilePrivate;
@@ -232,7 +231,7 @@ pub fn mark_shmem(pid: i32, vmas: &mut [pb::Vma], seen: &mut std::collections::B
 /// says why not.
 pub fn check_mappable(v: &pb::Vma, how: crate::files::identity::Validation) -> std::result::Result<(), String> {
     use crate::files::identity::{self, Validation};
-    if !matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
+    if !matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) || v.ghost {
         return Ok(());
     }
     let write = v.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32;

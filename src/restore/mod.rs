@@ -67,6 +67,8 @@ pub struct TreeImages {
     pub packets: Vec<pb::SkPacket>,
     pub memfds: Vec<pb::MemfdInode>,
     pub memfd_chunks: Vec<pb::MemfdChunk>,
+    pub ghosts: Vec<pb::GhostFile>,
+    pub ghost_chunks: Vec<pb::GhostChunk>,
 }
 
 impl TreeImages {
@@ -147,12 +149,16 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     let packets = if optional(ImageKind::SkQueues) { read_entries(dir, ImageKind::SkQueues, 0)? } else { Vec::new() };
     let memfds = if optional(ImageKind::Memfd) { read_entries(dir, ImageKind::Memfd, 0)? } else { Vec::new() };
     let memfd_chunks = if optional(ImageKind::MemfdPages) { read_entries(dir, ImageKind::MemfdPages, 0)? } else { Vec::new() };
-    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks })
+    let ghosts = if optional(ImageKind::Ghost) { read_entries(dir, ImageKind::Ghost, 0)? } else { Vec::new() };
+    let ghost_chunks = if optional(ImageKind::GhostData) { read_entries(dir, ImageKind::GhostData, 0)? } else { Vec::new() };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
 /// owners (they name tasks), scheduling and /proc knobs of each task.
-fn from_outside(imgs: &TreeImages, parked: &mut Parked, sup: &supervise::Supervisor) -> Result<()> {
+fn from_outside(imgs: &TreeImages, parked: &mut Parked, shmem: &ShmemObjects, sup: &supervise::Supervisor) -> Result<()> {
+    // Every task has its deleted files open or mapped: they go again.
+    shmem.ghosts().remove();
     parked.set_owners(&imgs.files, &|v| sup.outer_pid(v))?;
     parked.finish_sockets(&imgs.packets, &|v| sup.outer_pid(v))?;
     for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {
@@ -237,10 +243,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         }
     }
     let memfds = crate::files::memfd::MemfdObjects::create(&imgs.memfds, &imgs.memfd_chunks)?;
-    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds)?;
+    let ghosts = crate::files::ghost::Ghosts::create(&imgs.ghosts, &imgs.ghost_chunks)?;
+    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts)?;
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
-    let shmem = ShmemObjects::create(&opts.dir, &tasks)?.with_memfds(memfds);
+    let shmem = ShmemObjects::create(&opts.dir, &tasks)?.with_memfds(memfds).with_ghosts(ghosts);
     let mut ipc = crate::ipc::IpcRestore::prepare(&opts.dir, &imgs.inv, &tasks.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>())?;
     crate::fault::point(102)?;
 
@@ -296,7 +303,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             drop(go_r);
             let expected = supervise::Expected::from(&imgs);
             let sup = supervise::Supervisor::new(root, status_r, vdso_syscall, &imgs);
-            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &mut parked, &sup).and_then(|()| crate::fault::point(106)) {
+            let done = sup.run(&go_w, expected).and_then(|mut sup| match from_outside(&imgs, &mut parked, &shmem, &sup).and_then(|()| crate::fault::point(106)) {
                 Ok(()) => Ok(sup),
                 Err(e) => {
                     sup.kill_all();

@@ -230,6 +230,7 @@ pub fn mm() -> pb::Mm {
         shmem_owner: kind == VmaKind::VmaAnonShared,
         flags: if path == "[heap]" { vec!["ac".into()] } else { vec![] },
         identity: path.starts_with('/').then(|| pb::FileIdentity { size: 8192, mtime_ns: 1_700_000_000_000_000_000, build_id: vec![0xab; 20], crc32: None }),
+        ghost: false,
     };
     pb::Mm {
         start_code: 0x40_0000,
@@ -316,6 +317,7 @@ pub fn files() -> Vec<pb::FileEntry> {
                 mode: 0o100644,
                 dev: 0x803,
                 ino: 99,
+                ghost: false,
             })),
             owner: Some(pb::FileOwner { r#type: 1, pid: 42 }),
             signum: 36,

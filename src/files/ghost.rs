@@ -1,0 +1,124 @@
+//! Ghost files: files the tree has open or mapped whose name was deleted. Dump saves
+//! their data (up to `--ghost-limit` each, CRIU's default 1 MiB; holes stay holes),
+//! mode, owner and mtime; restore makes each again under its old path (or, if
+//! something else took that name, a temporary one beside it), the tree opens and
+//! maps it from there, and crtool deletes it again before the tree runs.
+
+use crate::error::{Error, Result};
+use images_format::pb;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+
+/// CRIU's default `--ghost-limit`.
+pub const DEFAULT_LIMIT: u64 = 1 << 20;
+
+/// The ghost files seen so far in the dump, by (path, inode).
+pub struct GhostTable {
+    pub files: BTreeMap<(String, u64), pb::GhostFile>,
+    pub chunks: Vec<pb::GhostChunk>,
+    pub limit: u64,
+}
+
+impl Default for GhostTable {
+    fn default() -> Self {
+        GhostTable { files: BTreeMap::new(), chunks: Vec::new(), limit: DEFAULT_LIMIT }
+    }
+}
+
+impl GhostTable {
+    /// Records the deleted file `path` open as `f` (once per file). Refused: a file
+    /// that still has another name (CRIU's --link-remap), one larger than the
+    /// limit, anything but a regular file.
+    pub fn record(&mut self, pid: i32, fd: Option<i32>, path: &str, f: &std::fs::File) -> Result<()> {
+        let md = f.metadata().map_err(|e| Error::io(path, e))?;
+        let key = (path.to_string(), md.ino());
+        if self.files.contains_key(&key) {
+            return Ok(());
+        }
+        let refuse = |what: String, hint: &'static str| Error::Unsupported { pid, fd, what, hint: Some(hint) };
+        if !md.file_type().is_file() {
+            return Err(refuse(format!("deleted {path} is not a regular file"), "only deleted regular files are supported"));
+        }
+        if md.nlink() > 0 {
+            return Err(refuse(format!("{path} was deleted but the file has {} other name(s)", md.nlink()), "files unlinked from one of several names (CRIU's --link-remap) are not supported yet"));
+        }
+        if md.size() > self.limit {
+            return Err(refuse(format!("deleted file {path} holds {} bytes, more than the ghost limit of {}", md.size(), self.limit), "raise --ghost-limit to save it in the images"));
+        }
+        for (offset, data) in super::memfd::extents(pid, path, f, md.size())? {
+            self.chunks.push(pb::GhostChunk { path: path.to_string(), ino: md.ino(), offset, data });
+        }
+        let g = pb::GhostFile { path: path.to_string(), ino: md.ino(), mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: md.size(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() };
+        self.files.insert(key, g);
+        Ok(())
+    }
+}
+
+/// The ghost files of the images, made again for the tree to open and map; they are
+/// deleted when this is dropped (once the tree holds them, or the restore failed).
+#[derive(Default)]
+pub struct Ghosts(BTreeMap<(String, u64), PathBuf>, std::cell::Cell<bool>);
+
+impl Ghosts {
+    pub fn create(files: &[pb::GhostFile], chunks: &[pb::GhostChunk]) -> Result<Ghosts> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut g = Ghosts::default();
+        let mut open = BTreeMap::new();
+        for f in files {
+            let orig = PathBuf::from(&f.path);
+            let fail = |e: std::io::Error| Error::Reported(format!("cannot make the deleted file {} again: {e}", f.path));
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC);
+            // Under its old name if that is free (its fds and mappings show that
+            // name), else a temporary one beside it.
+            let (path, file) = match opts.open(&orig) {
+                Ok(file) => (orig.clone(), file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let name = orig.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let tmp = orig.with_file_name(format!(".crtool-ghost-{}-{name}", f.ino));
+                    let _ = std::fs::remove_file(&tmp);
+                    (tmp.clone(), opts.open(&tmp).map_err(fail)?)
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            g.0.insert((f.path.clone(), f.ino), path);
+            file.set_len(f.size).map_err(fail)?;
+            open.insert((f.path.clone(), f.ino), (file, f.clone()));
+        }
+        for c in chunks {
+            let (file, _) = open.get(&(c.path.clone(), c.ino)).ok_or_else(|| Error::BadImage { file: "ghostdata.img".into(), msg: format!("data of unknown ghost file {}", c.path) })?;
+            file.write_all_at(&c.data, c.offset).map_err(|e| Error::Reported(format!("writing the deleted file {} again: {e}", c.path)))?;
+        }
+        for (file, f) in open.into_values() {
+            let fail = |e: std::io::Error| Error::Reported(format!("the deleted file {}: {e}", f.path));
+            std::os::unix::fs::fchown(&file, Some(f.uid), Some(f.gid)).map_err(fail)?;
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(f.mode)).map_err(fail)?;
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(f.mtime_ns.max(0) as u64);
+            file.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(fail)?;
+        }
+        Ok(g)
+    }
+
+    /// Deletes the files again (once every task has them open or mapped).
+    pub fn remove(&self) {
+        if !self.1.replace(true) {
+            for p in self.0.values() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    /// Where ghost `path` (inode `ino` at dump) is now.
+    pub fn path(&self, path: &str, ino: u64) -> Option<String> {
+        self.0.get(&(path.to_string(), ino)).map(|p| p.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for Ghosts {
+    /// In crtool (forked tasks never drop it): the files go again.
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
