@@ -93,16 +93,17 @@ fn dump_refuses_an_executable_without_x_bit() {
     );
 }
 
-/// A file it maps was removed: the mapping names a deleted file.
+/// A file it maps was removed while it has another name (a hard link): CRIU's
+/// --link-remap case, refused naming the file.
 #[test]
-fn dump_refuses_a_removed_mapped_file() {
+fn dump_refuses_a_removed_mapped_file_with_another_name() {
     refused(
         "mapped-removed",
         Creds::User,
-        r#"head -c 8192 /dev/urandom >"$T/mapped.dat"; chmod 644 "$T/mapped.dat""#,
+        r#"head -c 8192 /dev/urandom >"$T/mapped.dat"; chmod 644 "$T/mapped.dat"; ln "$T/mapped.dat" "$T/other-name.dat""#,
         r#"map "$T/mapped.dat""#,
         r#"rm "$T/mapped.dat""#,
-        &["mapped.dat", "deleted"],
+        &["mapped.dat", "other name", "--link-remap"],
     );
 }
 
