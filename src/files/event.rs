@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// The anon-inode kinds this module handles, by their /proc/PID/fd link.
 pub fn handles(link: &str) -> bool {
-    matches!(link, "anon_inode:[eventfd]" | "anon_inode:[signalfd]" | "anon_inode:[timerfd]" | "anon_inode:[eventpoll]")
+    matches!(link, "anon_inode:[eventfd]" | "anon_inode:[signalfd]" | "anon_inode:[timerfd]" | "anon_inode:[eventpoll]" | "anon_inode:inotify")
 }
 
 /// An epoll watch as fdinfo shows it, before its file is known.
@@ -67,6 +67,18 @@ pub fn dump(pid: i32, info: &FdInfo, dup: &OwnedFd) -> Result<(Kind, Vec<Watch>)
             };
             Kind::Timerfd(pb::TimerFd { clockid, flags, abstime, cancel_on_set: settime & 2 != 0, value_ns, interval_ns, deadline_ns, ticks })
         }
+        "anon_inode:inotify" => {
+            let pending = event::pending_bytes(dup.as_raw_fd()).map_err(|e| Error::sys(format!("pid {pid} fd {}: FIONREAD", info.fd), e))?;
+            if pending > 0 {
+                return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("inotify instance with {pending} bytes of events not read yet"), hint: Some("events cannot be read without consuming them; dump once the task has read them") });
+            }
+            let mut watches = Vec::new();
+            for l in text.lines().filter(|l| l.starts_with("inotify ")) {
+                watches.push(inotify_watch(pid, info.fd, l)?);
+            }
+            watches.sort_by_key(|w| w.wd);
+            Kind::Inotify(pb::Inotify { flags, watches })
+        }
         "anon_inode:[eventpoll]" => {
             let mut watches = Vec::new();
             for l in text.lines().filter(|l| l.starts_with("tfd:")) {
@@ -89,6 +101,33 @@ pub fn dump(pid: i32, info: &FdInfo, dup: &OwnedFd) -> Result<(Kind, Vec<Watch>)
     Ok((kind, Vec::new()))
 }
 
+/// One "inotify wd:4 ino:3c4a7 sdev:fe00000 mask:100 ignored_mask:0
+/// fhandle-bytes:8 fhandle-type:1 f_handle:a7c4..." line: the watched file is found
+/// by its handle (open_by_handle_at on its filesystem's mount) and kept by path.
+fn inotify_watch(pid: i32, fd: i32, line: &str) -> Result<pb::InotifyWatch> {
+    let bad = || Error::Unsupported { pid, fd: Some(fd), what: format!("inotify watch {line:?}: unreadable"), hint: None };
+    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k));
+    let hex = |k: &str| field(k).and_then(|v| u64::from_str_radix(v, 16).ok());
+    let (Some(wd), Some(ino), Some(sdev), Some(mask), Some(ty), Some(handle)) =
+        (field("wd:").and_then(|v| v.parse::<i32>().ok()), hex("ino:"), hex("sdev:"), hex("mask:"), field("fhandle-type:").and_then(|v| v.parse::<i32>().ok()), field("f_handle:"))
+    else {
+        return Err(bad());
+    };
+    let bytes: Vec<u8> = (0..handle.len() / 2).filter_map(|i| u8::from_str_radix(&handle[2 * i..2 * i + 2], 16).ok()).collect();
+    // The kernel's dev_t: major in the high 12 bits of 32, minor in the low 20.
+    let (major, minor) = (sdev >> 20, sdev & 0xfffff);
+    let refuse = |why: String| Error::Unsupported { pid, fd: Some(fd), what: format!("inotify watch {wd} (inode {ino:#x} on {major}:{minor}): {why}"), hint: Some("watches must be on files that have a path") };
+    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).map_err(|e| refuse(format!("reading mountinfo: {e}")))?;
+    let mount = mounts.into_iter().find(|m| m.majmin == format!("{major}:{minor}")).ok_or_else(|| refuse("no mount of its filesystem".into()))?;
+    let mfd = nix::fcntl::open(&mount.mount_point, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).map_err(|e| refuse(format!("opening its mount {}: {e}", mount.mount_point.display())))?;
+    let f = event::open_by_handle(mfd.as_raw_fd(), ty, &bytes).map_err(|e| refuse(format!("open_by_handle_at: {e}")))?;
+    let link = crate::procinfo::file_link(&format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| refuse(e.to_string()))?;
+    if link.deleted || !link.path.starts_with('/') {
+        return Err(refuse(format!("it is {} (deleted or without a path)", link.path)));
+    }
+    Ok(pb::InotifyWatch { wd, mask: mask as u32, path: link.path, ino })
+}
+
 /// Makes the event file `kind` again (an epoll without its watches).
 pub fn open(kind: &Kind) -> std::io::Result<OwnedFd> {
     let nonblock = |flags: u32| (flags & libc::O_NONBLOCK as u32) as i32;
@@ -105,8 +144,40 @@ pub fn open(kind: &Kind) -> std::io::Result<OwnedFd> {
             event::timerfd(t.clockid, nonblock(t.flags), settime, value, t.interval_ns, t.ticks)?
         }
         Kind::Epoll(_) => event::epoll_create(0)?,
+        Kind::Inotify(i) => inotify(i)?,
         _ => return Err(std::io::Error::other("not an event file")),
     };
+    Ok(fd)
+}
+
+/// An inotify instance with the same watches under the same watch descriptors:
+/// they are allocated in turn (idr_alloc_cyclic), so gaps are filled with watches
+/// on throwaway memfds, removed again, and their IN_IGNORED events read away.
+fn inotify(i: &pb::Inotify) -> std::io::Result<OwnedFd> {
+    let fd = event::inotify_init(libc::IN_NONBLOCK)?;
+    let raw = fd.as_raw_fd();
+    let mut fillers = Vec::new();
+    let mut next = 1;
+    for w in &i.watches {
+        while next < w.wd {
+            let m = crate::sys::fd::memfd_create("crtool-inotify-gap")?;
+            let wd = event::inotify_add(raw, &format!("/proc/self/fd/{}", m.as_raw_fd()), libc::IN_ACCESS)?;
+            fillers.push((wd, m));
+            next = wd + 1;
+        }
+        let wd = event::inotify_add(raw, &w.path, w.mask)?;
+        if wd != w.wd {
+            return Err(std::io::Error::other(format!("inotify watch on {} got descriptor {wd}, it had {}", w.path, w.wd)));
+        }
+        next = wd + 1;
+    }
+    for (wd, _) in &fillers {
+        event::inotify_rm(raw, *wd)?;
+    }
+    drop(fillers);
+    let mut buf = [0u8; 4096];
+    while nix::unistd::read(&fd, &mut buf).is_ok_and(|n| n > 0) {}
+    crate::sys::fd::set_status_flags(&fd, i.flags)?;
     Ok(fd)
 }
 
@@ -116,6 +187,7 @@ pub fn describe(kind: &Kind) -> Option<String> {
         Kind::Signalfd(s) => format!("signalfd (mask {:#x})", s.sigmask),
         Kind::Timerfd(t) => format!("timerfd (clock {}, {} ns left, interval {} ns, {} unread)", t.clockid, t.value_ns, t.interval_ns, t.ticks),
         Kind::Epoll(e) => format!("epoll ({} watches)", e.targets.len()),
+        Kind::Inotify(i) => format!("inotify ({} watches: {})", i.watches.len(), i.watches.iter().map(|w| format!("{} {}", w.wd, w.path)).collect::<Vec<_>>().join(", ")),
         _ => return None,
     })
 }
@@ -126,6 +198,7 @@ pub fn flags(kind: &Kind) -> Option<u32> {
         Kind::Signalfd(s) => s.flags,
         Kind::Timerfd(t) => t.flags,
         Kind::Epoll(e) => e.flags,
+        Kind::Inotify(i) => i.flags,
         _ => return None,
     })
 }

@@ -410,7 +410,7 @@ fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<O
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
         (Kind::Pipe(p), Some(pe)) => pe.open_end(p),
         (Kind::Fifo(p), Some(pe)) => pe.open_fifo(p),
-        (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_)), _) => event::open(k),
+        (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
         _ => Err(std::io::Error::other("pipes are opened by crtool")),
     }
     .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
@@ -674,7 +674,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 

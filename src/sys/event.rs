@@ -84,3 +84,41 @@ pub fn timerfd_settle(fd: RawFd) -> Result<(), Errno> {
     // SAFETY: writes one itimerspec.
     Errno::result(unsafe { libc::timerfd_gettime(fd, &mut cur) }).map(drop)
 }
+
+/// inotify_init1(flags) (IN_CLOEXEC added).
+pub fn inotify_init(flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall.
+    owned(unsafe { libc::inotify_init1(flags | libc::IN_CLOEXEC) })
+}
+
+/// inotify_add_watch(fd, path, mask): the watch descriptor.
+pub fn inotify_add(fd: RawFd, path: &str, mask: u32) -> Result<i32, Errno> {
+    let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `c` is a valid C string for the call.
+    Errno::result(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) })
+}
+
+/// inotify_rm_watch(fd, wd).
+pub fn inotify_rm(fd: RawFd, wd: i32) -> Result<(), Errno> {
+    // SAFETY: plain syscall.
+    Errno::result(unsafe { libc::inotify_rm_watch(fd, wd) }).map(drop)
+}
+
+/// Bytes waiting to be read (ioctl FIONREAD).
+pub fn pending_bytes(fd: RawFd) -> Result<i32, Errno> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    Errno::result(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
+    Ok(n)
+}
+
+/// open_by_handle_at(mount_fd, handle, O_PATH): the file a handle names.
+pub fn open_by_handle(mount_fd: RawFd, handle_type: i32, handle: &[u8]) -> Result<OwnedFd, Errno> {
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes.
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&handle_type.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: `buf` holds a complete struct file_handle for the call.
+    owned(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) } as libc::c_int)
+}

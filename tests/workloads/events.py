@@ -90,6 +90,16 @@ class EpollEvent(ctypes.Structure):
 
 if libc.epoll_ctl(ep.fileno(), 1, big, ctypes.byref(EpollEvent(select.EPOLLIN, 0x1234))) != 0:
     sys.exit("epoll_ctl: errno %d" % ctypes.get_errno())
+# inotify: watches on DIR and on DIR/watched (the one between them removed, its
+# IN_IGNORED read), so descriptors 1 and 3.
+ino = libc.inotify_init1(NONBLOCK)
+os.makedirs(os.path.join(d, "watched-dir"), exist_ok=True)
+open(os.path.join(d, "watched"), "w").close()
+wd_dir = libc.inotify_add_watch(ino, os.path.join(d, "watched-dir").encode(), 0x100)  # IN_CREATE
+wd_gone = libc.inotify_add_watch(ino, d.encode(), 0x200)  # IN_DELETE
+wd_file = libc.inotify_add_watch(ino, os.path.join(d, "watched").encode(), 0x2 | 0x80000000)  # IN_MODIFY | IN_ONESHOT
+libc.inotify_rm_watch(ino, wd_gone)
+os.read(ino, 4096)  # its IN_IGNORED
 closed_target = sys.argv[2:] == ["closed-target"]
 if closed_target:
     # A watch whose fd was closed while a dup keeps the file: crtool refuses it.
@@ -154,6 +164,24 @@ def check():
     want = deadline - time.clock_gettime(time.CLOCK_REALTIME)
     if abs(left - want) > 0.5:
         problems.append("CLOCK_REALTIME deadline moved: %.3f s left, want %.3f" % (left, want))
+    chk("inotify descriptors", (wd_dir, wd_file), (1, 3))
+    marks = sorted(l.split()[1] + " " + l.split()[4] for l in open("/proc/self/fdinfo/%d" % ino).read().splitlines() if l.startswith("inotify"))
+    chk("inotify marks", marks, ["wd:1 mask:100", "wd:3 mask:80000002"])
+    try:
+        os.read(ino, 4096)
+        problems.append("inotify: events queued after the restore")
+    except BlockingIOError:
+        pass
+    open(os.path.join(d, "watched-dir", "new"), "w").close()
+    with open(os.path.join(d, "watched"), "w") as fh:
+        fh.write("x")
+    ev = os.read(ino, 4096)
+    wds = []
+    while ev:
+        wd, mask, _, ln = struct.unpack("iIII", ev[:16])
+        wds.append((wd, mask & 0xffff))
+        ev = ev[16 + ln:]
+    chk("inotify events", sorted(wds), [(1, 0x100), (3, 0x2), (3, 0x8000)])
     # The periodic timer keeps ticking.
     time.sleep(0.6)
     ticks = struct.unpack("Q", os.read(periodic, 8))[0]
