@@ -155,7 +155,14 @@ impl FileTable {
                 Err(at) => {
                     let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
                     let mut watches = Vec::new();
+                    let o_path = info.flags & libc::O_PATH as u32 != 0;
                     let kind = match ty {
+                        // An O_PATH fd (also on a symlink, a FIFO, a device) only
+                        // names its file: opened again by path with the same flags.
+                        _ if o_path && info.deleted => {
+                            return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("O_PATH fd on deleted {}", info.link), hint: Some("not supported yet") });
+                        }
+                        _ if o_path => reg::RegFileKind::dump(pid, info, dup, &st)?,
                         _ if memfd::name_of(&info.link).is_some() && info.deleted => {
                             let name = memfd::name_of(&info.link).unwrap_or_default();
                             let f = std::fs::File::from(dup.try_clone().map_err(|e| Error::io(&info.link, e))?);
@@ -387,6 +394,9 @@ impl FileTable {
 /// The owner (F_GETOWN_EX) and signal (F_GETSIG) of an open file description,
 /// read through crtool's duplicate of it. An owner outside the tree is refused.
 fn owner_of(pid: i32, info: &FdInfo, dup: &OwnedFd, vpid: &dyn Fn(i32) -> Option<i32>) -> Result<(Option<pb::FileOwner>, i32)> {
+    if info.flags & libc::O_PATH as u32 != 0 {
+        return Ok((None, 0)); // fcntl(2) has no owner or signal for O_PATH files
+    }
     let (ty, owner) = fd::get_owner(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: F_GETOWN_EX", info.fd), e))?;
     let signum = fd::get_sig(dup).map_err(|e| Error::sys(format!("pid {pid} fd {}: F_GETSIG", info.fd), e))?;
     if owner == 0 {
