@@ -277,6 +277,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![], exit_signal });
     }
 
+    ctx.files.finish_epolls()?;
     // Unix sockets: how they connect, and their queues (files passed in them join
     // the file table).
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();

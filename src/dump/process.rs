@@ -143,7 +143,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         let dups = parasite.fds(&numbers)?;
         fd_entries.extend(ctx.files.dump_fds(pid, chunk, &dups, &vpid)?);
     }
-    ctx.files.resolve_epolls(pid, &fd_entries)?;
+    ctx.files.resolve_epolls(pid, p.vpid, &fd_entries)?;
     crate::fault::point(4)?;
 
     let mut pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;

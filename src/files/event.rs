@@ -20,9 +20,8 @@ pub struct Watch {
     pub tfd: i32,
     pub events: u32,
     pub data: u64,
-    /// Inode and device of the watched file.
+    /// Inode of the watched file.
     pub ino: u64,
-    pub dev: u64,
 }
 
 /// Describes the event file behind `dup` (fd `info.fd` of `pid`); for an epoll,
@@ -87,12 +86,10 @@ pub fn dump(pid: i32, info: &FdInfo, dup: &OwnedFd) -> Result<(Kind, Vec<Watch>)
                 let after = |key: &str| w.iter().position(|x| *x == key).and_then(|i| w.get(i + 1)).copied();
                 let tagged = |key: &str| w.iter().find_map(|x| x.strip_prefix(key));
                 let hex = |v: Option<&str>| v.and_then(|v| u64::from_str_radix(v, 16).ok());
-                let (Some(tfd), Some(events), Some(data), Some(ino), Some(dev)) =
-                    (after("tfd:").and_then(|v| v.parse().ok()), hex(after("events:")), hex(after("data:")), hex(tagged("ino:")), hex(tagged("sdev:")))
-                else {
+                let (Some(tfd), Some(events), Some(data), Some(ino)) = (after("tfd:").and_then(|v| v.parse().ok()), hex(after("events:")), hex(after("data:")), hex(tagged("ino:"))) else {
                     return Err(bad("watches"));
                 };
-                watches.push(Watch { tfd, events: events as u32, data, ino, dev });
+                watches.push(Watch { tfd, events: events as u32, data, ino });
             }
             return Ok((Kind::Epoll(pb::Epoll { flags, targets: Vec::new() }), watches));
         }
@@ -201,4 +198,100 @@ pub fn flags(kind: &Kind) -> Option<u32> {
         Kind::Inotify(i) => i.flags,
         _ => return None,
     })
+}
+
+/// EPOLLWAKEUP | EPOLLONESHOT | EPOLLET | EPOLLEXCLUSIVE: bits a watch keeps after
+/// an EPOLLONESHOT event disarmed it (fs/eventpoll.c EP_PRIVATE_BITS).
+const EP_PRIVATE_BITS: u32 = (libc::EPOLLWAKEUP | libc::EPOLLONESHOT | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32;
+/// What a disarmed watch is added back with, to fire once at once.
+pub const DISARM_WITH: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLPRI | libc::EPOLLRDHUP) as u32;
+
+/// Resolves epoll watches to files of the tree as processes are dumped.
+#[derive(Default)]
+pub struct EpollResolver {
+    /// pid → (vpid, its fds) of every process dumped so far.
+    procs: std::collections::BTreeMap<i32, (i32, Vec<pb::FdEntry>)>,
+    /// (entry index, watch index) → target, once found.
+    found: std::collections::BTreeMap<(usize, usize), pb::EpollTarget>,
+}
+
+impl EpollResolver {
+    /// `pending`: (first holder's pid, its epoll fd, entry index, watches).
+    pub fn add_process(&mut self, pid: i32, vpid: i32, fds: Vec<pb::FdEntry>, pending: &[(i32, i32, usize, Vec<Watch>)], entries: &mut [pb::FileEntry]) -> Result<()> {
+        self.procs.insert(pid, (vpid, fds));
+        for (ep_pid, epfd, idx, watches) in pending {
+            let id = entries[*idx].id;
+            // The k-th watch with a given fd number is slot k of that number.
+            let mut seen_tfd: std::collections::BTreeMap<i32, u32> = Default::default();
+            for (wi, w) in watches.iter().enumerate() {
+                let toff = *seen_tfd.entry(w.tfd).and_modify(|n| *n += 1).or_insert(0);
+                if self.found.contains_key(&(*idx, wi)) {
+                    continue;
+                }
+                for (&p, (pv, pfds)) in &self.procs {
+                    if !pfds.iter().any(|e| e.file_id == id) {
+                        continue; // does not hold the epoll
+                    }
+                    let Some(e) = pfds.iter().find(|e| e.fd == w.tfd) else { continue };
+                    let same = crate::sys::process::kcmp_epoll_tfd(p, w.tfd, *ep_pid, *epfd, w.tfd, toff).map_err(|e| Error::sys(format!("pid {ep_pid} fd {epfd}: kcmp KCMP_EPOLL_TFD"), e))?;
+                    if !same {
+                        continue;
+                    }
+                    let disarmed = w.events & !EP_PRIVATE_BITS == 0 && w.events & libc::EPOLLONESHOT as u32 != 0;
+                    if disarmed && !ready_now(p, w.tfd) {
+                        return Err(Error::Unsupported {
+                            pid: *ep_pid,
+                            fd: Some(*epfd),
+                            what: format!("epoll has a fired EPOLLONESHOT watch on fd {} (of pid {p}), whose file is not ready now", w.tfd),
+                            hint: Some("restore disarms such a watch by letting it fire once, which needs the file ready; re-arm it (EPOLL_CTL_MOD) before the dump"),
+                        });
+                    }
+                    self.found.insert((*idx, wi), pb::EpollTarget { tfd: w.tfd, file_id: e.file_id, events: w.events, data: w.data, holder: *pv, disarmed });
+                    break;
+                }
+            }
+            let targets: Vec<pb::EpollTarget> = (0..watches.len()).filter_map(|wi| self.found.get(&(*idx, wi)).cloned()).collect();
+            // Disarmed watches are made to fire by their holder alone: every watch
+            // of such an epoll must have the same holder.
+            if targets.iter().any(|t| t.disarmed) && targets.iter().any(|t| t.holder != targets[0].holder) {
+                return Err(Error::Unsupported {
+                    pid: *ep_pid,
+                    fd: Some(*epfd),
+                    what: "epoll with a fired EPOLLONESHOT watch and watches added by several processes".into(),
+                    hint: Some("not supported"),
+                });
+            }
+            if let Some(Kind::Epoll(ep)) = entries[*idx].kind.as_mut() {
+                ep.targets = targets;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every watch found.
+    pub fn check_all_resolved(&self, pending: &[(i32, i32, usize, Vec<Watch>)], _entries: &[pb::FileEntry]) -> Result<()> {
+        for (ep_pid, epfd, idx, watches) in pending {
+            if let Some((wi, w)) = watches.iter().enumerate().find(|(wi, _)| !self.found.contains_key(&(*idx, *wi))) {
+                let _ = wi;
+                return Err(Error::Unsupported {
+                    pid: *ep_pid,
+                    fd: Some(*epfd),
+                    what: format!("epoll watches fd {} (inode {:#x}), which no process holding the epoll has open at that number now (closed, or another file there)", w.tfd, w.ino),
+                    hint: Some("watched files must stay open at the fd number they were added with"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether fd `fd` of `pid` is ready for any event now (poll through a duplicate
+/// taken with pidfd_getfd, which changes nothing).
+fn ready_now(pid: i32, fd: i32) -> bool {
+    let Ok(pidfd) = crate::sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)) else { return false };
+    let Ok(dup) = crate::sys::process::pidfd_getfd(&pidfd, fd) else { return false };
+    use std::os::fd::AsFd;
+    let flags = nix::poll::PollFlags::POLLIN | nix::poll::PollFlags::POLLOUT | nix::poll::PollFlags::POLLPRI;
+    let mut p = [nix::poll::PollFd::new(dup.as_fd(), flags)];
+    nix::poll::poll(&mut p, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }

@@ -43,6 +43,9 @@ impl GhostTable {
         if md.nlink() > 0 {
             return Err(refuse(format!("{path} was deleted but the file has {} other name(s)", md.nlink()), "files unlinked from one of several names (CRIU's --link-remap) are not supported yet"));
         }
+        if !std::path::Path::new(path).parent().is_some_and(|d| d.is_dir()) {
+            return Err(refuse(format!("deleted file {path}: its directory was removed too"), "deleted files are made again in their directory, which must exist"));
+        }
         if md.size() > self.limit {
             return Err(refuse(format!("deleted file {path} holds {} bytes, more than the ghost limit of {}", md.size(), self.limit), "raise --ghost-limit to save it in the images"));
         }

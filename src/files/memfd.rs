@@ -21,9 +21,10 @@ pub struct MemfdTable {
     pub chunks: Vec<pb::MemfdChunk>,
 }
 
-/// The name of a memfd from its link ("/memfd:NAME (deleted)").
+/// The name of a memfd from its link as `procinfo::file_link` gives it ("/memfd:NAME",
+/// the kernel's " (deleted)" already taken off: a name may end in " (deleted)" too).
 pub fn name_of(link: &str) -> Option<&str> {
-    link.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n))
+    link.strip_prefix("/memfd:")
 }
 
 /// The data of `f` (`size` bytes) in runs of at most 1 MiB, without its holes
@@ -69,7 +70,7 @@ impl MemfdTable {
         for (offset, data) in extents(pid, what, f, size)? {
             self.chunks.push(pb::MemfdChunk { inode: ino, offset, data });
         }
-        self.inodes.insert(ino, pb::MemfdInode { inode: ino, name: name.to_string(), size, seals, mode: md.mode() & 0o7777 });
+        self.inodes.insert(ino, pb::MemfdInode { inode: ino, name: name.to_string(), size, seals, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid() });
         Ok(ino)
     }
 }
@@ -90,6 +91,7 @@ impl MemfdObjects {
             let f = std::fs::File::from(fd);
             f.set_len(m.size).map_err(|e| Error::Reported(format!("memfd {:?}: ftruncate: {e}", m.name)))?;
             use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).map_err(|e| Error::Reported(format!("memfd {:?}: fchown: {e}", m.name)))?;
             f.set_permissions(std::fs::Permissions::from_mode(m.mode)).map_err(|e| Error::Reported(format!("memfd {:?}: fchmod: {e}", m.name)))?;
             objs.fds.insert(m.inode, f.into());
             objs.seals.insert(m.inode, m.seals);
@@ -100,8 +102,10 @@ impl MemfdObjects {
             f.write_all_at(&c.data, c.offset).map_err(|e| Error::Reported(format!("memfd {}: writing its data: {e}", c.inode)))?;
         }
         // Sealed before any task maps it, as the tasks' mappings were made (a mapping
-        // of a write-sealed memfd never may write).
-        objs.seal()?;
+        // of a write-sealed memfd never may write) — but F_SEAL_FUTURE_WRITE (and a
+        // F_SEAL_SEAL after it) once they are mapped: it leaves the writable shared
+        // mappings made before it, which it would forbid now.
+        objs.seal(false)?;
         Ok(objs)
     }
 
@@ -118,10 +122,14 @@ impl MemfdObjects {
         Ok(fd)
     }
 
-    /// Adds each memfd's seals.
-    fn seal(&self) -> Result<()> {
+    /// Adds each memfd's seals: those that go before the tasks map it, or (`late`)
+    /// the rest, once they have (see `create`).
+    pub fn seal(&self, late: bool) -> Result<()> {
+        const FUTURE_WRITE: u32 = libc::F_SEAL_FUTURE_WRITE as u32;
         for (ino, fd) in &self.fds {
-            let seals = self.seals.get(ino).copied().unwrap_or(0);
+            let all = self.seals.get(ino).copied().unwrap_or(0);
+            let deferred = if all & FUTURE_WRITE != 0 { FUTURE_WRITE | libc::F_SEAL_SEAL as u32 } else { 0 };
+            let seals = if late { all & deferred } else { all & !deferred };
             if seals != 0 {
                 crate::sys::fd::add_seals(fd.as_fd(), seals).map_err(|e| Error::Reported(format!("memfd {ino}: F_ADD_SEALS {seals:#x}: {e}")))?;
             }

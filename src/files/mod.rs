@@ -120,6 +120,8 @@ pub struct FileTable {
     /// Epoll entries whose watched files are not known yet: (pid, fd, entry index,
     /// watches), resolved once all the task's fds are (`resolve_epolls`).
     pending_epolls: Vec<(i32, i32, usize, Vec<event::Watch>)>,
+    /// Which watches are resolved, and the processes seen so far.
+    epolls: event::EpollResolver,
     /// The deleted files of the tree (open or mapped).
     pub ghosts: ghost::GhostTable,
     /// The memfds of the tree (open or mapped).
@@ -237,34 +239,16 @@ impl FileTable {
 }
 
 impl FileTable {
-    /// Finds the files the epolls of `pid` watch among its fds (`fds`, all of
-    /// them): each watch's fd number must still hold the watched file (kcmp
-    /// KCMP_EPOLL_TFD), else the dump is refused.
-    pub fn resolve_epolls(&mut self, pid: i32, fds: &[pb::FdEntry]) -> Result<()> {
-        let mine: Vec<_> = self.pending_epolls.iter().filter(|p| p.0 == pid).map(|p| (p.1, p.2)).collect();
-        for (epfd, idx) in mine {
-            let watches = self.pending_epolls.iter().find(|p| p.0 == pid && p.2 == idx).map(|p| &p.3).into_iter().flatten();
-            let mut targets = Vec::new();
-            for w in watches {
-                let refuse = |why: &str| Error::Unsupported {
-                    pid,
-                    fd: Some(epfd),
-                    what: format!("epoll watches fd {} (inode {:#x}), {why}", w.tfd, w.ino),
-                    hint: Some("watched files must stay open at the fd number they were added with"),
-                };
-                let e = fds.iter().find(|e| e.fd == w.tfd).ok_or_else(|| refuse("which is closed now"))?;
-                if !crate::sys::process::kcmp_epoll_tfd(pid, w.tfd, epfd, w.tfd).map_err(|e| Error::sys(format!("pid {pid} fd {epfd}: kcmp KCMP_EPOLL_TFD"), e))? {
-                    return Err(refuse("and that fd now holds another file"));
-                }
-                let _ = w.dev;
-                targets.push(pb::EpollTarget { tfd: w.tfd, file_id: e.file_id, events: w.events, data: w.data });
-            }
-            if let Some(Kind::Epoll(ep)) = self.entries[idx].kind.as_mut() {
-                ep.targets = targets;
-            }
-        }
-        self.pending_epolls.retain(|p| p.0 != pid);
-        Ok(())
+    /// Finds the files the tree's epolls watch, now that `pid` (`vpid` in the tree)
+    /// has all its fds (`fds`) in the table: a watch's file must be at its fd
+    /// number in a process that holds the epoll (kcmp KCMP_EPOLL_TFD).
+    pub fn resolve_epolls(&mut self, pid: i32, vpid: i32, fds: &[pb::FdEntry]) -> Result<()> {
+        self.epolls.add_process(pid, vpid, fds.to_vec(), &self.pending_epolls, &mut self.entries)
+    }
+
+    /// Refuses epoll watches no process of the tree holds at their fd number.
+    pub fn finish_epolls(&self) -> Result<()> {
+        self.epolls.check_all_resolved(&self.pending_epolls, &self.entries)
     }
 
     /// Describes every unix socket of the tree and the messages queued on them;
@@ -302,7 +286,7 @@ impl FileTable {
                 }
             }
         }
-        if let Some(&(_, fd, _, _)) = self.pending_epolls.first() {
+        if let Some(&(_, fd, _, _)) = self.pending_epolls.iter().find(|p| p.0 == me) {
             return Err(Error::Unsupported { pid: me, fd: None, what: format!("an epoll instance (crtool's fd {fd}) is in flight in a queued message"), hint: Some("epolls passed over unix sockets are not supported") });
         }
         let sockets = self.unix.resolve(ext_unix_sk, vpid)?;
@@ -602,15 +586,21 @@ impl Parked {
             })?;
             dup(src, e)?;
         }
-        // Epoll watches, added by the first holder with its own fd numbers (the
-        // kernel keys a watch by file and fd number).
-        for (&id, (_, targets)) in self.epolls.iter().filter(|(_, (holder, _))| *holder == pid) {
+        // Epoll watches, each added by the process that holds its file at its fd
+        // number (the kernel keys a watch by file and fd number): fired one-shot
+        // watches first, each made to fire once (disarming it) before the next.
+        for (&id, (_, targets)) in &self.epolls {
             let Some(ep) = fds.iter().find(|e| e.file_id == id) else { continue };
-            for t in targets {
+            let mine = |t: &&pb::EpollTarget| t.holder == pid;
+            for t in targets.iter().filter(mine).filter(|t| t.disarmed).chain(targets.iter().filter(mine).filter(|t| !t.disarmed)) {
                 if !fds.iter().any(|e| e.fd == t.tfd && e.file_id == t.file_id) {
                     return Err(Error::Restore { pid, msg: format!("epoll fd {}: watched fd {} does not hold file {}", ep.fd, t.tfd, t.file_id) });
                 }
-                crate::sys::event::epoll_add(ep.fd, t.tfd, t.events, t.data).map_err(|err| Error::Restore { pid, msg: format!("epoll fd {}: adding fd {}: {err}", ep.fd, t.tfd) })?;
+                let events = if t.disarmed { t.events | event::DISARM_WITH } else { t.events };
+                crate::sys::event::epoll_add(ep.fd, t.tfd, events, t.data).map_err(|err| Error::Restore { pid, msg: format!("epoll fd {}: adding fd {}: {err}", ep.fd, t.tfd) })?;
+                if t.disarmed && crate::sys::event::epoll_wait_now(ep.fd).map_err(|err| Error::Restore { pid, msg: format!("epoll fd {}: {err}", ep.fd) })? == 0 {
+                    return Err(Error::Restore { pid, msg: format!("epoll fd {}: the fired one-shot watch on fd {} did not fire again (its file is not ready)", ep.fd, t.tfd) });
+                }
             }
         }
         for (&id, _) in self.async_by.iter().filter(|&(_, &holder)| holder == pid) {

@@ -157,8 +157,10 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
 /// owners (they name tasks), scheduling and /proc knobs of each task.
 fn from_outside(imgs: &TreeImages, parked: &mut Parked, shmem: &ShmemObjects, sup: &supervise::Supervisor) -> Result<()> {
-    // Every task has its deleted files open or mapped: they go again.
+    // Every task has its deleted files open or mapped: they go again; memfd seals
+    // that would have forbidden the tasks' mappings go on.
     shmem.ghosts().remove();
+    shmem.memfds().seal(true)?;
     parked.set_owners(&imgs.files, &|v| sup.outer_pid(v))?;
     parked.finish_sockets(&imgs.packets, &|v| sup.outer_pid(v))?;
     for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {

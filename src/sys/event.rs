@@ -42,14 +42,15 @@ fn ts(ns: u64) -> libc::timespec {
 pub fn timerfd(clockid: i32, flags: i32, settime_flags: i32, value_ns: u64, interval_ns: u64, ticks: u64) -> Result<OwnedFd, Errno> {
     // SAFETY: plain syscall with integer arguments.
     let fd = owned(unsafe { libc::timerfd_create(clockid, flags | libc::TFD_CLOEXEC) })?;
-    if ticks > 0 {
-        // SAFETY: the ioctl reads one u64 from `ticks`.
-        Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &raw const ticks) })?;
-    }
     if value_ns > 0 {
         let spec = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(value_ns) };
         // SAFETY: `spec` is a valid itimerspec; no old value is asked for.
         Errno::result(unsafe { libc::timerfd_settime(fd.as_raw_fd(), settime_flags, &spec, std::ptr::null_mut()) })?;
+    }
+    // After settime, which resets the count.
+    if ticks > 0 {
+        // SAFETY: the ioctl reads one u64 from `ticks`.
+        Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &raw const ticks) })?;
     }
     Ok(fd)
 }
@@ -121,4 +122,11 @@ pub fn open_by_handle(mount_fd: RawFd, handle_type: i32, handle: &[u8]) -> Resul
     buf.extend_from_slice(handle);
     // SAFETY: `buf` holds a complete struct file_handle for the call.
     owned(unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, buf.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) } as libc::c_int)
+}
+
+/// epoll_wait(epfd, ..., timeout 0): how many events were ready (and reported).
+pub fn epoll_wait_now(epfd: RawFd) -> Result<usize, Errno> {
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    // SAFETY: the kernel writes at most 64 events into `evs`.
+    Errno::result(unsafe { libc::epoll_wait(epfd, evs.as_mut_ptr(), 64, 0) }).map(|n| n as usize)
 }

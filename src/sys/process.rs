@@ -104,17 +104,17 @@ pub fn kcmp_file(pid_a: i32, a: i32, pid_b: i32, b: i32) -> Result<std::cmp::Ord
 }
 
 /// kcmp(2) KCMP_EPOLL_TFD: whether fd `fd` of `pid` is the file epoll `epfd` of
-/// `pid` watches as target fd `tfd` (the first such watch).
-pub fn kcmp_epoll_tfd(pid: i32, fd: i32, epfd: i32, tfd: i32) -> Result<bool, Errno> {
+/// `ep_pid` watches as target fd `tfd` (its `toff`-th watch with that number).
+pub fn kcmp_epoll_tfd(pid: i32, fd: i32, ep_pid: i32, epfd: i32, tfd: i32, toff: u32) -> Result<bool, Errno> {
     #[repr(C)]
     struct Slot {
         efd: u32,
         tfd: u32,
         toff: u32,
     }
-    let slot = Slot { efd: epfd as u32, tfd: tfd as u32, toff: 0 };
+    let slot = Slot { efd: epfd as u32, tfd: tfd as u32, toff };
     // SAFETY: the kernel reads one kcmp_epoll_slot from `slot`.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, 7 /* KCMP_EPOLL_TFD */, fd, &raw const slot) };
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, ep_pid, 7 /* KCMP_EPOLL_TFD */, fd, &raw const slot) };
     Ok(Errno::result(r)? == 0)
 }
 
