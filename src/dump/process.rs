@@ -103,7 +103,16 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         let name = crate::files::memfd::name_of(&v.path).unwrap_or_default().to_string();
         ctx.files.memfds.record(pid, &format!("memfd {} mapped at {:#x}", v.path, v.start), &name, &f)?;
     }
-    let exe = task::path_of(pid, "exe")?;
+    // A deleted executable is a ghost file (e.g. rebuilt in place while running).
+    let exe_link = crate::procinfo::file_link(&format!("/proc/{pid}/exe")).map_err(|e| Error::proc(pid, "exe", e))?;
+    let (exe, exe_ghost, exe_ino) = if exe_link.deleted {
+        let f = std::fs::File::open(format!("/proc/{pid}/exe")).map_err(|e| Error::proc(pid, "exe", e))?;
+        ctx.files.ghosts.record(pid, None, &exe_link.path, &f)?;
+        use std::os::unix::fs::MetadataExt;
+        (exe_link.path, true, f.metadata().map_err(|e| Error::proc(pid, "exe", e))?.ino())
+    } else {
+        (task::path_of(pid, "exe")?, false, 0)
+    };
     let vdso = vmas.iter().find(|v| v.kind() == pb::VmaKind::VmaVdso).map(|v| v.start);
     let (Some(vdso), Some(off)) = (vdso, ctx.vdso_syscall) else {
         return Err(unsupported("it has no vdso to run syscalls through".into(), None));
@@ -198,6 +207,8 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         env_end: stat.field(51),
         auxv,
         exe,
+        exe_ghost,
+        exe_ino,
         vmas,
         mlockall,
     };

@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 
+/// The extended attribute that marks a ghost file made by a restore (so that one
+/// left by a restore killed with SIGKILL is known as such and replaced).
+const MARK: &str = "user.crtool.ghost";
+
 /// CRIU's default `--ghost-limit`.
 pub const DEFAULT_LIMIT: u64 = 1 << 20;
 
@@ -75,6 +79,11 @@ impl Ghosts {
             opts.write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC);
             // Under its old name if that is free (its fds and mappings show that
             // name), else a temporary one beside it.
+            // A file there marked as crtool's is left from a restore that was killed
+            // before it could delete it: it goes.
+            if crate::sys::fd::has_xattr(&orig, MARK) {
+                let _ = std::fs::remove_file(&orig);
+            }
             let (path, file) = match opts.open(&orig) {
                 Ok(file) => (orig.clone(), file),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -85,6 +94,7 @@ impl Ghosts {
                 }
                 Err(e) => return Err(fail(e)),
             };
+            let _ = crate::sys::fd::set_xattr(&file, MARK);
             g.0.insert((f.path.clone(), f.ino), path);
             file.set_len(f.size).map_err(fail)?;
             open.insert((f.path.clone(), f.ino), (file, f.clone()));
@@ -108,6 +118,8 @@ impl Ghosts {
     pub fn remove(&self) {
         if !self.1.replace(true) {
             for p in self.0.values() {
+                // The open files keep no trace of crtool's mark.
+                crate::sys::fd::remove_xattr(p, MARK);
                 let _ = std::fs::remove_file(p);
             }
         }

@@ -435,7 +435,8 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     // other fds, install the task's from the parked ones, close those.
     let top = ctx.parked.max_fd() + 1;
     let status = fd::dup_above(ctx.status_w, top).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
-    let exe_fd = fd::open_at_pos(&m.exe, libc::O_RDONLY, 0).map_err(|e| fail(format!("cannot open the executable {}: {e}", m.exe)))?;
+    let exe_path = if m.exe_ghost { ctx.shmem.ghosts().path(&m.exe, m.exe_ino).ok_or_else(|| fail(format!("the deleted executable {} is not in ghost.img", m.exe)))? } else { m.exe.clone() };
+    let exe_fd = fd::open_at_pos(&exe_path, libc::O_RDONLY, 0).map_err(|e| fail(format!("cannot open the executable {}: {e}", m.exe)))?;
     let exe_hi = fd::dup_above(exe_fd.as_raw_fd(), status + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
     drop(exe_fd);
     let keep = [status, exe_hi];

@@ -240,3 +240,29 @@ pub fn memfd_create(name: &str) -> Result<OwnedFd, Errno> {
     // SAFETY: a new fd nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Whether `path` has the extended attribute `name` (lgetxattr).
+pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(p), Ok(n)) = (CString::new(path.as_os_str().as_bytes()), CString::new(name)) else { return false };
+    // SAFETY: valid C strings; a zero-size query reads nothing into memory.
+    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// Sets the extended attribute `name` (empty value) on an open file.
+pub fn set_xattr(f: &std::fs::File, name: &str) -> io::Result<()> {
+    let n = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a valid C string and an empty value.
+    if unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), std::ptr::null(), 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes the extended attribute `name` of `path`, if it is there.
+pub fn remove_xattr(path: &std::path::Path, name: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(p), Ok(n)) = (CString::new(path.as_os_str().as_bytes()), CString::new(name)) else { return };
+    // SAFETY: valid C strings.
+    unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
+}

@@ -28,7 +28,7 @@ pub fn path_of(pid: i32, what: &str) -> Result<String> {
     };
     let unsupported = |what: String, hint| Error::Unsupported { pid, fd: None, what, hint: Some(hint) };
     match crate::procinfo::file_link(&format!("/proc/{pid}/{what}")) {
-        Ok(l) if l.deleted => Err(unsupported(format!("its {name} {} was deleted", l.path), "deleted files and directories are not supported yet")),
+        Ok(l) if l.deleted => Err(unsupported(format!("its {name} {} was deleted", l.path), "deleted directories are not supported yet")),
         Ok(l) => Ok(l.path),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(unsupported(format!("its {name}: {e}"), "paths must be UTF-8")),
         Err(e) => Err(Error::proc(pid, what, e)),
@@ -400,6 +400,9 @@ pub fn apply_root(core: &pb::TaskCore) -> Result<()> {
 /// too late to back out), the directories must exist. `Err` says why not.
 pub fn check_restorable(core: &pb::TaskCore, mm: &pb::Mm) -> std::result::Result<(), String> {
     use nix::unistd::{AccessFlags, access};
+    if mm.exe_ghost {
+        return check_dirs(core); // a deleted executable comes from the images
+    }
     let exe = std::fs::File::open(&mm.exe).map_err(|e| format!("its executable {}: {e}", mm.exe))?;
     let md = exe.metadata().map_err(|e| format!("its executable {}: {e}", mm.exe))?;
     if !md.is_file() {
@@ -410,6 +413,11 @@ pub fn check_restorable(core: &pb::TaskCore, mm: &pb::Mm) -> std::result::Result
     if noexec {
         return Err(format!("its executable {} is on a filesystem mounted noexec", mm.exe));
     }
+    check_dirs(core)
+}
+
+/// The working and root directories exist.
+fn check_dirs(core: &pb::TaskCore) -> std::result::Result<(), String> {
     for (what, dir) in [("working directory", &core.cwd), ("root directory", &core.root)] {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}

@@ -240,6 +240,8 @@ pub fn mm() -> pb::Mm {
         start_stack: 0x7ffd_0000_2000,
         auxv: vec![6, 4096, 0, 0],
         exe: "/usr/bin/memstate".into(),
+        exe_ghost: false,
+        exe_ino: 0,
         vmas: vec![
             vma(
                 0x40_0000,
