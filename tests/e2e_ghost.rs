@@ -7,7 +7,8 @@ use common::*;
 
 const START_GHOST: &str = r#"
 GHOST="$(dirname "$LOOP_PY")/ghost.py"
-start_ghost() { "${AS_WL[@]}" setsid "$PY3" "$GHOST" "$T" "$@" </dev/null >"$T/out.txt" 2>"$T/ghost.err" & }
+# (PYEXE: another interpreter.)
+start_ghost() { "${AS_WL[@]}" setsid "${PYEXE:-$PY3}" "$GHOST" "$T" "$@" </dev/null >"$T/out.txt" 2>"$T/ghost.err" & }
 "#;
 
 /// Deleted files open (offset, mode, mtime, holes) and mapped shared and private
@@ -54,8 +55,10 @@ wait_until nonempty "$T/result" || fail "ghost.py wrote no result: $(cat "$T/gho
     s.counter("out.txt");
 }
 
-/// A deleted file over the ghost limit is refused, naming it and --ghost-limit, and
-/// the process runs on; with a larger --ghost-limit it is dumped and restored.
+/// A deleted file over the ghost limit is refused, naming --ghost-limit, and the
+/// process runs on; with a larger --ghost-limit it is dumped and restored. The
+/// interpreter runs from a copy deleted after it started (a program rebuilt in place
+/// while it runs): it comes back as its deleted executable.
 #[test]
 fn a_deleted_file_over_the_ghost_limit_needs_ghost_limit() {
     let s = Scenario::run_as(
@@ -63,21 +66,28 @@ fn a_deleted_file_over_the_ghost_limit_needs_ghost_limit() {
         Creds::User,
         &format!(
             r#"{START_GHOST}
-start_ghost big; P=$!; put pid $P
+mkdir "$T/bin"; cp "$(readlink -f "$PY3")" "$T/bin/python3"; chmod 755 "$T/bin/python3"
+PYEXE="$T/bin/python3" start_ghost big; P=$!; put pid $P
 wait_until nonempty "$T/ready" || fail "ghost.py did not start: $(cat "$T/ghost.err")"
+rm "$T/bin/python3"
+put exe_before "$(readlink /proc/$P/exe)"
 run refused crt dump -t $P -D "$T/ck"
 put tracer "$(tracer $P)"
-run dump crt dump -t $P -D "$T/ck" --ghost-limit 4M
+run dump crt dump -t $P -D "$T/ck" --ghost-limit 16M
 need dump
 wait_until gone $P || fail "the dumped process is still there"
 run restore crt restore -D "$T/ck" -d
 need restore
+put exe_after "$(readlink /proc/$P/exe)"
+put bin_after "$(ls -A "$T/bin")"
 kill -USR1 $P
 wait_until nonempty "$T/result" || fail "ghost.py wrote no result: $(cat "$T/ghost.err")"
 "#
         ),
     );
-    s.failed_saying("refused", &["big.dat", "ghost limit", "--ghost-limit"]);
+    s.failed_saying("refused", &["ghost limit", "--ghost-limit"]);
+    s.ensure(s.var("exe_before").ends_with("/bin/python3 (deleted)") && s.var("exe_after") == s.var("exe_before"), || format!("/proc/PID/exe was {:?}, is {:?} after the restore", s.var("exe_before"), s.var("exe_after")));
+    s.ensure(s.var("bin_after").is_empty(), || format!("left in the executable's directory: {}", s.var("bin_after")));
     s.ensure(s.var("tracer") == "0", || "still traced after the refused dump".into());
     s.ok("dump");
     s.ok("restore");

@@ -67,6 +67,9 @@ oneshot = libc.timerfd_create(time.CLOCK_MONOTONIC, NONBLOCK)
 arm(oneshot, 0.01)
 periodic = libc.timerfd_create(time.CLOCK_MONOTONIC, NONBLOCK)
 arm(periodic, 0.5, 0.5)
+# Periodic, expired once and not read, next in 10 s.
+slow = libc.timerfd_create(time.CLOCK_MONOTONIC, NONBLOCK)
+arm(slow, 0.01, 10.0)
 rt = libc.timerfd_create(time.CLOCK_REALTIME, NONBLOCK)
 deadline = time.clock_gettime(time.CLOCK_REALTIME) + 100
 arm(rt, deadline, 0, 1)  # TFD_TIMER_ABSTIME
@@ -88,6 +91,12 @@ class EpollEvent(ctypes.Structure):
     _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
 
 
+# An EPOLLONESHOT watch that has fired (disarmed) on a pipe with data.
+fr, fw = os.pipe()
+os.write(fw, b"x")
+fired = select.epoll()
+fired.register(fr, select.EPOLLIN | select.EPOLLONESHOT)
+assert fired.poll(0) == [(fr, select.EPOLLIN)]
 if libc.epoll_ctl(ep.fileno(), 1, big, ctypes.byref(EpollEvent(select.EPOLLIN, 0x1234))) != 0:
     sys.exit("epoll_ctl: errno %d" % ctypes.get_errno())
 # inotify: watches on DIR and on DIR/watched (the one between them removed, its
@@ -156,6 +165,9 @@ def check():
     info = os.read(sfd, 128)
     chk("signalfd signal", struct.unpack("I", info[:4])[0], signal.SIGUSR2)
     chk("one-shot expirations", struct.unpack("Q", os.read(oneshot, 8))[0], 1)
+    chk("periodic expirations not read", struct.unpack("Q", os.read(slow, 8))[0], 1)
+    chk("fired one-shot watch stays disarmed", fired.poll(0), [])
+    chk("fired one-shot watch's mask", [l.split()[3] for l in open("/proc/self/fdinfo/%d" % fired.fileno()).read().splitlines() if l.startswith("tfd:")], ["40000000"])
     left, interval = gettime(periodic)
     chk("periodic interval", round(interval, 3), 0.5)
     if not 0 < left <= 0.5:

@@ -24,6 +24,7 @@ import time
 d = sys.argv[1]
 problems = []
 MiB = 1 << 20
+F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x10)
 
 
 def chk(name, got, want):
@@ -44,6 +45,13 @@ sfd = os.memfd_create("crtool-sealed", os.MFD_ALLOW_SEALING)
 os.write(sfd, b"sealed contents")
 fcntl.fcntl(sfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
 sealed_map = mmap.mmap(sfd, 15, mmap.MAP_SHARED, mmap.PROT_READ)
+# Sealed against future writes while a writable shared mapping exists (which keeps
+# writing); and a name that ends like the kernel's own suffix.
+fw = os.memfd_create("crtool-future (deleted)", os.MFD_ALLOW_SEALING)
+os.ftruncate(fw, 4096)
+fw_map = mmap.mmap(fw, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+fcntl.fcntl(fw, fcntl.F_ADD_SEALS, F_SEAL_FUTURE_WRITE)
+fw_map[0:6] = b"before"
 mfd = os.memfd_create("crtool-mapped")
 os.write(mfd, b"only mapped now")
 only_map = mmap.mmap(mfd, 15, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -98,6 +106,11 @@ try:
     except PermissionError:
         pass
     chk("mapped only", only_map[:], b"only mapped now")
+    chk("future-write seal", fcntl.fcntl(fw, fcntl.F_GET_SEALS), F_SEAL_FUTURE_WRITE)
+    fw_map[6:11] = b"after"
+    chk("writes through the older mapping", os.pread(fw, 11, 0), b"beforeafter")
+    chk("name ending in (deleted)", os.readlink("/proc/self/fd/%d" % fw), "/memfd:crtool-future (deleted) (deleted)")
+    chk("owner", (os.fstat(fd).st_uid, os.fstat(fd).st_gid), (os.getuid(), os.getgid()))
     chk("mapped only, named", maps.count("/memfd:crtool-mapped (deleted)"), 1)
     # Sharing: the child writes through its mapping; the parent sees it.
     os.write(go_w, b"g")
