@@ -76,6 +76,11 @@ impl DumpCtx {
     }
 }
 
+/// Field `n` (as numbered in proc(5)) of /proc/PID/stat.
+pub fn process_stat_field(pid: i32, n: usize) -> Result<u64> {
+    Ok(process::Stat::read(pid)?.field(n))
+}
+
 /// Refuses targets that cannot be dumped, before anything else is done: init,
 /// crtool itself, kernel threads, zombies.
 pub fn check_target(pid: i32) -> Result<()> {
@@ -122,6 +127,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     };
 
     ctx.files.ghosts.limit = opts.ghost_limit;
+    ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());

@@ -122,6 +122,9 @@ pub struct FileTable {
     pending_epolls: Vec<(i32, i32, usize, Vec<event::Watch>)>,
     /// Which watches are resolved, and the processes seen so far.
     epolls: event::EpollResolver,
+    /// The tree is a shell job (dump --shell-job): its controlling terminal is taken
+    /// as the shell's, which restore replaces by its own.
+    pub shell_job: bool,
     /// The deleted files of the tree (open or mapped).
     pub ghosts: ghost::GhostTable,
     /// The memfds of the tree (open or mapped).
@@ -185,7 +188,7 @@ impl FileTable {
                             }
                         }
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
-                        SFlag::S_IFCHR => chr::ChrDevKind::dump(pid, info, dup, &st)?,
+                        SFlag::S_IFCHR => chr::ChrDevKind::dump_tty(pid, info, dup, &st, self.shell_job)?,
                         SFlag::S_IFSOCK => {
                             self.unix.add(pid, info.fd, &info.link, dup, st.st_ino)?;
                             Kind::Unix(pb::UnixFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
@@ -402,6 +405,7 @@ fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<O
     let fd = match (kind, pipe_ends) {
         (Kind::Reg(r), _) => reg::RegFileKind(r.clone()).open(),
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
+        (Kind::Tty(t), _) => chr::open_terminal(t),
         (Kind::Pipe(p), Some(pe)) => pe.open_end(p),
         (Kind::Fifo(p), Some(pe)) => pe.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
@@ -483,7 +487,7 @@ impl Parked {
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(f.kind, Some(Kind::Tty(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
@@ -674,7 +678,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -686,6 +690,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Fifo(f) => f.flags,
         Kind::Unix(u) => u.flags,
         Kind::Memfd(m) => m.flags,
+        Kind::Tty(t) => t.flags,
         k => event::flags(k).unwrap_or(0),
     }
 }
@@ -698,6 +703,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Fifo(f) => format!("FIFO {}", f.path),
         Kind::Unix(u) => format!("socket:[{}]", u.ino),
         Kind::Memfd(m) => format!("memfd {} at {}", m.inode, m.pos),
+        Kind::Tty(t) => format!("{} (the shell job's terminal: restore gives it its own)", t.path),
         k => event::describe(k).unwrap_or_default(),
     }
 }
