@@ -80,7 +80,7 @@ pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
 /// (and locked files, unless `file_locks`).
 pub fn precheck(pid: i32, fds: &[FdInfo], file_locks: bool) -> Result<()> {
     for f in fds {
-        let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) {
+        let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) && f.link != "anon_inode:[pidfd]" {
             Some(("anon inode", Some("inotify/fanotify/pidfd/io_uring and similar are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
             None
@@ -156,6 +156,9 @@ impl FileTable {
                 return Err(Error::sys(format!("pid {pid} fd {}: kcmp", info.fd), e));
             }
             let id = match found {
+                Ok(i) if group[i].0 != pid && matches!(self.entries[group[i].2 as usize - 1].kind, Some(Kind::Pidfd(_))) => {
+                    return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("pidfd shared with process {}", group[i].0), hint: Some("a pidfd description shared by several processes is not supported yet") });
+                }
                 Ok(i) => group[i].2,
                 Err(at) => {
                     let ty = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
@@ -173,6 +176,19 @@ impl FileTable {
                             let f = std::fs::File::from(dup.try_clone().map_err(|e| Error::io(&info.link, e))?);
                             let inode = self.memfds.record(pid, &format!("pid {pid} fd {} ({})", info.fd, info.link), name, &f)?;
                             Kind::Memfd(pb::MemfdFile { inode, flags: info.flags & !(libc::O_CLOEXEC as u32), pos: info.pos })
+                        }
+                        _ if info.link == "anon_inode:[pidfd]" => {
+                            let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", dup.as_raw_fd())).map_err(|e| Error::proc(pid, format!("fdinfo/{}", info.fd), e))?;
+                            let target = text.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|v| v.trim().parse::<i32>().ok()).unwrap_or(-1);
+                            let refuse = |why: String| Error::Unsupported { pid, fd: Some(info.fd), what: format!("pidfd {why}"), hint: Some("pidfds of processes of the dumped tree are supported") };
+                            if target <= 0 {
+                                return Err(refuse("of a process that has exited and was reaped".into()));
+                            }
+                            if pid == std::process::id() as i32 {
+                                return Err(refuse("in flight in a queued message".into()));
+                            }
+                            let v = vpid(target).ok_or_else(|| refuse(format!("of pid {target}, outside the dumped tree")))?;
+                            Kind::Pidfd(pb::PidFd { pid: v, flags: info.flags & !(libc::O_CLOEXEC as u32) })
                         }
                         _ if event::handles(&info.link) => {
                             let (k, w) = event::dump(pid, info, dup)?;
@@ -398,6 +414,19 @@ fn owner_of(pid: i32, info: &FdInfo, dup: &OwnedFd, vpid: &dyn Fn(i32) -> Option
     Ok((Some(pb::FileOwner { r#type: ty, pid: v }), signum))
 }
 
+/// A pidfd of process `p.pid` of the tree, opened by the task that holds it (in the
+/// tree's PID namespace). Tasks are forked while others install their fds: a
+/// process not forked yet is waited for (briefly; none waits on this one).
+fn open_pidfd(p: &pb::PidFd) -> std::io::Result<OwnedFd> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match crate::sys::process::pidfd_open_flags(p.pid, (p.flags & libc::O_NONBLOCK as u32) as u32) {
+            Err(nix::errno::Errno::ESRCH) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
+            r => return r.map_err(std::io::Error::from),
+        }
+    }
+}
+
 /// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
 /// F_SETSIG). Pipes and FIFOs go through `pipe_ends`.
 fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<OwnedFd> {
@@ -406,6 +435,7 @@ fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<O
         (Kind::Reg(r), _) => reg::RegFileKind(r.clone()).open(),
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
         (Kind::Tty(t), _) => chr::open_terminal(t),
+        (Kind::Pidfd(p), _) => open_pidfd(p),
         (Kind::Pipe(p), Some(pe)) => pe.open_end(p),
         (Kind::Fifo(p), Some(pe)) => pe.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
@@ -678,7 +708,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -691,6 +721,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Unix(u) => u.flags,
         Kind::Memfd(m) => m.flags,
         Kind::Tty(t) => t.flags,
+        Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
 }
@@ -704,6 +735,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Unix(u) => format!("socket:[{}]", u.ino),
         Kind::Memfd(m) => format!("memfd {} at {}", m.inode, m.pos),
         Kind::Tty(t) => format!("{} (the shell job's terminal: restore gives it its own)", t.path),
+        Kind::Pidfd(p) => format!("pidfd of pid {}", p.pid),
         k => event::describe(k).unwrap_or_default(),
     }
 }

@@ -47,6 +47,15 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
 }
 
 /// Duplicates fd `target_fd` of the process behind `pidfd` into this process.
+/// pidfd_open(pid, flags) (flags: PIDFD_NONBLOCK = O_NONBLOCK).
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes no pointers; a non-negative result is a new fd we own.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    let fd = Errno::result(r)? as RawFd;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> Result<OwnedFd, Errno> {
     use std::os::fd::AsRawFd;
     // SAFETY: no pointers; a non-negative result is a new fd we own.

@@ -121,6 +121,10 @@ if child == 0:
     signal.pause()  # shares the semaphore eventfd
     os._exit(0)
 
+# pidfds of the child and of itself.
+pfd_child = os.pidfd_open(child)
+pfd_self = os.pidfd_open(os.getpid(), os.O_NONBLOCK)
+
 done = False
 
 
@@ -199,7 +203,12 @@ def check():
     ticks = struct.unpack("Q", os.read(periodic, 8))[0]
     if ticks < 1:
         problems.append("periodic timer did not expire after the restore")
-    os.kill(child, signal.SIGKILL)
+    pid_of = lambda fd: int([l for l in open("/proc/self/fdinfo/%d" % fd).read().splitlines() if l.startswith("Pid:")][0].split()[1])
+    chk("pidfd of the child", pid_of(pfd_child), child)
+    chk("pidfd of itself", (pid_of(pfd_self), os.get_blocking(pfd_self)), (os.getpid(), False))
+    chk("the child's pidfd before it dies", select.select([pfd_child], [], [], 0)[0], [])
+    signal.pidfd_send_signal(pfd_child, signal.SIGKILL)
+    chk("the child's pidfd once it died", select.select([pfd_child], [], [], 5)[0], [pfd_child])
     os.waitpid(child, 0)
 
 
