@@ -242,7 +242,9 @@ impl FileTable {
             let mut keys = Vec::new();
             for line in &info.locks {
                 let (l, dev_ino) = locks::parse(line).map_err(|what| Error::Unsupported { pid, fd: Some(info.fd), what: format!("{} holds {what}", info.link), hint: Some("only POSIX, flock and OFD locks are supported") })?;
-                let key = if l.kind == locks::POSIX { (pid, st.st_dev, st.st_ino, 0) } else { (0, 0, 0, id) };
+                // fdinfo shows a lock on the fds of the description it was taken
+                // through (a POSIX lock: per process too).
+                let key = if l.kind == locks::POSIX { (pid, 0, 0, id) } else { (0, 0, 0, id) };
                 if self.locks_seen.contains(&key) {
                     continue;
                 }
@@ -297,6 +299,9 @@ impl FileTable {
                     for f in p.files {
                         let fd = f.as_raw_fd();
                         let info = info_of(me, fd)?;
+                        if info.locked {
+                            return Err(Error::Unsupported { pid: me, fd: None, what: format!("{} in flight in a message on socket:[{ino}] holds a lock", info.link), hint: Some("locks of files in flight are not supported") });
+                        }
                         let ids = self.dump_fds(me, std::slice::from_ref(&info), std::slice::from_ref(&f), vpid)?;
                         packet.fds.push(ids[0].file_id);
                         self.in_flight.push(f);

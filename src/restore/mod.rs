@@ -161,8 +161,9 @@ fn from_outside(imgs: &TreeImages, parked: &mut Parked, shmem: &ShmemObjects, su
     // that would have forbidden the tasks' mappings go on.
     shmem.ghosts().remove();
     shmem.memfds().seal(true)?;
-    parked.set_owners(&imgs.files, &|v| sup.outer_pid(v))?;
+    // Queues first: with no SIGIO owner set yet, refilling them signals nobody.
     parked.finish_sockets(&imgs.packets, &|v| sup.outer_pid(v))?;
+    parked.set_owners(&imgs.files, &|v| sup.outer_pid(v))?;
     for t in imgs.procs.iter().filter_map(|p| p.task.as_ref()) {
         let vpid = t.core.pid as i32;
         let missing = |v: i32| Error::Restore { pid: vpid, msg: format!("thread {v} is missing from the restored tree") };
@@ -317,6 +318,18 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(i), nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(i), None);
             }
+            // The pidfile before the socket files are kept: a failure to write it
+            // kills the tree, and they go with it.
+            let done = done.and_then(|mut sup| match &opts.pidfile {
+                Some(f) => match std::fs::write(f, format!("{}\n", sup.outer_pid(root_pid).unwrap_or(root_pid))) {
+                    Ok(()) => Ok(sup),
+                    Err(e) => {
+                        sup.kill_all();
+                        Err(Error::io(f, e))
+                    }
+                },
+                None => Ok(sup),
+            });
             parked.restored = done.is_ok();
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {
@@ -324,13 +337,6 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             }
             let mut sup = done.map_err(|e| crate::sys::signals::interrupted().map_or(e, |sig| Error::Interrupted { sig }))?;
             log::info!("pid {root_pid}: tree restored and running");
-            if let Some(f) = &opts.pidfile {
-                let outer = sup.outer_pid(root_pid).unwrap_or(root_pid);
-                if let Err(e) = std::fs::write(f, format!("{outer}\n")) {
-                    sup.kill_all();
-                    return Err(Error::io(f, e));
-                }
-            }
             ipc.keep();
             if opts.detach {
                 let outer = sup.outer_pid(root_pid).unwrap_or(root_pid);

@@ -31,9 +31,10 @@ for n in ("posix.dat", "flock.dat", "ofd.dat"):
     with open(path(n), "wb") as fh:
         fh.write(b"x" * 200)
 p1 = os.open(path("posix.dat"), os.O_RDWR)
-p2 = os.open(path("posix.dat"), os.O_RDONLY)  # closing it would drop the locks
+p2 = os.open(path("posix.dat"), os.O_RDWR)  # closing it would drop the locks
 fcntl.lockf(p1, fcntl.LOCK_EX, 10, 5)
 fcntl.lockf(p1, fcntl.LOCK_SH, 0, 50)
+fcntl.lockf(p2, fcntl.LOCK_EX, 5, 150)  # through this second description
 fl = os.open(path("flock.dat"), os.O_RDWR)
 fcntl.flock(fl, fcntl.LOCK_EX)
 ofd = os.open(path("ofd.dat"), os.O_RDWR)
@@ -76,11 +77,14 @@ if checker == 0:
     if got != (fcntl.F_WRLCK, 5, 10, me):
         out.append("POSIX write lock 5-14: F_GETLK says %r" % (got,))
     got = getlk(f, fcntl.F_GETLK, fcntl.F_WRLCK, 60, 1)
-    if got != (fcntl.F_RDLCK, 50, 0, me):
-        out.append("POSIX read lock 50-EOF: F_GETLK says %r" % (got,))
+    if got != (fcntl.F_RDLCK, 50, 100, me):
+        out.append("POSIX read lock 50-149: F_GETLK says %r" % (got,))
     got = getlk(f, fcntl.F_GETLK, fcntl.F_RDLCK, 60, 1)
     if got[0] != fcntl.F_UNLCK:
         out.append("a read lock at 60 conflicts: %r" % (got,))
+    got = getlk(f, fcntl.F_GETLK, fcntl.F_RDLCK, 152, 1)
+    if got != (fcntl.F_WRLCK, 150, 5, me):
+        out.append("POSIX write lock 150-154 (through the second fd): F_GETLK says %r" % (got,))
     got = getlk(f, fcntl.F_GETLK, fcntl.F_WRLCK, 20, 10)
     if got[0] != fcntl.F_UNLCK:
         out.append("bytes 20-29 are locked: %r" % (got,))

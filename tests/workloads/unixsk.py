@@ -100,6 +100,12 @@ if what == "pairs":
     sv, _ = lst.accept()
     cl.send(b"client-data")
     sv.send(b"server-data")
+    # An accepted connection whose client sent data and closed.
+    gone_client = socket.socket(U, S)
+    gone_client.connect(path)
+    sv_orphan, _ = lst.accept()
+    gone_client.send(b"bye")
+    gone_client.close()
     pend = socket.socket(U, S)
     pend.connect(path)
     srv_name = b"\0" + tag.encode() + b"-srv"
@@ -176,6 +182,7 @@ if what == "pairs":
         chk("accepted", sv.recv(100), b"client-data")
         chk("client", cl.recv(100), b"server-data")
         chk("accepted name", sv.getsockname(), path)
+        chk("accepted, client gone", (sv_orphan.recv(10), sv_orphan.recv(10), sv_orphan.getsockname()), (b"bye", b"", path))
         chk("client peer name", cl.getpeername(), path)
         chk("listener name", lst.getsockname(), path)
         p2, _ = lst.accept()

@@ -139,6 +139,18 @@ impl UnixTable {
                 s.peer_name = addr_bytes(&a);
             }
         }
+        // A pending error (SO_ERROR, which reading clears) shows as POLLERR; an
+        // out-of-band byte as what MSG_OOB|MSG_PEEK returns: neither is restorable.
+        let mut pfd = [nix::poll::PollFd::new(f, nix::poll::PollFlags::empty())];
+        if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).is_ok() && pfd[0].revents().is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR)) {
+            return Err(refuse(pid, fd, format!("{} has a pending socket error (SO_ERROR)", describe(&s)), "the error cannot be read without clearing it; dump once the task has seen it"));
+        }
+        if s.r#type == libc::SOCK_STREAM as u32 && s.state == TCP_ESTABLISHED {
+            let mut b = [0u8; 1];
+            if so::recv(f.as_raw_fd(), &mut b, MsgFlags::MSG_OOB | MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) == Ok(1) {
+                return Err(refuse(pid, fd, format!("{} has an out-of-band byte (MSG_OOB) queued", describe(&s)), "out-of-band data is not supported"));
+            }
+        }
         let peeked = if s.state == TCP_LISTEN { Vec::new() } else { peek_queue(f, &s, vpid).map_err(|e| refuse(pid, fd, format!("socket:[{ino}]: reading its queue: {e}"), "the task was left as it was"))? };
         h.sock = Some(s);
         Ok(peeked)
@@ -190,6 +202,9 @@ impl UnixTable {
                 s.connector = Some(holder_creds(pid, vpid));
             } else if s.state == TCP_ESTABLISHED && d.peer == 0 {
                 s.peer_closed = true;
+                // A named connected socket whose peer closed: taken as the accepting
+                // side of a connection (it carries its listener's name).
+                s.accepted = connected_kind && !s.name.is_empty();
             } else if d.peer != 0 && !held.contains(&d.peer) {
                 if !ext_unix_sk {
                     let key = format!("socket:[{}]", d.peer);

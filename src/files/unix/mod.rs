@@ -113,13 +113,17 @@ pub fn check_requeue(sockets: &[pb::UnixSocket], packets: &[pb::SkPacket], holde
             continue; // a socketpair end: only its peer sends to it
         }
         let peer_name = if s.external { s.peer_name.clone() } else { peer.map(|p| p.name.clone()).unwrap_or_default() };
-        let others = packets.iter().filter(|p| p.ino == s.ino && (p.sender.is_empty() || p.sender != peer_name)).count();
+        let queue: Vec<&pb::SkPacket> = packets.iter().filter(|p| p.ino == s.ino).collect();
+        let from_others = queue.iter().filter(|p| p.sender.is_empty() || p.sender != peer_name).count();
+        // With any message from another sender, the whole queue is sent again before
+        // the socket connects (connecting later would purge it), under the limit.
+        let others = if from_others > 0 { queue.len() } else { 0 };
         if others > limit + 1 {
             let (pid, fd) = holder(s.ino);
             return Err(crate::error::Error::Unsupported {
                 pid,
                 fd: (fd >= 0).then_some(fd),
-                what: format!("{} has {others} datagrams queued from other senders than its peer; net.unix.max_dgram_qlen = {limit} lets only {} be queued again", describe(s), limit + 1),
+                what: format!("{} has {others} datagrams queued, some from other senders than its peer; net.unix.max_dgram_qlen = {limit} lets only {} be queued again", describe(s), limit + 1),
                 hint: Some("let the task read its queue first, or raise net.unix.max_dgram_qlen"),
             });
         }

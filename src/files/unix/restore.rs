@@ -158,7 +158,16 @@ impl Restorer {
         }
         // Connections made through a listener: connect, then accept.
         for a in all.iter().filter(|s| s.accepted) {
-            let b = r.sockets.get(&a.peer).cloned().ok_or_else(|| err(a, "its peer is missing from the images"))?;
+            if a.name.is_empty() {
+                return Err(err(a, "an accepted socket without its listener's name (inconsistent unixsk.img)"));
+            }
+            // Whose peer closed: connected through a throwaway client, closed in
+            // `finish` (after its queue is sent again from it).
+            let b = match r.sockets.get(&a.peer) {
+                Some(b) if !a.peer_closed => b.clone(),
+                None if a.peer_closed => pb::UnixSocket { ino: 0, name: Vec::new(), name_dir: String::new(), accepted: false, peer_closed: false, peer: a.ino, ..a.clone() },
+                _ => return Err(err(a, "its peer is missing from the images")),
+            };
             let listener = all.iter().find(|l| l.state == TCP_LISTEN && l.name == a.name && l.r#type == a.r#type).map(|l| l.ino);
             if listener.is_none() && !r.temp_listeners.iter().any(|(n, _, _)| *n == a.name) {
                 let fd = new_socket(a)?;
@@ -168,12 +177,16 @@ impl Restorer {
                 r.temp_listeners.push((a.name.clone(), a.name_dir.clone(), fd));
             }
             let client = match r.fds.remove(&b.ino) {
-                Some(fd) => fd,
-                None => new_socket(&b)?,
+                Some(fd) if b.ino != 0 => fd,
+                _ => new_socket(&b)?,
             };
             // The accepted side's SO_PEERCRED is whoever connected.
             r.connect_as(&b, &client, &a.name, &a.name_dir, a.peercred.as_ref())?;
-            r.fds.insert(b.ino, client);
+            if b.ino == 0 {
+                r.others.insert(a.ino, client);
+            } else {
+                r.fds.insert(b.ino, client);
+            }
             let lfd = match listener {
                 Some(l) => r.fds.get(&l).map(|f| f.as_raw_fd()),
                 None => r.temp_listeners.iter().find(|(n, _, _)| *n == a.name).map(|(_, _, f)| f.as_raw_fd()),
@@ -219,6 +232,9 @@ impl Restorer {
     /// Binds `fd` to `name`: a stale socket file left there (nobody listening) is
     /// replaced.
     fn bind(&mut self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8]) -> Result<()> {
+        if name.is_empty() {
+            return Err(err(s, "binding to an empty name (inconsistent unixsk.img)"));
+        }
         let addr = addr_of(name).map_err(|e| err(s, format!("address {}: {e}", name_text(name))))?;
         let mut r = in_dir(&s.name_dir, || so::bind(fd.as_raw_fd(), &addr));
         if r == Err(Errno::EADDRINUSE) && name[0] != 0 && self.stale(s, &addr) {
@@ -307,9 +323,14 @@ impl Restorer {
     fn connect_as(&self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8], dir: &str, who: Option<&pb::UnixCreds>) -> Result<()> {
         let addr = addr_of(name).map_err(|e| err(s, format!("address {}: {e}", name_text(name))))?;
         let raw = fd.as_raw_fd();
-        as_peer(who, self.exact_pids, || in_dir(dir, || so::connect(raw, &addr)).map(|()| Vec::new()))
+        // Non-blocking: a full accept queue (a lower net.core.somaxconn now) is an
+        // error, not a wait forever.
+        crate::sys::fd::set_status_flags(fd, libc::O_NONBLOCK as u32)?;
+        let r = as_peer(who, self.exact_pids, || in_dir(dir, || so::connect(raw, &addr)).map(|()| Vec::new()))
             .map(drop)
-            .map_err(|e| err(s, format!("connect to {}: {e}", name_text(name))))
+            .map_err(|e| err(s, format!("connect to {}: {e}", name_text(name))));
+        crate::sys::fd::set_status_flags(fd, 0)?;
+        r
     }
 
     fn connect(&self, s: &pb::UnixSocket, fd: &OwnedFd, name: &[u8], dir: &str) -> Result<()> {
