@@ -130,6 +130,20 @@ if what == "pairs":
     for m in (b"", b"x", b"", b"yy"):
         sq3.send(m)
     sq3.shutdown(socket.SHUT_WR)
+    # Two named datagram sockets connected to each other with connect(2), a message
+    # from a third one queued before, one each way after.
+    dca = socket.socket(U, D)
+    dca.bind(b"\0" + tag.encode() + b"-dca")
+    dcb = socket.socket(U, D)
+    dcb.bind(b"\0" + tag.encode() + b"-dcb")
+    third = socket.socket(U, D)
+    third.bind(b"\0" + tag.encode() + b"-third")
+    third.sendto(b"before-connect", b"\0" + tag.encode() + b"-dca")
+    dca.connect(b"\0" + tag.encode() + b"-dcb")
+    dcb.connect(b"\0" + tag.encode() + b"-dca")
+    dca.send(b"a-to-b")
+    dcb.send(b"b-to-a")
+    dc_cred = dca.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     # A datagram socket connected to itself, with a message to itself queued.
     me_sk = socket.socket(U, D)
     me_sk.bind(b"\0" + tag.encode() + b"-self")
@@ -194,6 +208,12 @@ if what == "pairs":
         chk("srv 4", srv.recvfrom(100), (b"from-cli-2", b"\0" + tag.encode() + b"-cli"))
         chk("seqpacket records", [sq2.recv(10) for _ in range(4)], [b"", b"a", b"", b"bb"])
         chk("seqpacket records after shutdown", [sq4.recv(10) for _ in range(4)], [b"", b"x", b"", b"yy"])
+        chk("connect()ed pair: SO_PEERCRED", dca.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12), dc_cred)
+        chk("connect()ed pair: from the third", dca.recvfrom(20), (b"before-connect", b"\0" + tag.encode() + b"-third"))
+        chk("connect()ed pair: b to a", dca.recvfrom(20), (b"b-to-a", b"\0" + tag.encode() + b"-dcb"))
+        chk("connect()ed pair: a to b", dcb.recvfrom(20), (b"a-to-b", b"\0" + tag.encode() + b"-dca"))
+        dca.send(b"again")
+        chk("connect()ed pair: new traffic", dcb.recv(20), b"again")
         chk("connected to itself", me_sk.recv(20), b"to-myself")
         me_sk.send(b"again")
         chk("connected to itself, again", me_sk.recv(20), b"again")

@@ -64,6 +64,8 @@ pub struct Restorer {
     /// Path names to unlink once everything is connected (their files were gone at
     /// dump time).
     unlink_after: BTreeSet<PathBuf>,
+    /// Sockets made by socketpair(2) (each connected to its peer from the start).
+    paired: BTreeSet<u64>,
     /// Helpers that make sockets on a process's behalf take its pid (false when the
     /// tree is restored into a new PID namespace, where that pid does not exist yet).
     exact_pids: bool,
@@ -76,6 +78,7 @@ impl Restorer {
     pub fn create(sockets: &[pb::UnixSocket], inherited: &BTreeMap<u64, RawFd>, exact_pids: bool) -> Result<Restorer> {
         let mut r = Restorer {
             exact_pids,
+            paired: BTreeSet::new(),
             sockets: sockets.iter().map(|s| (s.ino, s.clone())).collect(),
             fds: BTreeMap::new(),
             others: BTreeMap::new(),
@@ -108,6 +111,12 @@ impl Restorer {
             if s.ino >= p.ino || s.accepted || p.accepted || p.peer != s.ino {
                 continue; // (a datagram socket connected to itself is bound, then connected)
             }
+            // Two datagram sockets connected to each other with connect(2) (no
+            // SO_PEERCRED recorded, both named): bound, then connected both ways.
+            let by_connect = s.r#type == libc::SOCK_DGRAM as u32 && s.peercred.as_ref().is_none_or(|c| c.pid == 0) && !s.name.is_empty() && !p.name.is_empty();
+            if by_connect {
+                continue;
+            }
             by_creator.entry(s.peercred.as_ref().map(|c| (c.pid, c.uid, c.gid))).or_default().push((s.clone(), p));
         }
         for pairs in by_creator.values() {
@@ -120,6 +129,7 @@ impl Restorer {
                 }
                 r.fds.insert(s.ino, a);
                 r.fds.insert(p.ino, b);
+                r.paired.extend([s.ino, p.ino]);
             }
         }
         // Listeners and sockets bound to a name of their own.
@@ -361,7 +371,7 @@ impl Restorer {
         let socks: Vec<pb::UnixSocket> = self.sockets.values().cloned().collect();
         for s in &socks {
             let queue = by_sock.remove(&s.ino).unwrap_or_default();
-            let dgram_peer = s.r#type == libc::SOCK_DGRAM as u32 && (s.peer != 0 || s.external) && !self.mutual(s);
+            let dgram_peer = s.r#type == libc::SOCK_DGRAM as u32 && (s.peer != 0 || s.external) && !self.paired.contains(&s.ino) && s.peer != s.ino;
             // A datagram socket connected to one peer takes that peer's messages
             // without queue limits; others' only while it is not connected.
             let all_from_peer = dgram_peer && queue.iter().all(|p| !p.sender.is_empty() && p.sender == self.peer_name(s));
@@ -402,9 +412,6 @@ impl Restorer {
         self.fds.get(&s.ino).ok_or_else(|| err(s, "it was not made (inconsistent unixsk.img)"))
     }
 
-    fn mutual(&self, s: &pb::UnixSocket) -> bool {
-        self.sockets.get(&s.peer).is_some_and(|p| p.peer == s.ino)
-    }
 
     fn peer_name(&self, s: &pb::UnixSocket) -> Vec<u8> {
         if s.external {
@@ -426,7 +433,7 @@ impl Restorer {
         let stream_like = s.r#type != libc::SOCK_DGRAM as u32;
         // The sender and the address it sends to (None: its connected peer).
         // (Only its peer can send to a socket connected to it.)
-        let (sender, to): (RawFd, Option<UnixAddr>) = if stream_like || self.mutual(s) {
+        let (sender, to): (RawFd, Option<UnixAddr>) = if stream_like || self.paired.contains(&s.ino) || s.peer_closed || s.peer == s.ino {
             let from = self.others.get(&s.ino).or_else(|| self.fds.get(&s.peer)).ok_or_else(|| err(s, "no peer to send its queued data from"))?;
             (from.as_raw_fd(), None)
         } else {
