@@ -287,6 +287,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     // Unix sockets: how they connect, and their queues (files passed in them join
     // the file table).
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
+    ctx.files.check_outside_sockets(&tree.procs.iter().map(|p| p.pid).collect())?;
     let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk, tree.new_pid_ns)?;
     if ctx.opts.file_locks {
         let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();

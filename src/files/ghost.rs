@@ -65,12 +65,12 @@ impl GhostTable {
 /// The ghost files of the images, made again for the tree to open and map; they are
 /// deleted when this is dropped (once the tree holds them, or the restore failed).
 #[derive(Default)]
-pub struct Ghosts(BTreeMap<(String, u64), PathBuf>, std::cell::Cell<bool>);
+pub struct Ghosts(BTreeMap<(String, u64), PathBuf>, std::cell::Cell<bool>, u32);
 
 impl Ghosts {
     pub fn create(files: &[pb::GhostFile], chunks: &[pb::GhostChunk]) -> Result<Ghosts> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut g = Ghosts::default();
+        let mut g = Ghosts(BTreeMap::new(), std::cell::Cell::new(false), std::process::id());
         let mut open = BTreeMap::new();
         for f in files {
             let orig = PathBuf::from(&f.path);
@@ -134,6 +134,9 @@ impl Ghosts {
 impl Drop for Ghosts {
     /// In crtool (forked tasks never drop it): the files go again.
     fn drop(&mut self) {
-        self.remove();
+        // Only crtool itself, not a forked task unwinding through its copy.
+        if std::process::id() == self.2 {
+            self.remove();
+        }
     }
 }

@@ -330,19 +330,11 @@ impl FileTable {
         Ok(sockets)
     }
 
-    /// Pipes and FIFOs whose other end a process outside the tree holds: refused,
-    /// unless `external` names them ("pipe:[ID]", ID the pipe's or FIFO's inode),
-    /// then marked so: restore takes a pipe from the caller (--inherit-fd) and
-    /// reopens a FIFO by path, and neither's buffered bytes are stored (they stay in
-    /// the pipe, which the process outside keeps). `tree` are the tree's pids.
-    pub fn check_outside_peers(&mut self, tree: &std::collections::BTreeSet<i32>, external: &[String]) -> Result<()> {
-        let key = |k: &Kind| match k {
-            Kind::Pipe(p) => Some((format!("pipe:[{}]", p.pipe_id), p.pipe_id)),
-            Kind::Fifo(f) => Some((f.path.clone(), f.pipe_id)),
-            _ => None,
-        };
-        // A socket of the tree also open in a process outside it: restore would make
-        // a new socket, which that process would not share.
+    /// Unix sockets of the tree also open in a process outside it (restore would
+    /// make new sockets, which that process would not share): refused. Checked
+    /// before any queue is read (SO_PEEK_OFF would move under that process's
+    /// peeks) and again for sockets found in flight.
+    pub fn check_outside_sockets(&self, tree: &std::collections::BTreeSet<i32>) -> Result<()> {
         let sockets: std::collections::BTreeSet<String> =
             self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), _ => None }).collect();
         if !sockets.is_empty() {
@@ -358,6 +350,21 @@ impl FileTable {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Pipes and FIFOs whose other end a process outside the tree holds: refused,
+    /// unless `external` names them ("pipe:[ID]", ID the pipe's or FIFO's inode),
+    /// then marked so: restore takes a pipe from the caller (--inherit-fd) and
+    /// reopens a FIFO by path, and neither's buffered bytes are stored (they stay in
+    /// the pipe, which the process outside keeps). `tree` are the tree's pids.
+    pub fn check_outside_peers(&mut self, tree: &std::collections::BTreeSet<i32>, external: &[String]) -> Result<()> {
+        let key = |k: &Kind| match k {
+            Kind::Pipe(p) => Some((format!("pipe:[{}]", p.pipe_id), p.pipe_id)),
+            Kind::Fifo(f) => Some((f.path.clone(), f.pipe_id)),
+            _ => None,
+        };
+        self.check_outside_sockets(tree)?;
         let held: Vec<(String, u64)> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).collect();
         let keys: std::collections::BTreeSet<String> = held.iter().map(|(k, _)| k.clone()).collect();
         // Every --external names a pipe the tree holds.
@@ -477,6 +484,8 @@ pub struct Parked {
     unix: Option<unix::Restorer>,
     /// The restore succeeded: dropping keeps the socket files (see `Drop`).
     pub restored: bool,
+    /// crtool's pid (where dropping may remove files).
+    owner: u32,
     /// Epoll instances: the task (pid in the tree) that adds their watches back,
     /// with its fd numbers, and the watches.
     epolls: BTreeMap<u32, (i32, Vec<pb::EpollTarget>)>,
@@ -517,7 +526,7 @@ impl Parked {
                 _ => None,
             })
             .collect();
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false, epolls };
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false, epolls, owner: std::process::id() };
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
@@ -678,7 +687,9 @@ impl Drop for Parked {
     /// In crtool, once the tree holds its own fds (forked tasks never drop this).
     /// Socket files bound for the tree go too unless the restore succeeded.
     fn drop(&mut self) {
-        if !self.restored {
+        // Only crtool itself: a forked task unwinding through this copy must not
+        // remove the files the tree uses.
+        if !self.restored && std::process::id() == self.owner {
             self.remove_socket_files();
         }
         self.close_all();

@@ -4,6 +4,9 @@
 use nix::errno::Errno;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+/// SO_PASSPIDFD (asm-generic/socket.h, Linux 6.5).
+pub const SO_PASSPIDFD: i32 = 76;
+
 /// getsockopt(fd, SOL_SOCKET, opt) of an `int` option.
 pub fn get_int(fd: BorrowedFd, opt: i32) -> Result<i32, Errno> {
     let mut v: libc::c_int = 0;

@@ -129,6 +129,12 @@ impl UnixTable {
         s.sndtimeo_us = us(so::getsockopt(&f, sockopt::SendTimeout).map_err(|e| sys("SO_SNDTIMEO", e))?);
         s.rcvtimeo_us = us(so::getsockopt(&f, sockopt::ReceiveTimeout).map_err(|e| sys("SO_RCVTIMEO", e))?);
         s.peek_off = sock::get_int(f, libc::SO_PEEK_OFF).map_err(|e| sys("SO_PEEK_OFF", e))?;
+        s.rcvlowat = sock::get_int(f, libc::SO_RCVLOWAT).map_err(|e| sys("SO_RCVLOWAT", e))?;
+        s.passpidfd = sock::get_int(f, sock::SO_PASSPIDFD).unwrap_or(0) != 0;
+        // A BPF filter (SO_ATTACH_FILTER) cannot be read back exactly enough here.
+        if !matches!(sock::get_int(f, libc::SO_GET_FILTER), Ok(0)) {
+            return Err(refuse(pid, fd, format!("socket:[{ino}] has a socket filter attached (SO_ATTACH_FILTER)"), "socket filters are not supported"));
+        }
         if s.state == TCP_ESTABLISHED || s.state == TCP_LISTEN {
             if let Ok(c) = so::getsockopt(&f, sockopt::PeerCredentials) {
                 let outer = c.pid();

@@ -366,6 +366,9 @@ impl Restorer {
     pub fn finish(&mut self, packets: &[pb::SkPacket], file: &dyn Fn(u32) -> Option<RawFd>, outer: &dyn Fn(i32) -> Option<i32>) -> Result<()> {
         let mut by_sock: BTreeMap<u64, Vec<&pb::SkPacket>> = BTreeMap::new();
         for p in packets {
+            if !self.sockets.contains_key(&p.ino) {
+                return Err(Error::other(format!("skqueues.img: a message for socket:[{}], which unixsk.img does not have", p.ino)));
+            }
             by_sock.entry(p.ino).or_default().push(p);
         }
         let socks: Vec<pb::UnixSocket> = self.sockets.values().cloned().collect();
@@ -529,10 +532,21 @@ fn send_as_exited(pid: i32, fd: RawFd, data: &[u8], fds: &[RawFd], to: Option<&U
             let ok = send_all(fd, data, &cmsgs, to, true).is_ok();
             crate::sys::process::exit_now(if ok { 0 } else { 1 })
         }
-        Forked::Parent(child) => match nix::sys::wait::waitpid(child, None)? {
+        Forked::Parent(child) => match wait_child(child)? {
             nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
             _ => Err(Errno::EIO),
         },
+    }
+}
+
+/// waitpid(child), again after EINTR (crtool's signal handlers do not restart
+/// calls): a helper left unreaped would keep a pid of the tree.
+fn wait_child(child: nix::unistd::Pid) -> nix::Result<nix::sys::wait::WaitStatus> {
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Err(Errno::EINTR) => continue,
+            r => return r,
+        }
     }
 }
 
@@ -611,7 +625,7 @@ fn as_peer(who: Option<&pb::UnixCreds>, exact_pids: bool, f: impl FnOnce() -> ni
                     Err(e) => break Err(e),
                 }
             };
-            let status = nix::sys::wait::waitpid(child, None)?;
+            let status = wait_child(child)?;
             got?;
             match status {
                 nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(fds),
@@ -645,6 +659,12 @@ fn set_options(s: &pb::UnixSocket, fd: &OwnedFd) -> Result<()> {
     }
     if s.rcvtimeo_us != 0 {
         so::setsockopt(&f, sockopt::ReceiveTimeout, &tv(s.rcvtimeo_us)).map_err(|x| e("SO_RCVTIMEO", x))?;
+    }
+    if s.rcvlowat > 1 {
+        sock::set_int(f, libc::SO_RCVLOWAT, s.rcvlowat).map_err(|x| e("SO_RCVLOWAT", x))?;
+    }
+    if s.passpidfd {
+        sock::set_int(f, sock::SO_PASSPIDFD, 1).map_err(|x| e("SO_PASSPIDFD", x))?;
     }
     if s.peek_off != -1 && s.state != TCP_LISTEN {
         sock::set_int(f, libc::SO_PEEK_OFF, s.peek_off).map_err(|x| e("SO_PEEK_OFF", x))?;
