@@ -135,21 +135,21 @@ pub fn check_requeue(sockets: &[pb::UnixSocket], packets: &[pb::SkPacket], holde
 /// not a socket of the tree, and a live socket outside the tree is bound to its
 /// name (restore sends such a message again from a stand-in bound to that name).
 pub fn check_senders(sockets: &[pb::UnixSocket], packets: &[pb::SkPacket], holder: &dyn Fn(u64) -> (i32, i32)) -> crate::error::Result<()> {
-    use nix::sys::socket::{self as so, AddressFamily, SockFlag, SockType};
     let names: std::collections::BTreeSet<&[u8]> = sockets.iter().filter(|s| !s.accepted).map(|s| s.name.as_slice()).collect();
+    // The names bound now, as /proc/net/unix shows them (an abstract name with '@'
+    // for its NUL bytes): asked of the kernel, not by binding or connecting.
+    let bound: std::collections::BTreeSet<String> = procfs::net::unix()
+        .map(|v| v.into_iter().filter_map(|e| e.path.map(|p| p.to_string_lossy().into_owned())).collect())
+        .unwrap_or_default();
+    let shown = |name: &[u8]| -> String {
+        if name.first() == Some(&0) { name.iter().map(|&b| if b == 0 { '@' } else { b as char }).collect() } else { String::from_utf8_lossy(name).into_owned() }
+    };
     let mut checked = std::collections::BTreeSet::new();
     for p in packets.iter().filter(|p| !p.sender.is_empty() && !names.contains(p.sender.as_slice())) {
         if !checked.insert(p.sender.clone()) {
             continue;
         }
-        let Ok(addr) = addr_of(&p.sender) else { continue };
-        let Ok(probe) = so::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None) else { continue };
-        let live = if p.sender[0] == 0 {
-            so::bind(std::os::fd::AsRawFd::as_raw_fd(&probe), &addr) == Err(nix::errno::Errno::EADDRINUSE)
-        } else {
-            !matches!(so::connect(std::os::fd::AsRawFd::as_raw_fd(&probe), &addr), Err(nix::errno::Errno::ECONNREFUSED) | Err(nix::errno::Errno::ENOENT))
-        };
-        if live {
+        if bound.contains(&shown(&p.sender)) {
             let s = sockets.iter().find(|s| s.ino == p.ino);
             let (pid, fd) = holder(p.ino);
             return Err(crate::error::Error::Unsupported {

@@ -277,13 +277,18 @@ impl Restorer {
         use std::os::unix::fs::FileTypeExt;
         let Some(p) = addr.path() else { return false };
         let path = PathBuf::from(&s.name_dir).join(p);
-        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        let Ok(md) = std::fs::symlink_metadata(&path) else { return false };
+        if !md.file_type().is_socket() {
             return false;
         }
-        [SockType::Stream, SockType::SeqPacket, SockType::Datagram].iter().all(|&t| {
-            let Ok(probe) = so::socket(AddressFamily::Unix, t, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None) else { return false };
-            matches!(in_dir(&s.name_dir, || so::connect(probe.as_raw_fd(), addr)), Err(Errno::ECONNREFUSED) | Err(Errno::EPROTOTYPE))
-        })
+        // Live if some socket is bound to that file (sock_diag's VFS inode): asked
+        // of the kernel, not by connecting, which would leave a connection in a
+        // live server's queue.
+        use std::os::unix::fs::MetadataExt;
+        match super::diag::dump_all() {
+            Ok(all) => !all.values().any(|d| d.vfs.is_some_and(|(ino, _)| ino == md.ino() as u32)),
+            Err(_) => false,
+        }
     }
 
     /// Socketpairs made as the process recorded in the first's SO_PEERCRED (all
