@@ -20,32 +20,7 @@ start_events() { "${AS_WL[@]}" setsid "$PY3" "$EVENTS" "$T" "$@" </dev/null >"$T
 /// what it would have, and the periodic timer keeps firing.
 #[test]
 fn eventfd_signalfd_timerfd_and_epoll_come_back() {
-    let s = Scenario::run_as(
-        "events",
-        Creds::User,
-        &format!(
-            r#"{START_EVENTS}
-start_events; P=$!; put pid $P
-wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "events.py did not start: $(cat "$T/events.err")"
-PIDS=$(tree_of $P | sort -n | tr '\n' ' ')
-snapshot before $P --no-pos
-pidset before
-run dump crt dump -t $P -D "$T/ck"
-need dump
-wait_until gone $PIDS || fail "the dumped processes are still there"
-run restore crt restore -D "$T/ck" -d
-need restore
-pidset after
-snapshot after $P --no-pos
-wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
-kill -USR1 $P
-wait_until nonempty "$T/result" || fail "events.py wrote no result: $(cat "$T/events.err")"
-"#
-        ),
-    );
-    s.ok("dump");
-    s.ok("restore");
-    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    let s = py_roundtrip("events", Creds::User, "events", "", "", "", "", "");
     s.roundtrip_ok("result");
     s.counter("out.txt");
 }

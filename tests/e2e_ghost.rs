@@ -17,34 +17,7 @@ start_ghost() { "${AS_WL[@]}" setsid "${PYEXE:-$PY3}" "$GHOST" "$T" "$@" </dev/n
 /// in the directory.
 #[test]
 fn deleted_files_open_and_mapped_come_back() {
-    let s = Scenario::run_as(
-        "ghost",
-        Creds::User,
-        &format!(
-            r#"{START_GHOST}
-start_ghost; P=$!; put pid $P
-wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "ghost.py did not start: $(cat "$T/ghost.err")"
-# A dump that leaves the tree running must not move anything (offsets included).
-run dump_r crt dump -t $P -D "$T/ck-r" -R
-need dump_r
-snapshot before $P --no-pos
-pidset before
-run dump crt dump -t $P -D "$T/ck"
-need dump
-wait_until gone $P || fail "the dumped process is still there"
-run restore crt restore -D "$T/ck" -d
-need restore
-pidset after
-snapshot after $P --no-pos
-wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
-kill -USR1 $P
-wait_until nonempty "$T/result" || fail "ghost.py wrote no result: $(cat "$T/ghost.err")"
-"#
-        ),
-    );
-    s.ok("dump");
-    s.ok("restore");
-    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    let s = py_roundtrip("ghost", Creds::User, "ghost", "", LEAVE_RUNNING_FIRST, "", "", "");
     // The deleted file that came back beside its taken name shows that name in
     // /proc (the snapshot would differ in it): checked by the workload instead.
     if let Err(e) = s.verdict("result") {

@@ -19,34 +19,7 @@ start_unixsk() { "${AS_WL[@]}" setsid "$PY3" "$UNIXSK" "$T" "$@" </dev/null >"$T
 /// `restore_flags`), then SIGUSR1: the verdict, the snapshots and the processes
 /// before and after, and the counter must be right.
 fn roundtrip(name: &str, creds: Creds, what: &str, dump_flags: &str, restore_flags: &str) -> Scenario {
-    let s = Scenario::run_as(
-        name,
-        creds,
-        &format!(
-            r#"{START_UNIXSK}
-start_unixsk {what}; P=$!; put pid $P
-wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "unixsk.py {what} did not start: $(cat "$T/unixsk.err")"
-PIDS=$(tree_of $P | sort -n | tr '\n' ' ')
-snapshot before $P --no-pos
-pidset before
-run dump crt dump -t $P -D "$T/ck" {dump_flags}
-need dump
-wait_until gone $PIDS || fail "the dumped processes are still there"
-run restore crt restore -D "$T/ck" -d {restore_flags}
-need restore
-pidset after
-snapshot after $P --no-pos
-put tracer "$(tracer $P)"
-wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
-kill -USR1 $P
-wait_until nonempty "$T/result" || fail "unixsk.py wrote no result after SIGUSR1: $(cat "$T/unixsk.err")"
-"#
-        ),
-    );
-    s.ok("dump");
-    s.ok("restore");
-    s.ensure(s.var("tracer") == "0", || format!("TracerPid after the restore: {}", s.var("tracer")));
-    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    let s = py_roundtrip(name, creds, "unixsk", what, "", dump_flags, restore_flags, "");
     s.roundtrip_ok("result");
     s.counter("out.txt");
     s

@@ -509,6 +509,53 @@ wait_until nonempty "$T/result" || fail "{wl} wrote no result after SIGUSR1"
     s
 }
 
+/// A Python workload of tests/workloads (`py_wl NAME ARGS`: `$PY3 NAME.py $T ARGS` as
+/// a session leader, as `creds`) that writes `$T/ready`, prints a counter to
+/// `$T/out.txt` and on SIGUSR1 checks itself into `$T/result`: run `before_dump`,
+/// snapshot the tree and the PID namespace, dump it (`dump_flags`), wait until it is
+/// gone, restore it detached (`restore_flags`), run `after_restore`, snapshot again,
+/// require the counter to go on, send SIGUSR1. Checks the dump and restore, the
+/// tracer, the verdict, the snapshots and the counter.
+#[allow(clippy::too_many_arguments)]
+pub fn py_roundtrip(name: &str, creds: Creds, wl: &str, args: &str, before_dump: &str, dump_flags: &str, restore_flags: &str, after_restore: &str) -> Scenario {
+    let s = Scenario::run_as(
+        name,
+        creds,
+        &format!(
+            r#"
+"${{AS_WL[@]}}" setsid "$PY3" "$(dirname "$LOOP_PY")/{wl}.py" "$T" {args} </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "{wl}.py did not start: $(cat "$T/wl.err")"
+PIDS=$(tree_of $P | sort -n | tr '\n' ' ')
+{before_dump}
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck" {dump_flags}
+need dump
+wait_until gone $PIDS || fail "the dumped processes are still there"
+run restore crt restore -D "$T/ck" -d {restore_flags}
+need restore
+{after_restore}
+pidset after
+snapshot after $P --no-pos
+put tracer "$(tracer $P)"
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "{wl}.py wrote no result after SIGUSR1: $(cat "$T/wl.err")"
+"#
+        ),
+    );
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("tracer") == "0", || format!("TracerPid after the restore: {}", s.var("tracer")));
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s
+}
+
+/// A --leave-running dump first (`$T/ck-r`): it must not move anything (offsets
+/// included), which the workload's own check after the real dump shows.
+pub const LEAVE_RUNNING_FIRST: &str = r#"run dump_r crt dump -t $P -D "$T/ck-r" -R
+need dump_r"#;
+
 /// How the images in ck1 and ck2 (two dumps of one unchanged tree) differ: they
 /// must be the same files, byte for byte, and at least `min_images` of them.
 pub fn dump_differences(s: &Scenario, min_images: usize) -> Vec<String> {

@@ -25,6 +25,9 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wlcommon  # noqa: E402
+
 d = sys.argv[1]
 libc = ctypes.CDLL(None, use_errno=True)
 problems = []
@@ -125,22 +128,7 @@ if child == 0:
 pfd_child = os.pidfd_open(child)
 pfd_self = os.pidfd_open(os.getpid(), os.O_NONBLOCK)
 
-done = False
-
-
-def on_usr1(*_):
-    global done
-    done = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
-with open(os.path.join(d, "ready"), "w") as fh:
-    fh.write("ready\n")
-n = 0
-while not done:
-    print(n, flush=True)
-    n += 1
-    time.sleep(0.05)
+wlcommon.ready_then_count(d)
 
 
 def check():
@@ -212,9 +200,5 @@ def check():
     os.waitpid(child, 0)
 
 
-try:
-    check()
-except Exception as ex:  # noqa: BLE001 - every failure is a verdict
-    problems.append(repr(ex))
-with open(os.path.join(d, "result"), "w") as fh:
-    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
+wlcommon.run_checks([check], problems)
+wlcommon.write_result(d, problems)

@@ -19,6 +19,9 @@ import signal
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wlcommon  # noqa: E402
+
 d = sys.argv[1]
 problems = []
 KiB = 1024
@@ -60,22 +63,7 @@ if sys.argv[2:] == ["big"]:
     os.write(big, b"b" * (2 * KiB * KiB))
     os.unlink(p("big.dat"))
 
-stop = False
-
-
-def on_usr1(*_):
-    global stop
-    stop = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
-with open(p("ready"), "w") as fh:
-    fh.write("ready\n")
-n = 0
-while not stop:
-    print(n, flush=True)
-    n += 1
-    time.sleep(0.05)
+wlcommon.ready_then_count(d)
 
 try:
     st = os.fstat(fa)
@@ -106,5 +94,4 @@ try:
     chk("write after", os.pread(fa, 5, 100), b"after")
 except Exception as ex:  # noqa: BLE001 - every failure is a verdict
     problems.append(repr(ex))
-with open(p("result"), "w") as fh:
-    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
+wlcommon.write_result(d, problems)

@@ -18,6 +18,9 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wlcommon  # noqa: E402
+
 d = sys.argv[1]
 problems = []
 F_OFD_GETLK, F_OFD_SETLK = 36, 37
@@ -44,22 +47,7 @@ if child == 0:
     signal.pause()  # shares the flock'd description
     os._exit(0)
 
-done = False
-
-
-def on_usr1(*_):
-    global done
-    done = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
-with open(path("ready"), "w") as fh:
-    fh.write("ready\n")
-n = 0
-while not done:
-    print(n, flush=True)
-    n += 1
-    time.sleep(0.05)
+wlcommon.ready_then_count(d)
 
 me = os.getpid()
 r, w = os.pipe()
@@ -106,5 +94,4 @@ if res != "-":
     problems.append(res)
 os.kill(child, signal.SIGKILL)
 os.waitpid(child, 0)
-with open(path("result"), "w") as fh:
-    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
+wlcommon.write_result(d, problems)

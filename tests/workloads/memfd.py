@@ -21,6 +21,9 @@ import signal
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wlcommon  # noqa: E402
+
 d = sys.argv[1]
 problems = []
 MiB = 1 << 20
@@ -66,22 +69,7 @@ if child == 0:
     signal.pause()
     os._exit(0)
 
-stop = False
-
-
-def on_usr1(*_):
-    global stop
-    stop = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
-with open(os.path.join(d, "ready"), "w") as fh:
-    fh.write("ready\n")
-n = 0
-while not stop:
-    print(n, flush=True)
-    n += 1
-    time.sleep(0.05)
+wlcommon.ready_then_count(d)
 
 try:
     chk("name", os.readlink("/proc/self/fd/%d" % fd), "/memfd:crtool-data (deleted)")
@@ -121,5 +109,4 @@ except Exception as ex:  # noqa: BLE001 - every failure is a verdict
     problems.append(repr(ex))
 os.kill(child, signal.SIGKILL)
 os.waitpid(child, 0)
-with open(os.path.join(d, "result"), "w") as fh:
-    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
+wlcommon.write_result(d, problems)

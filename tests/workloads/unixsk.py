@@ -48,6 +48,9 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wlcommon  # noqa: E402
+
 d, what = sys.argv[1], sys.argv[2]
 problems = []
 S, D, Q = socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET
@@ -492,29 +495,6 @@ elif what == "many":
 else:
     sys.exit("unknown WHAT %r" % what)
 
-done = False
-
-
-def on_usr1(*_):
-    global done
-    done = True
-
-
-signal.signal(signal.SIGUSR1, on_usr1)
-with open(os.path.join(d, "ready"), "w") as fh:
-    fh.write("ready\n")
-n = 0
-while not done:
-    if os.environ.get("UNIXSK_IDLE"):
-        signal.pause()  # nothing changes between dumps
-        continue
-    print(n, flush=True)
-    n += 1
-    time.sleep(0.05)
-for check in checks:
-    try:
-        check()
-    except Exception as ex:  # noqa: BLE001 - every failure is a verdict
-        problems.append("%s: %r" % (check.__name__, ex))
-with open(os.path.join(d, "result"), "w") as fh:
-    fh.write("PASS" if not problems else "FAIL: " + "; ".join(problems))
+wlcommon.ready_then_count(d)
+wlcommon.run_checks(checks, problems)
+wlcommon.write_result(d, problems)
