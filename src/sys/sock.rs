@@ -31,3 +31,26 @@ pub fn all_unix_states() -> netlink_packet_sock_diag::unix::StateFlags {
     // ignores states that do not exist (unix_diag.c: `(1 << sk->sk_state) & states`).
     unsafe { netlink_packet_sock_diag::unix::StateFlags::from_bits_unchecked(u32::MAX) }
 }
+
+/// SO_PEERGROUPS (asm-generic/socket.h): the supplementary groups of the peer as
+/// recorded with SO_PEERCRED.
+const SO_PEERGROUPS: i32 = 59;
+
+/// getsockopt(SO_PEERGROUPS): the peer's supplementary groups.
+pub fn peer_groups(fd: BorrowedFd) -> Result<Vec<u32>, Errno> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * 4) as libc::socklen_t;
+        // SAFETY: `groups` has room for `len` bytes; the kernel writes at most that.
+        let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_PEERGROUPS, groups.as_mut_ptr().cast(), &mut len) };
+        match Errno::result(r) {
+            Ok(_) => {
+                groups.truncate(len as usize / 4);
+                return Ok(groups);
+            }
+            // Too small: `len` says how much is needed.
+            Err(Errno::ERANGE) if (len as usize / 4) > groups.len() => groups.resize(len as usize / 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}

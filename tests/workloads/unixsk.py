@@ -176,11 +176,14 @@ if what == "pairs":
     # SO_PEERCRED: who made each pair, listened, or connected (pid, uid, gid).
     peer_socks = {"a": a, "b": b, "dgram pair": e, "seqpacket": g, "listener": lst, "client": cl, "accepted": sv, "waiting": pend, "shut": i, "orphan": j}
     peercreds = {k: struct.unpack("iII", v.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)) for k, v in peer_socks.items()}
+    SO_PEERGROUPS = 59
+    peergroups = {k: v.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 256) for k, v in peer_socks.items()}
     sndbuf, rcvbuf = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), e.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     def check_pairs():
         for k, v in peer_socks.items():
             chk("SO_PEERCRED of " + k, struct.unpack("iII", v.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)), peercreds[k])
+            chk("SO_PEERGROUPS of " + k, v.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 256), peergroups[k])
         chk("sndbuf", a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), sndbuf)
         chk("rcvbuf", e.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), rcvbuf)
         chk("rcvtimeo", b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16), rcvtimeo)

@@ -139,7 +139,8 @@ impl UnixTable {
             if let Ok(c) = so::getsockopt(&f, sockopt::PeerCredentials) {
                 let outer = c.pid();
                 let inner = if outer == 0 { Some(0) } else { vpid(outer) };
-                s.peercred = Some(pb::UnixCreds { pid: inner.unwrap_or(outer), uid: c.uid(), gid: c.gid(), outside: inner.is_none() });
+                let groups = sock::peer_groups(f).unwrap_or_default();
+                s.peercred = Some(pb::UnixCreds { pid: inner.unwrap_or(outer), uid: c.uid(), gid: c.gid(), outside: inner.is_none(), groups });
             }
             if s.state == TCP_ESTABLISHED && let Ok(a) = so::getpeername::<UnixAddr>(f.as_raw_fd()) {
                 s.peer_name = addr_bytes(&a);
@@ -258,7 +259,8 @@ impl UnixTable {
 /// The pid (in the tree's namespace), effective uid and gid of process `pid`.
 fn holder_creds(pid: i32, vpid: &dyn Fn(i32) -> Option<i32>) -> pb::UnixCreds {
     let ids = |k| crate::procinfo::ids(pid, k).and_then(|v| v.get(1).copied()).unwrap_or(0) as u32;
-    pb::UnixCreds { pid: vpid(pid).unwrap_or(0), uid: ids("Uid"), gid: ids("Gid"), outside: false }
+    let groups = crate::procinfo::ids(pid, "Groups").unwrap_or_default().into_iter().map(|g| g as u32).collect();
+    pb::UnixCreds { pid: vpid(pid).unwrap_or(0), uid: ids("Uid"), gid: ids("Gid"), outside: false, groups }
 }
 
 /// Peeks every message queued on `f` from offset 0 (SO_PEEK_OFF is set for the
@@ -347,7 +349,7 @@ fn peek_all(f: std::os::fd::BorrowedFd, s: &pb::UnixSocket, vpid: &dyn Fn(i32) -
         let creds = creds.filter(|_| s.passcred).map(|c| {
             let outer = c.pid();
             let inner = if outer == 0 { Some(0) } else { vpid(outer) };
-            pb::UnixCreds { pid: inner.unwrap_or(outer), uid: c.uid(), gid: c.gid(), outside: inner.is_none() }
+            pb::UnixCreds { pid: inner.unwrap_or(outer), uid: c.uid(), gid: c.gid(), outside: inner.is_none(), groups: Vec::new() }
         });
         let data = buf[..n].to_vec();
         if stream && files.is_empty() && let Some(last) = out.last_mut() && last.files.is_empty() && last.packet.creds == creds {

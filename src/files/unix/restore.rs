@@ -581,6 +581,10 @@ fn as_peer(who: Option<&pb::UnixCreds>, exact_pids: bool, f: impl FnOnce() -> ni
             drop(rx);
             let run = || -> nix::Result<Vec<OwnedFd>> {
                 let keep = nix::unistd::Uid::from_raw(u32::MAX);
+                // Supplementary groups too (SO_PEERGROUPS; and a connect allowed
+                // through one).
+                let groups: Vec<nix::unistd::Gid> = c.groups.iter().map(|&g| nix::unistd::Gid::from_raw(g)).collect();
+                nix::unistd::setgroups(&groups)?;
                 nix::unistd::setresgid(nix::unistd::Gid::from_raw(u32::MAX), nix::unistd::Gid::from_raw(c.gid), nix::unistd::Gid::from_raw(u32::MAX))?;
                 nix::unistd::setresuid(keep, nix::unistd::Uid::from_raw(c.uid), keep)?;
                 f()
