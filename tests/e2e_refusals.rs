@@ -107,16 +107,17 @@ fn dump_refuses_a_removed_mapped_file_with_another_name() {
     );
 }
 
-/// Its working directory was removed: "was deleted".
+/// Its working directory was removed, and the directory above it too (a removed
+/// cwd alone is made again at restore).
 #[test]
-fn dump_refuses_a_removed_working_directory() {
+fn dump_refuses_a_removed_working_directory_without_its_parent() {
     refused(
         "cwd-removed",
         Creds::User,
-        r#"mkdir "$T/gone"; chown {uid} "$T/gone""#.replace("{uid}", &WL_UID.to_string()).as_str(),
-        r#"cwd "$T/gone""#,
-        r#"rmdir "$T/gone""#,
-        &["working directory", "gone", "was deleted"],
+        r#"mkdir -p "$T/gone/sub"; chown -R {uid} "$T/gone""#.replace("{uid}", &WL_UID.to_string()).as_str(),
+        r#"cwd "$T/gone/sub""#,
+        r#"rmdir "$T/gone/sub" "$T/gone""#,
+        &["working directory", "gone/sub", "parent"],
     );
 }
 

@@ -140,3 +140,64 @@ impl Drop for Ghosts {
         }
     }
 }
+
+/// Removed working directories, made again (empty, mode and owner as they were)
+/// for the tasks to enter, and removed again before the tree runs (or when the
+/// restore fails).
+#[derive(Default)]
+pub struct GhostDirs(Vec<PathBuf>, u32);
+
+impl GhostDirs {
+    /// Makes each removed cwd of `cores` again — under its path, or beside it if
+    /// the name was taken since — and points the cores at it.
+    pub fn create(cores: &mut [&mut pb::TaskCore]) -> Result<GhostDirs> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mut g = GhostDirs(Vec::new(), std::process::id());
+        let mut made: BTreeMap<(String, u64), PathBuf> = BTreeMap::new();
+        for core in cores.iter_mut() {
+            let Some(d) = core.cwd_deleted.clone() else { continue };
+            let key = (core.cwd.clone(), d.ino);
+            let path = match made.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    let orig = PathBuf::from(&core.cwd);
+                    let mut b = std::fs::DirBuilder::new();
+                    b.mode(0o700);
+                    let path = match b.create(&orig) {
+                        Ok(()) => orig,
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            let name = orig.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            let tmp = orig.with_file_name(format!(".crtool-ghost-{}-{name}", d.ino));
+                            b.create(&tmp).map_err(|e| Error::Reported(format!("cannot make the removed working directory {} again: {e}", core.cwd)))?;
+                            tmp
+                        }
+                        Err(e) => return Err(Error::Reported(format!("cannot make the removed working directory {} again: {e}", core.cwd))),
+                    };
+                    g.0.push(path.clone());
+                    let fail = |e: std::io::Error| Error::Reported(format!("the removed working directory {}: {e}", core.cwd));
+                    std::os::unix::fs::lchown(&path, Some(d.uid), Some(d.gid)).map_err(fail)?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.mode)).map_err(fail)?;
+                    made.insert(key, path.clone());
+                    path
+                }
+            };
+            core.cwd = path.to_string_lossy().into_owned();
+        }
+        Ok(g)
+    }
+
+    /// Removes them (every task has entered its own).
+    pub fn remove(&mut self) {
+        for p in self.0.drain(..) {
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+}
+
+impl Drop for GhostDirs {
+    fn drop(&mut self) {
+        if std::process::id() == self.1 {
+            self.remove();
+        }
+    }
+}

@@ -208,7 +208,7 @@ fn check_inherited(imgs: &TreeImages, inherit: &std::collections::BTreeMap<u64, 
 }
 
 pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
-    let imgs = load(&opts.dir)?;
+    let mut imgs = load(&opts.dir)?;
     let root_pid = imgs.inv.root_pid as i32;
     preflight::check(&imgs, opts.checks)?;
     check_inherited(&imgs, &opts.inherit)?;
@@ -245,6 +245,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             users.entry(id).or_insert((0, t.core.pid as i32)).0 += 1;
         }
     }
+    // Removed working directories, made again for the tasks to enter.
+    let mut ghost_dirs = {
+        let mut cores: Vec<&mut pb::TaskCore> = imgs.procs.iter_mut().filter_map(|p| p.task.as_mut()).map(|t| &mut t.core).collect();
+        crate::files::ghost::GhostDirs::create(&mut cores)?
+    };
     let memfds = crate::files::memfd::MemfdObjects::create(&imgs.memfds, &imgs.memfd_chunks)?;
     let ghosts = crate::files::ghost::Ghosts::create(&imgs.ghosts, &imgs.ghost_chunks)?;
     let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts)?;
@@ -330,6 +335,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 },
                 None => Ok(sup),
             });
+            // Every task is in its working directory by now.
+            ghost_dirs.remove();
             parked.restored = done.is_ok();
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {

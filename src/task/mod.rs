@@ -35,6 +35,21 @@ pub fn path_of(pid: i32, what: &str) -> Result<String> {
     }
 }
 
+/// The working directory of `pid`; if it was removed (an empty directory, whose
+/// parent still exists), also what restore makes again (`pb::DeletedDir`).
+fn cwd_of(pid: i32) -> Result<(String, Option<pb::DeletedDir>)> {
+    let link = crate::procinfo::file_link(&format!("/proc/{pid}/cwd")).map_err(|e| Error::proc(pid, "cwd", e))?;
+    if !link.deleted {
+        return Ok((path_of(pid, "cwd")?, None));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(format!("/proc/{pid}/cwd")).map_err(|e| Error::proc(pid, "cwd", e))?;
+    if !std::path::Path::new(&link.path).parent().is_some_and(|p| p.is_dir()) {
+        return Err(Error::Unsupported { pid, fd: None, what: format!("its working directory {} was removed, and its parent too", link.path), hint: Some("a removed working directory is made again in its parent, which must exist") });
+    }
+    Ok((link.path, Some(pb::DeletedDir { ino: md.ino(), mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid() })))
+}
+
 /// The credentials of a process, from /proc/PID/task/TID/status of every thread.
 /// Credentials are per thread in the kernel; a process whose threads differ (a raw
 /// setuid in one thread) is refused. `securebits` come from the threads themselves.
@@ -264,7 +279,8 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         creds: Some(creds(pid, &threads.iter().map(|t| t.pid.as_raw()).collect::<Vec<_>>(), &extras.iter().map(|x| x.securebits).collect::<Vec<_>>())?),
         rlimits: rlimits(pid)?,
         umask: info.umask,
-        cwd: path_of(pid, "cwd")?,
+        cwd: cwd_of(pid)?.0,
+        cwd_deleted: cwd_of(pid)?.1,
         root: path_of(pid, "root")?,
         personality: info.personality as u32,
         dumpable: info.dumpable as u32,
@@ -418,7 +434,8 @@ pub fn check_restorable(core: &pb::TaskCore, mm: &pb::Mm) -> std::result::Result
 
 /// The working and root directories exist.
 fn check_dirs(core: &pb::TaskCore) -> std::result::Result<(), String> {
-    for (what, dir) in [("working directory", &core.cwd), ("root directory", &core.root)] {
+    let cwd = if core.cwd_deleted.is_some() { None } else { Some(("working directory", &core.cwd)) };
+    for (what, dir) in cwd.into_iter().chain([("root directory", &core.root)]) {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(format!("its {what} {dir} is not a directory any more")),

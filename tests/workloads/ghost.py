@@ -57,6 +57,10 @@ os.write(fc, b"old contents")
 os.unlink(p("replaced.dat"))
 with open(p("replaced.dat"), "w") as fh:
     fh.write("new file")
+# Its working directory removed (mode 0750).
+os.mkdir(p("cwd-gone"), 0o750)
+os.chdir(p("cwd-gone"))
+os.rmdir(p("cwd-gone"))
 big = None
 if sys.argv[2:] == ["big"]:
     big = os.open(p("big.dat"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -85,7 +89,9 @@ try:
     chk("replaced.dat links", os.fstat(fc).st_nlink, 0)
     with open(p("replaced.dat")) as fh:
         chk("the new replaced.dat", fh.read(), "new file")
-    left = sorted(x for x in os.listdir(d) if x.endswith(".dat") or x.startswith(".crtool-ghost"))
+    chk("removed cwd", os.readlink("/proc/self/cwd"), p("cwd-gone") + " (deleted)")
+    chk("removed cwd's mode", os.stat(".").st_mode & 0o7777, 0o750)
+    left = sorted(x for x in os.listdir(d) if x.endswith(".dat") or x.startswith(".crtool-ghost") or x == "cwd-gone")
     chk("files in DIR", left, ["replaced.dat"])
     if big is not None:
         chk("big.dat", os.pread(big, 4, 2 * KiB * KiB - 4), b"bbbb")
