@@ -187,6 +187,7 @@ pub fn core() -> pb::TaskCore {
         }],
         umask: 0o022,
         cwd: "/home/user".into(),
+        cwd_deleted: None,
         root: "/".into(),
         personality: 0,
         dumpable: 1,
