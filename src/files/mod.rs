@@ -364,7 +364,11 @@ impl FileTable {
             Kind::Fifo(f) => Some((f.path.clone(), f.pipe_id)),
             _ => None,
         };
-        self.check_outside_sockets(tree)?;
+        // (Held sockets were checked before their queues were read; again only if
+        // messages brought more.)
+        if !self.in_flight.is_empty() {
+            self.check_outside_sockets(tree)?;
+        }
         let held: Vec<(String, u64)> = self.entries.iter().filter_map(|e| e.kind.as_ref().and_then(key)).collect();
         let keys: std::collections::BTreeSet<String> = held.iter().map(|(k, _)| k.clone()).collect();
         // Every --external names a pipe the tree holds.
@@ -439,19 +443,38 @@ fn open_pidfd(p: &pb::PidFd) -> std::io::Result<OwnedFd> {
     }
 }
 
+/// What crtool opens the files it makes itself through (before the tree forks):
+/// pipes and FIFOs, unix sockets, memfds, ghost files.
+struct Sources<'s, 'p> {
+    pipe_ends: &'s mut pipe::Restorer<'p>,
+    unix: Option<&'s unix::Restorer>,
+    memfds: &'s memfd::MemfdObjects,
+    ghosts: &'s ghost::Ghosts,
+}
+
 /// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
-/// F_SETSIG). Pipes and FIFOs go through `pipe_ends`.
-fn reopen(f: &pb::FileEntry, pipe_ends: Option<&mut pipe::Restorer>) -> Result<OwnedFd> {
+/// F_SETSIG). Pipes, FIFOs, unix sockets, memfds and ghost files go through `src`
+/// (in crtool only).
+fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
     let kind = f.kind.as_ref().ok_or_else(|| Error::BadImage { file: "files.img".into(), msg: format!("file {} has no kind", f.id) })?;
-    let fd = match (kind, pipe_ends) {
+    let fd = match (kind, src) {
+        (Kind::Reg(r), Some(s)) if r.ghost => {
+            let path = s.ghosts.path(&r.path, r.ino).ok_or_else(|| Error::BadImage { file: "ghost.img".into(), msg: format!("deleted file {} of file {} is missing", r.path, f.id) })?;
+            reg::RegFileKind(pb::RegFile { path, ..r.clone() }).open()
+        }
+        (Kind::Memfd(m), Some(s)) => s.memfds.open(m),
+        (Kind::Unix(u), Some(s)) => {
+            let r = s.unix.ok_or_else(|| Error::BadImage { file: "unixsk.img".into(), msg: format!("socket:[{}] of file {} is missing", u.ino, f.id) })?;
+            r.open(u.ino).and_then(|fd| fd::set_status_flags(&fd, u.flags).map(|()| fd))
+        }
         (Kind::Reg(r), _) => reg::RegFileKind(r.clone()).open(),
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
         (Kind::Tty(t), _) => chr::open_terminal(t),
         (Kind::Pidfd(p), _) => open_pidfd(p),
-        (Kind::Pipe(p), Some(pe)) => pe.open_end(p),
-        (Kind::Fifo(p), Some(pe)) => pe.open_fifo(p),
+        (Kind::Pipe(p), Some(s)) => s.pipe_ends.open_end(p),
+        (Kind::Fifo(p), Some(s)) => s.pipe_ends.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
-        _ => Err(std::io::Error::other("pipes are opened by crtool")),
+        _ => Err(std::io::Error::other("pipes, sockets, memfds and ghost files are opened by crtool")),
     }
     .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
     // O_ASYNC is set by the task on its own fd (see `Parked::install`).
@@ -536,29 +559,7 @@ impl Parked {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = if let Some(Kind::Reg(r)) = f.kind.as_ref().filter(|_| ghost) {
-                let path = ghosts.path(&r.path, r.ino).ok_or_else(|| Error::BadImage { file: "ghost.img".into(), msg: format!("deleted file {} of file {} is missing", r.path, f.id) })?;
-                let fd = reg::RegFileKind(pb::RegFile { path, ..r.clone() }).open().map_err(|e| Error::Reported(format!("cannot reopen deleted file {}: {e}", r.path)))?;
-                if f.signum != 0 {
-                    fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of {}: {e}", r.path)))?;
-                }
-                fd
-            } else if let Some(Kind::Memfd(m)) = &f.kind {
-                let fd = memfds.open(m).map_err(|e| Error::Reported(format!("cannot reopen memfd {}: {e}", m.inode)))?;
-                if f.signum != 0 {
-                    fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of memfd {}: {e}", m.inode)))?;
-                }
-                fd
-            } else if let Some(Kind::Unix(u)) = &f.kind {
-                let r = parked.unix.as_ref().ok_or_else(|| Error::BadImage { file: "unixsk.img".into(), msg: format!("socket:[{}] of file {} is missing", u.ino, f.id) })?;
-                let fd = r.open(u.ino).and_then(|fd| fd::set_status_flags(&fd, u.flags).map(|()| fd)).map_err(|e| Error::Reported(format!("cannot restore unix socket:[{}]: {e}", u.ino)))?;
-                if f.signum != 0 {
-                    fd::set_async(&fd, false, f.signum).map_err(|e| Error::Reported(format!("cannot restore F_SETSIG of socket:[{}]: {e}", u.ino)))?;
-                }
-                fd
-            } else {
-                reopen(f, Some(&mut pipe_ends))?
-            };
+            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts }))?;
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         for k in pipe_ends.into_keepers() {

@@ -270,6 +270,7 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         .enumerate()
         .map(|(i, t)| pb::Itimer { which: i as u32, interval_usec: usec(t.interval_sec, t.interval_usec), value_usec: usec(t.value_sec, t.value_usec) })
         .collect();
+    let (cwd, cwd_deleted) = cwd_of(pid)?;
     Ok(pb::TaskCore {
         pid: vpid as u32,
         comm,
@@ -279,8 +280,8 @@ pub fn dump(vpid: i32, threads: &[Tracee], vtids: &[i32], extras: &[ThreadExtra]
         creds: Some(creds(pid, &threads.iter().map(|t| t.pid.as_raw()).collect::<Vec<_>>(), &extras.iter().map(|x| x.securebits).collect::<Vec<_>>())?),
         rlimits: rlimits(pid)?,
         umask: info.umask,
-        cwd: cwd_of(pid)?.0,
-        cwd_deleted: cwd_of(pid)?.1,
+        cwd,
+        cwd_deleted,
         root: path_of(pid, "root")?,
         personality: info.personality as u32,
         dumpable: info.dumpable as u32,
