@@ -30,6 +30,8 @@ pub enum ImageKind {
     Ghost,
     /// Their data (ghostdata.img).
     GhostData,
+    /// Pseudo-terminal pairs (tty.img).
+    Tty,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -39,7 +41,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty]
     }
 
     fn number(self) -> u32 {
@@ -62,6 +64,7 @@ impl ImageKind {
             Self::MemfdPages => 41,
             Self::Ghost => 42,
             Self::GhostData => 43,
+            Self::Tty => 50,
         }
     }
 
@@ -96,12 +99,13 @@ impl ImageKind {
             Self::MemfdPages => "memfdpages",
             Self::Ghost => "ghost",
             Self::GhostData => "ghostdata",
+            Self::Tty => "tty",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -160,6 +164,7 @@ impl ImageKind {
             Self::MemfdPages => "crtool.MemfdChunk",
             Self::Ghost => "crtool.GhostFile",
             Self::GhostData => "crtool.GhostChunk",
+            Self::Tty => "crtool.PtyPair",
             Self::Pages => return None,
         })
     }

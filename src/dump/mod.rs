@@ -165,6 +165,23 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     }
 }
 
+/// A pseudo-terminal that is a session's controlling terminal comes back as that
+/// only if its foreground process group has a process in that session of the tree
+/// (restore sets it from inside the group).
+fn check_terminal_sessions(ptys: &[pb::PtyPair], entries: &[pb::PstreeEntry], root: i32) -> Result<()> {
+    for p in ptys.iter().filter(|p| p.session != 0) {
+        if !entries.iter().any(|e| e.pgid == p.fg_pgrp as u32 && e.sid == p.session as u32) {
+            return Err(Error::Unsupported {
+                pid: root,
+                fd: None,
+                what: format!("/dev/pts/{} is the controlling terminal of session {} but its foreground process group {} has no process in that session", p.index, p.session, p.fg_pgrp),
+                hint: Some("dump when a job of the session is in the foreground"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
     if kill {
         // Kill every process first: a thread-group leader reports its death only
@@ -229,6 +246,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
         surveys.push(process::Survey::take(p.pid, ctx.opts.file_locks)?);
     }
+    ctx.files.ptys.masters = surveys.iter().flat_map(|s| s.pty_masters()).collect();
     let mut surveys = surveys.into_iter();
     let vpids: Vec<i32> = tree.procs.iter().map(|p| p.vpid).collect();
     // The init of a new PID namespace sees an outside session as 0 and keeps seeing
@@ -265,8 +283,9 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         // A controlling terminal comes back only with a session from outside the tree
         // (--shell-job: the restored task joins crtool's session and terminal).
         let tty = stat.field(7);
-        if tty != 0 && vsid != 0 && p.zombie.is_none() {
-            return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session has a controlling terminal (tty {}:{})", (tty >> 8) & 0xfff, tty & 0xff), hint: Some("terminals are not supported yet; a shell job can be dumped with --shell-job") });
+        let own_pty = crate::files::tty::ctty_index(tty).is_some_and(|i| ctx.files.ptys.masters.contains(&i));
+        if tty != 0 && vsid != 0 && p.zombie.is_none() && !own_pty {
+            return Err(Error::Unsupported { pid: p.pid, fd: None, what: format!("its session has a controlling terminal (tty {}:{})", (tty >> 8) & 0xfff, tty & 0xff), hint: Some("a terminal whose master is outside the tree is supported only as a shell job's (--shell-job)") });
         }
         if let Some(status) = p.zombie {
             let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default().trim_end_matches('\n').to_string();
@@ -289,6 +308,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
     ctx.files.check_outside_sockets(&tree.procs.iter().map(|p| p.pid).collect())?;
     let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk, tree.new_pid_ns)?;
+    let ptys = ctx.files.ptys.finish(&|outer| vpids.get(&outer).copied())?;
+    check_terminal_sessions(&ptys, &entries, root)?;
     if ctx.opts.file_locks {
         let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
         crate::files::locks::check_all_accounted(&pids, &ctx.files.locks_taken)?;
@@ -312,6 +333,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     ctx.manifest.push(write_entries(dir, ImageKind::Ghost, 0, &ghosts)?);
     ctx.manifest.push(write_entries(dir, ImageKind::GhostData, 0, &ctx.files.ghosts.chunks)?);
     ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::Tty, 0, &ptys)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -82,6 +82,11 @@ impl Survey {
         files::precheck(pid, &fds, file_locks)?;
         Ok(Survey { fds, vmas: vma::collect(pid)? })
     }
+
+    /// The pty pairs whose masters this process holds (by index).
+    pub fn pty_masters(&self) -> impl Iterator<Item = u32> + '_ {
+        self.fds.iter().filter_map(|f| f.tty_index)
+    }
 }
 
 pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod locks;
 pub mod identity;
 mod pipe;
 mod reg;
+pub mod tty;
 pub mod unix;
 
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ pub struct FdInfo {
     pub locked: bool,
     /// Those "lock:" lines of fdinfo.
     pub locks: Vec<String>,
+    /// A pseudo-terminal master's pair index (fdinfo "tty-index:").
+    pub tty_index: Option<u32>,
 }
 
 /// An open-file kind crtool can save and bring back.
@@ -73,7 +76,8 @@ pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
     let pos = field("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
     let flags = field("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
     let locks: Vec<String> = info.lines().filter_map(|l| l.strip_prefix("lock:")).map(|l| l.trim().to_string()).collect();
-    Ok(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked: !locks.is_empty(), locks })
+    let tty_index = field("tty-index:").and_then(|v| v.parse().ok());
+    Ok(FdInfo { fd, link: link.path, deleted: link.deleted, pos, flags, locked: !locks.is_empty(), locks, tty_index })
 }
 
 /// Rejects, before any parasite runs, fds whose kind this version cannot restore
@@ -127,6 +131,8 @@ pub struct FileTable {
     pub shell_job: bool,
     /// The deleted files of the tree (open or mapped).
     pub ghosts: ghost::GhostTable,
+    /// The pseudo-terminal pairs whose master the tree holds.
+    pub ptys: tty::PtyTable,
     /// The memfds of the tree (open or mapped).
     pub memfds: memfd::MemfdTable,
     /// Every lock recorded so far, with the "maj:min:ino" it is on.
@@ -204,7 +210,10 @@ impl FileTable {
                             }
                         }
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
-                        SFlag::S_IFCHR => chr::ChrDevKind::dump_tty(pid, info, dup, &st, self.shell_job)?,
+                        SFlag::S_IFCHR => match self.ptys.dump(pid, info, dup, &st)? {
+                            Some(k) => k,
+                            None => chr::ChrDevKind::dump_tty(pid, info, dup, &st, self.shell_job)?,
+                        },
                         SFlag::S_IFSOCK => {
                             self.unix.add(pid, info.fd, &info.link, dup, st.st_ino)?;
                             Kind::Unix(pb::UnixFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
@@ -450,6 +459,7 @@ struct Sources<'s, 'p> {
     unix: Option<&'s unix::Restorer>,
     memfds: &'s memfd::MemfdObjects,
     ghosts: &'s ghost::Ghosts,
+    ptys: &'s tty::Ptys,
 }
 
 /// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
@@ -463,6 +473,7 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
             reg::RegFileKind(pb::RegFile { path, ..r.clone() }).open()
         }
         (Kind::Memfd(m), Some(s)) => s.memfds.open(m),
+        (Kind::Pty(p), Some(s)) => s.ptys.open(p),
         (Kind::Unix(u), Some(s)) => {
             let r = s.unix.ok_or_else(|| Error::BadImage { file: "unixsk.img".into(), msg: format!("socket:[{}] of file {} is missing", u.ino, f.id) })?;
             r.open(u.ino).and_then(|fd| fd::set_status_flags(&fd, u.flags).map(|()| fd))
@@ -474,7 +485,7 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         (Kind::Pipe(p), Some(s)) => s.pipe_ends.open_end(p),
         (Kind::Fifo(p), Some(s)) => s.pipe_ends.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
-        _ => Err(std::io::Error::other("pipes, sockets, memfds and ghost files are opened by crtool")),
+        _ => Err(std::io::Error::other("pipes, sockets, memfds, ghost files and pseudo-terminals are opened by crtool")),
     }
     .map_err(|e| Error::Reported(format!("cannot reopen {}: {e}", describe(kind))))?;
     // O_ASYNC is set by the task on its own fd (see `Parked::install`).
@@ -512,6 +523,8 @@ pub struct Parked {
     /// Epoll instances: the task (pid in the tree) that adds their watches back,
     /// with its fd numbers, and the watches.
     epolls: BTreeMap<u32, (i32, Vec<pb::EpollTarget>)>,
+    /// A slave of each pty pair that is a session's controlling terminal, by index.
+    ctty: BTreeMap<u32, RawFd>,
 }
 
 impl Parked {
@@ -535,6 +548,8 @@ impl Parked {
         exact_pids: bool,
         memfds: &memfd::MemfdObjects,
         ghosts: &ghost::Ghosts,
+        ptys: &tty::Ptys,
+        pty_pairs: &[pb::PtyPair],
     ) -> Result<Parked> {
         let async_by = files
             .iter()
@@ -549,18 +564,27 @@ impl Parked {
                 _ => None,
             })
             .collect();
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false, epolls, owner: std::process::id() };
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false, epolls, owner: std::process::id(), ctty: BTreeMap::new() };
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(f.kind, Some(Kind::Tty(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts }))?;
+            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys }))?;
             parked.by_id.insert(f.id, park(fd, park_at)?);
+        }
+        ptys.seal()?;
+        // A slave of each pair that is a session's controlling terminal, for its
+        // session leader to take (TIOCSCTTY).
+        for p in pty_pairs.iter().filter(|p| p.session != 0) {
+            let s = ptys.slave(p.index).ok_or_else(|| Error::BadImage { file: "tty.img".into(), msg: format!("pty {} was not made", p.index) })?;
+            let fd = park(s.try_clone_to_owned().map_err(|e| Error::io("pseudo-terminal slave", e))?, park_at)?;
+            parked.keepers.push(fd);
+            parked.ctty.insert(p.index, fd);
         }
         for k in pipe_ends.into_keepers() {
             parked.keepers.push(park(k, park_at)?);
@@ -679,6 +703,11 @@ impl Parked {
         }
     }
 
+    /// The parked slave of pty pair `index` (see `ctty`).
+    pub fn ctty_fd(&self, index: u32) -> Option<RawFd> {
+        self.ctty.get(&index).copied()
+    }
+
     pub fn all_fds(&self) -> Vec<RawFd> {
         self.by_id.values().chain(self.keepers.iter()).copied().collect()
     }
@@ -725,7 +754,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -738,6 +767,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Unix(u) => u.flags,
         Kind::Memfd(m) => m.flags,
         Kind::Tty(t) => t.flags,
+        Kind::Pty(p) => p.flags,
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -753,6 +783,10 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Memfd(m) => format!("memfd {} at {}", m.inode, m.pos),
         Kind::Tty(t) => format!("{} (the shell job's terminal: restore gives it its own)", t.path),
         Kind::Pidfd(p) => format!("pidfd of pid {}", p.pid),
+        Kind::Pty(p) => match p.role() {
+            pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
+            _ => format!("{} (/dev/pts/{})", p.path, p.index),
+        },
         k => event::describe(k).unwrap_or_default(),
     }
 }

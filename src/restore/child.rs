@@ -111,6 +111,11 @@ fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible
     // A session or group of 0 lay outside the dumped tree: it is inherited.
     if t.sid as i32 == pid {
         nix::unistd::setsid().map_err(|e| fail(format!("setsid: {e}")))?;
+        // Its controlling terminal, before any member is forked (they inherit it).
+        if let Some(p) = imgs.ptys.iter().find(|p| p.session == pid) {
+            let fd = ctx.parked.ctty_fd(p.index).ok_or_else(|| fail(format!("no slave of /dev/pts/{} was made", p.index)))?;
+            crate::sys::tty::set_controlling(fd::borrow(fd)).map_err(|e| fail(format!("TIOCSCTTY on /dev/pts/{}: {e}", p.index)))?;
+        }
     }
     // Helpers standing in for exited group leaders, made before any member exists.
     let mut helpers = Vec::new();
@@ -143,6 +148,13 @@ fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible
     }
     if let Some(g) = leaderless {
         fd::write_raw(g.joined_w, b"j");
+    }
+    // The foreground group of the session's terminal, set by its members once the
+    // group exists (from a background group: SIGTTOU blocked meanwhile).
+    if let Some(p) = imgs.ptys.iter().find(|p| p.session != 0 && p.session as u32 == t.sid && p.fg_pgrp as u32 == t.pgid && p.fg_pgrp != p.session) {
+        let fd = ctx.parked.ctty_fd(p.index).ok_or_else(|| fail(format!("no slave of /dev/pts/{} was made", p.index)))?;
+        crate::sys::signals::with_blocked(libc::SIGTTOU, || crate::sys::tty::set_foreground(fd::borrow(fd), p.fg_pgrp))
+            .map_err(|e| fail(format!("TIOCSPGRP {} on /dev/pts/{}: {e}", p.fg_pgrp, p.index)))?;
     }
 
     if me.task.is_none() {

@@ -69,6 +69,8 @@ pub struct TreeImages {
     pub memfd_chunks: Vec<pb::MemfdChunk>,
     pub ghosts: Vec<pb::GhostFile>,
     pub ghost_chunks: Vec<pb::GhostChunk>,
+    /// Pseudo-terminal pairs (tty.img), in index order.
+    pub ptys: Vec<pb::PtyPair>,
 }
 
 impl TreeImages {
@@ -151,7 +153,8 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     let memfd_chunks = if optional(ImageKind::MemfdPages) { read_entries(dir, ImageKind::MemfdPages, 0)? } else { Vec::new() };
     let ghosts = if optional(ImageKind::Ghost) { read_entries(dir, ImageKind::Ghost, 0)? } else { Vec::new() };
     let ghost_chunks = if optional(ImageKind::GhostData) { read_entries(dir, ImageKind::GhostData, 0)? } else { Vec::new() };
-    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks })
+    let ptys = if optional(ImageKind::Tty) { read_entries(dir, ImageKind::Tty, 0)? } else { Vec::new() };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
@@ -252,7 +255,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     };
     let memfds = crate::files::memfd::MemfdObjects::create(&imgs.memfds, &imgs.memfd_chunks)?;
     let ghosts = crate::files::ghost::Ghosts::create(&imgs.ghosts, &imgs.ghost_chunks)?;
-    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts)?;
+    let ptys = crate::files::tty::Ptys::create(&imgs.ptys, &imgs.files)?;
+    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts, &ptys, &imgs.ptys)?;
+    drop(ptys);
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();
     let shmem = ShmemObjects::create(&opts.dir, &tasks)?.with_memfds(memfds).with_ghosts(ghosts);

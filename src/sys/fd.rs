@@ -266,3 +266,11 @@ pub fn remove_xattr(path: &std::path::Path, name: &str) {
     // SAFETY: valid C strings.
     unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
 }
+
+/// Borrows a raw fd number that no Rust object owns (a parked or inherited fd that
+/// stays open for the whole life of the process using it).
+pub fn borrow<'a>(fd: RawFd) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: by the contract above the fd stays open while the borrow is used;
+    // BorrowedFd only requires that it is open (not -1).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}

@@ -10,6 +10,7 @@ pub mod ptrace;
 pub mod signals;
 pub mod sock;
 pub mod event;
+pub mod tty;
 
 /// The embedded blobs (built by build.rs from `parasite/`).
 pub mod blobs {

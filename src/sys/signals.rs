@@ -47,3 +47,20 @@ pub fn take() -> Option<i32> {
         s => Some(s),
     }
 }
+
+/// Runs `f` with signal `sig` blocked in this thread (e.g. SIGTTOU around
+/// TIOCSPGRP from a background process group), then restores the mask.
+pub fn with_blocked<T>(sig: i32, f: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    if let Ok(s) = Signal::try_from(sig) {
+        set.add(s);
+    }
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+    let r = f();
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+    r
+}
