@@ -308,6 +308,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
     ctx.files.check_outside_sockets(&tree.procs.iter().map(|p| p.pid).collect())?;
     let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk, tree.new_pid_ns)?;
+    ctx.files.ptys.check_outside(&tree.procs.iter().map(|p| p.pid).collect())?;
     let ptys = ctx.files.ptys.finish(&|outer| vpids.get(&outer).copied())?;
     check_terminal_sessions(&ptys, &entries, root)?;
     if ctx.opts.file_locks {

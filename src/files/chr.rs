@@ -37,7 +37,7 @@ impl ChrDevKind {
             return Err(Error::Unsupported {
                 pid,
                 fd: Some(info.fd),
-                what: format!("{} is the terminal of the shell it was started from", info.link),
+                what: format!("{} is its controlling terminal, whose master is outside the dumped tree (the terminal of the shell it was started from?)", info.link),
                 hint: Some("dump with --shell-job, and restore with --shell-job from a terminal: the job gets that terminal"),
             });
         }

@@ -23,6 +23,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Major of /dev/ptmx and /dev/tty (minor 2 and 0).
 const TTYAUX_MAJOR: u32 = 5;
+/// The kernel's O_LARGEFILE on x86-64 (the libc crate's is 0 there: glibc adds it
+/// by itself), which open(2) sets and TIOCGPTPEER does not.
+const O_LARGEFILE: i32 = 0o100000;
 /// First major of UNIX98 pty slaves (8 majors).
 const PTS_MAJOR: u32 = 136;
 
@@ -84,6 +87,57 @@ impl PtyTable {
             self.with_async.insert(index);
         }
         Ok(Some(Kind::Pty(pb::PtyFile { index, role: role as i32, flags, path: info.link.clone() })))
+    }
+
+    /// Refuses pairs a process outside the tree (`tree`: its pids) also uses: holds
+    /// the master or a slave, or has one as controlling terminal. Restore makes new
+    /// pairs, which that process would not share; and the dump would leave it with
+    /// a hung-up terminal.
+    pub fn check_outside(&self, tree: &BTreeSet<i32>) -> Result<()> {
+        if self.dups.is_empty() {
+            return Ok(());
+        }
+        let me = std::process::id() as i32;
+        let Ok(all) = procfs::process::all_processes() else { return Ok(()) };
+        for p in all.flatten() {
+            let pid = p.pid();
+            if pid == me || tree.contains(&pid) {
+                continue;
+            }
+            let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+            let refuse = |index: u32, how: String| {
+                let (_, tpid, tfd) = self.dups[&index];
+                Error::Unsupported {
+                    pid: tpid,
+                    fd: Some(tfd),
+                    what: format!("pseudo-terminal /dev/pts/{index}: {how} pid {pid} ({}), outside the dumped tree", comm()),
+                    hint: Some("dump the tree that holds every process using the terminal"),
+                }
+            };
+            if let Some(i) = p.stat().ok().and_then(|st| ctty_index(st.tty_nr as u64)).filter(|i| self.dups.contains_key(i)) {
+                return Err(refuse(i, "it is the controlling terminal of".into()));
+            }
+            let Ok(fds) = p.fd() else { continue };
+            for f in fds.flatten() {
+                let procfs::process::FDTarget::Path(path) = &f.target else { continue };
+                let path = path.to_string_lossy();
+                let index = match path.strip_prefix("/dev/pts/") {
+                    Some("ptmx") => None,
+                    Some(n) => n.parse::<u32>().ok(),
+                    None => None,
+                };
+                let index = if path == "/dev/ptmx" || path == "/dev/pts/ptmx" {
+                    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", f.fd)).unwrap_or_default();
+                    info.lines().find_map(|l| l.strip_prefix("tty-index:")).and_then(|v| v.trim().parse().ok())
+                } else {
+                    index
+                };
+                if let Some(i) = index.filter(|i| self.dups.contains_key(i)) {
+                    return Err(refuse(i, format!("its {} is also open (fd {}) in", if path.ends_with("ptmx") { "master" } else { "slave" }, f.fd)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Describes every pair (in index order). `vpid` maps a pid as crtool sees it
@@ -425,7 +479,8 @@ impl Ptys {
                 crate::sys::fd::set_status_flags(&fd, f.flags)?;
                 Ok(fd)
             }
-            Role::Slave => Ok(tty::open_peer(master.as_fd(), flags & !libc::O_ASYNC)?),
+            // As open(2) did, or TIOCGPTPEER (no O_LARGEFILE) as glibc's openpty.
+            Role::Slave => Ok(tty::open_peer(master.as_fd(), (flags & !libc::O_ASYNC) | (f.flags as i32 & O_LARGEFILE))?),
             Role::DevTty => open_dev_tty(slave.as_fd(), flags & !libc::O_ASYNC),
         }
     }

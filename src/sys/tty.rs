@@ -161,9 +161,11 @@ pub fn input_len(fd: BorrowedFd) -> Result<usize, Errno> {
     get_int(fd, libc::FIONREAD).map(|v| v as usize)
 }
 
-/// TIOCGPTPEER on a master: opens its slave with `flags` (O_NOCTTY added).
+/// TIOCGPTPEER on a master: opens its slave with exactly `flags` and O_NOCTTY (the
+/// new description keeps them as open(2) flags: no O_LARGEFILE unless given, no
+/// O_CLOEXEC, which /proc/PID/fdinfo would show ever after).
 pub fn open_peer(fd: BorrowedFd, flags: i32) -> Result<OwnedFd, Errno> {
-    let r = ioctl_int(fd, libc::TIOCGPTPEER, (flags | libc::O_NOCTTY | libc::O_CLOEXEC) as libc::c_ulong)?;
+    let r = ioctl_int(fd, libc::TIOCGPTPEER, (flags | libc::O_NOCTTY) as libc::c_ulong)?;
     // SAFETY: the ioctl just returned this new fd; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }

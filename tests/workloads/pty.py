@@ -58,7 +58,9 @@ for fd in (sa, sb, ma, mb):
 r, w = os.pipe()
 leader = os.fork()
 if leader == 0:
-    os.close(r)
+    # The session holds only its terminal; the pairs stay this process's.
+    for fd in (r, ma, mb, sa, sb):
+        os.close(fd)
     os.setsid()
     ctty = os.open(name_a, os.O_RDWR)  # the first terminal a leader opens
     job = os.fork()
@@ -67,8 +69,10 @@ if leader == 0:
         devtty = os.open("/dev/tty", os.O_RDWR)
         signal.signal(signal.SIGUSR2, lambda *_: os.write(devtty, b"via-dev-tty\n"))
         os.write(w, b"j")
+        os.close(w)
         while True:
             signal.pause()
+    os.close(w)
     os.setpgid(job, job)
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     os.tcsetpgrp(ctty, job)
@@ -76,6 +80,7 @@ if leader == 0:
         signal.pause()
 os.close(w)
 os.read(r, 1)
+os.close(r)
 job = 0
 for _ in range(200):
     job = os.tcgetpgrp(ma)
