@@ -56,8 +56,9 @@ fn dump_refuses_an_inet_socket_and_the_process_runs_on() {
     unsupported_fd("inet-socket", "", "inet");
 }
 
-/// /dev/ptmx passes the by-name precheck and is only refused once its fd was
-/// received from the task: the cure path must leave the task as it was.
+/// A pseudo-terminal in EXTPROC mode passes the by-name precheck and is only
+/// refused once its fd was received from the task: the cure path must leave the
+/// task as it was.
 #[test]
 fn dump_refuses_a_terminal_after_infection_and_the_process_runs_on() {
     unsupported_fd("ptmx", "", "ptmx");
@@ -115,8 +116,9 @@ fn refused_tree_dump_leaves_every_process_running() {
     refused_tree("tree-refused-socket", "inet", "socket:*");
 }
 
-/// The same with a terminal (/dev/ptmx), which is only refused once its fd was
-/// received from the task: the processes dumped before it were infected and cured.
+/// The same with a terminal in EXTPROC mode (/dev/ptmx), which is only refused once
+/// its fd was received from the task: the processes dumped before it were infected
+/// and cured.
 #[test]
 fn tree_dump_refused_after_infection_leaves_every_process_running() {
     refused_tree("tree-refused-ptmx", "ptmx", "/dev/ptmx|/dev/pts/ptmx");

@@ -5,8 +5,9 @@ every 0.05 s, forever.
     loop.py [--hold inet|pipe|fifo:PATH|ptmx] [--alternate]
 
 --hold keeps a resource open for the whole run (a UDP socket bound to 127.0.0.1, a
-pipe, a named FIFO opened read-write, or a pseudo-terminal master); the tests use
-the ones crtool cannot dump (inet sockets, terminals) to check that a refused dump
+pipe, a named FIFO opened read-write, or a pseudo-terminal master in EXTPROC mode);
+the tests use the ones crtool cannot dump (inet sockets, EXTPROC terminals) to check
+that a refused dump
 leaves the process
 running. --alternate writes even numbers to stdout and odd ones to stderr
 (started with 2>&1, both fds share one open file description and its offset).
@@ -32,7 +33,14 @@ if args[:1] == ["--hold"] and len(args) == 2:
     elif kind.startswith("fifo:"):
         held.append(os.open(kind[len("fifo:"):], os.O_RDWR | os.O_NONBLOCK))
     elif kind == "ptmx":
-        held.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+        # A pseudo-terminal master in external processing mode (EXTPROC), which
+        # crtool refuses only once it has the master from the task.
+        import termios
+        m = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+        attrs = termios.tcgetattr(m)
+        attrs[3] |= 0o200000  # EXTPROC
+        termios.tcsetattr(m, termios.TCSANOW, attrs)
+        held.append(m)
     else:
         sys.exit(f"loop.py: unknown --hold {kind!r}")
 elif args:
