@@ -228,6 +228,22 @@ impl PtyTable {
     }
 }
 
+/// One line about a pair for `crtool show`.
+pub fn describe_pair(p: &pb::PtyPair) -> String {
+    let t = from_pb(p.termios.as_ref());
+    let mut s = format!("/dev/pts/{}: {}x{}, {}", p.index, p.cols, p.rows, if t.lflag & libc::ICANON != 0 { "canonical" } else { "raw" });
+    if p.session != 0 {
+        s += &format!(", controlling terminal of session {} (foreground group {})", p.session, p.fg_pgrp);
+    }
+    for (on, what) in [(p.packet_mode, "packet mode"), (p.locked_pty, "locked"), (p.exclusive, "exclusive")] {
+        if on {
+            s += &format!(", {what}");
+        }
+    }
+    let lines: usize = p.lines.iter().map(|l| l.data.len()).sum();
+    s + &format!("; unread: {} line(s) ({lines} bytes) + {} bytes of input, {} bytes of output", p.lines.len(), p.input.len(), p.output.len())
+}
+
 /// Whether crtool has CAP_SYS_ADMIN (capability 21, capabilities(7)).
 fn has_sys_admin() -> bool {
     procfs::process::Process::myself().and_then(|p| p.status()).is_ok_and(|s| s.capeff & (1 << 21) != 0)
