@@ -72,6 +72,11 @@ enum Cmd {
         /// bytes, or with a K, M or G suffix (default 1M, as CRIU).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         ghost_limit: Option<u64>,
+        /// A deleted file that still has another name is taken along by a hard link
+        /// made beside its old path (.crtool-link-remap.INODE), which restore opens
+        /// and removes. Without it such a file is refused.
+        #[arg(long)]
+        link_remap: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -171,9 +176,6 @@ struct DumpNotYet {
     /// Established TCP connections (not supported yet).
     #[arg(long)]
     tcp_established: bool,
-    /// Link-remap of deleted files (not supported yet).
-    #[arg(long)]
-    link_remap: bool,
     /// Incremental dumps with soft-dirty tracking (not supported yet).
     #[arg(long)]
     track_mem: bool,
@@ -198,7 +200,6 @@ impl DumpNotYet {
     fn used(&self) -> Option<&'static str> {
         [
             (self.tcp_established, "--tcp-established"),
-            (self.link_remap, "--link-remap"),
             (self.track_mem, "--track-mem"),
             (self.prev_images_dir.is_some(), "--prev-images-dir"),
             (self.page_server, "--page-server"),
@@ -342,7 +343,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
@@ -351,7 +352,7 @@ fn run() -> Result<i32> {
             for e in &external {
                 parse_pipe(e).with_context(|| format!("--external {e}"))?;
             }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT) };
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",

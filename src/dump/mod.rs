@@ -31,6 +31,8 @@ pub struct DumpOpts {
     pub file_locks: bool,
     /// Largest deleted file whose data the images take (--ghost-limit), bytes.
     pub ghost_limit: u64,
+    /// Deleted files with another name go by a hard link (--link-remap).
+    pub link_remap: bool,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +129,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     };
 
     ctx.files.ghosts.limit = opts.ghost_limit;
+    ctx.files.ghosts.link_remap = opts.link_remap;
     ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
@@ -156,6 +159,8 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             Ok(ctx.stats)
         }
         Err(e) => {
+            // Nothing of the dump stays: the links it made go too.
+            ctx.files.ghosts.remove_links();
             // Every task goes back exactly as it was and runs on.
             if let Err(r) = release(frozen, false) {
                 log::error!("releasing the tree after a failed dump: {r}");

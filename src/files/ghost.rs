@@ -22,12 +22,22 @@ pub struct GhostTable {
     pub files: BTreeMap<(String, u64), pb::GhostFile>,
     pub chunks: Vec<pb::GhostChunk>,
     pub limit: u64,
+    /// --link-remap: a deleted file with another name goes by a hard link.
+    pub link_remap: bool,
+    /// The links this dump made (removed if it fails).
+    links_made: Vec<PathBuf>,
 }
 
 impl Default for GhostTable {
     fn default() -> Self {
-        GhostTable { files: BTreeMap::new(), chunks: Vec::new(), limit: DEFAULT_LIMIT }
+        GhostTable { files: BTreeMap::new(), chunks: Vec::new(), limit: DEFAULT_LIMIT, link_remap: false, links_made: Vec::new() }
     }
+}
+
+/// The name of the link-remap link of deleted file `path` (inode `ino`): beside
+/// it, so on its filesystem.
+fn link_remap_path(path: &str, ino: u64) -> PathBuf {
+    PathBuf::from(path).with_file_name(format!(".crtool-link-remap.{ino}"))
 }
 
 impl GhostTable {
@@ -44,11 +54,21 @@ impl GhostTable {
         if !md.file_type().is_file() {
             return Err(refuse(format!("deleted {path} is not a regular file"), "only deleted regular files are supported"));
         }
-        if md.nlink() > 0 {
-            return Err(refuse(format!("{path} was deleted but the file has {} other name(s)", md.nlink()), "files unlinked from one of several names (CRIU's --link-remap) are not supported yet"));
-        }
         if !std::path::Path::new(path).parent().is_some_and(|d| d.is_dir()) {
             return Err(refuse(format!("deleted file {path}: its directory was removed too"), "deleted files are made again in their directory, which must exist"));
+        }
+        let mut g = pb::GhostFile { path: path.to_string(), ino: md.ino(), mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: md.size(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(), link_remap: String::new() };
+        if md.nlink() > 0 {
+            if !self.link_remap {
+                return Err(refuse(format!("{path} was deleted but the file has {} other name(s)", md.nlink()), "dump with --link-remap to take it along by a hard link beside its old path"));
+            }
+            let link = link_remap_path(path, md.ino());
+            self.make_link(f, &link, md.ino()).map_err(|e| refuse(format!("deleted file {path} (with another name): cannot link it as {}: {e}", link.display()), "the directory must be writable by crtool"))?;
+            g.link_remap = link.to_string_lossy().into_owned();
+            g.size = 0;
+            g.mtime_ns = 0;
+            self.files.insert(key, g);
+            return Ok(());
         }
         if md.size() > self.limit {
             return Err(refuse(format!("deleted file {path} holds {} bytes, more than the ghost limit of {}", md.size(), self.limit), "raise --ghost-limit to save it in the images"));
@@ -56,9 +76,39 @@ impl GhostTable {
         for (offset, data) in super::memfd::extents(pid, path, f, md.size())? {
             self.chunks.push(pb::GhostChunk { path: path.to_string(), ino: md.ino(), offset, data });
         }
-        let g = pb::GhostFile { path: path.to_string(), ino: md.ino(), mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), size: md.size(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() };
         self.files.insert(key, g);
         Ok(())
+    }
+
+    /// Links the open file `f` as `link` (linkat of /proc/self/fd/N, which follows
+    /// to the file even though its name is gone). A link already there to the same
+    /// inode (an earlier dump's) is used as it is.
+    fn make_link(&mut self, f: &std::fs::File, link: &std::path::Path, ino: u64) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        match std::fs::symlink_metadata(link) {
+            Ok(m) if m.ino() == ino => return Ok(()),
+            Ok(_) => return Err(std::io::Error::other("another file has that name")),
+            Err(_) => {}
+        }
+        let src = format!("/proc/self/fd/{}", f.as_raw_fd());
+        nix::unistd::linkat(nix::fcntl::AT_FDCWD, src.as_str(), nix::fcntl::AT_FDCWD, link, nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW)?;
+        self.links_made.push(link.to_path_buf());
+        Ok(())
+    }
+
+    /// Removes the links this dump made (after a failed dump).
+    pub fn remove_links(&mut self) {
+        for l in self.links_made.drain(..) {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+}
+
+/// Removes the link-remap links of `files` (once a restore succeeded: the restored
+/// tree holds the files).
+pub fn remove_link_remaps(files: &[pb::GhostFile]) {
+    for f in files.iter().filter(|f| !f.link_remap.is_empty()) {
+        let _ = std::fs::remove_file(&f.link_remap);
     }
 }
 
@@ -75,6 +125,24 @@ impl Ghosts {
         for f in files {
             let orig = PathBuf::from(&f.path);
             let fail = |e: std::io::Error| Error::Reported(format!("cannot make the deleted file {} again: {e}", f.path));
+            if !f.link_remap.is_empty() {
+                // The file itself, by its link: linked under the old name (or beside
+                // it) for the tree to open, then unlinked from there like a ghost.
+                let fail = |e: std::io::Error| Error::Reported(format!("cannot link the deleted file {} again from {}: {e} (was the link removed, or the images restored already?)", f.path, f.link_remap));
+                let path = match std::fs::hard_link(&f.link_remap, &orig) {
+                    Ok(()) => orig.clone(),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let name = orig.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        let tmp = orig.with_file_name(format!(".crtool-ghost-{}-{name}", f.ino));
+                        let _ = std::fs::remove_file(&tmp);
+                        std::fs::hard_link(&f.link_remap, &tmp).map_err(fail)?;
+                        tmp
+                    }
+                    Err(e) => return Err(fail(e)),
+                };
+                g.0.insert((f.path.clone(), f.ino), path);
+                continue;
+            }
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC);
             // Under its old name if that is free (its fds and mappings show that

@@ -343,6 +343,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
             // Every task is in its working directory by now.
             ghost_dirs.remove();
             parked.restored = done.is_ok();
+            if done.is_ok() {
+                crate::files::ghost::remove_link_remaps(&imgs.ghosts);
+            }
             drop(parked); // the tasks hold their own fds now (or are dead)
             for g in &groups {
                 g.close();
