@@ -62,6 +62,14 @@ wait_until nonempty "{result}" || fail "hold.py wrote no result after SIGUSR1: $
 
 // ------------------------------------------------------------------ names and sizes
 
+/// Files of /proc: a child's /proc/PID/stat and /proc/PID directory, /proc/self/
+/// status at an offset, /proc/meminfo: reopened by the task once its child exists,
+/// naming the same pids and files, at their offsets.
+#[test]
+fn files_of_proc_come_back() {
+    roundtrip("proc-files", Creds::User, "", "proc-child-stat", "$T/ready", "$T/result", "");
+}
+
 /// A shared mapping of DIR/"data\nfile.bin" (the newline is "\012" in
 /// /proc/PID/maps): it comes back with its content ("before"), and a write through it
 /// after the restore reaches the file.

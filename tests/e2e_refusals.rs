@@ -121,10 +121,10 @@ fn dump_refuses_a_removed_working_directory_without_its_parent() {
     );
 }
 
-/// An fd on /proc/CHILD/stat of its child: a file of /proc, named with the fd.
+/// An fd on /proc/1/stat, a process outside the tree: named with the fd.
 #[test]
-fn dump_refuses_an_fd_on_a_childs_proc_stat() {
-    let s = refused("proc-child-stat", Creds::User, "", "proc-child-stat", "", &["/proc/", "/stat"]);
+fn dump_refuses_an_fd_on_proc_of_a_process_outside_the_tree() {
+    let s = refused("proc-outside", Creds::User, "", "proc-outside", "", &["/proc/1/stat", "outside the dumped tree"]);
     let fd = s.read("fd").trim().to_string();
     s.ensure(s.err("dump").contains(&format!("fd {fd}")), || format!("the message does not name fd {fd}:\n{}", s.err("dump")));
 }

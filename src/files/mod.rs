@@ -9,6 +9,7 @@ pub mod ghost;
 pub mod locks;
 pub mod identity;
 mod pipe;
+mod procfile;
 mod reg;
 pub mod tty;
 pub mod unix;
@@ -162,8 +163,9 @@ impl FileTable {
                 return Err(Error::sys(format!("pid {pid} fd {}: kcmp", info.fd), e));
             }
             let id = match found {
-                Ok(i) if group[i].0 != pid && matches!(self.entries[group[i].2 as usize - 1].kind, Some(Kind::Pidfd(_))) => {
-                    return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("pidfd shared with process {}", group[i].0), hint: Some("a pidfd description shared by several processes is not supported yet") });
+                Ok(i) if group[i].0 != pid && matches!(self.entries[group[i].2 as usize - 1].kind, Some(Kind::Pidfd(_)) | Some(Kind::Proc(_))) => {
+                    let what = if matches!(self.entries[group[i].2 as usize - 1].kind, Some(Kind::Pidfd(_))) { "pidfd" } else { "file of /proc" };
+                    return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("{what} {} shared with process {}", info.link, group[i].0), hint: Some("an open description of this kind shared by several processes is not supported yet") });
                 }
                 Ok(i) => group[i].2,
                 Err(at) => {
@@ -177,6 +179,7 @@ impl FileTable {
                             return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("O_PATH fd on deleted {}", info.link), hint: Some("not supported yet") });
                         }
                         _ if o_path => reg::RegFileKind::dump(pid, info, dup, &st)?,
+                        _ if fd::fs_magic(dup).is_ok_and(|m| m == libc::PROC_SUPER_MAGIC as i64) => procfile::dump(pid, info, &st, vpid)?,
                         _ if memfd::name_of(&info.link).is_some() && info.deleted => {
                             let name = memfd::name_of(&info.link).unwrap_or_default();
                             let f = std::fs::File::from(dup.try_clone().map_err(|e| Error::io(&info.link, e))?);
@@ -482,6 +485,7 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
         (Kind::Tty(t), _) => chr::open_terminal(t),
         (Kind::Pidfd(p), _) => open_pidfd(p),
+        (Kind::Proc(p), _) => procfile::open(p),
         (Kind::Pipe(p), Some(s)) => s.pipe_ends.open_end(p),
         (Kind::Fifo(p), Some(s)) => s.pipe_ends.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
@@ -754,7 +758,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -768,6 +772,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Memfd(m) => m.flags,
         Kind::Tty(t) => t.flags,
         Kind::Pty(p) => p.flags,
+        Kind::Proc(p) => p.flags,
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -783,6 +788,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Memfd(m) => format!("memfd {} at {}", m.inode, m.pos),
         Kind::Tty(t) => format!("{} (the shell job's terminal: restore gives it its own)", t.path),
         Kind::Pidfd(p) => format!("pidfd of pid {}", p.pid),
+        Kind::Proc(p) => p.path.clone(),
         Kind::Pty(p) => match p.role() {
             pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
             _ => format!("{} (/dev/pts/{})", p.path, p.index),

@@ -18,13 +18,9 @@ const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NO
 impl FileKind for RegFileKind {
     fn dump(pid: i32, info: &FdInfo, fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
         let refuse = |what: String, hint: &'static str| Err(Error::Unsupported { pid, fd: Some(info.fd), what, hint: Some(hint) });
-        // Files of /proc name processes and namespaces of this moment (a child's
-        // /proc/PID/stat, /proc/self/..., a namespace): reopened by path they would be
-        // other objects, or nothing, at restore.
+        // (Files of /proc are `procfile`'s.) Namespace files name namespaces of
+        // this moment: reopened by path they would be other objects at restore.
         match crate::sys::fd::fs_magic(fd) {
-            Ok(m) if m == libc::PROC_SUPER_MAGIC as i64 => {
-                return refuse(format!("open file {} in /proc", info.link), "files of /proc are not supported; close it before the dump");
-            }
             Ok(m) if m == NSFS_MAGIC => return refuse(format!("namespace file {}", info.link), "namespace files are not supported yet"),
             Ok(m) if m == MQUEUE_MAGIC => return refuse(format!("POSIX message queue {}", info.link), "message queues are not supported yet"),
             _ => {}

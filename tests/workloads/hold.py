@@ -19,11 +19,14 @@ Resources crtool refuses to dump (each in the process, or where said in a thread
   posix-lock       a POSIX record lock (fcntl F_SETLK) on DIR/lockfile
   mqueue           a POSIX message queue open (mq_open; unlinked on SIGUSR1)
   thread-keyring   a thread keyring (keyctl KEYCTL_GET_KEYRING_ID with create)
-  proc-child-stat  an fd open on /proc/CHILD/stat of a child it forked
+  proc-outside     an fd open on /proc/1/stat (a process outside the tree)
   ns-net           an fd open on /proc/self/ns/net
   cwd DIR2         its working directory DIR2 (the test removes it)
   map FILE         FILE mapped MAP_PRIVATE read-only (the test may remove or change it)
 Resources crtool must dump and restore:
+  proc-child-stat  fds on /proc/CHILD/stat of a child it forked, on its /proc/CHILD
+                   directory, on /proc/self/status (read up to offset 10) and on
+                   /proc/meminfo: on SIGUSR1 they still name and read the same
   map FILE         (as above) on SIGUSR1 writes what the mapping shows now to DIR/seen
   open FILE        FILE open read-only
   newline          a shared mapping of DIR/"data\\nfile.bin" holding "before"; on
@@ -182,8 +185,29 @@ elif what == "proc-child-stat":
         while True:
             time.sleep(1)
     fd = os.open("/proc/%d/stat" % pid, os.O_RDONLY)
+    dfd = os.open("/proc/%d" % pid, os.O_RDONLY | os.O_DIRECTORY)
+    sfd = os.open("/proc/self/status", os.O_RDONLY)
+    os.read(sfd, 10)
+    mfd = os.open("/proc/meminfo", os.O_RDONLY)
     write_file(os.path.join(dir_, "fd"), "%d\n" % fd)
-    check.append(lambda: None if os.pread(fd, 64, 0).startswith(b"%d " % pid) else "the fd no longer reads the child's stat")
+    links = {f: os.readlink("/proc/self/fd/%d" % f) for f in (fd, dfd, sfd, mfd)}
+    def proc_check():
+        if not os.pread(fd, 64, 0).startswith(b"%d " % pid):
+            return "the fd no longer reads the child's stat"
+        now = {f: os.readlink("/proc/self/fd/%d" % f) for f in links}
+        if now != links:
+            return "the /proc fds changed: %r, were %r" % (now, links)
+        if "stat" not in os.listdir(dfd):
+            return "the /proc/CHILD directory fd lists no stat"
+        if os.lseek(sfd, 0, os.SEEK_CUR) != 10 or os.read(sfd, 4) != open("/proc/self/status", "rb").read()[10:14]:
+            return "/proc/self/status is not at offset 10"
+        if not os.read(mfd, 9).startswith(b"MemTotal:"):
+            return "/proc/meminfo reads something else"
+        return None
+    check.append(proc_check)
+elif what == "proc-outside":
+    fd = os.open("/proc/1/stat", os.O_RDONLY)
+    write_file(os.path.join(dir_, "fd"), "%d\n" % fd)
 elif what == "ns-net":
     fd = os.open("/proc/self/ns/net", os.O_RDONLY)
     write_file(os.path.join(dir_, "fd"), "%d\n" % fd)
