@@ -46,3 +46,16 @@ wait_until nonempty "$T/result" || fail "no result after the refused dump"
     s.ensure(s.var("tracer") == "0", || "still traced after the refused dump".into());
     s.passed("result");
 }
+
+/// A fanotify group with an inode mark, a mount mark, a filesystem mark and an
+/// ignored mask, on a tmpfs of the test's own (the workload's second argument
+/// mounts it before the workload starts): after a --leave-running dump and the
+/// real dump and restore, fdinfo shows the same group and marks and a write
+/// reports exactly the events it did before (tests/workloads/fanotify.py).
+#[test]
+fn fanotify_group_and_marks_come_back() {
+    let mnt = r#""$(mkdir -p "$T/mnt" && mount -t tmpfs crtool-fan "$T/mnt" && echo "$T/mnt")""#;
+    let s = py_roundtrip("fanotify", Creds::Root, "fanotify", mnt, LEAVE_RUNNING_FIRST, "", "", "");
+    s.roundtrip_ok("result");
+    s.counter("out.txt");
+}

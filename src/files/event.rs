@@ -106,23 +106,36 @@ fn inotify_watch(pid: i32, fd: i32, line: &str) -> Result<pb::InotifyWatch> {
     let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k));
     let hex = |k: &str| field(k).and_then(|v| u64::from_str_radix(v, 16).ok());
     let (Some(wd), Some(ino), Some(sdev), Some(mask), Some(ty), Some(handle)) =
-        (field("wd:").and_then(|v| v.parse::<i32>().ok()), hex("ino:"), hex("sdev:"), hex("mask:"), field("fhandle-type:").and_then(|v| v.parse::<i32>().ok()), field("f_handle:"))
+        (field("wd:").and_then(|v| v.parse::<i32>().ok()), hex("ino:"), hex("sdev:"), hex("mask:"), field("fhandle-type:").and_then(|v| i32::from_str_radix(v, 16).ok()), field("f_handle:"))
     else {
         return Err(bad());
     };
-    let bytes: Vec<u8> = (0..handle.len() / 2).filter_map(|i| u8::from_str_radix(&handle[2 * i..2 * i + 2], 16).ok()).collect();
-    // The kernel's dev_t: major in the high 12 bits of 32, minor in the low 20.
     let (major, minor) = (sdev >> 20, sdev & 0xfffff);
     let refuse = |why: String| Error::Unsupported { pid, fd: Some(fd), what: format!("inotify watch {wd} (inode {ino:#x} on {major}:{minor}): {why}"), hint: Some("watches must be on files that have a path") };
-    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).map_err(|e| refuse(format!("reading mountinfo: {e}")))?;
-    let mount = mounts.into_iter().find(|m| m.majmin == format!("{major}:{minor}")).ok_or_else(|| refuse("no mount of its filesystem".into()))?;
-    let mfd = nix::fcntl::open(&mount.mount_point, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).map_err(|e| refuse(format!("opening its mount {}: {e}", mount.mount_point.display())))?;
-    let f = event::open_by_handle(mfd.as_raw_fd(), ty, &bytes).map_err(|e| refuse(format!("open_by_handle_at: {e}")))?;
-    let link = crate::procinfo::file_link(&format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| refuse(e.to_string()))?;
+    let path = path_of_handle(sdev, ty, handle).map_err(refuse)?;
+    Ok(pb::InotifyWatch { wd, mask: mask as u32, path, ino })
+}
+
+/// The path of the file a handle names as fdinfo shows it ("sdev:" the kernel's
+/// dev_t: major in the high 12 bits of 32, minor in the low 20; "f_handle:" hex),
+/// found with open_by_handle_at on a mount of its filesystem. `Err`: why not.
+pub fn path_of_handle(sdev: u64, ty: i32, handle_hex: &str) -> std::result::Result<String, String> {
+    let bytes: Vec<u8> = (0..handle_hex.len() / 2).filter_map(|i| u8::from_str_radix(&handle_hex[2 * i..2 * i + 2], 16).ok()).collect();
+    let mount = mount_of_dev(sdev)?;
+    let mfd = nix::fcntl::open(&mount, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty()).map_err(|e| format!("opening its mount {}: {e}", mount.display()))?;
+    let f = event::open_by_handle(mfd.as_raw_fd(), ty, &bytes).map_err(|e| format!("open_by_handle_at: {e}"))?;
+    let link = crate::procinfo::file_link(&format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| e.to_string())?;
     if link.deleted || !link.path.starts_with('/') {
-        return Err(refuse(format!("it is {} (deleted or without a path)", link.path)));
+        return Err(format!("it is {} (deleted or without a path)", link.path));
     }
-    Ok(pb::InotifyWatch { wd, mask: mask as u32, path: link.path, ino })
+    Ok(link.path)
+}
+
+/// A mount point of the filesystem with kernel dev_t `sdev` (as fdinfo shows it).
+pub fn mount_of_dev(sdev: u64) -> std::result::Result<std::path::PathBuf, String> {
+    let (major, minor) = (sdev >> 20, sdev & 0xfffff);
+    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).map_err(|e| format!("reading mountinfo: {e}"))?;
+    mounts.into_iter().find(|m| m.majmin == format!("{major}:{minor}")).map(|m| m.mount_point).ok_or_else(|| format!("no mount of its filesystem {major}:{minor}"))
 }
 
 /// Makes the event file `kind` again (an epoll without its watches).

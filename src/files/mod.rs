@@ -4,6 +4,7 @@
 
 mod chr;
 mod event;
+mod fanotify;
 pub mod memfd;
 pub mod ghost;
 pub mod locks;
@@ -85,8 +86,8 @@ pub fn info_of(pid: i32, fd: i32) -> Result<FdInfo> {
 /// (and locked files, unless `file_locks`).
 pub fn precheck(pid: i32, fds: &[FdInfo], file_locks: bool) -> Result<()> {
     for f in fds {
-        let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) && f.link != "anon_inode:[pidfd]" {
-            Some(("anon inode", Some("inotify/fanotify/pidfd/io_uring and similar are not supported yet")))
+        let what = if f.link.starts_with("anon_inode:") && !event::handles(&f.link) && f.link != "anon_inode:[pidfd]" && f.link != "anon_inode:[fanotify]" {
+            Some(("anon inode", Some("io_uring, aio, userfaultfd, perf events and similar are not supported yet")))
         } else if f.link.starts_with("/memfd:") {
             None
         } else {
@@ -199,6 +200,7 @@ impl FileTable {
                             let v = vpid(target).ok_or_else(|| refuse(format!("of pid {target}, outside the dumped tree")))?;
                             Kind::Pidfd(pb::PidFd { pid: v, flags: info.flags & !(libc::O_CLOEXEC as u32) })
                         }
+                        _ if info.link == "anon_inode:[fanotify]" => fanotify::dump(pid, info, dup)?,
                         _ if event::handles(&info.link) => {
                             let (k, w) = event::dump(pid, info, dup)?;
                             watches = w;
@@ -486,6 +488,7 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         (Kind::Tty(t), _) => chr::open_terminal(t),
         (Kind::Pidfd(p), _) => open_pidfd(p),
         (Kind::Proc(p), _) => procfile::open(p),
+        (Kind::Fanotify(f), _) => fanotify::open(f),
         (Kind::Pipe(p), Some(s)) => s.pipe_ends.open_end(p),
         (Kind::Fifo(p), Some(s)) => s.pipe_ends.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
@@ -758,7 +761,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -773,6 +776,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Tty(t) => t.flags,
         Kind::Pty(p) => p.flags,
         Kind::Proc(p) => p.flags,
+        Kind::Fanotify(_) => 0, // (fanotify files have no O_ASYNC)
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -789,6 +793,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Tty(t) => format!("{} (the shell job's terminal: restore gives it its own)", t.path),
         Kind::Pidfd(p) => format!("pidfd of pid {}", p.pid),
         Kind::Proc(p) => p.path.clone(),
+        Kind::Fanotify(f) => fanotify::describe(f),
         Kind::Pty(p) => match p.role() {
             pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
             _ => format!("{} (/dev/pts/{})", p.path, p.index),

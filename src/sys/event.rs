@@ -130,3 +130,16 @@ pub fn epoll_wait_now(epfd: RawFd) -> Result<usize, Errno> {
     // SAFETY: the kernel writes at most 64 events into `evs`.
     Errno::result(unsafe { libc::epoll_wait(epfd, evs.as_mut_ptr(), 64, 0) }).map(|n| n as usize)
 }
+
+/// fanotify_init(flags, event_f_flags).
+pub fn fanotify_init(flags: u32, event_flags: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain syscall with integer arguments.
+    owned(unsafe { libc::fanotify_init(flags, event_flags) })
+}
+
+/// fanotify_mark(fd, flags, mask, AT_FDCWD, path).
+pub fn fanotify_mark(fd: RawFd, flags: u32, mask: u64, path: &str) -> Result<(), Errno> {
+    let c = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `c` is a valid C string for the call.
+    Errno::result(unsafe { libc::fanotify_mark(fd, flags, mask, libc::AT_FDCWD, c.as_ptr()) }).map(drop)
+}
