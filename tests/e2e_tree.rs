@@ -181,3 +181,15 @@ wait_until nonempty "$T/result" || fail "the tree wrote no result after SIGUSR1"
     let ps = s.read("ps.after");
     s.ensure(ps.lines().count() == 43 && ps.lines().any(|l| l.starts_with("1 0 1 1 ")), || format!("`ps -e` inside after the restore:\n{ps}"));
 }
+
+/// Shared anonymous memory with pages only a child wrote (in the shared object but
+/// not in the parent's page tables, the parent being the object's owner in the
+/// images): after a --leave-running dump and the real dump and restore every page
+/// holds what it held and the memory is still shared both ways
+/// (tests/workloads/shmanon.py). PostgreSQL's buffer pool is such memory.
+#[test]
+fn shared_anonymous_pages_only_a_child_touched_come_back() {
+    let s = py_roundtrip("shmanon", Creds::User, "shmanon", "", LEAVE_RUNNING_FIRST, "", "", "");
+    s.roundtrip_ok("result");
+    s.counter("out.txt");
+}

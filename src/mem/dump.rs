@@ -127,6 +127,13 @@ impl PageDumper {
         let mut batch_bytes = 0;
         let mut batch_readable = true;
         for v in vmas.iter().filter(|v| vma::has_private_pages(v)) {
+            if v.kind() == VmaKind::VmaAnonShared {
+                // (Entries stay in address order: what is batched goes first.)
+                self.flush(&mut batch, batch_readable, parasite, out)?;
+                batch_bytes = 0;
+                self.dump_shmem(v, out)?;
+                continue;
+            }
             let readable = v.prot & libc::PROT_READ as u32 != 0;
             if readable != batch_readable {
                 self.flush(&mut batch, batch_readable, parasite, out)?;
@@ -203,6 +210,52 @@ impl PageDumper {
         Ok(runs)
     }
 
+    /// Shared anonymous memory, by its owner (the first task seen mapping it): every
+    /// page the shmem object holds, read from the object itself through
+    /// /proc/PID/map_files — a page only another process touched is in the object
+    /// but not in the owner's page tables. Reading the object maps nothing into the
+    /// owner; holes (never written) stay holes.
+    fn dump_shmem(&mut self, v: &pb::Vma, out: &mut PagesWriter) -> Result<()> {
+        let what = format!("map_files/{:x}-{:x}", v.start, v.end);
+        let f = File::open(format!("/proc/{}/{what}", self.pid)).map_err(|e| Error::proc(self.pid, &what, e))?;
+        let pid = self.pid;
+        let sys = |e: nix::errno::Errno| Error::sys(format!("pid {pid}: shared memory at {:#x}: lseek", v.start), e);
+        let (lo, hi) = (v.pgoff, v.pgoff + (v.end - v.start));
+        self.stats.scanned += (hi - lo) / PAGE;
+        let mut at = lo;
+        while at < hi {
+            let Some(d) = crate::sys::fd::seek_data(f.as_fd(), at).map_err(sys)? else { break };
+            if d >= hi {
+                break;
+            }
+            let end = crate::sys::fd::seek_hole(f.as_fd(), d).map_err(sys)?.div_ceil(PAGE).saturating_mul(PAGE).min(hi);
+            let mut s = d / PAGE * PAGE;
+            while s < end {
+                crate::error::check_interrupt()?;
+                let len = (end - s).min(self.chunk) as usize;
+                f.read_exact_at(&mut self.buf[..len], s).map_err(|e| Error::proc(pid, &what, e))?;
+                self.store(v.start + (s - lo), 0, len, out)?;
+                s += len as u64;
+            }
+            at = end.max(d + PAGE);
+        }
+        Ok(())
+    }
+
+    /// Appends `len` bytes of `self.buf` at `off` (pages at `vaddr`) to the page
+    /// image and records them.
+    fn store(&mut self, vaddr: u64, off: usize, len: usize, out: &mut PagesWriter) -> Result<()> {
+        let stored = out.append(&self.buf[off..off + len])?;
+        let pages = len as u64 / PAGE;
+        self.entries.push(pb::PagemapEntry { vaddr, nr_pages: pages as u32, offset: stored.offset, stored_len: stored.stored_len, crc32: stored.crc32, ..Default::default() });
+        self.stats.dumped += pages;
+        if self.stats.dumped >= self.next_report {
+            self.next_report += 64 * 1024;
+            log::info!("pid {}: {} MiB of memory dumped", self.pid, self.stats.dumped / 256);
+        }
+        Ok(())
+    }
+
     fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -248,21 +301,8 @@ impl PageDumper {
                     self.buf[o..o + l as usize].fill(0);
                 }
             }
-            let stored = out.append(&self.buf[off..off + len])?;
-            self.entries.push(pb::PagemapEntry {
-                vaddr: r.vaddr,
-                nr_pages: r.pages as u32,
-                offset: stored.offset,
-                stored_len: stored.stored_len,
-                crc32: stored.crc32,
-                ..Default::default()
-            });
-            self.stats.dumped += r.pages;
+            self.store(r.vaddr, off, len, out)?;
             off += len;
-            if self.stats.dumped >= self.next_report {
-                self.next_report += 64 * 1024;
-                log::info!("pid {}: {} MiB of memory dumped", self.pid, self.stats.dumped / 256);
-            }
         }
         Ok(())
     }
