@@ -73,7 +73,7 @@ enum Cmd {
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         ghost_limit: Option<u64>,
         /// A deleted file that still has another name is taken along by a hard link
-        /// made beside its old path (.crtool-link-remap.INODE), which restore opens
+        /// made beside its old path (.crtool-link-remap.INODE.TAG, TAG standing for DIR), which restore opens
         /// and removes. Without it such a file is refused.
         #[arg(long)]
         link_remap: bool,

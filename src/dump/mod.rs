@@ -130,6 +130,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
 
     ctx.files.ghosts.limit = opts.ghost_limit;
     ctx.files.ghosts.link_remap = opts.link_remap;
+    ctx.files.ghosts.link_tag = crate::files::ghost::link_tag(&opts.dir);
     ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;

@@ -26,18 +26,28 @@ pub struct GhostTable {
     pub link_remap: bool,
     /// The links this dump made (removed if it fails).
     links_made: Vec<PathBuf>,
+    /// Part of the links' names that tells dumps into different directories apart
+    /// (so that restoring one does not remove another's link).
+    pub link_tag: String,
 }
 
 impl Default for GhostTable {
     fn default() -> Self {
-        GhostTable { files: BTreeMap::new(), chunks: Vec::new(), limit: DEFAULT_LIMIT, link_remap: false, links_made: Vec::new() }
+        GhostTable { files: BTreeMap::new(), chunks: Vec::new(), limit: DEFAULT_LIMIT, link_remap: false, links_made: Vec::new(), link_tag: String::new() }
     }
 }
 
-/// The name of the link-remap link of deleted file `path` (inode `ino`): beside
-/// it, so on its filesystem.
-fn link_remap_path(path: &str, ino: u64) -> PathBuf {
-    PathBuf::from(path).with_file_name(format!(".crtool-link-remap.{ino}"))
+/// The name of the link-remap link of deleted file `path` (inode `ino`) for a dump
+/// tagged `tag`: beside it, so on its filesystem.
+fn link_remap_path(path: &str, ino: u64, tag: &str) -> PathBuf {
+    PathBuf::from(path).with_file_name(format!(".crtool-link-remap.{ino}.{tag}"))
+}
+
+/// The tag of a dump into `dir` (see `GhostTable::link_tag`): the same for every
+/// dump into that directory, so that its images stay reproducible.
+pub fn link_tag(dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!("{:08x}", crc32fast::hash(dir.to_string_lossy().as_bytes()))
 }
 
 impl GhostTable {
@@ -62,7 +72,7 @@ impl GhostTable {
             if !self.link_remap {
                 return Err(refuse(format!("{path} was deleted but the file has {} other name(s)", md.nlink()), "dump with --link-remap to take it along by a hard link beside its old path"));
             }
-            let link = link_remap_path(path, md.ino());
+            let link = link_remap_path(path, md.ino(), &self.link_tag);
             self.make_link(f, &link, md.ino()).map_err(|e| refuse(format!("deleted file {path} (with another name): cannot link it as {}: {e}", link.display()), "the directory must be writable by crtool"))?;
             g.link_remap = link.to_string_lossy().into_owned();
             g.size = 0;
@@ -129,6 +139,12 @@ impl Ghosts {
                 // The file itself, by its link: linked under the old name (or beside
                 // it) for the tree to open, then unlinked from there like a ghost.
                 let fail = |e: std::io::Error| Error::Reported(format!("cannot link the deleted file {} again from {}: {e} (was the link removed, or the images restored already?)", f.path, f.link_remap));
+                // Still the file that was dumped?
+                match std::fs::symlink_metadata(&f.link_remap) {
+                    Ok(m) if m.ino() == f.ino => {}
+                    Ok(_) => return Err(Error::Reported(format!("the link {} of the deleted file {} is another file now", f.link_remap, f.path))),
+                    Err(e) => return Err(fail(e)),
+                }
                 let path = match std::fs::hard_link(&f.link_remap, &orig) {
                     Ok(()) => orig.clone(),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

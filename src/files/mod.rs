@@ -179,8 +179,8 @@ impl FileTable {
                         _ if o_path && info.deleted => {
                             return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("O_PATH fd on deleted {}", info.link), hint: Some("not supported yet") });
                         }
+                        _ if fd::fs_magic(dup).is_ok_and(|m| m == libc::PROC_SUPER_MAGIC as i64) => procfile::dump(pid, info, vpid)?,
                         _ if o_path => reg::RegFileKind::dump(pid, info, dup, &st)?,
-                        _ if fd::fs_magic(dup).is_ok_and(|m| m == libc::PROC_SUPER_MAGIC as i64) => procfile::dump(pid, info, &st, vpid)?,
                         _ if memfd::name_of(&info.link).is_some() && info.deleted => {
                             let name = memfd::name_of(&info.link).unwrap_or_default();
                             let f = std::fs::File::from(dup.try_clone().map_err(|e| Error::io(&info.link, e))?);

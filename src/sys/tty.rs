@@ -170,13 +170,25 @@ pub fn open_peer(fd: BorrowedFd, flags: i32) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
-/// Whether `fd` has urgent data (poll POLLPRI): on a packet-mode master, a pending
-/// status byte.
-pub fn has_priority_data(fd: BorrowedFd) -> Result<bool, Errno> {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+/// poll(2) with zero timeout: the events of `events` (and POLLHUP/POLLERR) that
+/// `fd` reports now. On a master: POLLPRI a pending packet-mode status byte,
+/// POLLHUP every slave closed (TTY_OTHER_CLOSED); on a slave: no POLLOUT while
+/// output is stopped (^S) or the master's queue is full.
+pub fn poll_now(fd: BorrowedFd, events: i16) -> Result<i16, Errno> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
     // SAFETY: one pollfd in a local; zero timeout.
     Errno::result(unsafe { libc::poll(&raw mut p, 1, 0) })?;
-    Ok(p.revents & libc::POLLPRI != 0)
+    Ok(p.revents)
+}
+
+/// TIOCGDEV: the device number of the terminal behind `fd` (also behind a
+/// /dev/tty fd, whatever the caller's controlling terminal is now).
+pub fn device(fd: BorrowedFd) -> Result<u64, Errno> {
+    const TIOCGDEV: libc::Ioctl = 0x8004_5432;
+    let v: libc::c_uint = ioctl_get(fd, TIOCGDEV)?;
+    // The kernel's new_encode_dev: minor low 8 bits and bits 20-31, major 8-19.
+    let (major, minor) = ((v >> 8) & 0xfff, (v & 0xff) | ((v >> 12) & 0xfff00));
+    Ok(libc::makedev(major, minor))
 }
 
 /// read(2) that returns `Ok(None)` for EAGAIN.

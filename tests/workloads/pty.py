@@ -13,6 +13,8 @@ The process (a session leader without a terminal) opens two pairs:
      process group of its own, the terminal's foreground group, and holds /dev/tty.
   B: raw (cfmakeraw), master in packet mode, window 5x7. Unread: bytes with NUL,
      ^C, ^Q and 0xff written to the master; "pkt-out" written to the slave.
+Two more masters: C, whose slave was never opened (reading it gives EAGAIN), and D,
+whose slave was opened and closed again (EIO); they must read so after a restore.
 Writes DIR/ready (with the pair names and the session's pids in DIR/ptys), prints a
 counter every 0.05 s; on SIGUSR1 checks: same /dev/pts names, termios, window sizes,
 packet mode; each queue holds exactly what it held (complete lines read as lines,
@@ -88,6 +90,32 @@ for _ in range(200):
         break
     time.sleep(0.01)
 
+# C: a pair whose slave was never opened (its master reads EAGAIN); D: one whose
+# slave was opened and closed again (its master reads EIO).
+TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430
+
+
+def new_master():
+    m = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    fcntl.ioctl(m, TIOCSPTLCK, struct.pack("i", 0))
+    return m, "/dev/pts/%d" % struct.unpack("i", fcntl.ioctl(m, TIOCGPTN, b"\0" * 4))[0]
+
+
+def master_reads(m):
+    try:
+        os.read(m, 16)
+        return "data"
+    except BlockingIOError:
+        return "EAGAIN"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+mc, name_c = new_master()
+md, name_d = new_master()
+os.close(os.open(name_d, os.O_RDWR | os.O_NOCTTY))
+reads_before = (master_reads(mc), master_reads(md))
+
 # Data nobody reads yet.
 os.write(ma, b"hello\nlit\x16\x7fx\neof-line\x04part")
 os.write(sa, b"out-data\n")
@@ -124,6 +152,11 @@ def check_names_and_modes():
     c.chk("packet mode B", struct.unpack("i", fcntl.ioctl(mb, TIOCGPKT, b"\0" * 4))[0], 1)
 
 
+def check_unopened_and_closed_slaves():
+    c.chk("reads before the dump (setup)", reads_before, ("EAGAIN", "EIO"))
+    c.chk("master of a never-opened slave / of a closed slave", (master_reads(mc), master_reads(md)), reads_before)
+
+
 def check_queues():
     # Complete lines one read each; the unfinished one stays unfinished.
     c.chk("A input lines", read_all(sa), [b"hello\n", b"lit\x7fx\n", b"eof-line"])
@@ -152,7 +185,7 @@ def check_session():
     c.chk("written through /dev/tty", read_all(ma), [b"via-dev-tty\r\n"])
 
 
-wlcommon.run_checks([check_names_and_modes, check_queues, check_session], c.problems)
+wlcommon.run_checks([check_names_and_modes, check_queues, check_session, check_unopened_and_closed_slaves], c.problems)
 for p in (job, leader):
     try:
         os.kill(p, signal.SIGKILL)
