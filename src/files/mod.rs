@@ -9,6 +9,7 @@ pub mod memfd;
 pub mod ghost;
 pub mod locks;
 pub mod identity;
+mod pidfd;
 mod pipe;
 mod procfile;
 mod reg;
@@ -164,7 +165,14 @@ impl FileTable {
                 return Err(Error::sys(format!("pid {pid} fd {}: kcmp", info.fd), e));
             }
             let id = match found {
-                Ok(i) if group[i].0 != pid && matches!(self.entries[group[i].2 as usize - 1].kind, Some(Kind::Pidfd(_)) | Some(Kind::Proc(_))) => {
+                // (Opened again by the task that holds it: not shareable.)
+                Ok(i) if group[i].0 != pid
+                    && match &self.entries[group[i].2 as usize - 1].kind {
+                        Some(Kind::Pidfd(p)) => !pidfd::made_by_crtool(p),
+                        Some(Kind::Proc(_)) => true,
+                        _ => false,
+                    } =>
+                {
                     let what = if matches!(self.entries[group[i].2 as usize - 1].kind, Some(Kind::Pidfd(_))) { "pidfd" } else { "file of /proc" };
                     return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("{what} {} shared with process {}", info.link, group[i].0), hint: Some("an open description of this kind shared by several processes is not supported yet") });
                 }
@@ -187,19 +195,7 @@ impl FileTable {
                             let inode = self.memfds.record(pid, &format!("pid {pid} fd {} ({})", info.fd, info.link), name, &f)?;
                             Kind::Memfd(pb::MemfdFile { inode, flags: info.flags & !(libc::O_CLOEXEC as u32), pos: info.pos })
                         }
-                        _ if info.link == "anon_inode:[pidfd]" => {
-                            let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", dup.as_raw_fd())).map_err(|e| Error::proc(pid, format!("fdinfo/{}", info.fd), e))?;
-                            let target = text.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|v| v.trim().parse::<i32>().ok()).unwrap_or(-1);
-                            let refuse = |why: String| Error::Unsupported { pid, fd: Some(info.fd), what: format!("pidfd {why}"), hint: Some("pidfds of processes of the dumped tree are supported") };
-                            if target <= 0 {
-                                return Err(refuse("of a process that has exited and was reaped".into()));
-                            }
-                            if pid == std::process::id() as i32 {
-                                return Err(refuse("in flight in a queued message".into()));
-                            }
-                            let v = vpid(target).ok_or_else(|| refuse(format!("of pid {target}, outside the dumped tree")))?;
-                            Kind::Pidfd(pb::PidFd { pid: v, flags: info.flags & !(libc::O_CLOEXEC as u32) })
-                        }
+                        _ if info.link == "anon_inode:[pidfd]" => pidfd::dump(pid, info, dup, vpid)?,
                         _ if info.link == "anon_inode:[fanotify]" => fanotify::dump(pid, info, dup)?,
                         _ if event::handles(&info.link) => {
                             let (k, w) = event::dump(pid, info, dup)?;
@@ -444,19 +440,6 @@ fn owner_of(pid: i32, info: &FdInfo, dup: &OwnedFd, vpid: &dyn Fn(i32) -> Option
     Ok((Some(pb::FileOwner { r#type: ty, pid: v }), signum))
 }
 
-/// A pidfd of process `p.pid` of the tree, opened by the task that holds it (in the
-/// tree's PID namespace). Tasks are forked while others install their fds: a
-/// process not forked yet is waited for (briefly; none waits on this one).
-fn open_pidfd(p: &pb::PidFd) -> std::io::Result<OwnedFd> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match crate::sys::process::pidfd_open_flags(p.pid, (p.flags & libc::O_NONBLOCK as u32) as u32) {
-            Err(nix::errno::Errno::ESRCH) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
-            r => return r.map_err(std::io::Error::from),
-        }
-    }
-}
-
 /// What crtool opens the files it makes itself through (before the tree forks):
 /// pipes and FIFOs, unix sockets, memfds, ghost files.
 struct Sources<'s, 'p> {
@@ -486,7 +469,7 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         (Kind::Reg(r), _) => reg::RegFileKind(r.clone()).open(),
         (Kind::Chr(c), _) => chr::ChrDevKind(c.clone()).open(),
         (Kind::Tty(t), _) => chr::open_terminal(t),
-        (Kind::Pidfd(p), _) => open_pidfd(p),
+        (Kind::Pidfd(p), _) => pidfd::open(p),
         (Kind::Proc(p), _) => procfile::open(p),
         (Kind::Fanotify(f), _) => fanotify::open(f),
         (Kind::Pipe(p), Some(s)) => s.pipe_ends.open_end(p),
@@ -576,7 +559,7 @@ impl Parked {
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;

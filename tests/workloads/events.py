@@ -10,7 +10,8 @@ CLOCK_MONOTONIC timerfd (0.5 s) and a CLOCK_REALTIME timerfd armed with
 TFD_TIMER_ABSTIME 100 s ahead, and an epoll instance watching a pipe with bytes in
 it (EPOLLIN | EPOLLET, not yet reported), the second eventfd (EPOLLIN, data 0x1234),
 a socket (EPOLLOUT) and another epoll (nested) that watches the signalfd. A forked
-child shares the first eventfd. Writes DIR/ready, prints a counter every 0.05 s; on
+child shares the first eventfd; pidfds of that child, of itself (non-blocking) and
+of a child that exited and was reaped (non-blocking). Writes DIR/ready, prints a counter every 0.05 s; on
 SIGUSR1 checks it all, writes PASS or FAIL: why to DIR/result and exits.
 With closed-target, the epoll also watches a dup of the pipe's read end that was
 closed since (the watch stays while the file lives): crtool refuses that.
@@ -127,6 +128,14 @@ if child == 0:
 # pidfds of the child and of itself.
 pfd_child = os.pidfd_open(child)
 pfd_self = os.pidfd_open(os.getpid(), os.O_NONBLOCK)
+# A pidfd of a child that has exited and was reaped.
+gone = os.fork()
+if gone == 0:
+    signal.pause()
+    os._exit(0)
+pfd_gone = os.pidfd_open(gone, os.O_NONBLOCK)
+os.kill(gone, signal.SIGKILL)
+os.waitpid(gone, 0)
 
 wlcommon.ready_then_count(d)
 
@@ -194,6 +203,12 @@ def check():
     pid_of = lambda fd: int([l for l in open("/proc/self/fdinfo/%d" % fd).read().splitlines() if l.startswith("Pid:")][0].split()[1])
     chk("pidfd of the child", pid_of(pfd_child), child)
     chk("pidfd of itself", (pid_of(pfd_self), os.get_blocking(pfd_self)), (os.getpid(), False))
+    chk("pidfd of a reaped child", (pid_of(pfd_gone), os.get_blocking(pfd_gone), select.select([pfd_gone], [], [], 0)[0]), (-1, False, [pfd_gone]))
+    try:
+        signal.pidfd_send_signal(pfd_gone, 0)
+        problems.append("signalling the reaped child's pidfd worked")
+    except ProcessLookupError:
+        pass
     chk("the child's pidfd before it dies", select.select([pfd_child], [], [], 0)[0], [])
     signal.pidfd_send_signal(pfd_child, signal.SIGKILL)
     chk("the child's pidfd once it died", select.select([pfd_child], [], [], 5)[0], [pfd_child])
