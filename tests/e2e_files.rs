@@ -62,6 +62,13 @@ wait_until nonempty "{result}" || fail "hold.py wrote no result after SIGUSR1: $
 
 // ------------------------------------------------------------------ names and sizes
 
+/// Open flags only open(2) sets (O_DIRECT, O_NOATIME, O_APPEND) and a file of
+/// another filesystem (tmpfs, /dev/shm) at an offset come back as they were.
+#[test]
+fn open_flags_and_tmpfs_files_come_back() {
+    roundtrip("open-flags", Creds::User, "", "open-flags", "$T/ready", "$T/result", "");
+}
+
 /// Files of /proc: a child's /proc/PID/stat and /proc/PID directory, /proc/self/
 /// status at an offset, /proc/meminfo: reopened by the task once its child exists,
 /// naming the same pids and files, at their offsets.

@@ -24,6 +24,8 @@ Resources crtool refuses to dump (each in the process, or where said in a thread
   cwd DIR2         its working directory DIR2 (the test removes it)
   map FILE         FILE mapped MAP_PRIVATE read-only (the test may remove or change it)
 Resources crtool must dump and restore:
+  open-flags       DIR/flags.dat open O_RDWR|O_DIRECT|O_NOATIME|O_APPEND, and a file
+                   of /dev/shm (tmpfs) open at offset 6
   proc-child-stat  fds on /proc/CHILD/stat of a child it forked, on its /proc/CHILD
                    directory, on /proc/self/status (read up to offset 10) and on
                    /proc/meminfo: on SIGUSR1 they still name and read the same
@@ -205,6 +207,26 @@ elif what == "proc-child-stat":
             return "/proc/meminfo reads something else"
         return None
     check.append(proc_check)
+elif what == "open-flags":
+    path = os.path.join(dir_, "flags.dat")
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 8192)
+    want = os.O_DIRECT | os.O_NOATIME | os.O_APPEND
+    ffd = os.open(path, os.O_RDWR | want)
+    shm = "/dev/shm/crtool-hold-%d" % os.getpid()
+    with open(shm, "wb") as fh:
+        fh.write(b"tmpfs data")
+    sfd = os.open(shm, os.O_RDONLY)
+    os.lseek(sfd, 6, os.SEEK_SET)
+    def flags_check():
+        got = fcntl.fcntl(ffd, fcntl.F_GETFL) & want
+        os.unlink(shm)
+        if got != want:
+            return "O_DIRECT|O_NOATIME|O_APPEND: got %o, want %o" % (got, want)
+        if os.read(sfd, 4) != b"data":
+            return "the /dev/shm file is not at offset 6"
+        return None
+    check.append(flags_check)
 elif what == "proc-outside":
     fd = os.open("/proc/1/stat", os.O_RDONLY)
     write_file(os.path.join(dir_, "fd"), "%d\n" % fd)
