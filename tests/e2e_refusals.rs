@@ -220,3 +220,18 @@ fn dump_refuses_a_thread_keyring() {
     let id = s.read("keyring").trim().to_string();
     s.ensure(s.err("dump").contains(&id), || format!("the message does not name keyring {id}:\n{}", s.err("dump")));
 }
+
+/// A Linux AIO context (its ring mapping): refused naming it, with io_destroy as
+/// the way out.
+#[test]
+fn dump_refuses_an_aio_context() {
+    refused("aio", Creds::User, "", "aio", "", &["AIO context", "io_setup"]);
+}
+
+/// An io_uring instance: refused naming the fd.
+#[test]
+fn dump_refuses_an_io_uring_instance() {
+    let s = refused("io-uring", Creds::User, "", "io-uring", "", &["io_uring"]);
+    let fd = s.read("fd").trim().to_string();
+    s.ensure(s.err("dump").contains(&format!("fd {fd}")), || format!("the message does not name fd {fd}:\n{}", s.err("dump")));
+}

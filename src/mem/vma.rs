@@ -33,7 +33,11 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
             || matches!(&m.pathname, MMapPath::Other(n) if n == "vvar_vclock" || n == "[vvar_vclock]");
         // The kernel's own mappings come back from the restoring kernel as they are.
         let kept = if special { Ok(Vec::new()) } else { kept_flags(flag_line) };
-        let kept = kept.map_err(|f| unsupported(format!("mapping at {start:#x} has VmFlag {f:?} ({})", flag_meaning(f))))?;
+        let aio = matches!(&m.pathname, MMapPath::Path(p) if p.to_string_lossy().starts_with("/[aio]"));
+        let kept = kept.map_err(|f| match aio {
+            true => Error::Unsupported { pid, fd: None, what: format!("mapping at {start:#x} is the ring of an AIO context (io_setup(2))"), hint: Some("Linux AIO contexts are not supported (requests in flight cannot be seen); io_destroy it before the dump") },
+            false => unsupported(format!("mapping at {start:#x} has VmFlag {f:?} ({})", flag_meaning(f))),
+        })?;
         let mut v = pb::Vma { start, end, prot, pgoff: m.offset, growsdown, flags: kept, ..Default::default() };
         let kind = match &m.pathname {
             MMapPath::Vdso => VmaKind::VmaVdso,

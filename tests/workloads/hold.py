@@ -20,6 +20,8 @@ Resources crtool refuses to dump (each in the process, or where said in a thread
   mqueue           a POSIX message queue open (mq_open; unlinked on SIGUSR1)
   thread-keyring   a thread keyring (keyctl KEYCTL_GET_KEYRING_ID with create)
   proc-outside     an fd open on /proc/1/stat (a process outside the tree)
+  aio              a Linux AIO context (io_setup) with nothing in flight
+  io-uring         an idle io_uring instance (io_uring_setup)
   ns-net           an fd open on /proc/self/ns/net
   cwd DIR2         its working directory DIR2 (the test removes it)
   map FILE         FILE mapped MAP_PRIVATE read-only (the test may remove or change it)
@@ -227,6 +229,16 @@ elif what == "open-flags":
             return "the /dev/shm file is not at offset 6"
         return None
     check.append(flags_check)
+elif what == "aio":
+    ctx = ctypes.c_ulong(0)
+    if libc.syscall(206, 8, ctypes.byref(ctx)) != 0:  # io_setup
+        fail("io_setup")
+elif what == "io-uring":
+    params = (ctypes.c_char * 120)()
+    ring = libc.syscall(425, 4, params)  # io_uring_setup
+    if ring < 0:
+        fail("io_uring_setup")
+    write_file(os.path.join(dir_, "fd"), "%d\n" % ring)
 elif what == "proc-outside":
     fd = os.open("/proc/1/stat", os.O_RDONLY)
     write_file(os.path.join(dir_, "fd"), "%d\n" % fd)
