@@ -77,6 +77,11 @@ enum Cmd {
         /// and removes. Without it such a file is refused.
         #[arg(long)]
         link_remap: bool,
+        /// Dump established TCP connections (TCP_REPAIR), locking the network for
+        /// them (nftables) until they are restored. Without it an established
+        /// connection is refused.
+        #[arg(long)]
+        tcp_established: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -120,6 +125,10 @@ enum Cmd {
         /// Accepted for CRIU compatibility (locks in the images are always taken).
         #[arg(long)]
         file_locks: bool,
+        /// Accepted for CRIU compatibility (connections in the images are always
+        /// restored, and their network lock removed).
+        #[arg(long)]
+        tcp_established: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -173,9 +182,6 @@ enum Cmd {
 #[derive(Args)]
 #[command(next_help_heading = "CRIU options not supported yet")]
 struct DumpNotYet {
-    /// Established TCP connections (not supported yet).
-    #[arg(long)]
-    tcp_established: bool,
     /// Incremental dumps with soft-dirty tracking (not supported yet).
     #[arg(long)]
     track_mem: bool,
@@ -199,7 +205,6 @@ struct DumpNotYet {
 impl DumpNotYet {
     fn used(&self) -> Option<&'static str> {
         [
-            (self.tcp_established, "--tcp-established"),
             (self.track_mem, "--track-mem"),
             (self.prev_images_dir.is_some(), "--prev-images-dir"),
             (self.page_server, "--page-server"),
@@ -216,9 +221,6 @@ impl DumpNotYet {
 #[derive(Args)]
 #[command(next_help_heading = "CRIU options not supported yet")]
 struct RestoreNotYet {
-    /// Established TCP connections (not supported yet).
-    #[arg(long)]
-    tcp_established: bool,
     /// cgroup handling (not supported yet).
     #[arg(long, num_args = 0..=1)]
     manage_cgroups: Option<Option<String>>,
@@ -236,7 +238,6 @@ struct RestoreNotYet {
 impl RestoreNotYet {
     fn used(&self) -> Option<&'static str> {
         [
-            (self.tcp_established, "--tcp-established"),
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
             (self.lazy_pages, "--lazy-pages"),
             (self.root.is_some(), "--root"),
@@ -343,7 +344,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
@@ -352,7 +353,7 @@ fn run() -> Result<i32> {
             for e in &external {
                 parse_pipe(e).with_context(|| format!("--external {e}"))?;
             }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap };
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",
@@ -368,7 +369,7 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             let mut inherit_socks = std::collections::BTreeMap::new();

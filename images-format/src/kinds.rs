@@ -32,6 +32,8 @@ pub enum ImageKind {
     GhostData,
     /// Pseudo-terminal pairs (tty.img).
     Tty,
+    /// Inet sockets (inetsk.img).
+    InetSk,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -41,7 +43,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk]
     }
 
     fn number(self) -> u32 {
@@ -65,6 +67,7 @@ impl ImageKind {
             Self::Ghost => 42,
             Self::GhostData => 43,
             Self::Tty => 50,
+            Self::InetSk => 22,
         }
     }
 
@@ -100,12 +103,13 @@ impl ImageKind {
             Self::Ghost => "ghost",
             Self::GhostData => "ghostdata",
             Self::Tty => "tty",
+            Self::InetSk => "inetsk",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -165,6 +169,7 @@ impl ImageKind {
             Self::Ghost => "crtool.GhostFile",
             Self::GhostData => "crtool.GhostChunk",
             Self::Tty => "crtool.PtyPair",
+            Self::InetSk => "crtool.InetSocket",
             Self::Pages => return None,
         })
     }

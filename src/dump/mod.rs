@@ -33,6 +33,8 @@ pub struct DumpOpts {
     pub ghost_limit: u64,
     /// Deleted files with another name go by a hard link (--link-remap).
     pub link_remap: bool,
+    /// Established TCP connections are dumped (--tcp-established).
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +133,8 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     ctx.files.ghosts.limit = opts.ghost_limit;
     ctx.files.ghosts.link_remap = opts.link_remap;
     ctx.files.ghosts.link_tag = crate::files::ghost::link_tag(&opts.dir);
+    ctx.files.inet.tcp_established = opts.tcp_established;
+    ctx.files.inet.lock_tag = ctx.files.ghosts.link_tag.clone();
     ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
@@ -145,6 +149,11 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     match result {
         Ok(()) => {
             let kill = !opts.leave_running;
+            if !kill {
+                // The connections run on (killed, they close silently in repair
+                // mode, and the lock stays until the restore).
+                ctx.files.inet.release();
+            }
             let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
             release(frozen, kill)?;
             ctx.stats.frozen = t0.elapsed();
@@ -160,8 +169,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             Ok(ctx.stats)
         }
         Err(e) => {
-            // Nothing of the dump stays: the links it made go too.
+            // Nothing of the dump stays: the links it made go too, connections
+            // leave repair mode and the network lock goes.
             ctx.files.ghosts.remove_links();
+            ctx.files.inet.release();
             // Every task goes back exactly as it was and runs on.
             if let Err(r) = release(frozen, false) {
                 log::error!("releasing the tree after a failed dump: {r}");
@@ -316,6 +327,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let sockets = ctx.files.finish_sockets(&|outer| vpids.get(&outer).copied(), ctx.opts.ext_unix_sk, tree.new_pid_ns)?;
     ctx.files.ptys.check_outside(&tree.procs.iter().map(|p| p.pid).collect())?;
     let ptys = ctx.files.ptys.finish(&|outer| vpids.get(&outer).copied())?;
+    let inet = ctx.files.inet.finish()?;
     check_terminal_sessions(&ptys, &entries, root)?;
     if ctx.opts.file_locks {
         let pids: Vec<i32> = tree.procs.iter().map(|p| p.pid).collect();
@@ -341,6 +353,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     ctx.manifest.push(write_entries(dir, ImageKind::GhostData, 0, &ctx.files.ghosts.chunks)?);
     ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
     ctx.manifest.push(write_entries(dir, ImageKind::Tty, 0, &ptys)?);
+    ctx.manifest.push(write_entries(dir, ImageKind::InetSk, 0, &inet)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -5,6 +5,7 @@
 mod chr;
 mod event;
 mod fanotify;
+pub mod inet;
 pub mod memfd;
 pub mod ghost;
 pub mod locks;
@@ -136,6 +137,8 @@ pub struct FileTable {
     pub ghosts: ghost::GhostTable,
     /// The pseudo-terminal pairs whose master the tree holds.
     pub ptys: tty::PtyTable,
+    /// The inet sockets of the tree.
+    pub inet: inet::InetTable,
     /// The memfds of the tree (open or mapped).
     pub memfds: memfd::MemfdTable,
     /// Every lock recorded so far, with the "maj:min:ino" it is on.
@@ -215,6 +218,10 @@ impl FileTable {
                             Some(k) => k,
                             None => chr::ChrDevKind::dump_tty(pid, info, dup, &st, self.shell_job)?,
                         },
+                        SFlag::S_IFSOCK if matches!(crate::sys::sock::get_int(std::os::fd::AsFd::as_fd(dup), libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6)) => {
+                            self.inet.add(pid, info.fd, dup, st.st_ino)?;
+                            Kind::Inet(pb::InetFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
+                        }
                         SFlag::S_IFSOCK => {
                             self.unix.add(pid, info.fd, &info.link, dup, st.st_ino)?;
                             Kind::Unix(pb::UnixFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
@@ -346,11 +353,11 @@ impl FileTable {
     /// peeks) and again for sockets found in flight.
     pub fn check_outside_sockets(&self, tree: &std::collections::BTreeSet<i32>) -> Result<()> {
         let sockets: std::collections::BTreeSet<String> =
-            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), _ => None }).collect();
+            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), Some(Kind::Inet(i)) => Some(format!("socket:[{}]", i.ino)), _ => None }).collect();
         if !sockets.is_empty() {
             let outside = pipe::outside_holders(tree, &sockets);
             if let Some((k, &(opid, ofd))) = outside.iter().next() {
-                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
+                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k) || matches!(&e.kind, Some(Kind::Inet(i)) if format!("socket:[{}]", i.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
                 let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
                 return Err(Error::Unsupported {
                     pid,
@@ -448,6 +455,7 @@ struct Sources<'s, 'p> {
     memfds: &'s memfd::MemfdObjects,
     ghosts: &'s ghost::Ghosts,
     ptys: &'s tty::Ptys,
+    inet: Option<&'s inet::Restorer>,
 }
 
 /// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
@@ -462,6 +470,10 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         }
         (Kind::Memfd(m), Some(s)) => s.memfds.open(m),
         (Kind::Pty(p), Some(s)) => s.ptys.open(p),
+        (Kind::Inet(i), Some(s)) => {
+            let r = s.inet.ok_or_else(|| Error::BadImage { file: "inetsk.img".into(), msg: format!("socket:[{}] of file {} is missing", i.ino, f.id) })?;
+            r.open(i.ino).and_then(|fd| fd::set_status_flags(&fd, i.flags).map(|()| fd))
+        }
         (Kind::Unix(u), Some(s)) => {
             let r = s.unix.ok_or_else(|| Error::BadImage { file: "unixsk.img".into(), msg: format!("socket:[{}] of file {} is missing", u.ino, f.id) })?;
             r.open(u.ino).and_then(|fd| fd::set_status_flags(&fd, u.flags).map(|()| fd))
@@ -506,6 +518,8 @@ pub struct Parked {
     async_by: BTreeMap<u32, i32>,
     /// The unix sockets, until their queues and states are restored.
     unix: Option<unix::Restorer>,
+    /// The inet sockets, until their connections are let go.
+    inet: Option<inet::Restorer>,
     /// The restore succeeded: dropping keeps the socket files (see `Drop`).
     pub restored: bool,
     /// crtool's pid (where dropping may remove files).
@@ -540,6 +554,7 @@ impl Parked {
         ghosts: &ghost::Ghosts,
         ptys: &tty::Ptys,
         pty_pairs: &[pb::PtyPair],
+        inet_sockets: &[pb::InetSocket],
     ) -> Result<Parked> {
         let async_by = files
             .iter()
@@ -547,6 +562,7 @@ impl Parked {
             .filter_map(|f| users.get(&f.id).map(|&(_, first)| (f.id, first)))
             .collect();
         let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks, exact_pids).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
+        let inet = if inet_sockets.is_empty() { None } else { Some(inet::Restorer::create(inet_sockets).map_err(|e| Error::Reported(format!("cannot restore inet sockets: {e}")))?) };
         let epolls = files
             .iter()
             .filter_map(|f| match &f.kind {
@@ -554,17 +570,17 @@ impl Parked {
                 _ => None,
             })
             .collect();
-        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, restored: false, epolls, owner: std::process::id(), ctty: BTreeMap::new() };
+        let mut parked = Parked { by_id: BTreeMap::new(), keepers: Vec::new(), private: BTreeMap::new(), park_at, async_by, unix, inet, restored: false, epolls, owner: std::process::id(), ctty: BTreeMap::new() };
         let in_flight: std::collections::BTreeSet<u32> = packets.iter().flat_map(|p| p.fds.iter().copied()).collect();
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys }))?;
+            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys, inet: parked.inet.as_ref() }))?;
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         ptys.seal()?;
@@ -599,6 +615,13 @@ impl Parked {
         let Some(u) = self.unix.as_mut() else { return Ok(()) };
         let by_id = &self.by_id;
         u.finish(packets, &|id| by_id.get(&id).copied(), outer).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))
+    }
+
+    /// Lets the restored TCP connections go (out of repair mode) and removes the
+    /// network lock, once every task exists.
+    pub fn finish_inet(&mut self) -> Result<()> {
+        let Some(i) = self.inet.as_mut() else { return Ok(()) };
+        i.finish().map_err(|e| Error::Reported(format!("cannot restore inet sockets: {e}")))
     }
 
     /// Removes the socket files restore bound (after a failed restore).
@@ -744,7 +767,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -760,6 +783,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Pty(p) => p.flags,
         Kind::Proc(p) => p.flags,
         Kind::Fanotify(_) => 0, // (fanotify files have no O_ASYNC)
+        Kind::Inet(i) => i.flags,
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -777,6 +801,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Pidfd(p) => format!("pidfd of pid {}", p.pid),
         Kind::Proc(p) => p.path.clone(),
         Kind::Fanotify(f) => fanotify::describe(f),
+        Kind::Inet(i) => format!("socket:[{}] (inet)", i.ino),
         Kind::Pty(p) => match p.role() {
             pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
             _ => format!("{} (/dev/pts/{})", p.path, p.index),

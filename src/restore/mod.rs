@@ -71,6 +71,8 @@ pub struct TreeImages {
     pub ghost_chunks: Vec<pb::GhostChunk>,
     /// Pseudo-terminal pairs (tty.img), in index order.
     pub ptys: Vec<pb::PtyPair>,
+    /// Inet sockets (inetsk.img).
+    pub inet: Vec<pb::InetSocket>,
 }
 
 impl TreeImages {
@@ -154,7 +156,8 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     let ghosts = if optional(ImageKind::Ghost) { read_entries(dir, ImageKind::Ghost, 0)? } else { Vec::new() };
     let ghost_chunks = if optional(ImageKind::GhostData) { read_entries(dir, ImageKind::GhostData, 0)? } else { Vec::new() };
     let ptys = if optional(ImageKind::Tty) { read_entries(dir, ImageKind::Tty, 0)? } else { Vec::new() };
-    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys })
+    let inet = if optional(ImageKind::InetSk) { read_entries(dir, ImageKind::InetSk, 0)? } else { Vec::new() };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys, inet })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
@@ -174,6 +177,8 @@ fn from_outside(imgs: &TreeImages, parked: &mut Parked, shmem: &ShmemObjects, su
         let threads = t.core.threads.iter().map(|th| sup.outer_pid(th.tid as i32).map(|o| (o, th)).ok_or_else(|| missing(th.tid as i32))).collect::<Result<Vec<_>>>()?;
         task::apply_from_outside(&t.core, pid, &threads)?;
     }
+    // Last: the TCP connections go live (out of repair mode, network unlocked).
+    parked.finish_inet()?;
     Ok(())
 }
 
@@ -256,7 +261,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let memfds = crate::files::memfd::MemfdObjects::create(&imgs.memfds, &imgs.memfd_chunks)?;
     let ghosts = crate::files::ghost::Ghosts::create(&imgs.ghosts, &imgs.ghost_chunks)?;
     let ptys = crate::files::tty::Ptys::create(&imgs.ptys, &imgs.files)?;
-    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts, &ptys, &imgs.ptys)?;
+    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts, &ptys, &imgs.ptys, &imgs.inet)?;
     drop(ptys);
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();

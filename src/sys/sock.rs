@@ -54,3 +54,114 @@ pub fn peer_groups(fd: BorrowedFd) -> Result<Vec<u32>, Errno> {
         }
     }
 }
+
+/// getsockopt(fd, level, opt) into a buffer of `max` bytes: the bytes the kernel
+/// wrote.
+pub fn get_raw(fd: BorrowedFd, level: i32, opt: i32, max: usize) -> Result<Vec<u8>, Errno> {
+    let mut v = vec![0u8; max];
+    let mut len = max as libc::socklen_t;
+    // SAFETY: `v` has room for `len` bytes; the kernel writes at most that.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, v.as_mut_ptr().cast(), &mut len) };
+    Errno::result(r)?;
+    v.truncate(len as usize);
+    Ok(v)
+}
+
+/// setsockopt(fd, level, opt, bytes).
+pub fn set_raw(fd: BorrowedFd, level: i32, opt: i32, v: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `v` is valid for reads of its length.
+    let r = unsafe { libc::setsockopt(fd.as_raw_fd(), level, opt, v.as_ptr().cast(), v.len() as libc::socklen_t) };
+    Errno::result(r).map(drop)
+}
+
+/// An `int` socket option at `level`.
+pub fn get_int_at(fd: BorrowedFd, level: i32, opt: i32) -> Result<i32, Errno> {
+    let v = get_raw(fd, level, opt, 4)?;
+    Ok(i32::from_ne_bytes([v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0), v.get(3).copied().unwrap_or(0)]))
+}
+
+/// Sets an `int` socket option at `level`.
+pub fn set_int_at(fd: BorrowedFd, level: i32, opt: i32, v: i32) -> Result<(), Errno> {
+    set_raw(fd, level, opt, &v.to_ne_bytes())
+}
+
+/// ioctl SIOCINQ / SIOCOUTQ / SIOCOUTQNSD (tcp(7)): unread bytes, unacknowledged
+/// plus unsent bytes, unsent bytes.
+pub fn queue_len(fd: BorrowedFd, which: libc::Ioctl) -> Result<usize, Errno> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: these ioctls write one int.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), which, &mut n) })?;
+    Ok(n as usize)
+}
+
+pub const SIOCINQ: libc::Ioctl = libc::FIONREAD;
+pub const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
+pub const SIOCOUTQNSD: libc::Ioctl = 0x894B;
+
+/// The socket's own address (getsockname) and its peer's (getpeername, `None` if
+/// not connected), as raw sockaddr bytes.
+pub fn names(fd: BorrowedFd) -> Result<(Vec<u8>, Option<Vec<u8>>), Errno> {
+    let get = |peer: bool| -> Result<Vec<u8>, Errno> {
+        let mut ss = [0u8; std::mem::size_of::<libc::sockaddr_storage>()];
+        let mut len = ss.len() as libc::socklen_t;
+        // SAFETY: `ss` has room for `len` bytes of address.
+        let r = unsafe {
+            if peer { libc::getpeername(fd.as_raw_fd(), ss.as_mut_ptr().cast(), &mut len) } else { libc::getsockname(fd.as_raw_fd(), ss.as_mut_ptr().cast(), &mut len) }
+        };
+        Errno::result(r)?;
+        Ok(ss[..len as usize].to_vec())
+    };
+    let me = get(false)?;
+    let peer = match get(true) {
+        Ok(p) => Some(p),
+        Err(Errno::ENOTCONN) => None,
+        Err(e) => return Err(e),
+    };
+    Ok((me, peer))
+}
+
+/// bind(2) or connect(2) to raw sockaddr bytes.
+pub fn bind_raw(fd: BorrowedFd, addr: &[u8], connect: bool) -> Result<(), Errno> {
+    // SAFETY: `addr` holds a sockaddr of its length.
+    let r = unsafe {
+        if connect { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) } else { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as libc::socklen_t) }
+    };
+    Errno::result(r).map(drop)
+}
+
+/// socket(domain, type | SOCK_CLOEXEC, protocol).
+pub fn socket(domain: i32, ty: i32, protocol: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let r = Errno::result(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) })?;
+    // SAFETY: as above.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
+}
+
+/// listen(2).
+pub fn listen(fd: BorrowedFd, backlog: i32) -> Result<(), Errno> {
+    // SAFETY: plain syscall.
+    Errno::result(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+/// recv(fd, MSG_PEEK | MSG_DONTWAIT) of up to `len` bytes (in TCP repair mode, of
+/// the queue TCP_REPAIR_QUEUE selects).
+pub fn peek(fd: BorrowedFd, len: usize) -> Result<Vec<u8>, Errno> {
+    let mut v = vec![0u8; len];
+    // SAFETY: `v` has room for `len` bytes.
+    let n = Errno::result(unsafe { libc::recv(fd.as_raw_fd(), v.as_mut_ptr().cast(), len, libc::MSG_PEEK | libc::MSG_DONTWAIT) })?;
+    v.truncate(n as usize);
+    Ok(v)
+}
+
+/// send(fd, data) until all is sent (in TCP repair mode, into the queue selected).
+pub fn send_all(fd: BorrowedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = Errno::result(unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) })?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}

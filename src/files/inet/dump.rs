@@ -1,0 +1,137 @@
+//! Dumping inet sockets.
+
+use super::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, lock, opts, repair, state_text};
+use crate::error::{Error, Result};
+use crate::sys::sock;
+use images_format::pb;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+
+struct Held {
+    pid: i32,
+    fd: i32,
+    dup: OwnedFd,
+    sock: pb::InetSocket,
+}
+
+/// The inet sockets of the tree, while it is dumped.
+#[derive(Default)]
+pub struct InetTable {
+    socks: BTreeMap<u64, Held>,
+    /// --tcp-established: established connections are dumped (else refused).
+    pub tcp_established: bool,
+    /// Names the network lock's table (see `lock`).
+    pub lock_tag: String,
+    /// Connections put into repair mode, and the lock taken, by this dump.
+    repaired: Vec<u64>,
+    locked: Option<String>,
+}
+
+fn refuse(pid: i32, fd: i32, what: String, hint: &'static str) -> Error {
+    Error::Unsupported { pid, fd: Some(fd), what, hint: Some(hint) }
+}
+
+impl InetTable {
+    /// Describes inet socket `dup` (fd `fd` of `pid`, inode `ino`); refuses what
+    /// restore could not rebuild.
+    pub fn add(&mut self, pid: i32, fd: i32, dup: &OwnedFd, ino: u64) -> Result<()> {
+        if self.socks.contains_key(&ino) {
+            return Ok(());
+        }
+        let f = dup.as_fd();
+        let sys = |what: &str, e: nix::errno::Errno| Error::sys(format!("pid {pid} fd {fd} (socket:[{ino}]): {what}"), e);
+        let family = sock::get_int(f, libc::SO_DOMAIN).map_err(|e| sys("SO_DOMAIN", e))?;
+        let ty = sock::get_int(f, libc::SO_TYPE).map_err(|e| sys("SO_TYPE", e))?;
+        let protocol = sock::get_int(f, libc::SO_PROTOCOL).map_err(|e| sys("SO_PROTOCOL", e))?;
+        if !matches!((ty, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
+            return Err(refuse(pid, fd, format!("inet socket:[{ino}] of type {ty}, protocol {protocol}"), "only TCP and UDP sockets are supported yet (not raw, ICMP, SCTP, ...)"));
+        }
+        let (local, peer) = sock::names(f).map_err(|e| sys("getsockname/getpeername", e))?;
+        let tcp = protocol == libc::IPPROTO_TCP;
+        let info = if tcp { sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 32).map_err(|e| sys("TCP_INFO", e))? } else { Vec::new() };
+        let word = |off: usize| u32::from_ne_bytes(info.get(off..off + 4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+        let state = if tcp { info.first().copied().unwrap_or(0) as u32 } else if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
+        let mut s = pb::InetSocket { ino, family: family as u32, r#type: ty as u32, protocol: protocol as u32, state, local, peer: peer.unwrap_or_default(), ..Default::default() };
+        let what = super::describe(&s);
+        if !matches!(sock::get_int(f, libc::SO_GET_FILTER), Ok(0)) {
+            return Err(refuse(pid, fd, format!("{what} has a socket filter attached (SO_ATTACH_FILTER)"), "socket filters are not supported"));
+        }
+        // (Reading SO_ERROR would clear it: a pending error shows in poll.)
+        if crate::sys::tty::poll_now(f, 0).map_err(|e| sys("poll", e))? & libc::POLLERR != 0 {
+            return Err(refuse(pid, fd, format!("{what} has a pending error"), "let the program read it first (SO_ERROR)"));
+        }
+        match (tcp, state) {
+            (true, TCP_LISTEN) => {
+                // TCP_INFO of a listener: tcpi_unacked is its accept queue,
+                // tcpi_sacked its backlog (tcp_get_info).
+                if word(24) > 0 {
+                    return Err(refuse(pid, fd, format!("{what} has {} connection(s) waiting to be accepted", word(24)), "connections not accepted yet are not supported yet; dump when the program has accepted them"));
+                }
+                s.backlog = word(28);
+            }
+            (true, TCP_CLOSE) => {}
+            (true, TCP_ESTABLISHED) if self.tcp_established => {}
+            (true, TCP_ESTABLISHED) => {
+                return Err(refuse(pid, fd, format!("{what} is an established TCP connection"), "dump with --tcp-established (and restore with it) to take established connections along"));
+            }
+            (true, st) => {
+                return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
+            }
+            (false, _) => {
+                if sock::queue_len(f, sock::SIOCINQ).map_err(|e| sys("SIOCINQ", e))? > 0 || sock::queue_len(f, sock::SIOCOUTQ).map_err(|e| sys("SIOCOUTQ", e))? > 0 {
+                    return Err(refuse(pid, fd, format!("{what} has datagrams queued"), "queued UDP datagrams are not supported yet; dump once the program has read them"));
+                }
+            }
+        }
+        let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
+        s.opts = opts::capture(f, fresh.as_fd(), family, protocol, state == TCP_ESTABLISHED);
+        let dup = dup.try_clone().map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
+        self.socks.insert(ino, Held { pid, fd, dup, sock: s });
+        Ok(())
+    }
+
+    /// Where socket `ino` was found: (pid, fd).
+    pub fn holder(&self, ino: u64) -> (i32, i32) {
+        self.socks.get(&ino).map_or((0, -1), |h| (h.pid, h.fd))
+    }
+
+    /// Every socket, established connections read through TCP_REPAIR behind the
+    /// network lock (in inode order). They stay in repair mode (and locked) until
+    /// the tree is killed (closing them then sends nothing) or `release`.
+    pub fn finish(&mut self) -> Result<Vec<pb::InetSocket>> {
+        let conns: Vec<&pb::InetSocket> = self.socks.values().map(|h| &h.sock).filter(|s| s.protocol as i32 == libc::IPPROTO_TCP && s.state == TCP_ESTABLISHED).collect();
+        if !conns.is_empty() {
+            let table = lock::table_name(&self.lock_tag);
+            let (pid, fd) = self.holder(conns[0].ino);
+            lock::lock(&table, &conns).map_err(|why| refuse(pid, fd, format!("cannot lock the network for the tree's TCP connections: {why}"), "install nftables (the nft command)"))?;
+            self.locked = Some(table);
+        }
+        let table = self.locked.clone().unwrap_or_default();
+        for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && h.sock.state == TCP_ESTABLISHED) {
+            let what = super::describe(&h.sock);
+            repair::enter(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: TCP_REPAIR", h.pid, h.fd), e))?;
+            self.repaired.push(h.sock.ino);
+            let mut c = repair::dump(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading it in repair mode", h.pid, h.fd), e))?;
+            c.lock_table = table.clone();
+            h.sock.tcp = Some(c);
+        }
+        Ok(self.socks.values().map(|h| h.sock.clone()).collect())
+    }
+
+    /// Lets the connections run on (the dump failed, or leaves the tree running):
+    /// out of repair mode without a window probe, and the lock removed.
+    pub fn release(&mut self) {
+        for ino in std::mem::take(&mut self.repaired) {
+            if let Some(h) = self.socks.get(&ino) {
+                if let Err(e) = repair::leave(h.dup.as_fd(), false) {
+                    log::error!("{}: leaving repair mode: {e}", super::describe(&h.sock));
+                }
+            }
+        }
+        if let Some(t) = self.locked.take() {
+            if let Err(e) = lock::unlock(&t) {
+                log::error!("removing the network lock {t}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! TCP_REPAIR (tcp(7); net/ipv4/tcp.c do_tcp_setsockopt): an established
+//! connection's state read without sending anything, and a socket put into that
+//! state without a handshake.
+
+use crate::sys::sock::{self, SIOCINQ, SIOCOUTQ, SIOCOUTQNSD};
+use images_format::pb;
+use nix::errno::Errno;
+use std::os::fd::BorrowedFd;
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_REPAIR_OPTIONS: i32 = 22;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+/// Leaves repair mode without a window probe.
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+/// tcp_info.tcpi_options bits.
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+fn tcp(fd: BorrowedFd, opt: i32, v: i32) -> Result<(), Errno> {
+    sock::set_int_at(fd, libc::IPPROTO_TCP, opt, v)
+}
+
+/// Puts the socket into repair mode (it sends nothing from now on, and closing it
+/// sends nothing either).
+pub fn enter(fd: BorrowedFd) -> Result<(), Errno> {
+    tcp(fd, TCP_REPAIR, 1)
+}
+
+/// Leaves repair mode; `probe`: with a window probe (restore), else silently
+/// (a dump letting the connection run on).
+pub fn leave(fd: BorrowedFd, probe: bool) -> Result<(), Errno> {
+    tcp(fd, TCP_REPAIR, if probe { 0 } else { TCP_REPAIR_OFF_NO_WP })
+}
+
+/// Reads the connection (in repair mode): queues with their sequence numbers,
+/// options, timestamp, window.
+pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
+    let inq = sock::queue_len(fd, SIOCINQ)?;
+    let outq = sock::queue_len(fd, SIOCOUTQ)?;
+    let unsent = sock::queue_len(fd, SIOCOUTQNSD)?;
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    let rcv_nxt = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+    let recv_queue = if inq > 0 { sock::peek(fd, inq)? } else { Vec::new() };
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    let write_seq = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+    let send_queue = if outq > 0 { sock::peek(fd, outq)? } else { Vec::new() };
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    if recv_queue.len() != inq || send_queue.len() != outq {
+        return Err(Errno::EAGAIN);
+    }
+    let info = sock::get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)?;
+    let (options, wscale) = (info.get(5).copied().unwrap_or(0), info.get(6).copied().unwrap_or(0));
+    let mss = sock::get_int_at(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)? as u32;
+    let timestamps = options & TCPI_OPT_TIMESTAMPS != 0;
+    let timestamp = if timestamps { sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_TIMESTAMP)? as u32 } else { 0 };
+    let w = sock::get_raw(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)?;
+    let word = |i: usize| u32::from_ne_bytes(w.get(4 * i..4 * i + 4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+    let ws = options & TCPI_OPT_WSCALE != 0;
+    Ok(pb::TcpConnection {
+        send_seq: write_seq.wrapping_sub(outq as u32),
+        recv_seq: rcv_nxt.wrapping_sub(inq as u32),
+        send_queue,
+        unsent: unsent as u32,
+        recv_queue,
+        mss,
+        snd_wscale: if ws { (wscale & 0xf) as u32 } else { 0 },
+        rcv_wscale: if ws { (wscale >> 4) as u32 } else { 0 },
+        sack: options & TCPI_OPT_SACK != 0,
+        timestamps,
+        timestamp,
+        snd_wl1: word(0),
+        snd_wnd: word(1),
+        max_window: word(2),
+        rcv_wnd: word(3),
+        rcv_wup: word(4),
+        lock_table: String::new(),
+        sndbuf: sock::get_int(fd, libc::SO_SNDBUF)? as u32,
+        rcvbuf: sock::get_int(fd, libc::SO_RCVBUF)? as u32,
+    })
+}
+
+/// Before bind and connect (in repair mode): where the queues start.
+pub fn set_seqs(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    tcp(fd, TCP_QUEUE_SEQ, c.recv_seq as i32)?;
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    tcp(fd, TCP_QUEUE_SEQ, c.send_seq as i32)?;
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+}
+
+/// After connect (in repair mode): the handshake's options, the timestamp clock,
+/// the queues' bytes (all of the send queue but what was not sent yet, which goes
+/// after repair mode as a normal send), then the window.
+pub fn fill(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
+    // Room for the queues: a new socket's buffers have not grown yet.
+    for (opt, force, had, queued) in [(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, c.sndbuf, c.send_queue.len()), (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, c.rcvbuf, c.recv_queue.len())] {
+        if queued > 0 && (sock::get_int(fd, opt)? as u32) < had {
+            sock::set_int(fd, force, (had / 2) as i32)?;
+        }
+    }
+    let mut opts: Vec<u8> = Vec::new();
+    let mut opt = |code: u32, val: u32| {
+        opts.extend_from_slice(&code.to_ne_bytes());
+        opts.extend_from_slice(&val.to_ne_bytes());
+    };
+    opt(TCPOPT_MSS, c.mss);
+    if c.snd_wscale != 0 || c.rcv_wscale != 0 {
+        opt(TCPOPT_WINDOW, c.snd_wscale | (c.rcv_wscale << 16));
+    }
+    if c.sack {
+        opt(TCPOPT_SACK_PERM, 0);
+    }
+    if c.timestamps {
+        opt(TCPOPT_TIMESTAMP, 0);
+    }
+    sock::set_raw(fd, libc::IPPROTO_TCP, TCP_REPAIR_OPTIONS, &opts)?;
+    if c.timestamps {
+        tcp(fd, TCP_TIMESTAMP, c.timestamp as i32)?;
+    }
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    sock::send_all(fd, &c.recv_queue)?;
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    let sent = c.send_queue.len().saturating_sub(c.unsent as usize);
+    sock::send_all(fd, &c.send_queue[..sent])?;
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    let mut w = Vec::new();
+    for v in [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, c.rcv_wup] {
+        w.extend_from_slice(&v.to_ne_bytes());
+    }
+    sock::set_raw(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w)
+}
+
+/// After repair mode: the bytes that had not been sent yet, sent now.
+pub fn send_unsent(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
+    let sent = c.send_queue.len().saturating_sub(c.unsent as usize);
+    sock::send_all(fd, &c.send_queue[sent..])
+}

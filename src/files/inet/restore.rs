@@ -1,0 +1,104 @@
+//! Making inet sockets again (in crtool, before the tree is forked).
+
+use super::{TCP_ESTABLISHED, TCP_LISTEN, opts, repair};
+use crate::sys::sock;
+use images_format::pb;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, OwnedFd};
+
+/// The tree's inet sockets, made again; established connections stay in repair
+/// mode until `finish` (or the lock is removed when this is dropped unfinished).
+pub struct Restorer {
+    socks: BTreeMap<u64, (OwnedFd, pb::InetSocket)>,
+    locks: BTreeSet<String>,
+    finished: bool,
+    /// crtool's pid (forked tasks carry a copy and must not remove the lock).
+    owner: u32,
+}
+
+/// Whether a raw sockaddr is the wildcard address with port 0 (never bound).
+fn unbound(a: &[u8]) -> bool {
+    super::parse_addr(a).is_none_or(|(ip, port)| port == 0 && ip.is_unspecified())
+}
+
+fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
+    let err = |what: &str, e: nix::errno::Errno| format!("{}: {what}: {e}", super::describe(s));
+    let fd = sock::socket(s.family as i32, s.r#type as i32, s.protocol as i32).map_err(|e| err("socket", e))?;
+    let f = fd.as_fd();
+    let conn = s.tcp.as_ref().filter(|_| s.protocol as i32 == libc::IPPROTO_TCP && s.state == TCP_ESTABLISHED);
+    if conn.is_some() {
+        repair::enter(f).map_err(|e| err("TCP_REPAIR", e))?;
+    }
+    opts::apply(f, &s.opts).map_err(|why| format!("{}: {why}", super::describe(s)))?;
+    if let Some(c) = conn {
+        repair::set_seqs(f, c).map_err(|e| err("TCP_QUEUE_SEQ", e))?;
+        sock::bind_raw(f, &s.local, false).map_err(|e| err("bind", e))?;
+        sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect (repair mode)", e))?;
+        repair::fill(f, c).map_err(|e| err("refilling the connection (repair mode)", e))?;
+        return Ok(fd);
+    }
+    if !unbound(&s.local) {
+        sock::bind_raw(f, &s.local, false).map_err(|e| err(&format!("bind to {}", super::addr_text(&s.local)), e))?;
+    }
+    if s.state == TCP_LISTEN {
+        sock::listen(f, s.backlog as i32).map_err(|e| err("listen", e))?;
+    }
+    if s.protocol as i32 == libc::IPPROTO_UDP && !s.peer.is_empty() {
+        sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect", e))?;
+    }
+    Ok(fd)
+}
+
+impl Restorer {
+    pub fn create(sockets: &[pb::InetSocket]) -> Result<Restorer, String> {
+        let mut r = Restorer { socks: BTreeMap::new(), locks: BTreeSet::new(), finished: false, owner: std::process::id() };
+        for s in sockets {
+            if let Some(t) = s.tcp.as_ref().filter(|t| !t.lock_table.is_empty()) {
+                r.locks.insert(t.lock_table.clone());
+            }
+        }
+        for s in sockets {
+            let fd = make(s)?;
+            r.socks.insert(s.ino, (fd, s.clone()));
+        }
+        Ok(r)
+    }
+
+    /// A new fd on socket `ino`.
+    pub fn open(&self, ino: u64) -> std::io::Result<OwnedFd> {
+        let (fd, _) = self.socks.get(&ino).ok_or_else(|| std::io::Error::other(format!("socket:[{ino}] is not in inetsk.img")))?;
+        fd.try_clone()
+    }
+
+    /// Once the tree exists: connections out of repair mode (with a window probe),
+    /// their unsent bytes sent, and the network lock removed.
+    pub fn finish(&mut self) -> Result<(), String> {
+        for (fd, s) in self.socks.values() {
+            if let Some(c) = s.tcp.as_ref().filter(|_| s.state == TCP_ESTABLISHED) {
+                repair::leave(fd.as_fd(), true).map_err(|e| format!("{}: leaving repair mode: {e}", super::describe(s)))?;
+                repair::send_unsent(fd.as_fd(), c).map_err(|e| format!("{}: sending what was not sent yet: {e}", super::describe(s)))?;
+            }
+        }
+        self.finished = true;
+        self.unlock()
+    }
+
+    fn unlock(&mut self) -> Result<(), String> {
+        for t in std::mem::take(&mut self.locks) {
+            super::lock::unlock(&t)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Restorer {
+    /// A restore that failed: the lock goes too (its connections are gone).
+    fn drop(&mut self) {
+        if !self.finished
+            && std::process::id() == self.owner
+            && let Err(e) = self.unlock()
+        {
+            log::error!("removing the network lock: {e}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The `inetsk` workload: TCP and UDP sockets of every supported kind, with data in
+flight on an established loopback connection, checked after a restore (dump and
+restore with --tcp-established).
+
+    inetsk.py DIR
+
+Holds: a TCP listener on 127.0.0.1 (SO_REUSEADDR, TCP_DEFER_ACCEPT, backlog 7), an
+IPv6 TCP listener on ::1 (IPV6_V6ONLY), a bound TCP socket that does not listen,
+an unbound TCP socket with TCP_NODELAY, SO_KEEPALIVE and TCP_KEEPIDLE 77, a bound
+UDP socket and a UDP socket connected to it (IP_TOS 0x10), and an established
+connection through the first listener: the client has sent 5000 bytes the server
+has not read, the server has sent 300000 bytes the client has not read (queued in
+both sockets, part of it not sent yet). Writes DIR/ready, prints a counter every
+0.05 s; on SIGUSR1 checks names and options, that both listeners accept new
+connections, that a datagram goes from the connected UDP socket to the bound one
+with its source address, and that the established connection delivers every byte
+in order both ways and then more. Writes PASS or FAIL: why to DIR/result.
+"""
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wlcommon  # noqa: E402
+
+d = sys.argv[1]
+c = wlcommon.Checks()
+TCP_DEFER_ACCEPT, TCP_KEEPIDLE = 9, 4
+
+lis = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+lis.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lis.setsockopt(socket.IPPROTO_TCP, TCP_DEFER_ACCEPT, 3)
+lis.bind(("127.0.0.1", 0))
+lis.listen(7)
+lis6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+lis6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+lis6.bind(("::1", 0))
+lis6.listen(3)
+bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+bound.bind(("127.0.0.1", 0))
+loose = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+loose.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+loose.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+loose.setsockopt(socket.IPPROTO_TCP, TCP_KEEPIDLE, 77)
+u1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u1.bind(("127.0.0.1", 0))
+u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u2.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
+u2.connect(u1.getsockname())
+
+cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+cli.connect(lis.getsockname())
+cli.sendall(b"x")  # (TCP_DEFER_ACCEPT: the server sees the connection with data)
+srv, _ = lis.accept()
+assert srv.recv(1) == b"x"
+up = bytes((i * 7) % 251 for i in range(5000))
+down = bytes((i * 13) % 253 for i in range(300000))
+cli.sendall(up)
+srv.setblocking(False)
+sent = 0
+while sent < len(down):
+    try:
+        sent += srv.send(down[sent:])
+    except BlockingIOError:
+        break
+time.sleep(0.2)
+
+opts = [
+    (lis, socket.SOL_SOCKET, socket.SO_REUSEADDR), (lis, socket.IPPROTO_TCP, TCP_DEFER_ACCEPT),
+    (lis6, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), (loose, socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (loose, socket.SOL_SOCKET, socket.SO_KEEPALIVE), (loose, socket.IPPROTO_TCP, TCP_KEEPIDLE),
+    (u2, socket.IPPROTO_IP, socket.IP_TOS), (srv, socket.IPPROTO_TCP, socket.TCP_NODELAY),
+]
+before = [s.getsockopt(lvl, o) for s, lvl, o in opts]
+names = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv)]
+
+wlcommon.ready_then_count(d)
+
+
+def check_names_and_options():
+    now = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv)]
+    c.chk("addresses", now, names)
+    c.chk("options", [s.getsockopt(lvl, o) for s, lvl, o in opts], before)
+
+
+def check_listeners():
+    for l, fam in ((lis, socket.AF_INET), (lis6, socket.AF_INET6)):
+        x = socket.socket(fam, socket.SOCK_STREAM)
+        x.connect(l.getsockname())
+        x.sendall(b"new")
+        a, _ = l.accept()
+        c.chk("a new connection's first bytes", a.recv(3), b"new")
+        a.close()
+        x.close()
+
+
+def check_udp():
+    u2.send(b"datagram")
+    u1.settimeout(5)
+    data, src = u1.recvfrom(100)
+    c.chk("datagram", (data, src), (b"datagram", u2.getsockname()))
+
+
+def check_connection():
+    srv.setblocking(True)
+    srv.settimeout(10)
+    cli.settimeout(10)
+    got = b""
+    while len(got) < len(up):
+        got += srv.recv(len(up) - len(got))
+    c.chk("bytes the client had sent", got == up, True)
+    rest = down[sent:]
+    srv.sendall(rest)
+    got = b""
+    while len(got) < len(down):
+        b = cli.recv(65536)
+        if not b:
+            break
+        got += b
+    c.chk("bytes the server had sent (%d of %d before the dump)" % (sent, len(down)), (len(got), got == down), (len(down), True))
+    cli.sendall(b"ping")
+    c.chk("more after", srv.recv(4), b"ping")
+    srv.shutdown(socket.SHUT_WR)
+    c.chk("end of stream", cli.recv(10), b"")
+
+
+wlcommon.run_checks([check_names_and_options, check_listeners, check_udp, check_connection], c.problems)
+wlcommon.write_result(d, c.problems)
