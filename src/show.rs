@@ -61,6 +61,12 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let _ = writeln!(s, "  {}{q}", crate::files::unix::describe(sk));
         }
     }
+    if !imgs.inet.is_empty() {
+        let _ = writeln!(s, "\ninet sockets:");
+        for sk in &imgs.inet {
+            let _ = writeln!(s, "  {}", crate::files::inet::describe(sk));
+        }
+    }
     if !imgs.ptys.is_empty() {
         let _ = writeln!(s, "\npseudo-terminals:");
         for p in &imgs.ptys {

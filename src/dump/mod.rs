@@ -134,7 +134,6 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     ctx.files.ghosts.link_remap = opts.link_remap;
     ctx.files.ghosts.link_tag = crate::files::ghost::link_tag(&opts.dir);
     ctx.files.inet.tcp_established = opts.tcp_established;
-    ctx.files.inet.lock_tag = ctx.files.ghosts.link_tag.clone();
     ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;

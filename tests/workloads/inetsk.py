@@ -73,6 +73,8 @@ opts = [
     (lis6, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), (loose, socket.IPPROTO_TCP, socket.TCP_NODELAY),
     (loose, socket.SOL_SOCKET, socket.SO_KEEPALIVE), (loose, socket.IPPROTO_TCP, TCP_KEEPIDLE),
     (u2, socket.IPPROTO_IP, socket.IP_TOS), (srv, socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    # (Inherited from the listener; TCP_REPAIR clears it when it is left.)
+    (srv, socket.SOL_SOCKET, socket.SO_REUSEADDR),
 ]
 before = [s.getsockopt(lvl, o) for s, lvl, o in opts]
 names = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv)]

@@ -12,6 +12,8 @@ struct Held {
     fd: i32,
     dup: OwnedFd,
     sock: pb::InetSocket,
+    /// SO_REUSEADDR before repair mode (which leaves it cleared).
+    reuse: i32,
 }
 
 /// The inet sockets of the tree, while it is dumped.
@@ -20,8 +22,6 @@ pub struct InetTable {
     socks: BTreeMap<u64, Held>,
     /// --tcp-established: established connections are dumped (else refused).
     pub tcp_established: bool,
-    /// Names the network lock's table (see `lock`).
-    pub lock_tag: String,
     /// Connections put into repair mode, and the lock taken, by this dump.
     repaired: Vec<u64>,
     locked: Option<String>,
@@ -86,7 +86,7 @@ impl InetTable {
         let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
         s.opts = opts::capture(f, fresh.as_fd(), family, protocol, state == TCP_ESTABLISHED);
         let dup = dup.try_clone().map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
-        self.socks.insert(ino, Held { pid, fd, dup, sock: s });
+        self.socks.insert(ino, Held { pid, fd, dup, sock: s, reuse: 0 });
         Ok(())
     }
 
@@ -101,7 +101,7 @@ impl InetTable {
     pub fn finish(&mut self) -> Result<Vec<pb::InetSocket>> {
         let conns: Vec<&pb::InetSocket> = self.socks.values().map(|h| &h.sock).filter(|s| s.protocol as i32 == libc::IPPROTO_TCP && s.state == TCP_ESTABLISHED).collect();
         if !conns.is_empty() {
-            let table = lock::table_name(&self.lock_tag);
+            let table = lock::table_name(&conns);
             let (pid, fd) = self.holder(conns[0].ino);
             lock::lock(&table, &conns).map_err(|why| refuse(pid, fd, format!("cannot lock the network for the tree's TCP connections: {why}"), "install nftables (the nft command)"))?;
             self.locked = Some(table);
@@ -109,6 +109,7 @@ impl InetTable {
         let table = self.locked.clone().unwrap_or_default();
         for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && h.sock.state == TCP_ESTABLISHED) {
             let what = super::describe(&h.sock);
+            h.reuse = sock::get_int(h.dup.as_fd(), libc::SO_REUSEADDR).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: SO_REUSEADDR", h.pid, h.fd), e))?;
             repair::enter(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: TCP_REPAIR", h.pid, h.fd), e))?;
             self.repaired.push(h.sock.ino);
             let mut c = repair::dump(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading it in repair mode", h.pid, h.fd), e))?;
@@ -123,7 +124,8 @@ impl InetTable {
     pub fn release(&mut self) {
         for ino in std::mem::take(&mut self.repaired) {
             if let Some(h) = self.socks.get(&ino) {
-                if let Err(e) = repair::leave(h.dup.as_fd(), false) {
+                // (Leaving repair mode clears SO_REUSEADDR: set again.)
+                if let Err(e) = repair::leave(h.dup.as_fd(), false).and_then(|()| sock::set_int(h.dup.as_fd(), libc::SO_REUSEADDR, h.reuse)) {
                     log::error!("{}: leaving repair mode: {e}", super::describe(&h.sock));
                 }
             }

@@ -9,9 +9,15 @@ use images_format::pb;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// The table's name for a dump into a directory tagged `tag`.
-pub fn table_name(tag: &str) -> String {
-    format!("crtool-lock-{tag}")
+/// The table's name for connections `conns`: from their addresses, so that two
+/// dumps of the same tree name it alike (and images stay reproducible).
+pub fn table_name(conns: &[&pb::InetSocket]) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for c in conns {
+        h.update(&c.local);
+        h.update(&c.peer);
+    }
+    format!("crtool-lock-{:08x}", h.finalize())
 }
 
 /// The nft rule text matching the packets of connection `s` in one direction.

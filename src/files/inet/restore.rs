@@ -29,7 +29,11 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     if conn.is_some() {
         repair::enter(f).map_err(|e| err("TCP_REPAIR", e))?;
     }
-    opts::apply(f, &s.opts).map_err(|why| format!("{}: {why}", super::describe(s)))?;
+    // In repair mode a socket may share its port with the listener it came from;
+    // SO_REUSEADDR would undo that (it comes back in `finish`).
+    let reuse = |o: &pb::SockOpt| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR;
+    let now: Vec<pb::SockOpt> = s.opts.iter().filter(|o| conn.is_none() || !reuse(o)).cloned().collect();
+    opts::apply(f, &now).map_err(|why| format!("{}: {why}", super::describe(s)))?;
     if let Some(c) = conn {
         repair::set_seqs(f, c).map_err(|e| err("TCP_QUEUE_SEQ", e))?;
         sock::bind_raw(f, &s.local, false).map_err(|e| err("bind", e))?;
@@ -76,6 +80,8 @@ impl Restorer {
         for (fd, s) in self.socks.values() {
             if let Some(c) = s.tcp.as_ref().filter(|_| s.state == TCP_ESTABLISHED) {
                 repair::leave(fd.as_fd(), true).map_err(|e| format!("{}: leaving repair mode: {e}", super::describe(s)))?;
+                let reuse: Vec<pb::SockOpt> = s.opts.iter().filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR).cloned().collect();
+                opts::apply(fd.as_fd(), &reuse).map_err(|why| format!("{}: {why}", super::describe(s)))?;
                 repair::send_unsent(fd.as_fd(), c).map_err(|e| format!("{}: sending what was not sent yet: {e}", super::describe(s)))?;
             }
         }
