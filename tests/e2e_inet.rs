@@ -16,10 +16,15 @@ fn tcp_and_udp_sockets_and_an_established_connection_come_back() {
     let before = r#"run refused crt dump -t $P -D "$T/ck0" -R
 run dump_r crt dump -t $P -D "$T/ck-r" -R --tcp-established
 need dump_r
-put lock_after_r "$(nft list tables | grep -c crtool-lock)""#;
-    let after = r#"put lock_after_restore "$(nft list tables | grep -c crtool-lock)""#;
+# (Other tests may hold locks of their own meanwhile: this dump's by name.)
+LOCK=$(crt decode --json "$T/ck-r/inetsk.img" | awk -F'"' '/"lock_table"/ { print $4; exit }')
+put lock_name "$LOCK"
+put lock_after_r "$(nft list tables | grep -c "$LOCK")""#;
+    let after = r#"LOCK=$(crt decode --json "$T/ck/inetsk.img" | awk -F'"' '/"lock_table"/ { print $4; exit }')
+put lock_after_restore "$(nft list tables | grep -c "$LOCK")""#;
     let s = py_roundtrip("inetsk", Creds::User, "inetsk", "", before, "--tcp-established", "--tcp-established", after);
     s.failed_saying("refused", &["established TCP connection", "--tcp-established"]);
+    s.ensure(s.var("lock_name").starts_with("crtool-lock-"), || format!("the images name no network lock: {:?}", s.var("lock_name")));
     s.ensure(s.var("lock_after_r") == "0", || "a --leave-running dump left its network lock".into());
     s.ensure(s.var("lock_after_restore") == "0", || "the network lock is still there after the restore".into());
     s.roundtrip_ok("result");
@@ -54,7 +59,9 @@ pidset before
 run dump crt dump -t $P -D "$T/ck" --tcp-established
 need dump
 wait_until gone $PIDS || fail "the dumped redis is still there"
-put locked "$(nft list tables | grep -c crtool-lock)"
+LOCK=$(crt decode --json "$T/ck/inetsk.img" | awk -F'"' '/"lock_table"/ { print $4; exit }')
+[ -n "$LOCK" ] || fail "the images name no network lock"
+put locked "$(nft list tables | grep -c "$LOCK")"
 touch "$T/go"
 sleep 1
 run restore crt restore -D "$T/ck" -d --tcp-established
@@ -65,7 +72,7 @@ wait_until nonempty "$T/client.result" || fail "the client wrote no result: $(ca
 put client "$(cat "$T/client.result")"
 put ping "$(redis-cli -p $PORT ping)"
 put k "$(redis-cli -p $PORT strlen k)"
-put lock_left "$(nft list tables | grep -c crtool-lock)"
+put lock_left "$(nft list tables | grep -c "$LOCK")"
 redis-cli -p $PORT shutdown nosave >/dev/null 2>&1
 wait $C
 "#,

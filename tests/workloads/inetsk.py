@@ -9,7 +9,7 @@ Holds: a TCP listener on 127.0.0.1 (SO_REUSEADDR, TCP_DEFER_ACCEPT, backlog 7), 
 IPv6 TCP listener on ::1 (IPV6_V6ONLY), a bound TCP socket that does not listen,
 an unbound TCP socket with TCP_NODELAY, SO_KEEPALIVE and TCP_KEEPIDLE 77, a bound
 UDP socket and a UDP socket connected to it (IP_TOS 0x10), and an established
-connection through the first listener: the client has sent 5000 bytes the server
+connection through the first listener (and one through the IPv6 one): the client has sent 5000 bytes the server
 has not read, the server has sent 300000 bytes the client has not read (queued in
 both sockets, part of it not sent yet). Writes DIR/ready, prints a counter every
 0.05 s; on SIGUSR1 checks names and options, that both listeners accept new
@@ -56,6 +56,12 @@ cli.connect(lis.getsockname())
 cli.sendall(b"x")  # (TCP_DEFER_ACCEPT: the server sees the connection with data)
 srv, _ = lis.accept()
 assert srv.recv(1) == b"x"
+# An IPv6 connection too, with a little unread each way.
+cli6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+cli6.connect(lis6.getsockname())
+srv6, _ = lis6.accept()
+cli6.sendall(b"six-up")
+srv6.sendall(b"six-down")
 up = bytes((i * 7) % 251 for i in range(5000))
 down = bytes((i * 13) % 253 for i in range(300000))
 cli.sendall(up)
@@ -77,13 +83,13 @@ opts = [
     (srv, socket.SOL_SOCKET, socket.SO_REUSEADDR),
 ]
 before = [s.getsockopt(lvl, o) for s, lvl, o in opts]
-names = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv)]
+names = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv, cli6, srv6) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv, cli6, srv6)]
 
 wlcommon.ready_then_count(d)
 
 
 def check_names_and_options():
-    now = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv)]
+    now = [(s.getsockname(), s.getpeername() if s in (u2, cli, srv, cli6, srv6) else None) for s in (lis, lis6, bound, loose, u1, u2, cli, srv, cli6, srv6)]
     c.chk("addresses", now, names)
     c.chk("options", [s.getsockopt(lvl, o) for s, lvl, o in opts], before)
 
@@ -104,6 +110,14 @@ def check_udp():
     u1.settimeout(5)
     data, src = u1.recvfrom(100)
     c.chk("datagram", (data, src), (b"datagram", u2.getsockname()))
+
+
+def check_connection6():
+    srv6.settimeout(10)
+    cli6.settimeout(10)
+    c.chk("IPv6 connection", (srv6.recv(6), cli6.recv(8)), (b"six-up", b"six-down"))
+    cli6.sendall(b"more")
+    c.chk("IPv6 connection after", srv6.recv(4), b"more")
 
 
 def check_connection():
@@ -129,5 +143,5 @@ def check_connection():
     c.chk("end of stream", cli.recv(10), b"")
 
 
-wlcommon.run_checks([check_names_and_options, check_listeners, check_udp, check_connection], c.problems)
+wlcommon.run_checks([check_names_and_options, check_listeners, check_udp, check_connection, check_connection6], c.problems)
 wlcommon.write_result(d, c.problems)
