@@ -67,6 +67,12 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let _ = writeln!(s, "  {}", crate::files::inet::describe(sk));
         }
     }
+    if !imgs.netlink.is_empty() {
+        let _ = writeln!(s, "\nnetlink sockets:");
+        for n in &imgs.netlink {
+            let _ = writeln!(s, "  {}", crate::files::netlink::describe(n));
+        }
+    }
     if !imgs.ptys.is_empty() {
         let _ = writeln!(s, "\npseudo-terminals:");
         for p in &imgs.ptys {

@@ -88,3 +88,14 @@ wait $C
     p.extend(s.pidset_problems("before", "after"));
     s.all_ok(p);
 }
+
+/// Netlink sockets (NETLINK_ROUTE bound with groups and an option, one never
+/// bound, a uevent socket): after a --leave-running dump and the real dump and
+/// restore each has its port id, memberships and options, and a request on the
+/// bound one is answered to its port id (tests/workloads/netlinksk.py).
+#[test]
+fn netlink_sockets_come_back_with_port_ids_and_groups() {
+    let s = py_roundtrip("netlinksk", Creds::User, "netlinksk", "", LEAVE_RUNNING_FIRST, "", "", "");
+    s.roundtrip_ok("result");
+    s.counter("out.txt");
+}

@@ -52,8 +52,8 @@ wait_until dead $P
 }
 
 #[test]
-fn dump_refuses_a_netlink_socket_and_the_process_runs_on() {
-    unsupported_fd("netlink-socket", "", "netlink");
+fn dump_refuses_a_udplite_socket_and_the_process_runs_on() {
+    unsupported_fd("udplite-socket", "", "udplite");
 }
 
 /// A pseudo-terminal in EXTPROC mode passes the by-name precheck and is only
@@ -113,7 +113,7 @@ kill -TERM -- -$P
 
 #[test]
 fn refused_tree_dump_leaves_every_process_running() {
-    refused_tree("tree-refused-socket", "netlink", "socket:*");
+    refused_tree("tree-refused-socket", "udplite", "socket:*");
 }
 
 /// The same with a terminal in EXTPROC mode (/dev/ptmx), which is only refused once

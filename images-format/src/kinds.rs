@@ -34,6 +34,8 @@ pub enum ImageKind {
     Tty,
     /// Inet sockets (inetsk.img).
     InetSk,
+    /// Netlink sockets (netlinksk.img).
+    NetlinkSk,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -43,7 +45,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk, NetlinkSk]
     }
 
     fn number(self) -> u32 {
@@ -68,6 +70,7 @@ impl ImageKind {
             Self::GhostData => 43,
             Self::Tty => 50,
             Self::InetSk => 22,
+            Self::NetlinkSk => 23,
         }
     }
 
@@ -104,12 +107,13 @@ impl ImageKind {
             Self::GhostData => "ghostdata",
             Self::Tty => "tty",
             Self::InetSk => "inetsk",
+            Self::NetlinkSk => "netlinksk",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk | Self::NetlinkSk)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -170,6 +174,7 @@ impl ImageKind {
             Self::GhostData => "crtool.GhostChunk",
             Self::Tty => "crtool.PtyPair",
             Self::InetSk => "crtool.InetSocket",
+            Self::NetlinkSk => "crtool.NetlinkSocket",
             Self::Pages => return None,
         })
     }

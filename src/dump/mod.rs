@@ -353,6 +353,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     ctx.manifest.push(write_entries(dir, ImageKind::SkQueues, 0, &ctx.files.packets)?);
     ctx.manifest.push(write_entries(dir, ImageKind::Tty, 0, &ptys)?);
     ctx.manifest.push(write_entries(dir, ImageKind::InetSk, 0, &inet)?);
+    let netlink: Vec<pb::NetlinkSocket> = ctx.files.netlink.values().cloned().collect();
+    ctx.manifest.push(write_entries(dir, ImageKind::NetlinkSk, 0, &netlink)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));

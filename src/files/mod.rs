@@ -6,6 +6,7 @@ mod chr;
 mod event;
 mod fanotify;
 pub mod inet;
+pub mod netlink;
 pub mod memfd;
 pub mod ghost;
 pub mod locks;
@@ -139,6 +140,8 @@ pub struct FileTable {
     pub ptys: tty::PtyTable,
     /// The inet sockets of the tree.
     pub inet: inet::InetTable,
+    /// The netlink sockets of the tree, by inode.
+    pub netlink: BTreeMap<u64, pb::NetlinkSocket>,
     /// The memfds of the tree (open or mapped).
     pub memfds: memfd::MemfdTable,
     /// Every lock recorded so far, with the "maj:min:ino" it is on.
@@ -221,6 +224,12 @@ impl FileTable {
                         SFlag::S_IFSOCK if matches!(crate::sys::sock::get_int(std::os::fd::AsFd::as_fd(dup), libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6)) => {
                             self.inet.add(pid, info.fd, dup, st.st_ino)?;
                             Kind::Inet(pb::InetFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
+                        }
+                        SFlag::S_IFSOCK if matches!(crate::sys::sock::get_int(std::os::fd::AsFd::as_fd(dup), libc::SO_DOMAIN), Ok(libc::AF_NETLINK)) => {
+                            if !self.netlink.contains_key(&st.st_ino) {
+                                self.netlink.insert(st.st_ino, netlink::dump(pid, info.fd, dup, st.st_ino)?);
+                            }
+                            Kind::Netlink(pb::NetlinkFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
                         }
                         SFlag::S_IFSOCK => {
                             self.unix.add(pid, info.fd, &info.link, dup, st.st_ino)?;
@@ -353,11 +362,11 @@ impl FileTable {
     /// peeks) and again for sockets found in flight.
     pub fn check_outside_sockets(&self, tree: &std::collections::BTreeSet<i32>) -> Result<()> {
         let sockets: std::collections::BTreeSet<String> =
-            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), Some(Kind::Inet(i)) => Some(format!("socket:[{}]", i.ino)), _ => None }).collect();
+            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), Some(Kind::Inet(i)) => Some(format!("socket:[{}]", i.ino)), Some(Kind::Netlink(n)) => Some(format!("socket:[{}]", n.ino)), _ => None }).collect();
         if !sockets.is_empty() {
             let outside = pipe::outside_holders(tree, &sockets);
             if let Some((k, &(opid, ofd))) = outside.iter().next() {
-                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k) || matches!(&e.kind, Some(Kind::Inet(i)) if format!("socket:[{}]", i.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
+                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k) || matches!(&e.kind, Some(Kind::Inet(i)) if format!("socket:[{}]", i.ino) == *k) || matches!(&e.kind, Some(Kind::Netlink(n)) if format!("socket:[{}]", n.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
                 let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
                 return Err(Error::Unsupported {
                     pid,
@@ -456,6 +465,7 @@ struct Sources<'s, 'p> {
     ghosts: &'s ghost::Ghosts,
     ptys: &'s tty::Ptys,
     inet: Option<&'s inet::Restorer>,
+    netlink: Option<&'s netlink::Restorer>,
 }
 
 /// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
@@ -470,6 +480,10 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         }
         (Kind::Memfd(m), Some(s)) => s.memfds.open(m),
         (Kind::Pty(p), Some(s)) => s.ptys.open(p),
+        (Kind::Netlink(n), Some(s)) => {
+            let r = s.netlink.ok_or_else(|| Error::BadImage { file: "netlinksk.img".into(), msg: format!("socket:[{}] of file {} is missing", n.ino, f.id) })?;
+            r.open(n.ino).and_then(|fd| fd::set_status_flags(&fd, n.flags).map(|()| fd))
+        }
         (Kind::Inet(i), Some(s)) => {
             let r = s.inet.ok_or_else(|| Error::BadImage { file: "inetsk.img".into(), msg: format!("socket:[{}] of file {} is missing", i.ino, f.id) })?;
             r.open(i.ino).and_then(|fd| fd::set_status_flags(&fd, i.flags).map(|()| fd))
@@ -555,6 +569,7 @@ impl Parked {
         ptys: &tty::Ptys,
         pty_pairs: &[pb::PtyPair],
         inet_sockets: &[pb::InetSocket],
+        netlink_sockets: &[pb::NetlinkSocket],
     ) -> Result<Parked> {
         let async_by = files
             .iter()
@@ -563,6 +578,7 @@ impl Parked {
             .collect();
         let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks, exact_pids).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
         let inet = if inet_sockets.is_empty() { None } else { Some(inet::Restorer::create(inet_sockets).map_err(|e| Error::Reported(format!("cannot restore inet sockets: {e}")))?) };
+        let netlink = if netlink_sockets.is_empty() { None } else { Some(netlink::Restorer::create(netlink_sockets).map_err(|e| Error::Reported(format!("cannot restore netlink sockets: {e}")))?) };
         let epolls = files
             .iter()
             .filter_map(|f| match &f.kind {
@@ -575,12 +591,12 @@ impl Parked {
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_)) | Some(Kind::Netlink(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys, inet: parked.inet.as_ref() }))?;
+            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys, inet: parked.inet.as_ref(), netlink: netlink.as_ref() }))?;
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         ptys.seal()?;
@@ -767,7 +783,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Netlink(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -784,6 +800,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Proc(p) => p.flags,
         Kind::Fanotify(_) => 0, // (fanotify files have no O_ASYNC)
         Kind::Inet(i) => i.flags,
+        Kind::Netlink(n) => n.flags,
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -802,6 +819,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Proc(p) => p.path.clone(),
         Kind::Fanotify(f) => fanotify::describe(f),
         Kind::Inet(i) => format!("socket:[{}] (inet)", i.ino),
+        Kind::Netlink(n) => format!("socket:[{}] (netlink)", n.ino),
         Kind::Pty(p) => match p.role() {
             pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
             _ => format!("{} (/dev/pts/{})", p.path, p.index),

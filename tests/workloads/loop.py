@@ -2,11 +2,11 @@
 """The `pyloop` workload: prints an increasing counter, one number a line, flushed,
 every 0.05 s, forever.
 
-    loop.py [--hold netlink|pipe|fifo:PATH|ptmx] [--alternate]
+    loop.py [--hold udplite|pipe|fifo:PATH|ptmx] [--alternate]
 
---hold keeps a resource open for the whole run (a bound NETLINK_ROUTE socket, a
+--hold keeps a resource open for the whole run (a bound UDP-Lite socket, a
 pipe, a named FIFO opened read-write, or a pseudo-terminal master in EXTPROC mode);
-the tests use the ones crtool cannot dump (netlink sockets, EXTPROC terminals) to check
+the tests use the ones crtool cannot dump (UDP-Lite sockets, EXTPROC terminals) to check
 that a refused dump
 leaves the process
 running. --alternate writes even numbers to stdout and odd ones to stderr
@@ -24,10 +24,10 @@ if alternate:
     args.remove("--alternate")
 if args[:1] == ["--hold"] and len(args) == 2:
     kind = args[1]
-    if kind == "netlink":
-        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        nl.bind((0, 0))
-        held.append(nl)
+    if kind == "udplite":
+        ul = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136)  # IPPROTO_UDPLITE
+        ul.bind(("127.0.0.1", 0))
+        held.append(ul)
     elif kind == "pipe":
         held.extend(os.pipe())
     elif kind.startswith("fifo:"):
