@@ -11,6 +11,7 @@ pub mod fault;
 pub mod files;
 pub mod infect;
 pub mod ipc;
+pub mod net;
 pub mod mem;
 pub mod procinfo;
 pub mod restore;

@@ -129,6 +129,10 @@ enum Cmd {
         /// restored, and their network lock removed).
         #[arg(long)]
         tcp_established: bool,
+        /// IN=OUT: the veth IN of the tree's network namespace is made again with
+        /// its peer outside named OUT (CRIU's --veth-pair). Repeatable.
+        #[arg(long, value_name = "IN=OUT")]
+        veth_pair: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -297,8 +301,11 @@ impl log::Log for Logger {
     fn log(&self, r: &log::Record) {
         let t = self.start.elapsed().as_secs_f64();
         let line = format!("({t:>9.6}) {:<5} {}\n", r.level(), r.args());
-        // The final error is printed on stderr by main itself, once.
-        if r.level() <= self.stderr_level && r.target() != FINAL {
+        // The final error is printed on stderr by main itself, once. Libraries'
+        // notes (netlink-packet-route on attributes newer than it knows) go to the
+        // log file only.
+        let ours = r.target().starts_with("crtool");
+        if r.level() <= self.stderr_level && r.target() != FINAL && (ours || r.level() <= log::Level::Error) {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
         if let (true, Some(f)) = (r.level() <= self.file_level, &self.file) {
@@ -369,7 +376,7 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, veth_pair, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             let mut inherit_socks = std::collections::BTreeMap::new();
@@ -377,13 +384,18 @@ fn run() -> Result<i32> {
                 let (fd, id, socket) = parse_inherit(spec).with_context(|| format!("--inherit-fd {spec}"))?;
                 if socket { inherit_socks.insert(id, fd) } else { inherit.insert(id, fd) };
             }
+            let mut veth = std::collections::BTreeMap::new();
+            for spec in &veth_pair {
+                let (inside, outside) = spec.split_once('=').filter(|(i, o)| !i.is_empty() && !o.is_empty() && o.len() < 16).with_context(|| format!("--veth-pair {spec}: want IN=OUT (OUT at most 15 characters)"))?;
+                veth.insert(inside.to_string(), outside.to_string());
+            }
             let dir = absolute(&dir)?;
             // Nothing is created (not even the log) where there is no dump.
             restore::check_dir(&dir)?;
             crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks, veth })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)

@@ -36,6 +36,8 @@ pub enum ImageKind {
     InetSk,
     /// Netlink sockets (netlinksk.img).
     NetlinkSk,
+    /// The tree's network namespace (netns.img).
+    NetNs,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -45,7 +47,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk, NetlinkSk]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk, NetlinkSk, NetNs]
     }
 
     fn number(self) -> u32 {
@@ -71,6 +73,7 @@ impl ImageKind {
             Self::Tty => 50,
             Self::InetSk => 22,
             Self::NetlinkSk => 23,
+            Self::NetNs => 33,
         }
     }
 
@@ -108,12 +111,13 @@ impl ImageKind {
             Self::Tty => "tty",
             Self::InetSk => "inetsk",
             Self::NetlinkSk => "netlinksk",
+            Self::NetNs => "netns",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk | Self::NetlinkSk)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk | Self::NetlinkSk | Self::NetNs)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -175,6 +179,7 @@ impl ImageKind {
             Self::Tty => "crtool.PtyPair",
             Self::InetSk => "crtool.InetSocket",
             Self::NetlinkSk => "crtool.NetlinkSocket",
+            Self::NetNs => "crtool.NetNamespace",
             Self::Pages => return None,
         })
     }

@@ -72,6 +72,8 @@ pub struct DumpCtx {
     pub work: PathBuf,
     /// Every image file written so far, for the inventory's manifest.
     pub manifest: Vec<pb::ImageFile>,
+    /// The tree has a network namespace of its own (crtool works in it).
+    pub own_netns: bool,
 }
 
 impl DumpCtx {
@@ -128,6 +130,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         tids: Vec::new(),
         work: work.path.clone(),
         manifest: Vec::new(),
+        own_netns: false,
     };
 
     ctx.files.ghosts.limit = opts.ghost_limit;
@@ -137,6 +140,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
+    // A tree with a network namespace of its own: crtool works in it (sock_diag,
+    // the network lock, the namespace's configuration) until the dump ends.
+    ctx.own_netns = crate::net::own_netns(pid);
+    let netns = if ctx.own_netns { Some(crate::net::enter(pid)?) } else { None };
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
     // The images take the target's place only once complete and checked, before
     // anything is killed.
@@ -145,7 +152,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         .and_then(|()| crate::error::check_interrupt())
         .and_then(|()| work.commit())
         .and_then(|()| crate::fault::point(12));
-    match result {
+    let outcome = match result {
         Ok(()) => {
             let kill = !opts.leave_running;
             if !kill {
@@ -178,7 +185,9 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             }
             Err(crate::sys::signals::interrupted().map_or(e, |sig| Error::Interrupted { sig }))
         }
-    }
+    };
+    drop(netns);
+    outcome
 }
 
 /// A pseudo-terminal that is a session's controlling terminal comes back as that
@@ -249,7 +258,17 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         .map(|p| task::precheck::Proc { pid: p.pid, tids: p.threads.iter().map(|t| t.pid.as_raw()).collect() })
         .collect();
     let root_mnt = tree.new_mount_ns.then(|| std::fs::read_link(format!("/proc/{root}/ns/mnt")).ok()).flatten();
-    let tree_ns = crate::ipc::tree_namespaces(root);
+    let mut tree_ns = crate::ipc::tree_namespaces(root);
+    if ctx.own_netns {
+        // Every process of the tree in the root's network namespace, none in crtool's.
+        let link = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/net")).ok();
+        if let Some(p) = tree.procs.iter().filter(|p| p.zombie.is_none()).find(|p| link(p.pid) != link(root)) {
+            return Err(Error::Unsupported { pid: p.pid, fd: None, what: "it is in another network namespace than the tree's root".into(), hint: Some("all processes of the tree must share one network namespace") });
+        }
+        if let Some(l) = link(root) {
+            tree_ns.push(("net", l));
+        }
+    }
     for p in &live {
         task::precheck::check_process(p, root_mnt.as_deref(), &tree_ns)?;
     }
@@ -356,6 +375,11 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let netlink: Vec<pb::NetlinkSocket> = ctx.files.netlink.values().cloned().collect();
     ctx.manifest.push(write_entries(dir, ImageKind::NetlinkSk, 0, &netlink)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
+    if ctx.own_netns {
+        // (crtool's thread is in the tree's namespace: see `dump`.)
+        let netns = crate::net::dump(root)?;
+        ctx.manifest.push(write_entries(dir, ImageKind::NetNs, 0, &[netns])?);
+    }
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let inventory = pb::Inventory {

@@ -35,6 +35,9 @@ pub struct RestoreOpts {
     /// Sockets the caller hands over for stream sockets whose peer was outside the
     /// tree (--inherit-fd fd[N]:socket:[INO]): socket inode → crtool's fd N.
     pub inherit_socks: std::collections::BTreeMap<u64, i32>,
+    /// Outside names of the veth pairs of the tree's network namespace
+    /// (--veth-pair IN=OUT): inside name → outside name.
+    pub veth: std::collections::BTreeMap<String, String>,
 }
 
 pub enum Outcome {
@@ -75,6 +78,8 @@ pub struct TreeImages {
     pub inet: Vec<pb::InetSocket>,
     /// Netlink sockets (netlinksk.img).
     pub netlink: Vec<pb::NetlinkSocket>,
+    /// The tree's own network namespace (netns.img), if it had one.
+    pub netns: Option<pb::NetNamespace>,
 }
 
 impl TreeImages {
@@ -160,7 +165,8 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     let ptys = if optional(ImageKind::Tty) { read_entries(dir, ImageKind::Tty, 0)? } else { Vec::new() };
     let inet = if optional(ImageKind::InetSk) { read_entries(dir, ImageKind::InetSk, 0)? } else { Vec::new() };
     let netlink = if optional(ImageKind::NetlinkSk) { read_entries(dir, ImageKind::NetlinkSk, 0)? } else { Vec::new() };
-    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys, inet, netlink })
+    let netns = if optional(ImageKind::NetNs) { read_entries(dir, ImageKind::NetNs, 0)?.into_iter().next() } else { None };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys, inet, netlink, netns })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
@@ -245,6 +251,12 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         return Err(Error::Restore { pid: root_pid, msg: "cannot learn the signal frame's XSAVE size".into() });
     }
 
+    // The tree's network namespace first: the sockets crtool makes and the tree it
+    // forks are in it (crtool's thread stays there until the end).
+    let _netns = match &imgs.netns {
+        Some(ns) => Some(crate::net::create(ns, &opts.veth)?),
+        None => None,
+    };
     // Parked fds sit above every target fd: make room for them.
     crate::sys::process::raise_nofile();
     let max_fd = imgs.procs.iter().filter_map(|p| p.task.as_ref()).flat_map(|t| t.fds.iter().map(|f| f.fd)).max().unwrap_or(2);

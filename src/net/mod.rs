@@ -1,0 +1,384 @@
+//! The network namespace of a tree that has one of its own (`unshare -n`, a
+//! container): its links (loopback; veth pairs whose other end is outside, made
+//! again with the outside end named by `--veth-pair IN=OUT`), their MTU, MAC and
+//! state, addresses, routes of the main table, the sysctls under /proc/sys/net
+//! that differ from a new namespace's, and its nftables ruleset. Read over
+//! rtnetlink (netlink-packet-route) from inside the namespace; made again by
+//! crtool in a new namespace before the tree is forked into it. Other link kinds,
+//! routing tables and policy rules are refused.
+
+mod rtnl;
+
+use crate::error::{Error, Result};
+use images_format::pb;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::AddressFamily;
+use rtnl::Rtnl;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+/// The main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+/// The local table (the kernel fills it from the addresses).
+const RT_TABLE_LOCAL: u32 = 255;
+
+/// Whether `pid` is in a network namespace other than crtool's.
+pub fn own_netns(pid: i32) -> bool {
+    let link = |p: &str| std::fs::read_link(p).ok();
+    link(&format!("/proc/{pid}/ns/net")) != link("/proc/self/ns/net")
+}
+
+/// crtool's thread in another network namespace, until dropped (back to the one
+/// it came from).
+pub struct Entered(OwnedFd);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(self.0.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET) {
+            log::error!("returning to crtool's network namespace: {e}");
+        }
+    }
+}
+
+fn own_ns_fd() -> Result<OwnedFd> {
+    std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from).map_err(|e| Error::io("/proc/thread-self/ns/net", e))
+}
+
+/// Enters `pid`'s network namespace (this thread: sockets it makes, threads and
+/// processes it starts are there too).
+pub fn enter(pid: i32) -> Result<Entered> {
+    let back = own_ns_fd()?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| Error::proc(pid, "ns/net", e))?;
+    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys(format!("setns into the network namespace of pid {pid}"), e))?;
+    Ok(Entered(back))
+}
+
+fn ip_bytes(a: &IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+fn ip_of(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+/// Reads the network namespace this thread is in (see `enter`). `pid`: the
+/// tree's root, for messages.
+pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
+    let refuse = |what: String, hint: &'static str| Error::Unsupported { pid, fd: None, what: format!("its network namespace: {what}"), hint: Some(hint) };
+    let io = |what: &str, e: std::io::Error| Error::io(format!("rtnetlink ({what}) in the network namespace of pid {pid}"), e);
+    let nl = Rtnl::open().map_err(|e| io("socket", e))?;
+    let mut ns = pb::NetNamespace::default();
+    let mut names = BTreeMap::new();
+    for m in nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).map_err(|e| io("links", e))? {
+        let RouteNetlinkMessage::NewLink(l) = m else { continue };
+        let mut link = pb::NetLink { up: l.header.flags.contains(LinkFlags::Up), ..Default::default() };
+        let mut kind = None;
+        let mut peer_outside = false;
+        for a in &l.attributes {
+            match a {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Address(a) => link.mac = a.clone(),
+                LinkAttribute::LinkNetNsId(_) => peer_outside = true,
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            kind = Some(k.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link.kind = match (&kind, l.header.flags.contains(LinkFlags::Loopback)) {
+            (None, true) => "loopback".into(),
+            (Some(InfoKind::Veth), _) if peer_outside => "veth".into(),
+            (Some(InfoKind::Veth), _) => return Err(refuse(format!("veth {} has its peer in the namespace too", link.name), "veth pairs with both ends inside are not supported yet")),
+            (k, _) => return Err(refuse(format!("link {} of kind {k:?}", link.name), "only the loopback and veth links (peer outside) are supported yet")),
+        };
+        names.insert(l.header.index, link.name.clone());
+        ns.links.push(link);
+    }
+    for m in nl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).map_err(|e| io("addresses", e))? {
+        let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+        let link = names.get(&a.header.index).cloned().unwrap_or_default();
+        let addr = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = addr.or_else(|| a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        }));
+        let Some(ip) = addr else { continue };
+        // The kernel's own: the loopback's, and IPv6 link-local ones.
+        let auto = match ip {
+            IpAddr::V4(v) => v.is_loopback() && link == "lo",
+            IpAddr::V6(v) => v.is_loopback() || (v.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if !auto {
+            ns.addrs.push(pb::NetAddr { link, addr: ip_bytes(&ip), prefix: a.header.prefix_len as u32 });
+        }
+    }
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut q = RouteMessage::default();
+        q.header.address_family = family;
+        for m in nl.dump(RouteNetlinkMessage::GetRoute(q)).map_err(|e| io("routes", e))? {
+            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            let table = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            }).unwrap_or(r.header.table as u32);
+            // Made by the kernel itself: the local table, routes of addresses and
+            // links (proto kernel), IPv6 multicast and link-local ones.
+            if table == RT_TABLE_LOCAL || r.header.protocol == RouteProtocol::Kernel || r.header.kind == RouteType::Multicast {
+                continue;
+            }
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => route_ip(d),
+                _ => None,
+            });
+            if table != RT_TABLE_MAIN {
+                return Err(refuse(format!("a route in routing table {table}"), "only the main routing table is supported yet"));
+            }
+            let gateway = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => route_ip(g),
+                _ => None,
+            });
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => names.get(i).cloned(),
+                _ => None,
+            });
+            let priority = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Priority(p) => Some(*p),
+                _ => None,
+            });
+            ns.routes.push(pb::NetRoute {
+                family: u8::from(r.header.address_family) as u32,
+                dst: dst.map(|d| ip_bytes(&d)).unwrap_or_default(),
+                dst_len: r.header.destination_prefix_length as u32,
+                gateway: gateway.map(|g| ip_bytes(&g)).unwrap_or_default(),
+                oif: oif.unwrap_or_default(),
+                priority: priority.unwrap_or(0),
+                protocol: u8::from(r.header.protocol) as u32,
+                scope: u8::from(r.header.scope) as u32,
+                r#type: u8::from(r.header.kind) as u32,
+            });
+        }
+    }
+    ns.sysctls = sysctls::differing().map_err(|e| Error::io("/proc/sys/net", e))?;
+    ns.nft_ruleset = nft_ruleset().map_err(|why| refuse(why, "install nftables (the nft command)"))?;
+    Ok(ns)
+}
+
+mod sysctls {
+    use images_format::pb;
+    use std::path::Path;
+
+    /// Per-link directories of other links than the loopback are left out (the
+    /// links are made again with their defaults: those of their kind).
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, String)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let mut ents: Vec<_> = rd.flatten().collect();
+        ents.sort_by_key(|e| e.file_name());
+        for e in ents {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                let per_link = rel.ends_with("/conf") || rel.ends_with("/neigh");
+                if per_link && !matches!(name.as_str(), "all" | "default" | "lo") {
+                    continue;
+                }
+                walk(&e.path(), &path, out);
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                // Only what can be written back (and was readable).
+                if md.permissions().mode() & 0o200 == 0 {
+                    continue;
+                }
+                if let Ok(v) = std::fs::read_to_string(e.path()) {
+                    out.push((path, v.trim_end().to_string()));
+                }
+            }
+        }
+    }
+
+    fn read_all() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        walk(Path::new("/proc/sys/net"), "", &mut out);
+        out
+    }
+
+    /// The sysctls of this thread's namespace that differ from a new one's.
+    pub fn differing() -> std::io::Result<Vec<pb::Sysctl>> {
+        let mine = read_all();
+        let fresh = std::thread::scope(|s| {
+            s.spawn(|| -> std::io::Result<Vec<(String, String)>> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                Ok(read_all())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reading a new namespace's sysctls panicked")))
+        })?;
+        let fresh: std::collections::BTreeMap<String, String> = fresh.into_iter().collect();
+        Ok(mine.into_iter().filter(|(p, v)| fresh.get(p).is_some_and(|f| f != v)).map(|(path, value)| pb::Sysctl { path, value }).collect())
+    }
+
+    pub fn write(s: &pb::Sysctl) -> std::io::Result<()> {
+        if s.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(std::io::Error::other(format!("bad sysctl path {}", s.path)));
+        }
+        std::fs::write(Path::new("/proc/sys/net").join(&s.path), format!("{}\n", s.value))
+    }
+}
+
+/// `nft list ruleset` of this thread's namespace, without crtool's own lock
+/// tables; empty when there is none.
+fn nft_ruleset() -> std::result::Result<String, String> {
+    let out = match std::process::Command::new("nft").args(["list", "ruleset"]).output() {
+        Ok(o) => o,
+        // No nft: then nobody set up nftables rules with it either... but the
+        // kernel may still have some: refuse only if we cannot tell.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(format!("running nft: {e}")),
+    };
+    if !out.status.success() {
+        return Err(format!("nft list ruleset: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Drop the tables crtool's network lock made (table inet crtool-lock-*).
+    let mut keep = String::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if line.starts_with("table inet crtool-lock-") {
+            skipping = true;
+        }
+        if !skipping {
+            keep.push_str(line);
+            keep.push('\n');
+        }
+        if skipping && line == "}" {
+            skipping = false;
+        }
+    }
+    Ok(if keep.trim().is_empty() { String::new() } else { keep })
+}
+
+/// The new network namespace a restore made, this thread in it (see `Entered`).
+pub struct Made {
+    _back: Entered,
+}
+
+/// Makes the namespace of `ns` and enters it (this thread: the tree forked from
+/// it, and the sockets crtool makes, are in it). `veth`: inside name → outside
+/// name of each veth pair (--veth-pair).
+pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<Made> {
+    let fail = |what: String| Error::Reported(format!("cannot make the network namespace again: {what}"));
+    let io = |what: &str, e: std::io::Error| fail(format!("{what}: {e}"));
+    let outside = own_ns_fd()?;
+    // Names the outside ends will take must be free.
+    for l in ns.links.iter().filter(|l| l.kind == "veth") {
+        let out = veth.get(&l.name).ok_or_else(|| fail(format!("veth {} had its peer outside: name the peer with --veth-pair {}=NAME", l.name, l.name)))?;
+        if std::path::Path::new(&format!("/sys/class/net/{out}")).exists() {
+            return Err(fail(format!("--veth-pair {}={out}: a link named {out} exists already", l.name)));
+        }
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| fail(format!("unshare(CLONE_NEWNET): {e}")))?;
+    let made = Made { _back: Entered(outside.try_clone().map_err(|e| io("dup", e))?) };
+    let nl = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
+    // (By ioctl on a socket of this namespace: /sys shows the one it was mounted in.)
+    let index_of = |name: &str| -> std::result::Result<u32, Error> { nix::net::if_::if_nametoindex(name).map_err(|e| fail(format!("link {name}: {e}"))) };
+    for l in &ns.links {
+        if l.kind == "veth" {
+            let mut peer = LinkMessage::default();
+            peer.attributes.push(LinkAttribute::IfName(veth[&l.name].clone()));
+            peer.attributes.push(LinkAttribute::NetNsFd(outside.as_raw_fd()));
+            let mut m = LinkMessage::default();
+            m.attributes.push(LinkAttribute::IfName(l.name.clone()));
+            m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth), LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer)))]));
+            nl.ack(RouteNetlinkMessage::NewLink(m), true).map_err(|e| io(&format!("making veth {} (peer {} outside)", l.name, veth[&l.name]), e))?;
+        }
+        let mut m = LinkMessage::default();
+        m.header.index = index_of(&l.name)?;
+        if l.mtu != 0 {
+            m.attributes.push(LinkAttribute::Mtu(l.mtu));
+        }
+        if l.kind == "veth" && !l.mac.is_empty() {
+            m.attributes.push(LinkAttribute::Address(l.mac.clone()));
+        }
+        if l.up {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        }
+        nl.ack(RouteNetlinkMessage::SetLink(m), false).map_err(|e| io(&format!("setting link {}", l.name), e))?;
+    }
+    for a in &ns.addrs {
+        let ip = ip_of(&a.addr).ok_or_else(|| fail(format!("a bad address of {} in netns.img", a.link)))?;
+        let mut m = AddressMessage::default();
+        m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.prefix_len = a.prefix as u8;
+        m.header.index = index_of(&a.link)?;
+        m.attributes.push(AddressAttribute::Local(ip));
+        m.attributes.push(AddressAttribute::Address(ip));
+        nl.ack(RouteNetlinkMessage::NewAddress(m), true).map_err(|e| io(&format!("adding {ip}/{} to {}", a.prefix, a.link), e))?;
+    }
+    for r in &ns.routes {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if r.family as i32 == libc::AF_INET { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.destination_prefix_length = r.dst_len as u8;
+        m.header.table = RT_TABLE_MAIN as u8;
+        m.header.protocol = RouteProtocol::from(r.protocol as u8);
+        m.header.scope = RouteScope::from(r.scope as u8);
+        m.header.kind = RouteType::from(r.r#type as u8);
+        let addr = |b: &[u8]| ip_of(b).map(|ip| match ip {
+            IpAddr::V4(v) => RouteAddress::Inet(v),
+            IpAddr::V6(v) => RouteAddress::Inet6(v),
+        });
+        if let Some(d) = addr(&r.dst) {
+            m.attributes.push(RouteAttribute::Destination(d));
+        }
+        if let Some(g) = addr(&r.gateway) {
+            m.attributes.push(RouteAttribute::Gateway(g));
+        }
+        if !r.oif.is_empty() {
+            m.attributes.push(RouteAttribute::Oif(index_of(&r.oif)?));
+        }
+        if r.priority != 0 {
+            m.attributes.push(RouteAttribute::Priority(r.priority));
+        }
+        nl.ack(RouteNetlinkMessage::NewRoute(m), true).map_err(|e| io(&format!("adding a route to {:?}/{}", ip_of(&r.dst), r.dst_len), e))?;
+    }
+    for s in &ns.sysctls {
+        sysctls::write(s).map_err(|e| io(&format!("writing /proc/sys/net/{}", s.path), e))?;
+    }
+    if !ns.nft_ruleset.is_empty() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().map_err(|e| io("running nft", e))?;
+        child.stdin.take().map(|mut i| i.write_all(ns.nft_ruleset.as_bytes()));
+        let out = child.wait_with_output().map_err(|e| io("nft", e))?;
+        if !out.status.success() {
+            return Err(fail(format!("nft -f (the namespace's ruleset): {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+    }
+    Ok(made)
+}
