@@ -99,3 +99,60 @@ fn netlink_sockets_come_back_with_port_ids_and_groups() {
     s.roundtrip_ok("result");
     s.counter("out.txt");
 }
+
+/// A server in a network namespace of its own (`unshare -n`; loopback up, a veth
+/// to the host with IPv4 and IPv6 addresses and an MTU, a route, ip_forward), with
+/// a client on the host connected over the veth: dumped with --tcp-established
+/// (the namespace and the host's end of the veth go with the tree), restored
+/// with --veth-pair naming a new host end, which the test configures as before:
+/// the workload finds its links, addresses, routes and ip_forward as they were,
+/// the client's next line on the same connection is answered, and new clients
+/// connect (tests/workloads/netns.py).
+#[test]
+fn a_tree_in_its_own_network_namespace_comes_back_with_its_connection() {
+    let s = Scenario::run_as(
+        "netns",
+        Creds::Root,
+        r#"
+# (Names and addresses apart from other runs on the host: this bash is pid 1.)
+R=$(( RANDOM % 10000 )); X=$(( R % 200 + 20 )); VH=crv$R; VH2=crw$R
+unshare -n setsid "$PY3" "$(dirname "$LOOP_PY")/netns.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+for i in $(seq 100); do [ "$(readlink /proc/$P/ns/net)" != "$(readlink /proc/self/ns/net)" ] && break; sleep 0.02; done
+ip link add $VH type veth peer name eth0 netns $P || fail "ip link add: veth"
+nsenter -t $P -n sh -c "ip link set lo up && ip addr add 10.77.$X.2/24 dev eth0 && ip -6 addr add fd77::$X:2/64 dev eth0 nodad && ip link set eth0 mtu 1400 up && ip route add 10.99.0.0/16 via 10.77.$X.1 && sysctl -qw net.ipv4.ip_forward=1" || fail "configuring the namespace"
+ip addr add 10.77.$X.1/24 dev $VH && ip link set $VH up
+touch "$T/configured"
+wait_until nonempty "$T/ready" || fail "netns.py did not start: $(cat "$T/wl.err")"
+"$PY3" "$(dirname "$LOOP_PY")/pingclient.py" 10.77.$X.2 7777 "$T" 2>"$T/client.err" & C=$!
+wait_until nonempty "$T/client.ready" || fail "the client did not connect: $(cat "$T/client.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck" --tcp-established
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+for i in $(seq 100); do [ -e /sys/class/net/$VH ] || break; sleep 0.05; done
+put host_end_gone "$([ -e /sys/class/net/$VH ] || echo yes)"
+touch "$T/go"
+run restore crt restore -D "$T/ck" -d --tcp-established --veth-pair eth0=$VH2
+need restore
+pidset after
+snapshot after $P --no-pos
+ip addr add 10.77.$X.1/24 dev $VH2 && ip link set $VH2 up
+wait_until nonempty "$T/client.result" || fail "the client wrote no result: $(cat "$T/client.err")"
+put client "$(cat "$T/client.result")"
+put new_client "$("$PY3" -c "import socket,sys; s=socket.create_connection(('10.77.$X.2',7777),timeout=10); s.sendall(b'x\n'); print(s.makefile().readline().strip())")"
+put counting "$(wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && echo yes)"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "netns.py wrote no result"
+ip link del $VH2 2>/dev/null
+wait $C
+"#,
+    );
+    s.ok("dump");
+    s.ensure(s.var("host_end_gone") == "yes", || "the host's end of the veth outlived the dumped namespace".into());
+    s.ok("restore");
+    s.ensure(s.var("client") == "PASS", || format!("the host's client: {}", s.var("client")));
+    s.ensure(s.var("new_client") == "pong x", || format!("a new client got {:?}", s.var("new_client")));
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.roundtrip_ok("result");
+}

@@ -185,9 +185,62 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
             });
         }
     }
+    check_unsupported(&nl, &names).map_err(|(what, hint)| refuse(what, hint))?;
     ns.sysctls = sysctls::differing().map_err(|e| Error::io("/proc/sys/net", e))?;
     ns.nft_ruleset = nft_ruleset().map_err(|why| refuse(why, "install nftables (the nft command)"))?;
     Ok(ns)
+}
+
+/// Refuses what this version does not make again: policy rules other than the
+/// kernel's own, permanent neighbour entries, queueing disciplines other than the
+/// links' defaults. `names`: link index → name.
+fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>) -> std::result::Result<(), (String, &'static str)> {
+    use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
+    use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+    use netlink_packet_route::tc::{TcAttribute, TcMessage};
+    let io = |what: &str, e: std::io::Error| (format!("reading its {what}: {e}"), "report this");
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut q = RuleMessage::default();
+        q.header.family = family;
+        for m in nl.dump(RouteNetlinkMessage::GetRule(q)).map_err(|e| io("policy rules", e))? {
+            let RouteNetlinkMessage::NewRule(r) = m else { continue };
+            let prio = r.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Priority(p) => Some(*p),
+                _ => None,
+            }).unwrap_or(0);
+            let table = r.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            }).unwrap_or(r.header.table as u32);
+            // The kernel's: 0 lookup local, 32766 lookup main, 32767 lookup default.
+            let selector = r.header.src_len != 0
+                || r.header.dst_len != 0
+                || r.attributes.iter().any(|a| !matches!(a, RuleAttribute::Priority(_) | RuleAttribute::Table(_) | RuleAttribute::Protocol(_) | RuleAttribute::SuppressPrefixLen(u32::MAX)));
+            let default = !selector && matches!((prio, table), (0, 255) | (32766, 254) | (32767, 253));
+            if !default {
+                return Err((format!("a policy routing rule (priority {prio}, table {table})"), "policy routing rules are not supported yet"));
+            }
+        }
+    }
+    for m in nl.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default())).map_err(|e| io("neighbours", e))? {
+        let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+        if n.header.state == NeighbourState::Permanent {
+            let link = names.get(&n.header.ifindex).cloned().unwrap_or_default();
+            return Err((format!("a permanent neighbour entry on {link}"), "static ARP/NDP entries are not supported yet"));
+        }
+    }
+    for m in nl.dump(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default())).map_err(|e| io("queueing disciplines", e))? {
+        let RouteNetlinkMessage::NewQueueDiscipline(q) = m else { continue };
+        let kind = q.attributes.iter().find_map(|a| match a {
+            TcAttribute::Kind(k) => Some(k.clone()),
+            _ => None,
+        }).unwrap_or_default();
+        if kind != "noqueue" {
+            let link = names.get(&(q.header.index as u32)).cloned().unwrap_or_default();
+            return Err((format!("queueing discipline {kind} on {link}"), "traffic control (tc) settings are not supported yet"));
+        }
+    }
+    Ok(())
 }
 
 mod sysctls {
