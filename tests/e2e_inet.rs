@@ -156,3 +156,29 @@ wait $C
     s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
     s.roundtrip_ok("result");
 }
+
+/// A connection whose peer has closed (CLOSE_WAIT) and one with urgent data
+/// pending: refused with --tcp-established, naming what, and the process runs on
+/// with the connection as it was (no lock left behind).
+#[test]
+fn half_closed_and_urgent_connections_are_refused() {
+    for (mode, needle) in [("closewait", "peer has closed"), ("urgent", "urgent")] {
+        let s = Scenario::run(
+            &format!("tcp-{mode}"),
+            &format!(
+                r#"
+"${{AS_WL[@]}}" setsid "$PY3" "$(dirname "$LOOP_PY")/tcpodd.py" "$T" {mode} </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "tcpodd.py did not start: $(cat "$T/wl.err")"
+run dump crt dump -t $P -D "$T/ck" --tcp-established
+put tracer "$(tracer $P)"
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "tcpodd.py wrote no result"
+"#
+            ),
+        );
+        s.failed_saying("dump", &[needle]);
+        s.ensure(s.var("tracer") == "0" && s.var("counting") == "yes", || "the process does not run on untraced".into());
+        s.passed("result");
+    }
+}

@@ -42,7 +42,7 @@ pub fn dump(pid: i32, fd: i32, dup: &OwnedFd, ino: u64) -> Result<pb::NetlinkSoc
     if crate::sys::tty::poll_now(f, libc::POLLIN).map_err(|e| sys("poll", e))? & (libc::POLLIN | libc::POLLERR) != 0 {
         return Err(refuse(format!("(protocol {protocol}) has messages or an error queued"), "queued netlink messages cannot be read without consuming them; retry the dump once the program has read them"));
     }
-    if !matches!(sock::get_int(f, libc::SO_GET_FILTER), Ok(0)) {
+    if sock::has_filter(f) {
         return Err(refuse("has a socket filter attached (SO_ATTACH_FILTER)".into(), "socket filters are not supported"));
     }
     let (local, peer) = sock::names(f).map_err(|e| sys("getsockname", e))?;

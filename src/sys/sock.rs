@@ -165,3 +165,28 @@ pub fn send_all(fd: BorrowedFd, mut data: &[u8]) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Whether a classic BPF filter is attached (SO_ATTACH_FILTER): getsockopt
+/// SO_GET_FILTER with no buffer answers with the number of instructions
+/// (sk_get_filter; a buffer would be taken as room for that many 8-byte
+/// instructions). An error (EACCES: an eBPF program) counts as attached.
+pub fn has_filter(fd: BorrowedFd) -> bool {
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: a null buffer of length 0; the kernel only writes `len`.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER, std::ptr::null_mut(), &mut len) };
+    r != 0 || len != 0
+}
+
+/// send(fd, data, MSG_DONTWAIT) until all is sent; EAGAIN when the socket has no
+/// room left.
+pub fn send_all_now(fd: BorrowedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        // SAFETY: `data` is valid for reads of its length.
+        let n = Errno::result(unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}

@@ -53,12 +53,22 @@ impl InetTable {
         let state = if tcp { info.first().copied().unwrap_or(0) as u32 } else if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
         let mut s = pb::InetSocket { ino, family: family as u32, r#type: ty as u32, protocol: protocol as u32, state, local, peer: peer.unwrap_or_default(), ..Default::default() };
         let what = super::describe(&s);
-        if !matches!(sock::get_int(f, libc::SO_GET_FILTER), Ok(0)) {
+        if sock::has_filter(f) {
             return Err(refuse(pid, fd, format!("{what} has a socket filter attached (SO_ATTACH_FILTER)"), "socket filters are not supported"));
         }
         // (Reading SO_ERROR would clear it: a pending error shows in poll.)
-        if crate::sys::tty::poll_now(f, 0).map_err(|e| sys("poll", e))? & libc::POLLERR != 0 {
+        let revents = crate::sys::tty::poll_now(f, libc::POLLPRI | libc::POLLRDHUP).map_err(|e| sys("poll", e))?;
+        if revents & libc::POLLERR != 0 {
             return Err(refuse(pid, fd, format!("{what} has a pending error"), "let the program read it first (SO_ERROR)"));
+        }
+        if state != TCP_LISTEN && revents & libc::POLLRDHUP != 0 {
+            return Err(refuse(pid, fd, format!("{what} is shut down for reading, or its peer has closed its side"), "half-closed sockets are not supported yet"));
+        }
+        if tcp && revents & libc::POLLPRI != 0 {
+            return Err(refuse(pid, fd, format!("{what} has urgent (out-of-band) data pending"), "TCP urgent data is not supported; retry once the program has read it"));
+        }
+        if tcp && sock::get_raw(f, libc::IPPROTO_TCP, 31, 16).is_ok_and(|ulp| ulp.iter().any(|&b| b != 0)) {
+            return Err(refuse(pid, fd, format!("{what} has an upper-layer protocol attached (TCP_ULP, e.g. kernel TLS)"), "not supported"));
         }
         match (tcp, state) {
             (true, TCP_LISTEN) => {
@@ -103,8 +113,9 @@ impl InetTable {
         if !conns.is_empty() {
             let table = lock::table_name(&conns);
             let (pid, fd) = self.holder(conns[0].ino);
-            lock::lock(&table, &conns).map_err(|why| refuse(pid, fd, format!("cannot lock the network for the tree's TCP connections: {why}"), "install nftables (the nft command)"))?;
-            self.locked = Some(table);
+            // (Noted first: a lock half made is removed too.)
+            self.locked = Some(table.clone());
+            lock::lock(&table, &conns).map_err(|why| refuse(pid, fd, format!("cannot lock the network for the tree's TCP connections: {why}"), "--tcp-established needs nftables (the nft command) and the nf_tables kernel module"))?;
         }
         let table = self.locked.clone().unwrap_or_default();
         for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && h.sock.state == TCP_ESTABLISHED) {
@@ -112,7 +123,15 @@ impl InetTable {
             h.reuse = sock::get_int(h.dup.as_fd(), libc::SO_REUSEADDR).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: SO_REUSEADDR", h.pid, h.fd), e))?;
             repair::enter(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: TCP_REPAIR", h.pid, h.fd), e))?;
             self.repaired.push(h.sock.ino);
-            let mut c = repair::dump(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading it in repair mode", h.pid, h.fd), e))?;
+            // Still established, now that nothing comes in (a FIN or urgent data
+            // may have arrived since the socket was first looked at).
+            let f = h.dup.as_fd();
+            let state = sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 8).ok().and_then(|i| i.first().copied()).unwrap_or(0) as u32;
+            let revents = crate::sys::tty::poll_now(f, libc::POLLPRI | libc::POLLRDHUP).unwrap_or(libc::POLLERR);
+            if state != TCP_ESTABLISHED || revents & (libc::POLLPRI | libc::POLLRDHUP | libc::POLLERR) != 0 {
+                return Err(refuse(h.pid, h.fd, format!("{what} changed while it was being dumped (now {}{})", state_text(state), if revents & libc::POLLPRI != 0 { ", urgent data" } else { "" }), "retry the dump"));
+            }
+            let mut c = repair::dump(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading its queues in repair mode (EAGAIN: they kept changing; retry the dump)", h.pid, h.fd), e))?;
             c.lock_table = table.clone();
             h.sock.tcp = Some(c);
         }

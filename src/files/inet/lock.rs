@@ -39,14 +39,21 @@ fn rules(s: &pb::InetSocket) -> Option<[String; 2]> {
 }
 
 fn nft(script: &str) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    // (A process group of its own: a ^C meant for crtool must not kill nft half
+    // way; crtool undoes its work itself.)
     let mut child = Command::new("nft")
         .args(["-f", "-"])
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running nft (Debian package nftables): {e}"))?;
-    child.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
+    // (A write error shows as nft's failure below.)
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(script.as_bytes());
+    }
     let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
     if out.status.success() { Ok(()) } else { Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())) }
 }

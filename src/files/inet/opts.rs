@@ -28,6 +28,7 @@ const SOCKET: &[(i32, i32, usize)] = &[
     (libc::SOL_SOCKET, libc::SO_BUSY_POLL, 4),
     (libc::SOL_SOCKET, libc::SO_ZEROCOPY, 4),
     (libc::SOL_SOCKET, libc::SO_SELECT_ERR_QUEUE, 4),
+    (libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4),
 ];
 const BUFFERS: &[(i32, i32, usize)] = &[(libc::SOL_SOCKET, libc::SO_RCVBUF, 4), (libc::SOL_SOCKET, libc::SO_SNDBUF, 4)];
 const IPV4: &[(i32, i32, usize)] = &[

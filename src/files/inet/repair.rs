@@ -46,19 +46,18 @@ pub fn leave(fd: BorrowedFd, probe: bool) -> Result<(), Errno> {
 /// Reads the connection (in repair mode): queues with their sequence numbers,
 /// options, timestamp, window.
 pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
-    let inq = sock::queue_len(fd, SIOCINQ)?;
-    let outq = sock::queue_len(fd, SIOCOUTQ)?;
-    let unsent = sock::queue_len(fd, SIOCOUTQNSD)?;
-    tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
-    let rcv_nxt = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
-    let recv_queue = if inq > 0 { sock::peek(fd, inq)? } else { Vec::new() };
-    tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
-    let write_seq = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
-    let send_queue = if outq > 0 { sock::peek(fd, outq)? } else { Vec::new() };
-    tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
-    if recv_queue.len() != inq || send_queue.len() != outq {
-        return Err(Errno::EAGAIN);
+    // MSG_PEEK starts at the peek offset (SO_PEEK_OFF) and moves it: off while
+    // peeking, put back after.
+    let peek_off = sock::get_int(fd, libc::SO_PEEK_OFF).unwrap_or(-1);
+    if peek_off >= 0 {
+        sock::set_int(fd, libc::SO_PEEK_OFF, -1)?;
     }
+    let r = read_queues(fd);
+    if peek_off >= 0 {
+        sock::set_int(fd, libc::SO_PEEK_OFF, peek_off)?;
+    }
+    let (rcv_nxt, recv_queue, write_seq, send_queue, unsent) = r?;
+    let (inq, outq) = (recv_queue.len(), send_queue.len());
     let info = sock::get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)?;
     let (options, wscale) = (info.get(5).copied().unwrap_or(0), info.get(6).copied().unwrap_or(0));
     let mss = sock::get_int_at(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)? as u32;
@@ -90,6 +89,32 @@ pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
     })
 }
 
+/// The queues and their sequence numbers, read until two reads agree (a segment
+/// that passed the network lock just before it took hold may still land).
+#[allow(clippy::type_complexity)]
+fn read_queues(fd: BorrowedFd) -> Result<(u32, Vec<u8>, u32, Vec<u8>, usize), Errno> {
+    for _ in 0..5 {
+        let inq = sock::queue_len(fd, SIOCINQ)?;
+        let outq = sock::queue_len(fd, SIOCOUTQ)?;
+        let unsent = sock::queue_len(fd, SIOCOUTQNSD)?;
+        tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+        let rcv_nxt = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+        // One more than expected: a longer queue shows.
+        let recv_queue = if inq > 0 { sock::peek(fd, inq + 1)? } else { Vec::new() };
+        tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+        let write_seq = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+        let send_queue = if outq > 0 { sock::peek(fd, outq + 1)? } else { Vec::new() };
+        tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+        let rcv_again = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+        tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+        let same = rcv_again == rcv_nxt && sock::queue_len(fd, SIOCINQ)? == inq && sock::queue_len(fd, SIOCOUTQ)? == outq;
+        if same && recv_queue.len() == inq && send_queue.len() == outq {
+            return Ok((rcv_nxt, recv_queue, write_seq, send_queue, unsent));
+        }
+    }
+    Err(Errno::EAGAIN)
+}
+
 /// Before bind and connect (in repair mode): where the queues start.
 pub fn set_seqs(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
     tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
@@ -105,8 +130,10 @@ pub fn set_seqs(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
 pub fn fill(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
     // Room for the queues: a new socket's buffers have not grown yet.
     for (opt, force, had, queued) in [(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, c.sndbuf, c.send_queue.len()), (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, c.rcvbuf, c.recv_queue.len())] {
-        if queued > 0 && (sock::get_int(fd, opt)? as u32) < had {
-            sock::set_int(fd, force, (had / 2) as i32)?;
+        // (The kernel counts skb overhead too: twice the bytes is ample.)
+        let need = had.max(2 * queued as u32 + 65536);
+        if queued > 0 && (sock::get_int(fd, opt)? as u32) < need {
+            sock::set_int(fd, force, (need / 2) as i32)?;
         }
     }
     let mut opts: Vec<u8> = Vec::new();
@@ -115,9 +142,9 @@ pub fn fill(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
         opts.extend_from_slice(&val.to_ne_bytes());
     };
     opt(TCPOPT_MSS, c.mss);
-    if c.snd_wscale != 0 || c.rcv_wscale != 0 {
-        opt(TCPOPT_WINDOW, c.snd_wscale | (c.rcv_wscale << 16));
-    }
+    // Always: connect() chose a receive scale of its own, which only this sets
+    // (0 and 0 when the handshake negotiated no scaling).
+    opt(TCPOPT_WINDOW, c.snd_wscale | (c.rcv_wscale << 16));
     if c.sack {
         opt(TCPOPT_SACK_PERM, 0);
     }
@@ -128,11 +155,12 @@ pub fn fill(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
     if c.timestamps {
         tcp(fd, TCP_TIMESTAMP, c.timestamp as i32)?;
     }
+    // (Without waiting: nothing frees room in repair mode.)
     tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
-    sock::send_all(fd, &c.recv_queue)?;
+    sock::send_all_now(fd, &c.recv_queue)?;
     tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
     let sent = c.send_queue.len().saturating_sub(c.unsent as usize);
-    sock::send_all(fd, &c.send_queue[..sent])?;
+    sock::send_all_now(fd, &c.send_queue[..sent])?;
     tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     let mut w = Vec::new();
     for v in [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, c.rcv_wup] {
@@ -144,5 +172,5 @@ pub fn fill(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
 /// After repair mode: the bytes that had not been sent yet, sent now.
 pub fn send_unsent(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
     let sent = c.send_queue.len().saturating_sub(c.unsent as usize);
-    sock::send_all(fd, &c.send_queue[sent..])
+    sock::send_all_now(fd, &c.send_queue[sent..])
 }

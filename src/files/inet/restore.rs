@@ -61,7 +61,16 @@ impl Restorer {
                 r.locks.insert(t.lock_table.clone());
             }
         }
-        for s in sockets {
+        // The lock again before the connections exist (the table may be gone:
+        // another host, a flushed ruleset, a new network namespace).
+        let conns: Vec<&pb::InetSocket> = sockets.iter().filter(|s| s.tcp.is_some() && s.state == TCP_ESTABLISHED).collect();
+        for t in &r.locks {
+            super::lock::lock(t, &conns)?;
+        }
+        // Listeners and bound sockets first: a connection binds beside them.
+        let mut order: Vec<&pb::InetSocket> = sockets.iter().collect();
+        order.sort_by_key(|s| (s.tcp.is_some(), s.ino));
+        for s in order {
             let fd = make(s)?;
             r.socks.insert(s.ino, (fd, s.clone()));
         }
@@ -78,15 +87,23 @@ impl Restorer {
     /// their unsent bytes sent, and the network lock removed.
     pub fn finish(&mut self) -> Result<(), String> {
         for (fd, s) in self.socks.values() {
-            if let Some(c) = s.tcp.as_ref().filter(|_| s.state == TCP_ESTABLISHED) {
+            if s.tcp.is_some() && s.state == TCP_ESTABLISHED {
                 repair::leave(fd.as_fd(), true).map_err(|e| format!("{}: leaving repair mode: {e}", super::describe(s)))?;
                 let reuse: Vec<pb::SockOpt> = s.opts.iter().filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR).cloned().collect();
                 opts::apply(fd.as_fd(), &reuse).map_err(|why| format!("{}: {why}", super::describe(s)))?;
-                repair::send_unsent(fd.as_fd(), c).map_err(|e| format!("{}: sending what was not sent yet: {e}", super::describe(s)))?;
             }
         }
+        // The peers' acknowledgements come through from now on.
         self.finished = true;
-        self.unlock()
+        if let Err(e) = self.unlock() {
+            log::warn!("removing the network lock: {e} (remove it with nft delete table inet ...)");
+        }
+        for (fd, s) in self.socks.values() {
+            if let Some(c) = s.tcp.as_ref().filter(|_| s.state == TCP_ESTABLISHED) {
+                repair::send_unsent(fd.as_fd(), c).map_err(|e| format!("{}: sending the {} bytes that had not been sent yet: {e}", super::describe(s), c.unsent))?;
+            }
+        }
+        Ok(())
     }
 
     fn unlock(&mut self) -> Result<(), String> {

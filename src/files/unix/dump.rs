@@ -132,7 +132,7 @@ impl UnixTable {
         s.rcvlowat = sock::get_int(f, libc::SO_RCVLOWAT).map_err(|e| sys("SO_RCVLOWAT", e))?;
         s.passpidfd = sock::get_int(f, sock::SO_PASSPIDFD).unwrap_or(0) != 0;
         // A BPF filter (SO_ATTACH_FILTER) cannot be read back exactly enough here.
-        if !matches!(sock::get_int(f, libc::SO_GET_FILTER), Ok(0)) {
+        if sock::has_filter(f) {
             return Err(refuse(pid, fd, format!("socket:[{ino}] has a socket filter attached (SO_ATTACH_FILTER)"), "socket filters are not supported"));
         }
         if s.state == TCP_ESTABLISHED || s.state == TCP_LISTEN {
