@@ -2,7 +2,7 @@
 //! random-ish data that zstd compresses moderately (about 2:1: each byte carries four
 //! random bits), writes "ready" to READY_FILE and sleeps until killed.
 //!
-//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N]
+//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N] [tcp N]
 //!
 //! `procs N`: N processes (the first and N-1 children), each with its own MIB MiB of
 //! different data. `threads N`: the (first) process has N threads, all asleep.
@@ -10,7 +10,10 @@
 //! every fourth a dup of the one before). `vmas N`: it maps N more one-page VMAs
 //! (alternately read-only and read-write with data, so that none merge).
 //! `sockets N`: it holds N unix sockets: N/2 socketpairs, alternately stream and
-//! datagram, each with a 64-byte message queued in both directions.
+//! datagram, each with a 64-byte message queued in both directions. `tcp N`: it
+//! holds a TCP listener on 127.0.0.1 and N established connections accepted from
+//! it (both ends: 2N sockets), each with 64 bytes queued in both directions (dump
+//! with --tcp-established).
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -37,7 +40,7 @@ fn sleep_forever() -> ! {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N]");
+    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N] [tcp N]");
     std::process::exit(2)
 }
 
@@ -48,7 +51,7 @@ fn main() {
     }
     let num = |s: &str| s.parse::<usize>().unwrap_or_else(|_| usage());
     let mib = num(&args[1]);
-    let (mut procs, mut threads, mut nfds, mut vmas, mut socks) = (1, 1, 0, 0, 0);
+    let (mut procs, mut threads, mut nfds, mut vmas, mut socks, mut tcp) = (1, 1, 0, 0, 0, 0);
     for kv in args[3..].chunks(2) {
         match kv[0].as_str() {
             "procs" => procs = num(&kv[1]).max(1),
@@ -56,6 +59,7 @@ fn main() {
             "fds" => nfds = num(&kv[1]),
             "vmas" => vmas = num(&kv[1]),
             "sockets" => socks = num(&kv[1]),
+            "tcp" => tcp = num(&kv[1]),
             _ => usage(),
         }
     }
@@ -100,10 +104,38 @@ fn main() {
     open_fds(nfds);
     map_vmas(vmas);
     open_sockets(socks);
+    let _conns = open_tcp(tcp);
     let mut f = std::fs::File::create(&args[2]).expect("creating the ready file");
     f.write_all(b"ready\n").expect("writing the ready file");
     drop(f);
     sleep_forever()
+}
+
+fn open_tcp(n: usize) -> Vec<std::net::TcpStream> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit with a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(2 * n as u64 + 64).max(lim.rlim_cur);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let lis = std::net::TcpListener::bind("127.0.0.1:0").expect("listening");
+    let at = lis.local_addr().expect("listener address");
+    let mut conns = Vec::with_capacity(2 * n);
+    let msg = [0x5au8; 64];
+    for i in 0..n {
+        let mut c = std::net::TcpStream::connect(at).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let (mut s, _) = lis.accept().expect("accepting");
+        c.write_all(&msg).expect("sending");
+        s.write_all(&msg).expect("sending");
+        conns.push(c);
+        conns.push(s);
+    }
+    std::mem::forget(lis);
+    conns
 }
 
 fn open_sockets(n: usize) {
