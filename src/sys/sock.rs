@@ -190,3 +190,25 @@ pub fn send_all_now(fd: BorrowedFd, mut data: &[u8]) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// recvfrom(fd, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) into `buf`: the datagram's
+/// whole length and its sender (raw sockaddr bytes); `None` when nothing is queued.
+pub fn peek_from(fd: BorrowedFd, buf: &mut [u8]) -> Result<Option<(usize, Vec<u8>)>, Errno> {
+    let mut ss = [0u8; std::mem::size_of::<libc::sockaddr_storage>()];
+    let mut len = ss.len() as libc::socklen_t;
+    // SAFETY: `buf` and `ss` have room for the lengths given.
+    let r = unsafe { libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC, ss.as_mut_ptr().cast(), &mut len) };
+    match Errno::result(r) {
+        Err(Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
+        Ok(n) => Ok(Some((n as usize, ss[..len as usize].to_vec()))),
+    }
+}
+
+/// sendto(fd, data, addr).
+pub fn send_to(fd: BorrowedFd, data: &[u8], addr: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `data` and `addr` are valid for reads of their lengths.
+    let r = unsafe { libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+    let n = Errno::result(r)?;
+    if n as usize != data.len() { Err(Errno::EMSGSIZE) } else { Ok(()) }
+}

@@ -50,6 +50,13 @@ u1.bind(("127.0.0.1", 0))
 u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u2.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
 u2.connect(u1.getsockname())
+# Datagrams u1 has not read: from u2, and from a socket closed since.
+u2.send(b"queued from u2")
+gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+gone.bind(("127.0.0.1", 0))
+gone_addr = gone.getsockname()
+gone.sendto(b"queued from a closed socket", u1.getsockname())
+gone.close()
 
 cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 cli.connect(lis.getsockname())
@@ -106,6 +113,8 @@ def check_listeners():
 
 
 def check_udp():
+    u1.settimeout(5)
+    c.chk("queued datagrams", [u1.recvfrom(100) for _ in range(2)], [(b"queued from u2", u2.getsockname()), (b"queued from a closed socket", gone_addr)])
     u2.send(b"datagram")
     u1.settimeout(5)
     data, src = u1.recvfrom(100)

@@ -88,9 +88,10 @@ impl InetTable {
                 return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
             }
             (false, _) => {
-                if sock::queue_len(f, sock::SIOCINQ).map_err(|e| sys("SIOCINQ", e))? > 0 || sock::queue_len(f, sock::SIOCOUTQ).map_err(|e| sys("SIOCOUTQ", e))? > 0 {
-                    return Err(refuse(pid, fd, format!("{what} has datagrams queued"), "queued UDP datagrams are not supported yet; dump once the program has read them"));
+                if sock::queue_len(f, sock::SIOCOUTQ).map_err(|e| sys("SIOCOUTQ", e))? > 0 {
+                    return Err(refuse(pid, fd, format!("{what} has datagrams waiting to be sent (UDP_CORK)"), "corked UDP data is not supported; dump once the program has sent it"));
                 }
+                s.queue = peek_datagrams(f).map_err(|why| refuse(pid, fd, format!("{what}: {why}"), "retry the dump once the program has read its queue"))?;
             }
         }
         let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
@@ -155,4 +156,34 @@ impl InetTable {
             }
         }
     }
+}
+
+/// Peeks every datagram queued on a UDP socket, with its sender, from the head of
+/// the queue (SO_PEEK_OFF set for the reading and put back after).
+fn peek_datagrams(f: std::os::fd::BorrowedFd) -> std::result::Result<Vec<pb::UdpDatagram>, String> {
+    if sock::queue_len(f, sock::SIOCINQ).map_err(|e| format!("SIOCINQ: {e}"))? == 0 && crate::sys::tty::poll_now(f, libc::POLLIN).map_err(|e| format!("poll: {e}"))? & libc::POLLIN == 0 {
+        return Ok(Vec::new());
+    }
+    let old = sock::get_int(f, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    sock::set_int(f, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let r = (|| -> std::result::Result<(), String> {
+        // (At most as many datagrams as fit in the receive buffer.)
+        for _ in 0..1 << 20 {
+            let Some((n, from)) = sock::peek_from(f, &mut buf).map_err(|e| format!("recvfrom(MSG_PEEK): {e}"))? else { return Ok(()) };
+            if n == 0 {
+                return Err("an empty datagram is queued (peeking cannot step over it)".into());
+            }
+            if n > buf.len() {
+                return Err(format!("a datagram of {n} bytes is queued"));
+            }
+            out.push(pb::UdpDatagram { data: buf[..n].to_vec(), from });
+        }
+        Err("too many datagrams queued".into())
+    })();
+    let back = sock::set_int(f, libc::SO_PEEK_OFF, old);
+    r?;
+    back.map_err(|e| format!("putting SO_PEEK_OFF back: {e}"))?;
+    Ok(out)
 }

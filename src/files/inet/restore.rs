@@ -74,7 +74,44 @@ impl Restorer {
             let fd = make(s)?;
             r.socks.insert(s.ino, (fd, s.clone()));
         }
+        r.refill_udp()?;
         Ok(r)
+    }
+
+    /// Queues each UDP socket's datagrams again, in order, each sent from its
+    /// sender's address: through the tree's own socket bound there, else a
+    /// short-lived one bound to it (IP_FREEBIND, for an address not local here).
+    fn refill_udp(&self) -> Result<(), String> {
+        for (fd, s) in self.socks.values().filter(|(_, s)| !s.queue.is_empty()) {
+            let what = super::describe(s);
+            // A wildcard-bound socket gets them on the loopback address.
+            let dst = match super::parse_addr(&s.local) {
+                Some((ip, _)) if ip.is_unspecified() => loopback_like(&s.local),
+                _ => s.local.clone(),
+            };
+            for d in &s.queue {
+                let own = self.socks.values().find(|(_, o)| o.protocol as i32 == libc::IPPROTO_UDP && o.local == d.from).map(|(f, _)| f);
+                let stand_in;
+                let from = match own {
+                    Some(f) => f.as_fd(),
+                    None => {
+                        stand_in = sender(&d.from).map_err(|e| format!("{what}: a stand-in for the sender {} of a queued datagram: {e}", super::addr_text(&d.from)))?;
+                        stand_in.as_fd()
+                    }
+                };
+                sock::send_to(from, &d.data, &dst).map_err(|e| format!("{what}: queueing a datagram from {} again: {e}", super::addr_text(&d.from)))?;
+            }
+            // Delivery on the loopback may finish after sendto returns: wait for
+            // the last datagram.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while count_queued(fd.as_fd()) < s.queue.len() {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("{what}: {} of {} queued datagrams arrived again", count_queued(fd.as_fd()), s.queue.len()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 
     /// A new fd on socket `ino`.
@@ -124,4 +161,47 @@ impl Drop for Restorer {
             log::error!("removing the network lock: {e}");
         }
     }
+}
+
+/// The loopback address of `a`'s family with `a`'s port.
+fn loopback_like(a: &[u8]) -> Vec<u8> {
+    let mut v = a.to_vec();
+    match super::parse_addr(a) {
+        Some((std::net::IpAddr::V4(_), _)) => v[4..8].copy_from_slice(&[127, 0, 0, 1]),
+        Some((std::net::IpAddr::V6(_), _)) => v[8..24].copy_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets()),
+        None => {}
+    }
+    v
+}
+
+/// A UDP socket bound to `addr` (shared with whoever else is bound there with
+/// SO_REUSEADDR; IP_FREEBIND for an address that is not local).
+fn sender(addr: &[u8]) -> Result<OwnedFd, nix::errno::Errno> {
+    let family = u16::from_ne_bytes([addr[0], addr[1]]) as i32;
+    let fd = sock::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+    sock::set_int(fd.as_fd(), libc::SO_REUSEADDR, 1)?;
+    let (level, freebind) = if family == libc::AF_INET { (libc::IPPROTO_IP, libc::IP_FREEBIND) } else { (libc::IPPROTO_IPV6, 78) };
+    sock::set_int_at(fd.as_fd(), level, freebind, 1)?;
+    sock::bind_raw(fd.as_fd(), addr, false)?;
+    Ok(fd)
+}
+
+/// How many datagrams are queued on `fd` (peeked from the head; SO_PEEK_OFF put
+/// back after).
+fn count_queued(fd: std::os::fd::BorrowedFd) -> usize {
+    let old = sock::get_int(fd, libc::SO_PEEK_OFF).unwrap_or(-1);
+    if sock::set_int(fd, libc::SO_PEEK_OFF, 0).is_err() {
+        return 0;
+    }
+    // (Whole datagrams: the peek offset moves by what was copied.)
+    let mut buf = vec![0u8; 65536];
+    let mut n = 0;
+    while let Ok(Some(_)) = sock::peek_from(fd, &mut buf) {
+        n += 1;
+        if n > 1 << 20 {
+            break;
+        }
+    }
+    let _ = sock::set_int(fd, libc::SO_PEEK_OFF, old);
+    n
 }
