@@ -82,6 +82,10 @@ enum Cmd {
         /// connection is refused.
         #[arg(long)]
         tcp_established: bool,
+        /// Dump even when clients are in the middle of their TCP handshake with a
+        /// listener of the tree (SYN_RECV): those handshakes start over.
+        #[arg(long)]
+        skip_in_flight: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -351,7 +355,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, log, not_yet: n } => {
+        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, log, not_yet: n } => {
             not_yet(n.used())?;
             crtool::sys::signals::catch_interrupts();
             dump::check_target(pid)?;
@@ -360,7 +364,7 @@ fn run() -> Result<i32> {
             for e in &external {
                 parse_pipe(e).with_context(|| format!("--external {e}"))?;
             }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established };
+            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight };
             let stats = dump::dump(&opts)?;
             eprintln!(
                 "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",

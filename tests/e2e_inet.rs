@@ -182,3 +182,47 @@ wait_until nonempty "$T/result" || fail "tcpodd.py wrote no result"
         s.passed("result");
     }
 }
+
+/// A listener with a client in the middle of its handshake (the client's final
+/// ACK dropped by an nftables rule of the test, so the request stays SYN_RECV):
+/// the dump is refused naming it and --skip-in-flight; with --skip-in-flight (and
+/// -R) it goes through and the listener runs on.
+#[test]
+fn a_half_open_connection_needs_skip_in_flight() {
+    let s = Scenario::run(
+        "syn-recv",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 )); TABLE=crtool-test-synrecv-$PORT
+"${AS_WL[@]}" setsid "$PY3" -c "
+import socket, time
+s = socket.socket(); s.bind(('127.0.0.1', $PORT)); s.listen(5)
+open('$T/ready', 'w').write('ready')
+while True: time.sleep(1)
+" </dev/null >/dev/null 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "the listener did not start: $(cat "$T/wl.err")"
+nft -f - <<NFT || fail "nft"
+table inet $TABLE {
+  chain input { type filter hook input priority -400; tcp dport $PORT tcp flags & (syn|ack) == ack drop; }
+}
+NFT
+"$PY3" -c "
+import socket, time
+c = socket.socket(); c.setblocking(False)
+try: c.connect(('127.0.0.1', $PORT))
+except BlockingIOError: pass
+time.sleep(20)
+" & C=$!
+for i in $(seq 100); do ss -Htn state syn-recv "sport = :$PORT" | grep -q . && break; sleep 0.02; done
+put half_open "$(ss -Htn state syn-recv "sport = :$PORT" | wc -l)"
+run refused crt dump -t $P -D "$T/ck0" -R --tcp-established
+run skipped crt dump -t $P -D "$T/ck" -R --skip-in-flight
+put tracer "$(tracer $P)"
+nft delete table inet $TABLE
+kill $C $P
+"#,
+    );
+    s.ensure(s.var("half_open") == "1", || format!("setup: {} half-open connections", s.var("half_open")));
+    s.failed_saying("refused", &["SYN_RECV", "--skip-in-flight"]);
+    s.ok("skipped");
+    s.ensure(s.var("tracer") == "0", || "the listener is still traced".into());
+}

@@ -35,6 +35,8 @@ pub struct DumpOpts {
     pub link_remap: bool,
     /// Established TCP connections are dumped (--tcp-established).
     pub tcp_established: bool,
+    /// Half-open connections to listeners are let go (--skip-in-flight).
+    pub skip_in_flight: bool,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +139,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     ctx.files.ghosts.link_remap = opts.link_remap;
     ctx.files.ghosts.link_tag = crate::files::ghost::link_tag(&opts.dir);
     ctx.files.inet.tcp_established = opts.tcp_established;
+    ctx.files.inet.skip_in_flight = opts.skip_in_flight;
     ctx.files.shell_job = opts.shell_job;
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;

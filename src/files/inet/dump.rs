@@ -22,6 +22,10 @@ pub struct InetTable {
     socks: BTreeMap<u64, Held>,
     /// --tcp-established: established connections are dumped (else refused).
     pub tcp_established: bool,
+    /// --skip-in-flight: half-open connections to the tree's listeners (SYN_RECV)
+    /// are left to the kernel (the clients' handshakes start over) instead of
+    /// refused.
+    pub skip_in_flight: bool,
     /// Connections put into repair mode, and the lock taken, by this dump.
     repaired: Vec<u64>,
     locked: Option<String>,
@@ -118,6 +122,7 @@ impl InetTable {
             self.locked = Some(table.clone());
             lock::lock(&table, &conns).map_err(|why| refuse(pid, fd, format!("cannot lock the network for the tree's TCP connections: {why}"), "--tcp-established needs nftables (the nft command) and the nf_tables kernel module"))?;
         }
+        self.check_in_flight()?;
         let table = self.locked.clone().unwrap_or_default();
         for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && h.sock.state == TCP_ESTABLISHED) {
             let what = super::describe(&h.sock);
@@ -137,6 +142,23 @@ impl InetTable {
             h.sock.tcp = Some(c);
         }
         Ok(self.socks.values().map(|h| h.sock.clone()).collect())
+    }
+
+    /// Half-open connections to the tree's listeners: they have no fd and cannot
+    /// be dumped; a dump would lose them silently. Refused unless --skip-in-flight.
+    fn check_in_flight(&self) -> Result<()> {
+        let listeners: Vec<&Held> = self.socks.values().filter(|h| h.sock.state == TCP_LISTEN).collect();
+        if listeners.is_empty() || self.skip_in_flight {
+            return Ok(());
+        }
+        let half_open = super::diag::syn_recv().map_err(|e| Error::io("sock_diag (INET_DIAG, SYN_RECV)", e))?;
+        for h in listeners {
+            let Some((ip, port)) = super::parse_addr(&h.sock.local) else { continue };
+            if let Some((a, _)) = half_open.iter().find(|(a, p)| *p == port && (ip.is_unspecified() || *a == ip)) {
+                return Err(refuse(h.pid, h.fd, format!("{} has a connection from a client still in its handshake (SYN_RECV, to {a})", super::describe(&h.sock)), "retry the dump, or dump with --skip-in-flight (the client's handshake starts over)"));
+            }
+        }
+        Ok(())
     }
 
     /// Lets the connections run on (the dump failed, or leaves the tree running):

@@ -7,6 +7,7 @@
 //! listening, connected (UDP), or an established connection rebuilt in repair
 //! mode and let go once the tree exists.
 
+mod diag;
 mod dump;
 pub mod lock;
 mod opts;
