@@ -67,6 +67,14 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
             let _ = writeln!(s, "  {}", crate::files::inet::describe(sk));
         }
     }
+    if let Some(ns) = &imgs.netns {
+        let _ = writeln!(s, "\nnetwork namespace of its own:");
+        for l in &ns.links {
+            let addrs: Vec<String> = ns.addrs.iter().filter(|a| a.link == l.name).map(|a| format!("{}/{}", crate::net::addr_text(&a.addr), a.prefix)).collect();
+            let _ = writeln!(s, "  {} ({}, mtu {}, {}){}", l.name, l.kind, l.mtu, if l.up { "up" } else { "down" }, if addrs.is_empty() { String::new() } else { format!(" {}", addrs.join(" ")) });
+        }
+        let _ = writeln!(s, "  {} routes, {} sysctls differing from a new namespace's{}", ns.routes.len(), ns.sysctls.len(), if ns.nft_ruleset.is_empty() { "" } else { ", an nftables ruleset" });
+    }
     if !imgs.netlink.is_empty() {
         let _ = writeln!(s, "\nnetlink sockets:");
         for n in &imgs.netlink {

@@ -64,6 +64,11 @@ fn ip_bytes(a: &IpAddr) -> Vec<u8> {
     }
 }
 
+/// An address of netns.img as text ("?" if malformed).
+pub fn addr_text(b: &[u8]) -> String {
+    ip_of(b).map_or_else(|| "?".into(), |ip| ip.to_string())
+}
+
 fn ip_of(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
