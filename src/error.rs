@@ -35,7 +35,7 @@ pub enum Error {
     #[error("image {file}: {msg}")]
     BadImage { file: String, msg: String },
 
-    #[error("cannot restore pid {pid}: the PID is taken by {holder} (kill it or restore in a fresh PID namespace)")]
+    #[error("cannot restore pid {pid}: the PID is taken by {holder} (end it, or wait until it is reaped, or restore in a fresh PID namespace with --pidns)")]
     PidTaken { pid: i32, holder: String },
 
     #[error("cannot restore pid {pid}: {msg}")]

@@ -100,7 +100,8 @@ enum Cmd {
         /// Detach: exit once the process runs; it is reparented.
         #[arg(short = 'd', long = "restore-detached")]
         detach: bool,
-        /// Accepted for CRIU compatibility: the session is taken from the images.
+        /// Accepted for CRIU compatibility: a tree dumped with --shell-job joins
+        /// crtool's session and process group and gets its terminal either way.
         #[arg(short = 'j', long)]
         shell_job: bool,
         /// How files are compared with the dumped ones before restoring: `buildid`
@@ -309,7 +310,11 @@ impl log::Log for Logger {
         // notes (netlink-packet-route on attributes newer than it knows) go to the
         // log file only.
         let ours = r.target().starts_with("crtool");
-        if r.level() <= self.stderr_level && r.target() != FINAL && (ours || r.level() <= log::Level::Error) {
+        // (netlink-packet-route warns of every attribute newer than it knows.)
+        if !ours && r.level() > log::Level::Error {
+            return;
+        }
+        if r.level() <= self.stderr_level && r.target() != FINAL {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
         if let (true, Some(f)) = (r.level() <= self.file_level, &self.file) {

@@ -226,3 +226,43 @@ kill $C $P
     s.ok("skipped");
     s.ensure(s.var("tracer") == "0", || "the listener is still traced".into());
 }
+
+/// A UDP socket with a datagram queued from a socket outside the tree that is
+/// still bound (restore could not send it again from there): the dump is refused
+/// naming the sender, and the process runs on with the datagram still queued.
+#[test]
+fn a_datagram_from_a_live_outside_sender_is_refused() {
+    let s = Scenario::run(
+        "udp-outside-sender",
+        r#"
+"${AS_WL[@]}" setsid "$PY3" -c "
+import socket, signal
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0))
+open('$T/port', 'w').write(str(u.getsockname()[1]))
+signal.signal(signal.SIGUSR1, lambda *_: None)
+signal.pause()
+u.settimeout(5)
+open('$T/result', 'w').write('PASS' if u.recvfrom(100)[0] == b'hello' else 'FAIL')
+" </dev/null >/dev/null 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/port" || fail "the server did not start"
+PORT=$(cat "$T/port")
+"$PY3" -c "
+import socket, time
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.bind(('127.0.0.1', 0))
+c.sendto(b'hello', ('127.0.0.1', $PORT))
+open('$T/sent', 'w').write(str(c.getsockname()[1]))
+time.sleep(30)
+" & C=$!
+wait_until nonempty "$T/sent" || fail "the client did not send"
+put sender "127.0.0.1:$(cat "$T/sent")"
+run dump crt dump -t $P -D "$T/ck"
+put tracer "$(tracer $P)"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "the server wrote no result: $(cat "$T/wl.err")"
+kill $C
+"#,
+    );
+    s.failed_saying("dump", &[&s.var("sender"), "outside the tree"]);
+    s.ensure(s.var("tracer") == "0", || "the server is still traced".into());
+    s.passed("result");
+}

@@ -49,7 +49,15 @@ impl FileKind for ChrDevKind {
     fn dump(pid: i32, info: &FdInfo, _fd: &OwnedFd, st: &libc::stat) -> Result<Kind> {
         let (major, minor) = (libc::major(st.st_rdev), libc::minor(st.st_rdev));
         if !STATELESS.iter().any(|&(ma, mi, _)| ma == major && mi == minor) {
-            let hint = if major == 136 || major == 4 || major == 5 { "terminals (other than a shell job's, --shell-job) are not supported yet" } else { "only memory devices are supported" };
+            if (136..144).contains(&major) {
+                return Err(Error::Unsupported {
+                    pid,
+                    fd: Some(info.fd),
+                    what: format!("{} is a pseudo-terminal whose master is held outside the dumped tree (e.g. the terminal of an attached tmux or screen client)", info.link),
+                    hint: Some("dump the tree that holds the master, or close the fd (detach the client) first"),
+                });
+            }
+            let hint = if major == 4 || major == 5 { "terminals other than pseudo-terminals (and a shell job's, --shell-job) are not supported yet" } else { "only memory devices are supported" };
             return Err(Error::Unsupported { pid, fd: Some(info.fd), what: format!("character device {} ({major}:{minor})", info.link), hint: Some(hint) });
         }
         Ok(Kind::Chr(pb::ChrDev { path: info.link.clone(), flags: info.flags & !(libc::O_CLOEXEC as u32), major, minor, pos: info.pos }))

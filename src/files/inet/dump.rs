@@ -86,7 +86,7 @@ impl InetTable {
             (true, TCP_CLOSE) => {}
             (true, TCP_ESTABLISHED) if self.tcp_established => {}
             (true, TCP_ESTABLISHED) => {
-                return Err(refuse(pid, fd, format!("{what} is an established TCP connection"), "dump with --tcp-established (and restore with it) to take established connections along"));
+                return Err(refuse(pid, fd, format!("{what} is an established TCP connection"), "dump with --tcp-established to take established connections along"));
             }
             (true, st) => {
                 return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
@@ -123,6 +123,7 @@ impl InetTable {
             lock::lock(&table, &conns).map_err(|why| refuse(pid, fd, format!("cannot lock the network for the tree's TCP connections: {why}"), "--tcp-established needs nftables (the nft command) and the nf_tables kernel module"))?;
         }
         self.check_in_flight()?;
+        self.check_udp_senders()?;
         let table = self.locked.clone().unwrap_or_default();
         for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && h.sock.state == TCP_ESTABLISHED) {
             let what = super::describe(&h.sock);
@@ -156,6 +157,23 @@ impl InetTable {
             let Some((ip, port)) = super::parse_addr(&h.sock.local) else { continue };
             if let Some((a, _)) = half_open.iter().find(|(a, p)| *p == port && (ip.is_unspecified() || *a == ip)) {
                 return Err(refuse(h.pid, h.fd, format!("{} has a connection from a client still in its handshake (SYN_RECV, to {a})", super::describe(&h.sock)), "retry the dump, or dump with --skip-in-flight (the client's handshake starts over)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A queued datagram is sent again at restore from its sender's address: by
+    /// the tree's own socket there, or a stand-in bound to it, which an outside
+    /// socket still bound there would stop. Refused now, while the tree runs.
+    fn check_udp_senders(&self) -> Result<()> {
+        for h in self.socks.values().filter(|h| !h.sock.queue.is_empty()) {
+            for d in &h.sock.queue {
+                if self.socks.values().any(|o| o.sock.protocol as i32 == libc::IPPROTO_UDP && o.sock.local == d.from) {
+                    continue;
+                }
+                if let Err(e) = super::restore::sender(&d.from) {
+                    return Err(refuse(h.pid, h.fd, format!("{} has a datagram queued from {}, where a socket outside the tree is bound ({e})", super::describe(&h.sock), super::addr_text(&d.from)), "restore could not send it again from there; retry the dump once the program has read it"));
+                }
             }
         }
         Ok(())

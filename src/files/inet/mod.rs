@@ -87,5 +87,8 @@ pub fn describe(s: &pb::InetSocket) -> String {
     if let Some(t) = &s.tcp {
         d.push_str(&format!(" ({} bytes to send, {} unread)", t.send_queue.len(), t.recv_queue.len()));
     }
+    if !s.queue.is_empty() {
+        d.push_str(&format!(" ({} datagrams queued)", s.queue.len()));
+    }
     d
 }

@@ -154,11 +154,11 @@ impl Restorer {
 impl Drop for Restorer {
     /// A restore that failed: the lock goes too (its connections are gone).
     fn drop(&mut self) {
-        if !self.finished
-            && std::process::id() == self.owner
-            && let Err(e) = self.unlock()
-        {
-            log::error!("removing the network lock: {e}");
+        if !self.finished && std::process::id() == self.owner && !self.locks.is_empty() {
+            log::error!("the restore failed: the network lock of the dumped TCP connections is removed, so their peers see them reset; these images cannot bring those connections back");
+            if let Err(e) = self.unlock() {
+                log::error!("removing the network lock: {e}");
+            }
         }
     }
 }
@@ -176,8 +176,8 @@ fn loopback_like(a: &[u8]) -> Vec<u8> {
 
 /// A UDP socket bound to `addr` (shared with whoever else is bound there with
 /// SO_REUSEADDR; IP_FREEBIND for an address that is not local).
-fn sender(addr: &[u8]) -> Result<OwnedFd, nix::errno::Errno> {
-    let family = u16::from_ne_bytes([addr[0], addr[1]]) as i32;
+pub(super) fn sender(addr: &[u8]) -> Result<OwnedFd, nix::errno::Errno> {
+    let family = u16::from_ne_bytes([*addr.first().ok_or(nix::errno::Errno::EINVAL)?, *addr.get(1).ok_or(nix::errno::Errno::EINVAL)?]) as i32;
     let fd = sock::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
     sock::set_int(fd.as_fd(), libc::SO_REUSEADDR, 1)?;
     let (level, freebind) = if family == libc::AF_INET { (libc::IPPROTO_IP, libc::IP_FREEBIND) } else { (libc::IPPROTO_IPV6, 78) };
