@@ -271,6 +271,11 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         if let Some(l) = link(root) {
             tree_ns.push(("net", l));
         }
+        let pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
+        if let Some(o) = crate::net::outside_user(root, &pids) {
+            let comm = std::fs::read_to_string(format!("/proc/{o}/comm")).unwrap_or_default();
+            return Err(Error::Unsupported { pid: root, fd: None, what: format!("its network namespace is also used by pid {o} ({}), outside the dumped tree", comm.trim()), hint: Some("dump the tree of every process in the namespace") });
+        }
     }
     for p in &live {
         task::precheck::check_process(p, root_mnt.as_deref(), &tree_ns)?;

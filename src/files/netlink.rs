@@ -15,7 +15,29 @@ const NETLINK_ADD_MEMBERSHIP: i32 = 1;
 const NETLINK_LIST_MEMBERSHIPS: i32 = 9;
 /// Options kept (SOL_NETLINK): PKTINFO, BROADCAST_ERROR, NO_ENOBUFS,
 /// LISTEN_ALL_NSID, CAP_ACK, EXT_ACK, GET_STRICT_CHK; and the buffers.
-const OPTS: &[(i32, i32)] = &[(SOL_NETLINK, 3), (SOL_NETLINK, 4), (SOL_NETLINK, 5), (SOL_NETLINK, 8), (SOL_NETLINK, 10), (SOL_NETLINK, 11), (SOL_NETLINK, 12), (libc::SOL_SOCKET, libc::SO_RCVBUF), (libc::SOL_SOCKET, libc::SO_SNDBUF)];
+const OPTS: &[(i32, i32)] = &[
+    (SOL_NETLINK, 3),
+    (SOL_NETLINK, 4),
+    (SOL_NETLINK, 5),
+    (SOL_NETLINK, 8),
+    (SOL_NETLINK, 10),
+    (SOL_NETLINK, 11),
+    (SOL_NETLINK, 12),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::SOL_SOCKET, libc::SO_PASSCRED),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS),
+    (libc::SOL_SOCKET, libc::SO_MARK),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
+    (libc::SOL_SOCKET, libc::SO_RXQ_OVFL),
+];
+/// Protocols whose sockets hold no kernel state beyond what is saved: ROUTE,
+/// SOCK_DIAG, KOBJECT_UEVENT, GENERIC (families registered with the kernel for a
+/// port id, as nl80211's owner or taskstats listeners, are not seen: GENERIC
+/// sockets are taken as plain requesters), and NETFILTER/AUDIT/CONNECTOR are not.
+const PROTOCOLS: &[u32] = &[0, 4, 15, 16];
 
 /// (port id, groups) of a raw sockaddr_nl.
 fn nl_addr(a: &[u8]) -> (u32, u32) {
@@ -39,6 +61,12 @@ pub fn dump(pid: i32, fd: i32, dup: &OwnedFd, ino: u64) -> Result<pb::NetlinkSoc
     let refuse = |what: String, hint: &'static str| Error::Unsupported { pid, fd: Some(fd), what: format!("netlink socket:[{ino}] {what}"), hint: Some(hint) };
     let ty = sock::get_int(f, libc::SO_TYPE).map_err(|e| sys("SO_TYPE", e))? as u32;
     let protocol = sock::get_int(f, libc::SO_PROTOCOL).map_err(|e| sys("SO_PROTOCOL", e))? as u32;
+    if !PROTOCOLS.contains(&protocol) {
+        return Err(refuse(format!("of protocol {protocol}"), "only NETLINK_ROUTE, SOCK_DIAG, KOBJECT_UEVENT and GENERIC sockets are supported (others keep kernel state tied to the port id)"));
+    }
+    if !sock::in_holders_netns(f, pid) {
+        return Err(refuse("belongs to another network namespace than its holder's".into(), "sockets of other network namespaces are not supported"));
+    }
     if crate::sys::tty::poll_now(f, libc::POLLIN).map_err(|e| sys("poll", e))? & (libc::POLLIN | libc::POLLERR) != 0 {
         return Err(refuse(format!("(protocol {protocol}) has messages or an error queued"), "queued netlink messages cannot be read without consuming them; retry the dump once the program has read them"));
     }
@@ -56,7 +84,7 @@ pub fn dump(pid: i32, fd: i32, dup: &OwnedFd, ino: u64) -> Result<pb::NetlinkSoc
     let fresh = sock::socket(libc::AF_NETLINK, ty as i32, protocol as i32).map_err(|e| sys("socket (a new one to compare options with)", e))?;
     let mut opts = Vec::new();
     for &(level, name) in OPTS {
-        let (Ok(v), Ok(n)) = (sock::get_raw(f, level, name, 4), sock::get_raw(fresh.as_fd(), level, name, 4)) else { continue };
+        let (Ok(v), Ok(n)) = (sock::get_raw(f, level, name, 16), sock::get_raw(fresh.as_fd(), level, name, 16)) else { continue };
         if v != n {
             opts.push(pb::SockOpt { level, name, value: v });
         }

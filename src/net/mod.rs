@@ -21,6 +21,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+/// Fallback tunnel devices (ip_tunnel.c's fb_tunnel_dev and friends).
+const FALLBACK: &[&str] = &["tunl0", "sit0", "ip6tnl0", "gre0", "gretap0", "erspan0", "ip_vti0", "ip6_vti0", "ip6gre0"];
+
 /// The main routing table.
 const RT_TABLE_MAIN: u32 = 254;
 /// The local table (the kernel fills it from the addresses).
@@ -30,6 +33,14 @@ const RT_TABLE_LOCAL: u32 = 255;
 pub fn own_netns(pid: i32) -> bool {
     let link = |p: &str| std::fs::read_link(p).ok();
     link(&format!("/proc/{pid}/ns/net")) != link("/proc/self/ns/net")
+}
+
+/// A process outside `tree` (and not crtool) in `pid`'s network namespace, if
+/// any: the namespace would outlive the dump and not be the restored tree's.
+pub fn outside_user(pid: i32, tree: &std::collections::BTreeSet<i32>) -> Option<i32> {
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|&p| p != me && !tree.contains(&p) && std::fs::read_link(format!("/proc/{p}/ns/net")).ok().as_ref() == Some(&ns))
 }
 
 /// crtool's thread in another network namespace, until dropped (back to the one
@@ -114,12 +125,25 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
                 _ => {}
             }
         }
+        // The fallback tunnels a loaded module puts in every namespace (tunl0,
+        // sit0, ...), left down: the kernel makes them in the new one too.
+        if FALLBACK.contains(&link.name.as_str()) && !link.up {
+            continue;
+        }
         link.kind = match (&kind, l.header.flags.contains(LinkFlags::Loopback)) {
             (None, true) => "loopback".into(),
             (Some(InfoKind::Veth), _) if peer_outside => "veth".into(),
             (Some(InfoKind::Veth), _) => return Err(refuse(format!("veth {} has its peer in the namespace too", link.name), "veth pairs with both ends inside are not supported yet")),
-            (k, _) => return Err(refuse(format!("link {} of kind {k:?}", link.name), "only the loopback and veth links (peer outside) are supported yet")),
+            (k, _) => {
+                let k = k.as_ref().map_or("unknown".to_string(), |k| format!("{k:?}").to_lowercase());
+                return Err(refuse(format!("link {} of kind {k}", link.name), "only the loopback and veth links (peer outside) are supported yet"));
+            }
         };
+        let odd = l.header.flags & (LinkFlags::Promisc | LinkFlags::Noarp | LinkFlags::Allmulti | LinkFlags::Debug);
+        if !odd.is_empty() && link.kind == "veth" {
+            return Err(refuse(format!("link {} has flags {odd:?}", link.name), "link flags other than up are not supported yet"));
+        }
+        link.index = l.header.index;
         names.insert(l.header.index, link.name.clone());
         ns.links.push(link);
     }
@@ -137,12 +161,28 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
         let Some(ip) = addr else { continue };
         // The kernel's own: the loopback's, and IPv6 link-local ones.
         let auto = match ip {
-            IpAddr::V4(v) => v.is_loopback() && link == "lo",
-            IpAddr::V6(v) => v.is_loopback() || (v.segments()[0] & 0xffc0) == 0xfe80,
+            IpAddr::V4(v) => v == std::net::Ipv4Addr::LOCALHOST && a.header.prefix_len == 8 && link == "lo",
+            IpAddr::V6(v) => (v.is_loopback() && link == "lo") || (v.segments()[0] & 0xffc0) == 0xfe80,
         };
-        if !auto {
-            ns.addrs.push(pb::NetAddr { link, addr: ip_bytes(&ip), prefix: a.header.prefix_len as u32 });
+        if auto {
+            continue;
         }
+        let peer = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(p) => Some(*p),
+            _ => None,
+        });
+        if ip.is_ipv4() && peer.is_some_and(|p| p != ip) {
+            return Err(refuse(format!("a point-to-point address {ip} on {link}"), "peer addresses are not supported yet"));
+        }
+        let broadcast = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Broadcast(b) => Some(b.octets().to_vec()),
+            _ => None,
+        });
+        let label = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Label(l) if *l != link => Some(l.clone()),
+            _ => None,
+        });
+        ns.addrs.push(pb::NetAddr { link, addr: ip_bytes(&ip), prefix: a.header.prefix_len as u32, broadcast: broadcast.unwrap_or_default(), label: label.unwrap_or_default() });
     }
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut q = RouteMessage::default();
@@ -155,8 +195,23 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
             }).unwrap_or(r.header.table as u32);
             // Made by the kernel itself: the local table, routes of addresses and
             // links (proto kernel), IPv6 multicast and link-local ones.
-            if table == RT_TABLE_LOCAL || r.header.protocol == RouteProtocol::Kernel || r.header.kind == RouteType::Multicast {
+            if r.header.protocol == RouteProtocol::Kernel || r.header.kind == RouteType::Multicast {
                 continue;
+            }
+            if table == RT_TABLE_LOCAL {
+                return Err(refuse("a route added to the local routing table".into(), "routes in the local table (AnyIP, TPROXY) are not supported yet"));
+            }
+            let odd = r.attributes.iter().find(|a| !matches!(a, RouteAttribute::Table(_) | RouteAttribute::Destination(_) | RouteAttribute::Gateway(_) | RouteAttribute::Oif(_) | RouteAttribute::Priority(_) | RouteAttribute::CacheInfo(_) | RouteAttribute::Preference(_)));
+            if let Some(a) = odd.filter(|_| table == RT_TABLE_MAIN) {
+                let name = format!("{a:?}");
+                return Err(refuse(format!("a route with {}", name.split('(').next().unwrap_or("an attribute")), "routes with a preferred source, metrics, several next hops or encapsulation are not supported yet"));
+            }
+            // (Linkdown, Dead and the like are the kernel's state, not settings.)
+            if r.header.flags.contains(netlink_packet_route::route::RouteFlags::Onlink) && table == RT_TABLE_MAIN {
+                return Err(refuse("an onlink route".into(), "onlink routes are not supported yet"));
+            }
+            if r.header.protocol == RouteProtocol::Ra {
+                return Err(refuse("a route learned from a router advertisement".into(), "not supported yet (it would come back permanent)"));
             }
             let dst = r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Destination(d) => route_ip(d),
@@ -190,7 +245,13 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
             });
         }
     }
+    // Routes without a gateway first: a gateway must be reachable when its route
+    // is added.
+    ns.routes.sort_by_key(|r| !r.gateway.is_empty());
     check_unsupported(&nl, &names).map_err(|(what, hint)| refuse(what, hint))?;
+    if ["ip_tables_names", "ip6_tables_names", "arp_tables_names"].iter().any(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).is_ok_and(|t| !t.trim().is_empty())) {
+        return Err(refuse("it has iptables (x_tables) rules".into(), "only nftables rulesets are taken along"));
+    }
     ns.sysctls = sysctls::differing().map_err(|e| Error::io("/proc/sys/net", e))?;
     ns.nft_ruleset = nft_ruleset().map_err(|why| refuse(why, "install nftables (the nft command)"))?;
     Ok(ns)
@@ -207,7 +268,12 @@ fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>) -> std::result::R
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut q = RuleMessage::default();
         q.header.family = family;
-        for m in nl.dump(RouteNetlinkMessage::GetRule(q)).map_err(|e| io("policy rules", e))? {
+        let rules = match nl.dump(RouteNetlinkMessage::GetRule(q)) {
+            // (IPv6 disabled.)
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Vec::new(),
+            r => r.map_err(|e| io("policy rules", e))?,
+        };
+        for m in rules {
             let RouteNetlinkMessage::NewRule(r) = m else { continue };
             let prio = r.attributes.iter().find_map(|a| match a {
                 RuleAttribute::Priority(p) => Some(*p),
@@ -263,10 +329,6 @@ mod sysctls {
             let path = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
             let Ok(md) = e.metadata() else { continue };
             if md.is_dir() {
-                let per_link = rel.ends_with("/conf") || rel.ends_with("/neigh");
-                if per_link && !matches!(name.as_str(), "all" | "default" | "lo") {
-                    continue;
-                }
                 walk(&e.path(), &path, out);
             } else {
                 use std::os::unix::fs::PermissionsExt;
@@ -287,9 +349,44 @@ mod sysctls {
         out
     }
 
-    /// The sysctls of this thread's namespace that differ from a new one's.
+    /// Where a per-link sysctl's default is (`conf/eth0/x` → `conf/default/x`),
+    /// for links other than the loopback and the all/default directories.
+    fn link_default(path: &str) -> Option<String> {
+        let parts: Vec<&str> = path.split('/').collect();
+        let i = parts.iter().position(|p| *p == "conf" || *p == "neigh")?;
+        let link = parts.get(i + 1)?;
+        if matches!(*link, "all" | "default" | "lo") || parts.len() <= i + 2 {
+            return None;
+        }
+        let mut d: Vec<&str> = parts.clone();
+        d[i + 1] = "default";
+        Some(d.join("/"))
+    }
+
+    /// The order to write them in: ip_forward and `all` first (writing them
+    /// changes the others), then `default`, then the rest; per-link values after
+    /// their links exist (see `create`).
+    pub fn rank(path: &str) -> u8 {
+        match () {
+            _ if path.ends_with("ip_forward") => 0,
+            _ if path.contains("/conf/all/") => 1,
+            _ if path.contains("/conf/default/") => 2,
+            _ if link_default(path).is_some() => 4,
+            _ => 3,
+        }
+    }
+
+    /// Whether `path` is a sysctl of one link (written once the links exist).
+    pub fn per_link(path: &str) -> bool {
+        link_default(path).is_some()
+    }
+
+    /// The sysctls of this thread's namespace that differ from a new one's; a
+    /// link's own ones (other than the loopback's) that differ from the
+    /// namespace's `default`, which a new link takes.
     pub fn differing() -> std::io::Result<Vec<pb::Sysctl>> {
         let mine = read_all();
+        let here: std::collections::BTreeMap<String, String> = mine.iter().cloned().collect();
         let fresh = std::thread::scope(|s| {
             s.spawn(|| -> std::io::Result<Vec<(String, String)>> {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
@@ -299,7 +396,16 @@ mod sysctls {
             .unwrap_or_else(|_| Err(std::io::Error::other("reading a new namespace's sysctls panicked")))
         })?;
         let fresh: std::collections::BTreeMap<String, String> = fresh.into_iter().collect();
-        Ok(mine.into_iter().filter(|(p, v)| fresh.get(p).is_some_and(|f| f != v)).map(|(path, value)| pb::Sysctl { path, value }).collect())
+        let mut out: Vec<pb::Sysctl> = mine
+            .into_iter()
+            .filter(|(p, v)| match link_default(p) {
+                Some(d) => here.get(&d).is_some_and(|dv| dv != v),
+                None => fresh.get(p).is_some_and(|f| f != v),
+            })
+            .map(|(path, value)| pb::Sysctl { path, value })
+            .collect();
+        out.sort_by(|a, b| (rank(&a.path), &a.path).cmp(&(rank(&b.path), &b.path)));
+        Ok(out)
     }
 
     pub fn write(s: &pb::Sysctl) -> std::io::Result<()> {
@@ -315,10 +421,7 @@ mod sysctls {
 fn nft_ruleset() -> std::result::Result<String, String> {
     let out = match std::process::Command::new("nft").args(["list", "ruleset"]).output() {
         Ok(o) => o,
-        // No nft: then nobody set up nftables rules with it either... but the
-        // kernel may still have some: refuse only if we cannot tell.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(format!("running nft: {e}")),
+        Err(e) => return Err(format!("its nftables ruleset cannot be read (running nft: {e})")),
     };
     if !out.status.success() {
         return Err(format!("nft list ruleset: {}", String::from_utf8_lossy(&out.stderr).trim()));
@@ -364,6 +467,10 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| fail(format!("unshare(CLONE_NEWNET): {e}")))?;
     let made = Made { _back: Entered(outside.try_clone().map_err(|e| io("dup", e))?) };
     let nl = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
+    // Namespace-wide sysctls before the links (a new link takes `default`).
+    for s in ns.sysctls.iter().filter(|s| !sysctls::per_link(&s.path)) {
+        sysctls::write(s).map_err(|e| io(&format!("writing /proc/sys/net/{}", s.path), e))?;
+    }
     // (By ioctl on a socket of this namespace: /sys shows the one it was mounted in.)
     let index_of = |name: &str| -> std::result::Result<u32, Error> { nix::net::if_::if_nametoindex(name).map_err(|e| fail(format!("link {name}: {e}"))) };
     for l in &ns.links {
@@ -372,6 +479,7 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
             peer.attributes.push(LinkAttribute::IfName(veth[&l.name].clone()));
             peer.attributes.push(LinkAttribute::NetNsFd(outside.as_raw_fd()));
             let mut m = LinkMessage::default();
+            m.header.index = l.index;
             m.attributes.push(LinkAttribute::IfName(l.name.clone()));
             m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth), LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer)))]));
             nl.ack(RouteNetlinkMessage::NewLink(m), true).map_err(|e| io(&format!("making veth {} (peer {} outside)", l.name, veth[&l.name]), e))?;
@@ -390,19 +498,37 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
         }
         nl.ack(RouteNetlinkMessage::SetLink(m), false).map_err(|e| io(&format!("setting link {}", l.name), e))?;
     }
+    // The links' own sysctls, before their addresses (disable_ipv6, ...).
+    for s in ns.sysctls.iter().filter(|s| sysctls::per_link(&s.path)) {
+        sysctls::write(s).map_err(|e| io(&format!("writing /proc/sys/net/{}", s.path), e))?;
+    }
     for a in &ns.addrs {
         let ip = ip_of(&a.addr).ok_or_else(|| fail(format!("a bad address of {} in netns.img", a.link)))?;
         let mut m = AddressMessage::default();
         m.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         m.header.prefix_len = a.prefix as u8;
         m.header.index = index_of(&a.link)?;
+        // Usable at once, as it was (no duplicate address detection to wait for).
+        if ip.is_ipv6() {
+            m.header.flags = netlink_packet_route::address::AddressHeaderFlags::Nodad;
+        }
         m.attributes.push(AddressAttribute::Local(ip));
         m.attributes.push(AddressAttribute::Address(ip));
+        if let Some(IpAddr::V4(b)) = ip_of(&a.broadcast) {
+            m.attributes.push(AddressAttribute::Broadcast(b));
+        }
+        if !a.label.is_empty() {
+            m.attributes.push(AddressAttribute::Label(a.label.clone()));
+        }
         nl.ack(RouteNetlinkMessage::NewAddress(m), true).map_err(|e| io(&format!("adding {ip}/{} to {}", a.prefix, a.link), e))?;
     }
     for r in &ns.routes {
         let mut m = RouteMessage::default();
-        m.header.address_family = if r.family as i32 == libc::AF_INET { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        m.header.address_family = match r.family as i32 {
+            libc::AF_INET => AddressFamily::Inet,
+            libc::AF_INET6 => AddressFamily::Inet6,
+            f => return Err(fail(format!("a route of address family {f} in netns.img"))),
+        };
         m.header.destination_prefix_length = r.dst_len as u8;
         m.header.table = RT_TABLE_MAIN as u8;
         m.header.protocol = RouteProtocol::from(r.protocol as u8);
@@ -412,11 +538,12 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
             IpAddr::V4(v) => RouteAddress::Inet(v),
             IpAddr::V6(v) => RouteAddress::Inet6(v),
         });
-        if let Some(d) = addr(&r.dst) {
-            m.attributes.push(RouteAttribute::Destination(d));
+        let bad = |what: &str| fail(format!("a route with a malformed {what} in netns.img"));
+        if !r.dst.is_empty() {
+            m.attributes.push(RouteAttribute::Destination(addr(&r.dst).ok_or_else(|| bad("destination"))?));
         }
-        if let Some(g) = addr(&r.gateway) {
-            m.attributes.push(RouteAttribute::Gateway(g));
+        if !r.gateway.is_empty() {
+            m.attributes.push(RouteAttribute::Gateway(addr(&r.gateway).ok_or_else(|| bad("gateway"))?));
         }
         if !r.oif.is_empty() {
             m.attributes.push(RouteAttribute::Oif(index_of(&r.oif)?));
@@ -425,9 +552,6 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
             m.attributes.push(RouteAttribute::Priority(r.priority));
         }
         nl.ack(RouteNetlinkMessage::NewRoute(m), true).map_err(|e| io(&format!("adding a route to {:?}/{}", ip_of(&r.dst), r.dst_len), e))?;
-    }
-    for s in &ns.sysctls {
-        sysctls::write(s).map_err(|e| io(&format!("writing /proc/sys/net/{}", s.path), e))?;
     }
     if !ns.nft_ruleset.is_empty() {
         use std::io::Write;

@@ -212,3 +212,23 @@ pub fn send_to(fd: BorrowedFd, data: &[u8], addr: &[u8]) -> Result<(), Errno> {
     let n = Errno::result(r)?;
     if n as usize != data.len() { Err(Errno::EMSGSIZE) } else { Ok(()) }
 }
+
+/// The inode of the network namespace socket `fd` belongs to (ioctl SIOCGSKNS,
+/// which opens it).
+pub fn netns_ino(fd: BorrowedFd) -> Result<u64, Errno> {
+    const SIOCGSKNS: libc::Ioctl = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd we own.
+    let r = Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSKNS) })?;
+    // SAFETY: as above.
+    let ns = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) };
+    nix::sys::stat::fstat(&ns).map(|st| st.st_ino)
+}
+
+/// Whether socket `fd` held by `pid` is in `pid`'s network namespace.
+pub fn in_holders_netns(fd: BorrowedFd, pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (netns_ino(fd), std::fs::metadata(format!("/proc/{pid}/ns/net"))) {
+        (Ok(a), Ok(m)) => a == m.ino(),
+        _ => true,
+    }
+}

@@ -41,7 +41,7 @@ pub fn syn_recv() -> std::io::Result<Vec<(IpAddr, u16)>> {
                     _ => {}
                 }
                 if len == 0 {
-                    break 'recv;
+                    return Err(bad("a zero-length message".into()));
                 }
                 at += len;
             }

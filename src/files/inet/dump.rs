@@ -50,6 +50,9 @@ impl InetTable {
         if !matches!((ty, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
             return Err(refuse(pid, fd, format!("inet socket:[{ino}] of type {ty}, protocol {protocol}"), "only TCP and UDP sockets are supported yet (not raw, ICMP, SCTP, ...)"));
         }
+        if !sock::in_holders_netns(f, pid) {
+            return Err(refuse(pid, fd, format!("socket:[{ino}] belongs to another network namespace than its holder's"), "sockets of other network namespaces are not supported"));
+        }
         let (local, peer) = sock::names(f).map_err(|e| sys("getsockname/getpeername", e))?;
         let tcp = protocol == libc::IPPROTO_TCP;
         let info = if tcp { sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 32).map_err(|e| sys("TCP_INFO", e))? } else { Vec::new() };
@@ -96,6 +99,16 @@ impl InetTable {
                     return Err(refuse(pid, fd, format!("{what} has datagrams waiting to be sent (UDP_CORK)"), "corked UDP data is not supported; dump once the program has sent it"));
                 }
                 s.queue = peek_datagrams(f).map_err(|why| refuse(pid, fd, format!("{what}: {why}"), "retry the dump once the program has read its queue"))?;
+                // Sent again at restore on the loopback: what tells a datagram's
+                // own path apart would differ.
+                let on = |level: i32, opt: i32| sock::get_int_at(f, level, opt).is_ok_and(|v| v != 0);
+                let path_opts = on(libc::IPPROTO_IP, libc::IP_PKTINFO) || on(libc::IPPROTO_IP, libc::IP_RECVORIGDSTADDR) || on(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO) || on(libc::IPPROTO_UDP, 104) || sock::get_raw(f, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16).is_ok_and(|d| d.iter().any(|&b| b != 0));
+                if !s.queue.is_empty() && path_opts {
+                    return Err(refuse(pid, fd, format!("{what} has datagrams queued and asks for their destination or device (IP_PKTINFO, IP_RECVORIGDSTADDR, UDP_GRO or SO_BINDTODEVICE)"), "retry the dump once the program has read its queue"));
+                }
+                if !s.peer.is_empty() && s.queue.iter().any(|d| d.from != s.peer) {
+                    return Err(refuse(pid, fd, format!("{what} is connected and has datagrams queued from another sender (queued before it connected)"), "retry the dump once the program has read its queue"));
+                }
             }
         }
         let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
@@ -155,7 +168,7 @@ impl InetTable {
         let half_open = super::diag::syn_recv().map_err(|e| Error::io("sock_diag (INET_DIAG, SYN_RECV)", e))?;
         for h in listeners {
             let Some((ip, port)) = super::parse_addr(&h.sock.local) else { continue };
-            if let Some((a, _)) = half_open.iter().find(|(a, p)| *p == port && (ip.is_unspecified() || *a == ip)) {
+            if let Some((a, _)) = half_open.iter().find(|(a, p)| *p == port && (ip.is_unspecified() || a.to_canonical() == ip.to_canonical())) {
                 return Err(refuse(h.pid, h.fd, format!("{} has a connection from a client still in its handshake (SYN_RECV, to {a})", super::describe(&h.sock)), "retry the dump, or dump with --skip-in-flight (the client's handshake starts over)"));
             }
         }
@@ -168,7 +181,10 @@ impl InetTable {
     fn check_udp_senders(&self) -> Result<()> {
         for h in self.socks.values().filter(|h| !h.sock.queue.is_empty()) {
             for d in &h.sock.queue {
-                if self.socks.values().any(|o| o.sock.protocol as i32 == libc::IPPROTO_UDP && o.sock.local == d.from) {
+                if let Some(o) = self.socks.values().find(|o| super::restore::sends_as(&o.sock, &d.from)) {
+                    if o.sock.opts.iter().any(|x| x.level == libc::IPPROTO_UDP && x.name == libc::UDP_CORK) {
+                        return Err(refuse(h.pid, h.fd, format!("{} has a datagram queued from {}, which has UDP_CORK set", super::describe(&h.sock), super::describe(&o.sock)), "retry the dump once the program has read it"));
+                    }
                     continue;
                 }
                 if let Err(e) = super::restore::sender(&d.from) {

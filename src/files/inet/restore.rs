@@ -90,7 +90,7 @@ impl Restorer {
                 _ => s.local.clone(),
             };
             for d in &s.queue {
-                let own = self.socks.values().find(|(_, o)| o.protocol as i32 == libc::IPPROTO_UDP && o.local == d.from).map(|(f, _)| f);
+                let own = self.socks.values().find(|(_, o)| sends_as(o, &d.from)).map(|(f, _)| f);
                 let stand_in;
                 let from = match own {
                     Some(f) => f.as_fd(),
@@ -180,8 +180,11 @@ pub(super) fn sender(addr: &[u8]) -> Result<OwnedFd, nix::errno::Errno> {
     let family = u16::from_ne_bytes([*addr.first().ok_or(nix::errno::Errno::EINVAL)?, *addr.get(1).ok_or(nix::errno::Errno::EINVAL)?]) as i32;
     let fd = sock::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
     sock::set_int(fd.as_fd(), libc::SO_REUSEADDR, 1)?;
-    let (level, freebind) = if family == libc::AF_INET { (libc::IPPROTO_IP, libc::IP_FREEBIND) } else { (libc::IPPROTO_IPV6, 78) };
+    // An address not local here: bound with IP_FREEBIND, sent from with
+    // IP_TRANSPARENT (CAP_NET_ADMIN).
+    let (level, freebind, transparent) = if family == libc::AF_INET { (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT) } else { (libc::IPPROTO_IPV6, 78, 75) };
     sock::set_int_at(fd.as_fd(), level, freebind, 1)?;
+    sock::set_int_at(fd.as_fd(), level, transparent, 1)?;
     sock::bind_raw(fd.as_fd(), addr, false)?;
     Ok(fd)
 }
@@ -204,4 +207,14 @@ fn count_queued(fd: std::os::fd::BorrowedFd) -> usize {
     }
     let _ = sock::set_int(fd, libc::SO_PEEK_OFF, old);
     n
+}
+
+/// Whether UDP socket `s` sends with source address `from` (its address, or its
+/// port on a wildcard address; IPv4-mapped addresses taken as IPv4).
+pub(super) fn sends_as(s: &pb::InetSocket, from: &[u8]) -> bool {
+    if s.protocol as i32 != libc::IPPROTO_UDP {
+        return false;
+    }
+    let (Some((ip, port)), Some((fip, fport))) = (super::parse_addr(&s.local), super::parse_addr(from)) else { return false };
+    port == fport && (ip.is_unspecified() || ip.to_canonical() == fip.to_canonical())
 }
