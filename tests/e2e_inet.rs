@@ -157,12 +157,11 @@ wait $C
     s.roundtrip_ok("result");
 }
 
-/// A connection whose peer has closed (CLOSE_WAIT) and one with urgent data
-/// pending: refused with --tcp-established, naming what, and the process runs on
-/// with the connection as it was (no lock left behind).
+/// A connection with urgent data pending: refused with --tcp-established, naming
+/// it, and the process runs on with the connection as it was.
 #[test]
-fn half_closed_and_urgent_connections_are_refused() {
-    for (mode, needle) in [("closewait", "peer has closed"), ("urgent", "urgent")] {
+fn a_connection_with_urgent_data_is_refused() {
+    for (mode, needle) in [("urgent", "urgent")] {
         let s = Scenario::run(
             &format!("tcp-{mode}"),
             &format!(
@@ -265,4 +264,56 @@ kill $C
     s.failed_saying("dump", &[&s.var("sender"), "outside the tree"]);
     s.ensure(s.var("tracer") == "0", || "the server is still traced".into());
     s.passed("result");
+}
+
+/// A server whose client (outside the tree) sent a request and closed its side
+/// (CLOSE_WAIT, the request unread): after a --leave-running dump and the real
+/// dump and restore with --tcp-established the server is still in CLOSE_WAIT,
+/// reads the request and the end of the stream, and its reply reaches the client
+/// on the same connection (tests/workloads/halfclose.py).
+#[test]
+fn a_connection_whose_peer_closed_its_side_comes_back() {
+    let s = Scenario::run(
+        "closewait",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 ))
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/halfclose.py" "$T" $PORT </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/listening" || fail "halfclose.py did not start: $(cat "$T/wl.err")"
+"$PY3" -c "
+import socket
+c = socket.create_connection(('127.0.0.1', $PORT))
+c.sendall(b'request'); c.shutdown(socket.SHUT_WR)
+c.settimeout(60)
+got = b''
+while True:
+    b = c.recv(100)
+    if not b: break
+    got += b
+open('$T/client.result', 'w').write('PASS' if got == b'reply:request' else 'FAIL: %r' % got)
+" 2>"$T/client.err" & C=$!
+wait_until nonempty "$T/ready" || fail "the connection did not reach CLOSE_WAIT: $(cat "$T/wl.err")"
+run dump_r crt dump -t $P -D "$T/ck-r" -R --tcp-established
+need dump_r
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck" --tcp-established
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "halfclose.py wrote no result: $(cat "$T/wl.err")"
+wait_until nonempty "$T/client.result" || fail "the client wrote no result: $(cat "$T/client.err")"
+put client "$(cat "$T/client.result")"
+"#,
+    );
+    s.ok("dump_r");
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.ensure(s.var("client") == "PASS", || format!("the client: {}", s.var("client")));
+    s.roundtrip_ok("result");
 }

@@ -1,6 +1,6 @@
 //! Dumping inet sockets.
 
-use super::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, lock, opts, repair, state_text};
+use super::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, is_connection, lock, opts, repair, state_text};
 use crate::error::{Error, Result};
 use crate::sys::sock;
 use images_format::pb;
@@ -68,7 +68,7 @@ impl InetTable {
         if revents & libc::POLLERR != 0 {
             return Err(refuse(pid, fd, format!("{what} has a pending error"), "let the program read it first (SO_ERROR)"));
         }
-        if state != TCP_LISTEN && revents & libc::POLLRDHUP != 0 {
+        if state != TCP_LISTEN && state != TCP_CLOSE_WAIT && revents & libc::POLLRDHUP != 0 {
             return Err(refuse(pid, fd, format!("{what} is shut down for reading, or its peer has closed its side"), "half-closed sockets are not supported yet"));
         }
         if tcp && revents & libc::POLLPRI != 0 {
@@ -87,8 +87,8 @@ impl InetTable {
                 s.backlog = word(28);
             }
             (true, TCP_CLOSE) => {}
-            (true, TCP_ESTABLISHED) if self.tcp_established => {}
-            (true, TCP_ESTABLISHED) => {
+            (true, st) if is_connection(st) && self.tcp_established => {}
+            (true, st) if is_connection(st) => {
                 return Err(refuse(pid, fd, format!("{what} is an established TCP connection"), "dump with --tcp-established to take established connections along"));
             }
             (true, st) => {
@@ -112,7 +112,7 @@ impl InetTable {
             }
         }
         let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
-        s.opts = opts::capture(f, fresh.as_fd(), family, protocol, state == TCP_ESTABLISHED);
+        s.opts = opts::capture(f, fresh.as_fd(), family, protocol, is_connection(state));
         let dup = dup.try_clone().map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
         self.socks.insert(ino, Held { pid, fd, dup, sock: s, reuse: 0 });
         Ok(())
@@ -127,7 +127,7 @@ impl InetTable {
     /// network lock (in inode order). They stay in repair mode (and locked) until
     /// the tree is killed (closing them then sends nothing) or `release`.
     pub fn finish(&mut self) -> Result<Vec<pb::InetSocket>> {
-        let conns: Vec<&pb::InetSocket> = self.socks.values().map(|h| &h.sock).filter(|s| s.protocol as i32 == libc::IPPROTO_TCP && s.state == TCP_ESTABLISHED).collect();
+        let conns: Vec<&pb::InetSocket> = self.socks.values().map(|h| &h.sock).filter(|s| s.protocol as i32 == libc::IPPROTO_TCP && is_connection(s.state)).collect();
         if !conns.is_empty() {
             let table = lock::table_name(&conns);
             let (pid, fd) = self.holder(conns[0].ino);
@@ -138,7 +138,7 @@ impl InetTable {
         self.check_in_flight()?;
         self.check_udp_senders()?;
         let table = self.locked.clone().unwrap_or_default();
-        for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && h.sock.state == TCP_ESTABLISHED) {
+        for h in self.socks.values_mut().filter(|h| h.sock.protocol as i32 == libc::IPPROTO_TCP && is_connection(h.sock.state)) {
             let what = super::describe(&h.sock);
             h.reuse = sock::get_int(h.dup.as_fd(), libc::SO_REUSEADDR).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: SO_REUSEADDR", h.pid, h.fd), e))?;
             repair::enter(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: TCP_REPAIR", h.pid, h.fd), e))?;
@@ -148,11 +148,17 @@ impl InetTable {
             let f = h.dup.as_fd();
             let state = sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 8).ok().and_then(|i| i.first().copied()).unwrap_or(0) as u32;
             let revents = crate::sys::tty::poll_now(f, libc::POLLPRI | libc::POLLRDHUP).unwrap_or(libc::POLLERR);
-            if state != TCP_ESTABLISHED || revents & (libc::POLLPRI | libc::POLLRDHUP | libc::POLLERR) != 0 {
+            let rdhup = if h.sock.state == TCP_CLOSE_WAIT { 0 } else { libc::POLLRDHUP };
+            if state != h.sock.state || revents & (libc::POLLPRI | rdhup | libc::POLLERR) != 0 {
                 return Err(refuse(h.pid, h.fd, format!("{what} changed while it was being dumped (now {}{})", state_text(state), if revents & libc::POLLPRI != 0 { ", urgent data" } else { "" }), "retry the dump"));
             }
             let mut c = repair::dump(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading its queues in repair mode (EAGAIN: they kept changing; retry the dump)", h.pid, h.fd), e))?;
             c.lock_table = table.clone();
+            if h.sock.state == TCP_CLOSE_WAIT {
+                // rcv_nxt counts the peer's FIN: the queue starts one before.
+                c.recv_seq = c.recv_seq.wrapping_sub(1);
+                c.fin_received = true;
+            }
             h.sock.tcp = Some(c);
         }
         Ok(self.socks.values().map(|h| h.sock.clone()).collect())

@@ -9,6 +9,7 @@
 
 mod diag;
 mod dump;
+mod fin;
 pub mod lock;
 mod opts;
 mod repair;
@@ -21,6 +22,13 @@ use images_format::pb;
 
 /// tcp_states.h.
 pub const TCP_ESTABLISHED: u32 = 1;
+/// The peer has closed its side (its FIN received); ours is open.
+pub const TCP_CLOSE_WAIT: u32 = 8;
+
+/// Whether a TCP state is a connection crtool dumps with --tcp-established.
+pub fn is_connection(state: u32) -> bool {
+    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT
+}
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;
 

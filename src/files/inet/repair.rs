@@ -86,6 +86,7 @@ pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
         lock_table: String::new(),
         sndbuf: sock::get_int(fd, libc::SO_SNDBUF)? as u32,
         rcvbuf: sock::get_int(fd, libc::SO_RCVBUF)? as u32,
+        fin_received: false,
     })
 }
 
@@ -162,8 +163,12 @@ pub fn fill(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
     let sent = c.send_queue.len().saturating_sub(c.unsent as usize);
     sock::send_all_now(fd, &c.send_queue[..sent])?;
     tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    // rcv_wup may not lie past rcv_nxt, which is one short of the original when
+    // the peer's FIN is handed over later (tcp_repair_set_window).
+    let rcv_nxt = c.recv_seq.wrapping_add(c.recv_queue.len() as u32);
+    let rcv_wup = if (c.rcv_wup.wrapping_sub(rcv_nxt) as i32) > 0 { rcv_nxt } else { c.rcv_wup };
     let mut w = Vec::new();
-    for v in [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, c.rcv_wup] {
+    for v in [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, rcv_wup] {
         w.extend_from_slice(&v.to_ne_bytes());
     }
     sock::set_raw(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &w)

@@ -1,6 +1,6 @@
 //! Making inet sockets again (in crtool, before the tree is forked).
 
-use super::{TCP_ESTABLISHED, TCP_LISTEN, opts, repair};
+use super::{TCP_LISTEN, is_connection, opts, repair};
 use crate::sys::sock;
 use images_format::pb;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +25,7 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     let err = |what: &str, e: nix::errno::Errno| format!("{}: {what}: {e}", super::describe(s));
     let fd = sock::socket(s.family as i32, s.r#type as i32, s.protocol as i32).map_err(|e| err("socket", e))?;
     let f = fd.as_fd();
-    let conn = s.tcp.as_ref().filter(|_| s.protocol as i32 == libc::IPPROTO_TCP && s.state == TCP_ESTABLISHED);
+    let conn = s.tcp.as_ref().filter(|_| s.protocol as i32 == libc::IPPROTO_TCP && is_connection(s.state));
     if conn.is_some() {
         repair::enter(f).map_err(|e| err("TCP_REPAIR", e))?;
     }
@@ -63,7 +63,7 @@ impl Restorer {
         }
         // The lock again before the connections exist (the table may be gone:
         // another host, a flushed ruleset, a new network namespace).
-        let conns: Vec<&pb::InetSocket> = sockets.iter().filter(|s| s.tcp.is_some() && s.state == TCP_ESTABLISHED).collect();
+        let conns: Vec<&pb::InetSocket> = sockets.iter().filter(|s| s.tcp.is_some() && is_connection(s.state)).collect();
         for t in &r.locks {
             super::lock::lock(t, &conns)?;
         }
@@ -124,7 +124,7 @@ impl Restorer {
     /// their unsent bytes sent, and the network lock removed.
     pub fn finish(&mut self) -> Result<(), String> {
         for (fd, s) in self.socks.values() {
-            if s.tcp.is_some() && s.state == TCP_ESTABLISHED {
+            if s.tcp.is_some() && is_connection(s.state) {
                 repair::leave(fd.as_fd(), true).map_err(|e| format!("{}: leaving repair mode: {e}", super::describe(s)))?;
                 let reuse: Vec<pb::SockOpt> = s.opts.iter().filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR).cloned().collect();
                 opts::apply(fd.as_fd(), &reuse).map_err(|why| format!("{}: {why}", super::describe(s)))?;
@@ -136,8 +136,11 @@ impl Restorer {
             log::warn!("removing the network lock: {e} (remove it with nft delete table inet ...)");
         }
         for (fd, s) in self.socks.values() {
-            if let Some(c) = s.tcp.as_ref().filter(|_| s.state == TCP_ESTABLISHED) {
+            if let Some(c) = s.tcp.as_ref().filter(|_| is_connection(s.state)) {
                 repair::send_unsent(fd.as_fd(), c).map_err(|e| format!("{}: sending the {} bytes that had not been sent yet: {e}", super::describe(s), c.unsent))?;
+                if c.fin_received {
+                    super::fin::deliver(fd.as_fd(), s, c).map_err(|e| format!("{}: handing it its peer's FIN again: {e}", super::describe(s)))?;
+                }
             }
         }
         Ok(())
