@@ -317,3 +317,18 @@ put client "$(cat "$T/client.result")"
     s.ensure(s.var("client") == "PASS", || format!("the client: {}", s.var("client")));
     s.roundtrip_ok("result");
 }
+
+/// Both ends of a half-closed connection in the tree: the client shut its side
+/// down after its request (FIN_WAIT2), the server has not read it (CLOSE_WAIT).
+/// After a --leave-running dump and the real dump and restore with
+/// --tcp-established both are in those states again, the server reads the
+/// request and the end of the stream, the reply and the final end of stream
+/// arrive (tests/workloads/tcpodd.py halfclosed).
+#[test]
+fn both_ends_of_a_half_closed_connection_come_back() {
+    let before = r#"run dump_r crt dump -t $P -D "$T/ck-r" -R --tcp-established
+need dump_r"#;
+    let s = py_roundtrip("halfclosed", Creds::User, "tcpodd", "halfclosed", before, "--tcp-established", "", "");
+    s.roundtrip_ok("result");
+    s.counter("out.txt");
+}

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """The `tcpodd` workload: a loopback TCP connection in a state crtool refuses.
 
-    tcpodd.py DIR closewait|urgent
+    tcpodd.py DIR halfclosed|urgent
 
-closewait: the client side has closed (the server's socket is in CLOSE_WAIT);
-urgent: the client has sent a byte of urgent data (MSG_OOB) the server has not
-read. Writes DIR/ready and prints a counter every 0.05 s until SIGUSR1; then
-checks the connection is as it was (EOF / the urgent byte still there) and
-writes PASS or FAIL: why to DIR/result.
+halfclosed: the client has sent "request" and shut its side down (it is in
+FIN_WAIT2, the server in CLOSE_WAIT with the request unread); both ends are this
+process's. urgent: the client has sent a byte of urgent data (MSG_OOB) the server
+has not read. Writes DIR/ready and prints a counter every 0.05 s until SIGUSR1;
+then checks the connection is as it was and still works (halfclosed: the server
+reads the request and the end of the stream and replies, the client reads the
+reply and, once the server closes, the end of the stream; urgent: the byte is
+still there) and writes PASS or FAIL: why to DIR/result.
 """
 import os
 import socket
@@ -24,15 +27,23 @@ lis.bind(("127.0.0.1", 0))
 lis.listen(1)
 cli = socket.create_connection(lis.getsockname())
 srv, _ = lis.accept()
-if mode == "closewait":
-    cli.close()
+if mode == "halfclosed":
+    cli.sendall(b"request")
+    cli.shutdown(socket.SHUT_WR)
 else:
     cli.send(b"!", socket.MSG_OOB)
 time.sleep(0.1)
 wlcommon.ready_then_count(d)
-if mode == "closewait":
+if mode == "halfclosed":
+    state = lambda s: s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    c.chk("states (FIN_WAIT2, CLOSE_WAIT)", (state(cli), state(srv)), (5, 8))
     srv.settimeout(5)
-    c.chk("end of stream", srv.recv(10), b"")
+    cli.settimeout(5)
+    c.chk("request and end of stream", (srv.recv(100), srv.recv(100)), (b"request", b""))
+    srv.sendall(b"reply")
+    c.chk("reply", cli.recv(100), b"reply")
+    srv.close()
+    c.chk("end of stream at the client", cli.recv(100), b"")
 else:
     # (Not through Python's timeout: it waits for POLLIN, and urgent data is
     # POLLPRI.)

@@ -1,6 +1,6 @@
 //! Dumping inet sockets.
 
-use super::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, is_connection, lock, opts, repair, state_text};
+use super::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, is_connection, lock, opts, repair, state_text};
 use crate::error::{Error, Result};
 use crate::sys::sock;
 use images_format::pb;
@@ -158,6 +158,14 @@ impl InetTable {
                 // rcv_nxt counts the peer's FIN: the queue starts one before.
                 c.recv_seq = c.recv_seq.wrapping_sub(1);
                 c.fin_received = true;
+            }
+            if h.sock.state == TCP_FIN_WAIT2 {
+                // write_seq counts our FIN (acknowledged: not in the queue).
+                if !c.send_queue.is_empty() {
+                    return Err(refuse(h.pid, h.fd, format!("{what} has shut down its side with data not acknowledged yet"), "retry the dump"));
+                }
+                c.send_seq = c.send_seq.wrapping_sub(1);
+                c.fin_sent = true;
             }
             h.sock.tcp = Some(c);
         }

@@ -86,10 +86,15 @@ pub fn deliver(fd: BorrowedFd, s: &pb::InetSocket, c: &pb::TcpConnection) -> Res
         }
         _ => return Err(Errno::EINVAL),
     }
+    wait_state(fd, super::TCP_CLOSE_WAIT)
+}
+
+/// Waits (2 s at most) until socket `fd` is in TCP state `want`.
+pub fn wait_state(fd: BorrowedFd, want: u32) -> Result<(), Errno> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let state = sock::get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 8).ok().and_then(|i| i.first().copied()).unwrap_or(0) as u32;
-        if state == super::TCP_CLOSE_WAIT {
+        if state == want {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {

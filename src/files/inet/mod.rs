@@ -25,9 +25,12 @@ pub const TCP_ESTABLISHED: u32 = 1;
 /// The peer has closed its side (its FIN received); ours is open.
 pub const TCP_CLOSE_WAIT: u32 = 8;
 
+/// Our side has closed (shutdown SHUT_WR), its FIN acknowledged; the peer's open.
+pub const TCP_FIN_WAIT2: u32 = 5;
+
 /// Whether a TCP state is a connection crtool dumps with --tcp-established.
 pub fn is_connection(state: u32) -> bool {
-    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT
+    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT || state == TCP_FIN_WAIT2
 }
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;

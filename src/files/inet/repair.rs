@@ -87,6 +87,7 @@ pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
         sndbuf: sock::get_int(fd, libc::SO_SNDBUF)? as u32,
         rcvbuf: sock::get_int(fd, libc::SO_RCVBUF)? as u32,
         fin_received: false,
+        fin_sent: false,
     })
 }
 

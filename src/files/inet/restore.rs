@@ -141,6 +141,11 @@ impl Restorer {
                 if c.fin_received {
                     super::fin::deliver(fd.as_fd(), s, c).map_err(|e| format!("{}: handing it its peer's FIN again: {e}", super::describe(s)))?;
                 }
+                if c.fin_sent {
+                    // The FIN goes out again; the peer acknowledges it once more.
+                    nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), nix::sys::socket::Shutdown::Write).map_err(|e| format!("{}: shutting its side down again: {e}", super::describe(s)))?;
+                    super::fin::wait_state(fd.as_fd(), super::TCP_FIN_WAIT2).map_err(|e| format!("{}: waiting for FIN_WAIT2: {e}", super::describe(s)))?;
+                }
             }
         }
         Ok(())
