@@ -47,6 +47,29 @@ loose.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 loose.setsockopt(socket.IPPROTO_TCP, TCP_KEEPIDLE, 77)
 u1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u1.bind(("127.0.0.1", 0))
+# Multicast memberships on the loopback: a group, and a group with a source
+# filter (include 10.9.9.9).
+IP_MSFILTER, IP_ADD_SOURCE_MEMBERSHIP = 41, 39
+lo = socket.inet_aton("127.0.0.1")
+u1.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + lo)
+u1.setsockopt(socket.IPPROTO_IP, IP_ADD_SOURCE_MEMBERSHIP, socket.inet_aton("239.1.2.4") + lo + socket.inet_aton("10.9.9.9"))
+
+
+def msfilter(sock, group):
+    """(filter mode, sources) of `sock`'s membership of `group` on the loopback
+    (getsockopt IP_MSFILTER takes the group in its buffer: through ctypes)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(struct.pack("4s4sII", socket.inet_aton(group), lo, 0, 8) + b"\0" * 32)
+    ln = ctypes.c_uint32(len(buf))
+    if libc.getsockopt(sock.fileno(), socket.IPPROTO_IP, IP_MSFILTER, buf, ctypes.byref(ln)) != 0:
+        return "not a member (%s)" % os.strerror(ctypes.get_errno())
+    r = buf.raw
+    _, _, mode, n = struct.unpack_from("4s4sII", r)
+    return (mode, [socket.inet_ntoa(r[16 + 4 * i:20 + 4 * i]) for i in range(n)])
+
+
+groups_before = [msfilter(u1, g) for g in ("239.1.2.3", "239.1.2.4", "239.1.2.5")]
 u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u2.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
 u2.connect(u1.getsockname())
@@ -112,6 +135,11 @@ def check_listeners():
         x.close()
 
 
+def check_multicast():
+    c.chk("setup: memberships", groups_before, [(0, []), (1, ["10.9.9.9"]), "not a member (Cannot assign requested address)"])
+    c.chk("memberships", [msfilter(u1, g) for g in ("239.1.2.3", "239.1.2.4", "239.1.2.5")], groups_before)
+
+
 def check_udp():
     u1.settimeout(5)
     c.chk("queued datagrams", [u1.recvfrom(100) for _ in range(2)], [(b"queued from u2", u2.getsockname()), (b"queued from a closed socket", gone_addr)])
@@ -152,5 +180,5 @@ def check_connection():
     c.chk("end of stream", cli.recv(10), b"")
 
 
-wlcommon.run_checks([check_names_and_options, check_listeners, check_udp, check_connection, check_connection6], c.problems)
+wlcommon.run_checks([check_names_and_options, check_listeners, check_multicast, check_udp, check_connection, check_connection6], c.problems)
 wlcommon.write_result(d, c.problems)

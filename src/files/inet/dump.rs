@@ -98,6 +98,7 @@ impl InetTable {
                 if sock::queue_len(f, sock::SIOCOUTQ).map_err(|e| sys("SIOCOUTQ", e))? > 0 {
                     return Err(refuse(pid, fd, format!("{what} has datagrams waiting to be sent (UDP_CORK)"), "corked UDP data is not supported; dump once the program has sent it"));
                 }
+                s.mcast = super::mcast::memberships(f, family).map_err(|why| refuse(pid, fd, format!("{what}: {why}"), "source filters of more than 64 sources are not supported"))?;
                 s.queue = peek_datagrams(f).map_err(|why| refuse(pid, fd, format!("{what}: {why}"), "retry the dump once the program has read its queue"))?;
                 // Sent again at restore on the loopback: what tells a datagram's
                 // own path apart would differ.

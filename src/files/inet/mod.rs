@@ -10,6 +10,7 @@
 mod diag;
 mod dump;
 mod fin;
+mod mcast;
 pub mod lock;
 mod opts;
 mod repair;

@@ -50,6 +50,7 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     if s.protocol as i32 == libc::IPPROTO_UDP && !s.peer.is_empty() {
         sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect", e))?;
     }
+    super::mcast::join(f, s.family as i32, &s.mcast).map_err(|why| format!("{}: {why}", super::describe(s)))?;
     Ok(fd)
 }
 
