@@ -56,7 +56,8 @@ enum Cmd {
         shell_job: bool,
         /// A resource shared with a process outside the tree that is expected to be
         /// handed over at restore: pipe:[ID] (a pipe or FIFO by inode, as
-        /// /proc/PID/fd shows it). Repeatable.
+        /// /proc/PID/fd shows it); net[INO]:KEY (the tree's network namespace, by
+        /// inode, is the caller's: not saved, joined at restore). Repeatable.
         #[arg(long, value_name = "RES")]
         external: Vec<String>,
         /// Dump unix sockets connected to a peer outside the tree: at restore a
@@ -121,7 +122,8 @@ enum Cmd {
         /// fd[N]:pipe:[ID]: use crtool's fd N for the pipe that was external at dump
         /// (--external pipe:[ID]); fd[N]:socket:[INO]: use crtool's fd N (a
         /// connected unix stream socket) for socket INO, whose peer was outside the
-        /// tree (dump --ext-unix-sk). Repeatable.
+        /// tree (dump --ext-unix-sk); fd[N]:KEY: crtool's fd N (a network namespace
+        /// file) is the namespace of --external net[INO]:KEY. Repeatable.
         #[arg(long, value_name = "fd[N]:RES")]
         inherit_fd: Vec<String>,
         /// Accepted for CRIU compatibility (what is external is in the images).
@@ -275,14 +277,31 @@ fn parse_pipe(s: &str) -> Result<u64> {
 
 /// "fd[N]:pipe:[ID]" or "fd[N]:socket:[INO]" → (N, ID, is a socket); fd N must be
 /// open in crtool.
-fn parse_inherit(s: &str) -> Result<(i32, u64, bool)> {
-    let (fd, res) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).context("expected fd[N]:pipe:[ID] or fd[N]:socket:[INO]")?;
+/// What --inherit-fd hands over.
+enum Inherited {
+    Pipe(u64),
+    Socket(u64),
+    /// A network namespace for the key of an --external net[INO]:KEY.
+    Netns(String),
+}
+
+fn parse_inherit(s: &str) -> Result<(i32, Inherited)> {
+    let (fd, res) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).context("expected fd[N]:pipe:[ID], fd[N]:socket:[INO] or fd[N]:KEY")?;
     let fd: i32 = fd.parse().context("fd[N]: N must be a number")?;
     std::fs::read_link(format!("/proc/self/fd/{fd}")).with_context(|| format!("fd {fd} is not open in crtool"))?;
-    if let Some(ino) = res.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-        return Ok((fd, ino.parse().context("expected socket:[INO], INO a socket's inode number")?, true));
+    // Any other key names a network namespace (--external net[INO]:KEY; the fd is
+    // checked when it is joined).
+    if !res.starts_with("pipe:[") && !res.starts_with("socket:[") {
+        return Ok((fd, Inherited::Netns(res.to_string())));
     }
-    Ok((fd, parse_pipe(res)?, false))
+    Ok((fd, parse_inherit_res(res)?))
+}
+
+fn parse_inherit_res(res: &str) -> Result<Inherited> {
+    if let Some(ino) = res.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+        return Ok(Inherited::Socket(ino.parse().context("expected socket:[INO], INO a socket's inode number")?));
+    }
+    Ok(Inherited::Pipe(parse_pipe(res)?))
 }
 
 fn not_yet(option: Option<&str>) -> Result<()> {
@@ -367,7 +386,9 @@ fn run() -> Result<i32> {
             let dir = absolute(&dir)?;
             init_log(&log, &dir, "dump.log")?;
             for e in &external {
-                parse_pipe(e).with_context(|| format!("--external {e}"))?;
+                if crtool::net::parse_external(e).is_none() {
+                    parse_pipe(e).with_context(|| format!("--external {e} (or net[INO]:KEY)"))?;
+                }
             }
             let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight };
             let stats = dump::dump(&opts)?;
@@ -389,9 +410,13 @@ fn run() -> Result<i32> {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             let mut inherit_socks = std::collections::BTreeMap::new();
+            let mut inherit_ns = std::collections::BTreeMap::new();
             for spec in &inherit_fd {
-                let (fd, id, socket) = parse_inherit(spec).with_context(|| format!("--inherit-fd {spec}"))?;
-                if socket { inherit_socks.insert(id, fd) } else { inherit.insert(id, fd) };
+                match parse_inherit(spec).with_context(|| format!("--inherit-fd {spec}"))? {
+                    (fd, Inherited::Socket(id)) => inherit_socks.insert(id, fd),
+                    (fd, Inherited::Pipe(id)) => inherit.insert(id, fd),
+                    (fd, Inherited::Netns(key)) => inherit_ns.insert(key, fd),
+                };
             }
             let mut veth = std::collections::BTreeMap::new();
             for spec in &veth_pair {
@@ -404,7 +429,7 @@ fn run() -> Result<i32> {
             crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks, veth })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks, veth, inherit_ns })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)

@@ -332,3 +332,47 @@ need dump_r"#;
     s.roundtrip_ok("result");
     s.counter("out.txt");
 }
+
+/// A tree in a network namespace the caller keeps (`ip netns add`, entered with
+/// nsenter): without --external net[...] the dump is refused (the namespace is
+/// also held outside the tree); with it nothing of the namespace is saved and the
+/// restore joins the one handed over with --inherit-fd: the server listens in it
+/// again and answers there.
+#[test]
+fn an_external_network_namespace_is_joined_at_restore() {
+    let s = Scenario::run_as(
+        "netns-external",
+        Creds::Root,
+        r#"
+NS=crtool-ext-$RANDOM
+ip netns add $NS || fail "ip netns add"
+nsenter --net=/run/netns/$NS ip link set lo up
+INO=$(stat -L -c %i /run/netns/$NS)
+nsenter --net=/run/netns/$NS setsid "$PY3" -c "
+import socket, threading, time
+s = socket.socket(); s.bind(('127.0.0.1', 7070)); s.listen(5)
+open('$T/ready', 'w').write('x')
+while True:
+    c, _ = s.accept(); c.sendall(b'hello'); c.close()
+" </dev/null >/dev/null 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "the server did not start: $(cat "$T/wl.err")"
+run refused crt dump -t $P -D "$T/ck0" -R
+run dump crt dump -t $P -D "$T/ck" --external "net[$INO]:mynet"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+exec 9</run/netns/$NS
+run restore crt restore -D "$T/ck" -d --inherit-fd "fd[9]:mynet"
+need restore
+exec 9<&-
+put same_ns "$([ "$(stat -L -c %i /proc/$P/ns/net)" = "$INO" ] && echo yes)"
+put answer "$(nsenter --net=/run/netns/$NS "$PY3" -c "import socket; print(socket.create_connection(('127.0.0.1', 7070), timeout=5).recv(10).decode())")"
+kill $P
+ip netns del $NS
+"#,
+    );
+    s.failed_saying("refused", &["network namespace", "outside the dumped tree"]);
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("same_ns") == "yes", || "the restored tree is not in the namespace handed over".into());
+    s.ensure(s.var("answer") == "hello", || format!("the server in the joined namespace answered {:?}", s.var("answer")));
+}

@@ -76,6 +76,8 @@ pub struct DumpCtx {
     pub manifest: Vec<pb::ImageFile>,
     /// The tree has a network namespace of its own (crtool works in it).
     pub own_netns: bool,
+    /// --external net[INO]:KEY: the namespace is the caller's.
+    pub netns_external: Option<(u64, String)>,
 }
 
 impl DumpCtx {
@@ -133,6 +135,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         work: work.path.clone(),
         manifest: Vec::new(),
         own_netns: false,
+        netns_external: None,
     };
 
     ctx.files.ghosts.limit = opts.ghost_limit;
@@ -146,6 +149,12 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     // A tree with a network namespace of its own: crtool works in it (sock_diag,
     // the network lock, the namespace's configuration) until the dump ends.
     ctx.own_netns = crate::net::own_netns(pid);
+    ctx.netns_external = opts.external.iter().find_map(|x| crate::net::parse_external(x));
+    if let Some((ino, _)) = &ctx.netns_external
+        && (!ctx.own_netns || crate::net::ns_ino(pid) != Some(*ino))
+    {
+        return Err(Error::Unsupported { pid, fd: None, what: format!("--external net[{ino}]:...: the tree's network namespace is {}", crate::net::ns_ino(pid).map_or("?".into(), |i| format!("net:[{i}]"))), hint: Some("name the inode of the tree's own network namespace (ls -l /proc/PID/ns/net)") });
+    }
     let netns = if ctx.own_netns { Some(crate::net::enter(pid)?) } else { None };
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
     // The images take the target's place only once complete and checked, before
@@ -272,9 +281,13 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
             tree_ns.push(("net", l));
         }
         let pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
-        if let Some(o) = crate::net::outside_user(root, &pids) {
+        if ctx.netns_external.is_some() {
+            // The caller's namespace: others may use it.
+        } else if let Some(m) = crate::net::bind_mounted(root) {
+            return Err(Error::Unsupported { pid: root, fd: None, what: format!("its network namespace is also held by the bind mount {} (ip netns?), outside the dumped tree", m.display()), hint: Some("dump with --external net[INO]:KEY to keep the caller's namespace and join it at restore") });
+        } else if let Some(o) = crate::net::outside_user(root, &pids) {
             let comm = std::fs::read_to_string(format!("/proc/{o}/comm")).unwrap_or_default();
-            return Err(Error::Unsupported { pid: root, fd: None, what: format!("its network namespace is also used by pid {o} ({}), outside the dumped tree", comm.trim()), hint: Some("dump the tree of every process in the namespace") });
+            return Err(Error::Unsupported { pid: root, fd: None, what: format!("its network namespace is also used by pid {o} ({}), outside the dumped tree", comm.trim()), hint: Some("dump the tree of every process in the namespace, or keep the namespace as the caller's with --external net[INO]:KEY") });
         }
     }
     for p in &live {
@@ -361,7 +374,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     }
     // Pipes and FIFOs shared with processes outside the tree.
     let tree_pids: BTreeSet<i32> = tree.procs.iter().map(|p| p.pid).collect();
-    ctx.files.check_outside_peers(&tree_pids, &ctx.opts.external)?;
+    let pipes_external: Vec<String> = ctx.opts.external.iter().filter(|x| !x.starts_with("net[")).cloned().collect();
+    ctx.files.check_outside_peers(&tree_pids, &pipes_external)?;
     let dir = &ctx.work.clone();
     let pids: Vec<u32> = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.vpid as u32).collect();
     let outer_pids = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid as u32).collect();
@@ -385,7 +399,10 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     if ctx.own_netns {
         // (crtool's thread is in the tree's namespace: see `dump`.)
-        let netns = crate::net::dump(root)?;
+        let netns = match &ctx.netns_external {
+            Some((_, key)) => pb::NetNamespace { external_key: key.clone(), ..Default::default() },
+            None => crate::net::dump(root)?,
+        };
         ctx.manifest.push(write_entries(dir, ImageKind::NetNs, 0, &[netns])?);
     }
     let mut files = std::mem::take(&mut ctx.manifest);

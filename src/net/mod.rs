@@ -43,6 +43,14 @@ pub fn outside_user(pid: i32, tree: &std::collections::BTreeSet<i32>) -> Option<
     std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|&p| p != me && !tree.contains(&p) && std::fs::read_link(format!("/proc/{p}/ns/net")).ok().as_ref() == Some(&ns))
 }
 
+/// A bind mount of `pid`'s network namespace (e.g. /run/netns/NAME of `ip netns
+/// add`) in crtool's mount namespace, if any: it keeps the namespace alive.
+pub fn bind_mounted(pid: i32) -> Option<std::path::PathBuf> {
+    let ino = ns_ino(pid)?;
+    let mounts = procfs::process::Process::myself().and_then(|p| p.mountinfo()).ok()?;
+    mounts.into_iter().find(|m| m.fs_type == "nsfs" && m.root == format!("net:[{ino}]")).map(|m| m.mount_point)
+}
+
 /// crtool's thread in another network namespace, until dropped (back to the one
 /// it came from).
 pub struct Entered(OwnedFd);
@@ -443,6 +451,28 @@ fn nft_ruleset() -> std::result::Result<String, String> {
         }
     }
     Ok(if keep.trim().is_empty() { String::new() } else { keep })
+}
+
+/// Joins the network namespace behind `fd` (handed over by the caller for an
+/// external one), this thread in it until the result is dropped.
+pub fn join(fd: i32) -> Result<Entered> {
+    let back = own_ns_fd()?;
+    let ns = crate::sys::fd::borrow(fd);
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::Reported(format!("--inherit-fd fd[{fd}]: joining it as the tree's network namespace: {e}")))?;
+    Ok(Entered(back))
+}
+
+/// `--external net[INO]:KEY` → (INO, KEY).
+pub fn parse_external(spec: &str) -> Option<(u64, String)> {
+    let rest = spec.strip_prefix("net[")?;
+    let (ino, key) = rest.split_once("]:")?;
+    Some((ino.parse().ok()?, key.to_string()))
+}
+
+/// The inode of `pid`'s network namespace.
+pub fn ns_ino(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
 }
 
 /// The new network namespace a restore made, this thread in it (see `Entered`).

@@ -38,6 +38,9 @@ pub struct RestoreOpts {
     /// Outside names of the veth pairs of the tree's network namespace
     /// (--veth-pair IN=OUT): inside name → outside name.
     pub veth: std::collections::BTreeMap<String, String>,
+    /// Namespaces handed over for external ones (--inherit-fd fd[N]:KEY): key →
+    /// crtool's fd N.
+    pub inherit_ns: std::collections::BTreeMap<String, i32>,
 }
 
 pub enum Outcome {
@@ -253,8 +256,19 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
 
     // The tree's network namespace first: the sockets crtool makes and the tree it
     // forks are in it (crtool's thread stays there until the end).
+    enum Netns {
+        Made(#[allow(dead_code)] crate::net::Made),
+        Joined(#[allow(dead_code)] crate::net::Entered),
+    }
     let _netns = match &imgs.netns {
-        Some(ns) => Some(crate::net::create(ns, &opts.veth)?),
+        Some(ns) if !ns.external_key.is_empty() => {
+            let fd = opts.inherit_ns.get(&ns.external_key).ok_or_else(|| Error::Restore {
+                pid: root_pid,
+                msg: format!("the tree's network namespace was the caller's (--external net[...]:{0}): hand one over with --inherit-fd fd[N]:{0}", ns.external_key),
+            })?;
+            Some(Netns::Joined(crate::net::join(*fd)?))
+        }
+        Some(ns) => Some(Netns::Made(crate::net::create(ns, &opts.veth)?)),
         None => None,
     };
     // Parked fds sit above every target fd: make room for them.
