@@ -376,3 +376,14 @@ ip netns del $NS
     s.ensure(s.var("same_ns") == "yes", || "the restored tree is not in the namespace handed over".into());
     s.ensure(s.var("answer") == "hello", || format!("the server in the joined namespace answered {:?}", s.var("answer")));
 }
+
+/// Raw sockets (root): an ICMP one bound to 127.0.0.1 with an ICMP_FILTER and an
+/// IPv6 one with IPV6_CHECKSUM: after a --leave-running dump and the real dump and
+/// restore the address and options are as they were and a ping through the ICMP
+/// socket gets the echo reply first (the filter works) (tests/workloads/rawsk.py).
+#[test]
+fn raw_sockets_come_back_with_their_filters() {
+    let s = py_roundtrip("rawsk", Creds::Root, "rawsk", "", LEAVE_RUNNING_FIRST, "", "", "");
+    s.roundtrip_ok("result");
+    s.counter("out.txt");
+}

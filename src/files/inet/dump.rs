@@ -47,8 +47,9 @@ impl InetTable {
         let family = sock::get_int(f, libc::SO_DOMAIN).map_err(|e| sys("SO_DOMAIN", e))?;
         let ty = sock::get_int(f, libc::SO_TYPE).map_err(|e| sys("SO_TYPE", e))?;
         let protocol = sock::get_int(f, libc::SO_PROTOCOL).map_err(|e| sys("SO_PROTOCOL", e))?;
-        if !matches!((ty, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
-            return Err(refuse(pid, fd, format!("inet socket:[{ino}] of type {ty}, protocol {protocol}"), "only TCP and UDP sockets are supported yet (not raw, ICMP, SCTP, ...)"));
+        let raw = ty == libc::SOCK_RAW;
+        if !raw && !matches!((ty, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
+            return Err(refuse(pid, fd, format!("inet socket:[{ino}] of type {ty}, protocol {protocol}"), "only TCP, UDP and raw sockets are supported yet (not ICMP ping sockets, UDP-Lite, SCTP, ...)"));
         }
         if !sock::in_holders_netns(f, pid) {
             return Err(refuse(pid, fd, format!("socket:[{ino}] belongs to another network namespace than its holder's"), "sockets of other network namespaces are not supported"));
@@ -94,6 +95,12 @@ impl InetTable {
             (true, st) => {
                 return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
             }
+            (false, _) if raw => {
+                if crate::sys::tty::poll_now(f, libc::POLLIN).map_err(|e| sys("poll", e))? & libc::POLLIN != 0 {
+                    return Err(refuse(pid, fd, format!("{what} has packets queued"), "queued raw packets are not supported; retry the dump once the program has read them"));
+                }
+                s.mcast = super::mcast::memberships(f, family).map_err(|why| refuse(pid, fd, format!("{what}: {why}"), "source filters of more than 64 sources are not supported"))?;
+            }
             (false, _) => {
                 if sock::queue_len(f, sock::SIOCOUTQ).map_err(|e| sys("SIOCOUTQ", e))? > 0 {
                     return Err(refuse(pid, fd, format!("{what} has datagrams waiting to be sent (UDP_CORK)"), "corked UDP data is not supported; dump once the program has sent it"));
@@ -113,7 +120,7 @@ impl InetTable {
             }
         }
         let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
-        s.opts = opts::capture(f, fresh.as_fd(), family, protocol, is_connection(state));
+        s.opts = opts::capture(f, fresh.as_fd(), family, ty, protocol, is_connection(state));
         let dup = dup.try_clone().map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
         self.socks.insert(ino, Held { pid, fd, dup, sock: s, reuse: 0 });
         Ok(())

@@ -79,11 +79,13 @@ pub fn parse_addr(a: &[u8]) -> Option<(std::net::IpAddr, u16)> {
 
 /// One line about a socket, for `show` and messages.
 pub fn describe(s: &pb::InetSocket) -> String {
-    let proto = match (s.protocol as i32, s.family as i32) {
-        (libc::IPPROTO_TCP, libc::AF_INET) => "tcp",
-        (libc::IPPROTO_TCP, _) => "tcp6",
-        (libc::IPPROTO_UDP, libc::AF_INET) => "udp",
-        (libc::IPPROTO_UDP, _) => "udp6",
+    let proto = match (s.r#type as i32, s.protocol as i32, s.family as i32) {
+        (libc::SOCK_RAW, _, libc::AF_INET) => "raw",
+        (libc::SOCK_RAW, _, _) => "raw6",
+        (_, libc::IPPROTO_TCP, libc::AF_INET) => "tcp",
+        (_, libc::IPPROTO_TCP, _) => "tcp6",
+        (_, libc::IPPROTO_UDP, libc::AF_INET) => "udp",
+        (_, libc::IPPROTO_UDP, _) => "udp6",
         _ => "inet",
     };
     let mut d = format!("{proto} socket:[{}] {}", s.ino, addr_text(&s.local));

@@ -81,7 +81,20 @@ const MULTICAST4: &[(i32, i32, usize)] = &[(libc::IPPROTO_IP, libc::IP_MULTICAST
 const MULTICAST6: &[(i32, i32, usize)] = &[(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4), (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4)];
 const UDP: &[(i32, i32, usize)] = &[(libc::IPPROTO_UDP, libc::UDP_CORK, 4), (libc::IPPROTO_UDP, 103, 4), (libc::IPPROTO_UDP, 104, 4)];
 
-fn table(family: i32, protocol: i32, connected: bool) -> Vec<(i32, i32, usize)> {
+/// Raw sockets (raw(7), icmp(7), icmp6): IP_HDRINCL/IPV6_HDRINCL, the ICMP type
+/// filters, IPV6_CHECKSUM.
+const RAW4: &[(i32, i32, usize)] = &[(libc::IPPROTO_IP, libc::IP_HDRINCL, 4), (libc::SOL_RAW, 1, 4)];
+const RAW6: &[(i32, i32, usize)] = &[(libc::IPPROTO_IPV6, 36, 4), (libc::IPPROTO_IPV6, 7, 4), (58, 1, 32)];
+
+fn table(family: i32, ty: i32, protocol: i32, connected: bool) -> Vec<(i32, i32, usize)> {
+    if ty == libc::SOCK_RAW {
+        let mut t: Vec<(i32, i32, usize)> = SOCKET.to_vec();
+        t.extend_from_slice(BUFFERS);
+        t.extend_from_slice(if family == libc::AF_INET { IPV4 } else { IPV6 });
+        t.extend_from_slice(if family == libc::AF_INET { RAW4 } else { RAW6 });
+        t.extend_from_slice(if family == libc::AF_INET { MULTICAST4 } else { MULTICAST6 });
+        return t;
+    }
     let mut t: Vec<(i32, i32, usize)> = SOCKET.to_vec();
     // An established connection's buffers are tuned by the kernel as it runs.
     if !(protocol == libc::IPPROTO_TCP && connected) {
@@ -102,9 +115,9 @@ fn table(family: i32, protocol: i32, connected: bool) -> Vec<(i32, i32, usize)> 
 
 /// The options of `fd` that differ from a new socket's (`fresh`, of the same
 /// family, type and protocol). Options the kernel does not know are skipped.
-pub fn capture(fd: BorrowedFd, fresh: BorrowedFd, family: i32, protocol: i32, connected: bool) -> Vec<pb::SockOpt> {
+pub fn capture(fd: BorrowedFd, fresh: BorrowedFd, family: i32, ty: i32, protocol: i32, connected: bool) -> Vec<pb::SockOpt> {
     let mut out = Vec::new();
-    for (level, name, size) in table(family, protocol, connected) {
+    for (level, name, size) in table(family, ty, protocol, connected) {
         let Ok(v) = sock::get_raw(fd, level, name, size) else { continue };
         let Ok(f) = sock::get_raw(fresh, level, name, size) else { continue };
         if v != f {

@@ -47,7 +47,7 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     if s.state == TCP_LISTEN {
         sock::listen(f, s.backlog as i32).map_err(|e| err("listen", e))?;
     }
-    if s.protocol as i32 == libc::IPPROTO_UDP && !s.peer.is_empty() {
+    if (s.protocol as i32 == libc::IPPROTO_UDP || s.r#type as i32 == libc::SOCK_RAW) && !s.peer.is_empty() {
         sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect", e))?;
     }
     super::mcast::join(f, s.family as i32, &s.mcast).map_err(|why| format!("{}: {why}", super::describe(s)))?;
