@@ -151,6 +151,18 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
         if !odd.is_empty() && link.kind == "veth" {
             return Err(refuse(format!("link {} has flags {odd:?}", link.name), "link flags other than up are not supported yet"));
         }
+        // Settings a new link would not have.
+        for a in &l.attributes {
+            let odd = match a {
+                LinkAttribute::IfAlias(x) if !x.is_empty() => Some(format!("the alias {x:?}")),
+                LinkAttribute::Group(g) if *g != 0 => Some(format!("group {g}")),
+                LinkAttribute::TxQueueLen(q) if *q != 1000 && link.kind == "veth" => Some(format!("a transmit queue of {q}")),
+                _ => None,
+            };
+            if let Some(what) = odd {
+                return Err(refuse(format!("link {} has {what}", link.name), "link settings other than MTU, MAC address and state are not supported yet"));
+            }
+        }
         link.index = l.header.index;
         names.insert(l.header.index, link.name.clone());
         ns.links.push(link);
@@ -213,6 +225,9 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
             if let Some(a) = odd.filter(|_| table == RT_TABLE_MAIN) {
                 let name = format!("{a:?}");
                 return Err(refuse(format!("a route with {}", name.split('(').next().unwrap_or("an attribute")), "routes with a preferred source, metrics, several next hops or encapsulation are not supported yet"));
+            }
+            if r.header.source_prefix_length != 0 || r.header.tos != 0 {
+                return Err(refuse("a source-specific or TOS route".into(), "not supported yet"));
             }
             // (Linkdown, Dead and the like are the kernel's state, not settings.)
             if r.header.flags.contains(netlink_packet_route::route::RouteFlags::Onlink) && table == RT_TABLE_MAIN {

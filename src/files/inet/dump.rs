@@ -55,7 +55,11 @@ impl InetTable {
             return Err(refuse(pid, fd, format!("socket:[{ino}] belongs to another network namespace than its holder's"), "sockets of other network namespaces are not supported"));
         }
         let (local, peer) = sock::names(f).map_err(|e| sys("getsockname/getpeername", e))?;
-        let tcp = protocol == libc::IPPROTO_TCP;
+        let tcp = ty == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
+        // Options that cannot be set back as read: refused when set.
+        if family == libc::AF_INET && sock::get_raw(f, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|o| !o.is_empty()) {
+            return Err(refuse(pid, fd, format!("inet socket:[{ino}] has IP options set (IP_OPTIONS)"), "not supported"));
+        }
         let info = if tcp { sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 32).map_err(|e| sys("TCP_INFO", e))? } else { Vec::new() };
         let word = |off: usize| u32::from_ne_bytes(info.get(off..off + 4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
         let state = if tcp { info.first().copied().unwrap_or(0) as u32 } else if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };

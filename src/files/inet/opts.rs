@@ -77,8 +77,8 @@ const TCP: &[(i32, i32, usize)] = &[
 /// are not connected.
 const TCP_UNCONNECTED: &[(i32, i32, usize)] = &[(libc::IPPROTO_TCP, libc::TCP_MAXSEG, 4), (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, 4)];
 /// Multicast options (EINVAL on stream sockets).
-const MULTICAST4: &[(i32, i32, usize)] = &[(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4), (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4), (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, 4)];
-const MULTICAST6: &[(i32, i32, usize)] = &[(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4), (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4)];
+const MULTICAST4: &[(i32, i32, usize)] = &[(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4), (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4), (libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, 4), (libc::IPPROTO_IP, libc::IP_MULTICAST_IF, 4)];
+const MULTICAST6: &[(i32, i32, usize)] = &[(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4), (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4), (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, 4)];
 const UDP: &[(i32, i32, usize)] = &[(libc::IPPROTO_UDP, libc::UDP_CORK, 4), (libc::IPPROTO_UDP, 103, 4), (libc::IPPROTO_UDP, 104, 4)];
 
 /// Raw sockets (raw(7), icmp(7), icmp6): IP_HDRINCL/IPV6_HDRINCL, the ICMP type
