@@ -232,3 +232,41 @@ pub fn in_holders_netns(fd: BorrowedFd, pid: i32) -> bool {
         _ => true,
     }
 }
+
+/// One sock_diag dump request (sock_diag(7)) in the calling thread's network
+/// namespace: every message the kernel answers with, until NLMSG_DONE.
+pub fn sock_diag_dump(req: netlink_packet_sock_diag::SockDiagMessage) -> std::io::Result<Vec<netlink_packet_sock_diag::SockDiagMessage>> {
+    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+    let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut msg = NetlinkMessage::new(hdr, req.into());
+    msg.finalize();
+    let mut buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    sock.send(&buf, 0)?;
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sock_diag: {e}"));
+    let mut out = Vec::new();
+    loop {
+        let (data, _) = sock.recv_from_full()?;
+        let mut at = 0;
+        while at < data.len() {
+            let m = <NetlinkMessage<SockDiagMessage>>::deserialize(&data[at..]).map_err(|e| bad(e.to_string()))?;
+            let len = m.header.length as usize;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => return Err(bad(format!("{e:?}"))),
+                NetlinkPayload::InnerMessage(i) => out.push(i),
+                _ => {}
+            }
+            if len == 0 {
+                return Err(bad("a zero-length message".into()));
+            }
+            at += len;
+        }
+    }
+}

@@ -2,10 +2,8 @@
 //! sock_diag (sock_diag(7), net/unix/diag.c): peer, name, accept queue, queue
 //! lengths and shutdown state, by inode.
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::unix::{ShowFlags, UnixRequest};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use std::collections::HashMap;
 
 /// What sock_diag reports of one unix socket.
@@ -31,59 +29,33 @@ pub struct DiagSock {
 
 /// Every unix socket of crtool's network namespace, by inode.
 pub fn dump_all() -> std::io::Result<HashMap<u64, DiagSock>> {
-    let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let req = UnixRequest {
         state_flags: crate::sys::sock::all_unix_states(),
         inode: 0,
         show_flags: ShowFlags::VFS | ShowFlags::PEER | ShowFlags::ICONS | ShowFlags::RQLEN,
         cookie: [0xff; 8],
     };
-    let mut msg = NetlinkMessage::new(hdr, SockDiagMessage::UnixRequest(req).into());
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    sock.send(&buf, 0)?;
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sock_diag: {e}"));
     let mut out = HashMap::new();
-    loop {
-        let (data, _) = sock.recv_from_full()?;
-        let mut at = 0;
-        while at < data.len() {
-            let m = <NetlinkMessage<SockDiagMessage>>::deserialize(&data[at..]).map_err(|e| bad(e.to_string()))?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
-                NetlinkPayload::Error(e) => return Err(bad(format!("{e:?}"))),
-                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
-                    let s = DiagSock {
-                        ino: r.header.inode as u64,
-                        state: r.header.state,
-                        peer: r.peer().unwrap_or(0) as u64,
-                        vfs: r.nlas.iter().find_map(|n| match n {
-                            netlink_packet_sock_diag::unix::nlas::Nla::Vfs(v) => Some(vfs_fields(v)),
-                            _ => None,
-                        }),
-                        icons: r.pending_connections().unwrap_or(&[]).iter().map(|&i| i as u64).collect(),
-                        rqlen: r.nlas.iter().find_map(|n| match n {
-                            netlink_packet_sock_diag::unix::nlas::Nla::ReceiveQueueLength(a, b) => Some((*a, *b)),
-                            _ => None,
-                        }).unwrap_or((0, 0)),
-                        shutdown: r.shutdown_state().unwrap_or(0),
-                    };
-                    out.insert(s.ino, s);
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            at += len;
-        }
+    for m in crate::sys::sock::sock_diag_dump(SockDiagMessage::UnixRequest(req))? {
+        let SockDiagMessage::UnixResponse(r) = m else { continue };
+        let s = DiagSock {
+            ino: r.header.inode as u64,
+            state: r.header.state,
+            peer: r.peer().unwrap_or(0) as u64,
+            vfs: r.nlas.iter().find_map(|n| match n {
+                netlink_packet_sock_diag::unix::nlas::Nla::Vfs(v) => Some(vfs_fields(v)),
+                _ => None,
+            }),
+            icons: r.pending_connections().unwrap_or(&[]).iter().map(|&i| i as u64).collect(),
+            rqlen: r.nlas.iter().find_map(|n| match n {
+                netlink_packet_sock_diag::unix::nlas::Nla::ReceiveQueueLength(a, b) => Some((*a, *b)),
+                _ => None,
+            }).unwrap_or((0, 0)),
+            shutdown: r.shutdown_state().unwrap_or(0),
+        };
+        out.insert(s.ino, s);
     }
+    Ok(out)
 }
 
 /// The (inode, device) of a `Vfs` attribute (its fields are private: read back
