@@ -232,10 +232,10 @@ impl InetTable {
                 }
             }
         }
-        if let Some(t) = self.locked.take() {
-            if let Err(e) = lock::unlock(&t) {
-                log::error!("removing the network lock {t}: {e}");
-            }
+        if let Some(t) = self.locked.take()
+            && let Err(e) = lock::unlock(&t)
+        {
+            log::error!("removing the network lock {t}: {e}");
         }
     }
 }

@@ -70,9 +70,9 @@ impl PtyTable {
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let (index, role) = if (major, minor) == (TTYAUX_MAJOR, 2) {
             let Some(index) = info.tty_index else { return Ok(None) };
-            if !self.dups.contains_key(&index) {
+            if let std::collections::btree_map::Entry::Vacant(v) = self.dups.entry(index) {
                 let d = dup.try_clone().map_err(|e| Error::io(&info.link, e))?;
-                self.dups.insert(index, (d, pid, info.fd));
+                v.insert((d, pid, info.fd));
             }
             (index, Role::Master)
         } else if let Some(index) = slave_index(st.st_rdev).filter(|i| self.masters.contains(i)) {
