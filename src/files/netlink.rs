@@ -70,9 +70,8 @@ pub fn dump(pid: i32, fd: i32, dup: &OwnedFd, ino: u64) -> Result<pb::NetlinkSoc
     if crate::sys::tty::poll_now(f, libc::POLLIN).map_err(|e| sys("poll", e))? & (libc::POLLIN | libc::POLLERR) != 0 {
         return Err(refuse(format!("(protocol {protocol}) has messages or an error queued"), "queued netlink messages cannot be read without consuming them; retry the dump once the program has read them"));
     }
-    if sock::has_filter(f) {
-        return Err(refuse("has a socket filter attached (SO_ATTACH_FILTER)".into(), "socket filters are not supported"));
-    }
+    let filter = sock::get_filter(f).map_err(|e| refuse(format!("has a socket filter that cannot be read back ({e}: an eBPF program?)"), "eBPF socket filters are not supported"))?;
+    let filter_locked = sock::get_int(f, libc::SO_LOCK_FILTER).unwrap_or(0) != 0;
     let (local, peer) = sock::names(f).map_err(|e| sys("getsockname", e))?;
     let (portid, _) = nl_addr(&local);
     let (dst_portid, dst_group) = peer.map_or((0, 0), |p| nl_addr(&p));
@@ -89,7 +88,7 @@ pub fn dump(pid: i32, fd: i32, dup: &OwnedFd, ino: u64) -> Result<pb::NetlinkSoc
             opts.push(pb::SockOpt { level, name, value: v });
         }
     }
-    Ok(pb::NetlinkSocket { ino, r#type: ty, protocol, portid, groups, dst_portid, dst_group, opts })
+    Ok(pb::NetlinkSocket { ino, r#type: ty, protocol, portid, groups, dst_portid, dst_group, opts, filter, filter_locked })
 }
 
 fn make(s: &pb::NetlinkSocket) -> std::result::Result<OwnedFd, String> {
@@ -116,6 +115,7 @@ fn make(s: &pb::NetlinkSocket) -> std::result::Result<OwnedFd, String> {
             }
         }
     }
+    crate::files::inet::restore::filter(f, &s.filter, s.filter_locked).map_err(|e| err("SO_ATTACH_FILTER", e))?;
     if s.dst_portid != 0 || s.dst_group != 0 {
         sock::bind_raw(f, &sockaddr(s.dst_portid, s.dst_group), true).map_err(|e| err("connect", e))?;
     }

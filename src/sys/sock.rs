@@ -270,3 +270,35 @@ pub fn sock_diag_dump(req: netlink_packet_sock_diag::SockDiagMessage) -> std::io
         }
     }
 }
+
+/// The classic BPF filter attached to `fd` (SO_ATTACH_FILTER), as its
+/// instructions' bytes (8 per struct sock_filter); empty when none. EACCES: an
+/// eBPF program (SO_ATTACH_BPF), which cannot be read back.
+pub fn get_filter(fd: BorrowedFd) -> Result<Vec<u8>, Errno> {
+    let mut count: libc::socklen_t = 0;
+    // SAFETY: a null buffer of length 0: the kernel answers with the count.
+    Errno::result(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER, std::ptr::null_mut(), &mut count) })?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    // SO_GET_FILTER takes the buffer's length in instructions (sk_get_filter).
+    let mut buf = vec![0u8; count as usize * 8];
+    let mut len = count;
+    // SAFETY: `buf` has room for `count` 8-byte instructions.
+    Errno::result(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_GET_FILTER, buf.as_mut_ptr().cast(), &mut len) })?;
+    buf.truncate(len as usize * 8);
+    Ok(buf)
+}
+
+/// Attaches the classic BPF filter `insns` (bytes of struct sock_filter).
+pub fn set_filter(fd: BorrowedFd, insns: &[u8]) -> Result<(), Errno> {
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const u8,
+    }
+    let prog = SockFprog { len: (insns.len() / 8) as libc::c_ushort, filter: insns.as_ptr() };
+    // SAFETY: `prog` points at `insns`, valid for the call.
+    let r = unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&raw const prog).cast(), std::mem::size_of::<SockFprog>() as libc::socklen_t) };
+    Errno::result(r).map(drop)
+}

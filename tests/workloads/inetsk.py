@@ -70,6 +70,16 @@ def msfilter(sock, group):
 
 
 groups_before = [msfilter(u1, g) for g in ("239.1.2.3", "239.1.2.4", "239.1.2.5")]
+# A UDP socket with a classic BPF filter that drops everything ("ret #0").
+SO_ATTACH_FILTER, SO_GET_FILTER = 26, 26
+u3 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u3.bind(("127.0.0.1", 0))
+insn = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, k = 0
+import ctypes  # noqa: E402
+ibuf = ctypes.create_string_buffer(insn)
+fprog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(ibuf))
+u3.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+filter_before = u3.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 64)
 u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u2.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
 u2.connect(u1.getsockname())
@@ -140,6 +150,18 @@ def check_multicast():
     c.chk("memberships", [msfilter(u1, g) for g in ("239.1.2.3", "239.1.2.4", "239.1.2.5")], groups_before)
 
 
+def check_filter():
+    c.chk("socket filter", u3.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 64), filter_before)
+    u2.sendto(b"dropped", u3.getsockname())
+    time.sleep(0.1)
+    u3.setblocking(False)
+    try:
+        got = u3.recv(100)
+    except BlockingIOError:
+        got = None
+    c.chk("datagram through the drop-all filter", got, None)
+
+
 def check_udp():
     u1.settimeout(5)
     c.chk("queued datagrams", [u1.recvfrom(100) for _ in range(2)], [(b"queued from u2", u2.getsockname()), (b"queued from a closed socket", gone_addr)])
@@ -180,5 +202,5 @@ def check_connection():
     c.chk("end of stream", cli.recv(10), b"")
 
 
-wlcommon.run_checks([check_names_and_options, check_listeners, check_multicast, check_udp, check_connection, check_connection6], c.problems)
+wlcommon.run_checks([check_names_and_options, check_listeners, check_multicast, check_filter, check_udp, check_connection, check_connection6], c.problems)
 wlcommon.write_result(d, c.problems)

@@ -65,9 +65,8 @@ impl InetTable {
         let state = if tcp { info.first().copied().unwrap_or(0) as u32 } else if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
         let mut s = pb::InetSocket { ino, family: family as u32, r#type: ty as u32, protocol: protocol as u32, state, local, peer: peer.unwrap_or_default(), ..Default::default() };
         let what = super::describe(&s);
-        if sock::has_filter(f) {
-            return Err(refuse(pid, fd, format!("{what} has a socket filter attached (SO_ATTACH_FILTER)"), "socket filters are not supported"));
-        }
+        s.filter = sock::get_filter(f).map_err(|e| refuse(pid, fd, format!("{what} has a socket filter that cannot be read back ({e}: an eBPF program?)"), "eBPF socket filters (SO_ATTACH_BPF) are not supported"))?;
+        s.filter_locked = sock::get_int(f, libc::SO_LOCK_FILTER).unwrap_or(0) != 0;
         // (Reading SO_ERROR would clear it: a pending error shows in poll.)
         let revents = crate::sys::tty::poll_now(f, libc::POLLPRI | libc::POLLRDHUP).map_err(|e| sys("poll", e))?;
         if revents & libc::POLLERR != 0 {

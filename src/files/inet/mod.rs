@@ -14,7 +14,7 @@ mod mcast;
 pub mod lock;
 mod opts;
 mod repair;
-mod restore;
+pub(crate) mod restore;
 
 pub use dump::InetTable;
 pub use restore::Restorer;

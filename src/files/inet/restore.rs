@@ -35,6 +35,7 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     let now: Vec<pb::SockOpt> = s.opts.iter().filter(|o| conn.is_none() || !reuse(o)).cloned().collect();
     opts::apply(f, &now).map_err(|why| format!("{}: {why}", super::describe(s)))?;
     if let Some(c) = conn {
+        filter(f, &s.filter, s.filter_locked).map_err(|e| err("SO_ATTACH_FILTER", e))?;
         repair::set_seqs(f, c).map_err(|e| err("TCP_QUEUE_SEQ", e))?;
         sock::bind_raw(f, &s.local, false).map_err(|e| err("bind", e))?;
         sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect (repair mode)", e))?;
@@ -51,6 +52,7 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
         sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect", e))?;
     }
     super::mcast::join(f, s.family as i32, &s.mcast).map_err(|why| format!("{}: {why}", super::describe(s)))?;
+    filter(f, &s.filter, s.filter_locked).map_err(|e| err("SO_ATTACH_FILTER", e))?;
     Ok(fd)
 }
 
@@ -226,4 +228,16 @@ pub(super) fn sends_as(s: &pb::InetSocket, from: &[u8]) -> bool {
     }
     let (Some((ip, port)), Some((fip, fport))) = (super::parse_addr(&s.local), super::parse_addr(from)) else { return false };
     port == fport && (ip.is_unspecified() || ip.to_canonical() == fip.to_canonical())
+}
+
+/// Attaches a saved classic BPF filter (and locks it), if any.
+pub(crate) fn filter(fd: std::os::fd::BorrowedFd, insns: &[u8], locked: bool) -> Result<(), nix::errno::Errno> {
+    if insns.is_empty() {
+        return Ok(());
+    }
+    sock::set_filter(fd, insns)?;
+    if locked {
+        sock::set_int(fd, libc::SO_LOCK_FILTER, 1)?;
+    }
+    Ok(())
 }
