@@ -75,6 +75,12 @@ pub fn show(dir: &std::path::Path) -> Result<String> {
         }
         let _ = writeln!(s, "  {} routes, {} sysctls differing from a new namespace's{}", ns.routes.len(), ns.sysctls.len(), if ns.nft_ruleset.is_empty() { "" } else { ", an nftables ruleset" });
     }
+    if !imgs.packet.is_empty() {
+        let _ = writeln!(s, "\npacket sockets:");
+        for n in &imgs.packet {
+            let _ = writeln!(s, "  {}", crate::files::packet::describe(n));
+        }
+    }
     if !imgs.netlink.is_empty() {
         let _ = writeln!(s, "\nnetlink sockets:");
         for n in &imgs.netlink {

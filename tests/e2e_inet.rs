@@ -387,3 +387,36 @@ fn raw_sockets_come_back_with_their_filters() {
     s.roundtrip_ok("result");
     s.counter("out.txt");
 }
+
+/// A packet socket (root, in a network namespace of its own: no link there is
+/// promiscuous) bound to the loopback with PACKET_AUXDATA, a fanout group and a
+/// classic BPF filter: after the dump and restore its binding, options, fanout and
+/// filter are as they were and it receives a datagram sent on the loopback
+/// (tests/workloads/packetsk.py).
+#[test]
+fn a_packet_socket_comes_back_bound_with_its_options() {
+    let s = Scenario::run_as(
+        "packetsk",
+        Creds::Root,
+        r#"
+unshare -n sh -c 'ip link set lo up && exec setsid "$0" "$@"' "$PY3" "$(dirname "$LOOP_PY")/packetsk.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "packetsk.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "packetsk.py wrote no result: $(cat "$T/wl.err")"
+"#,
+    );
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.roundtrip_ok("result");
+}

@@ -38,6 +38,8 @@ pub enum ImageKind {
     NetlinkSk,
     /// The tree's network namespace (netns.img).
     NetNs,
+    /// Packet sockets (packetsk.img).
+    PacketSk,
 }
 
 /// Every magic is "CRT" followed by a kind byte, as it appears on disk (little endian).
@@ -47,7 +49,7 @@ impl ImageKind {
     /// Every kind, in a fixed order.
     pub fn all() -> &'static [ImageKind] {
         use ImageKind::*;
-        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk, NetlinkSk, NetNs]
+        &[Inventory, Pstree, Core, Mm, Pagemap, Fdinfo, Files, Pages, Pipes, UnixSk, SkQueues, Ipc, ShmData, Uts, Memfd, MemfdPages, Ghost, GhostData, Tty, InetSk, NetlinkSk, NetNs, PacketSk]
     }
 
     fn number(self) -> u32 {
@@ -74,6 +76,7 @@ impl ImageKind {
             Self::InetSk => 22,
             Self::NetlinkSk => 23,
             Self::NetNs => 33,
+            Self::PacketSk => 24,
         }
     }
 
@@ -112,12 +115,13 @@ impl ImageKind {
             Self::InetSk => "inetsk",
             Self::NetlinkSk => "netlinksk",
             Self::NetNs => "netns",
+            Self::PacketSk => "packetsk",
         }
     }
 
     /// Whether there is one file of this kind per task (named with the PID).
     pub fn per_task(self) -> bool {
-        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk | Self::NetlinkSk | Self::NetNs)
+        !matches!(self, Self::Inventory | Self::Pstree | Self::Files | Self::Pipes | Self::UnixSk | Self::SkQueues | Self::Ipc | Self::ShmData | Self::Uts | Self::Memfd | Self::MemfdPages | Self::Ghost | Self::GhostData | Self::Tty | Self::InetSk | Self::NetlinkSk | Self::NetNs | Self::PacketSk)
     }
 
     /// Whether files of this kind consist of framed protobuf entries (all but pages).
@@ -180,6 +184,7 @@ impl ImageKind {
             Self::InetSk => "crtool.InetSocket",
             Self::NetlinkSk => "crtool.NetlinkSocket",
             Self::NetNs => "crtool.NetNamespace",
+            Self::PacketSk => "crtool.PacketSocket",
             Self::Pages => return None,
         })
     }

@@ -396,6 +396,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     ctx.manifest.push(write_entries(dir, ImageKind::InetSk, 0, &inet)?);
     let netlink: Vec<pb::NetlinkSocket> = ctx.files.netlink.values().cloned().collect();
     ctx.manifest.push(write_entries(dir, ImageKind::NetlinkSk, 0, &netlink)?);
+    let packet: Vec<pb::PacketSocket> = ctx.files.packet.values().cloned().collect();
+    ctx.manifest.push(write_entries(dir, ImageKind::PacketSk, 0, &packet)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
     if ctx.own_netns {
         // (crtool's thread is in the tree's namespace: see `dump`.)

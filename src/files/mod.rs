@@ -7,6 +7,7 @@ mod event;
 mod fanotify;
 pub mod inet;
 pub mod netlink;
+pub mod packet;
 pub mod memfd;
 pub mod ghost;
 pub mod locks;
@@ -143,6 +144,8 @@ pub struct FileTable {
     pub inet: inet::InetTable,
     /// The netlink sockets of the tree, by inode.
     pub netlink: BTreeMap<u64, pb::NetlinkSocket>,
+    /// The packet sockets of the tree, by inode.
+    pub packet: BTreeMap<u64, pb::PacketSocket>,
     /// The memfds of the tree (open or mapped).
     pub memfds: memfd::MemfdTable,
     /// Every lock recorded so far, with the "maj:min:ino" it is on.
@@ -225,6 +228,12 @@ impl FileTable {
                         SFlag::S_IFSOCK if matches!(crate::sys::sock::get_int(std::os::fd::AsFd::as_fd(dup), libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6)) => {
                             self.inet.add(pid, info.fd, dup, st.st_ino)?;
                             Kind::Inet(pb::InetFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
+                        }
+                        SFlag::S_IFSOCK if matches!(crate::sys::sock::get_int(std::os::fd::AsFd::as_fd(dup), libc::SO_DOMAIN), Ok(libc::AF_PACKET)) => {
+                            if let std::collections::btree_map::Entry::Vacant(v) = self.packet.entry(st.st_ino) {
+                                v.insert(packet::dump(pid, info.fd, dup, st.st_ino)?);
+                            }
+                            Kind::Packet(pb::PacketFile { ino: st.st_ino, flags: info.flags & !(libc::O_CLOEXEC as u32) })
                         }
                         SFlag::S_IFSOCK if matches!(crate::sys::sock::get_int(std::os::fd::AsFd::as_fd(dup), libc::SO_DOMAIN), Ok(libc::AF_NETLINK)) => {
                             if let std::collections::btree_map::Entry::Vacant(v) = self.netlink.entry(st.st_ino) {
@@ -363,11 +372,11 @@ impl FileTable {
     /// peeks) and again for sockets found in flight.
     pub fn check_outside_sockets(&self, tree: &std::collections::BTreeSet<i32>) -> Result<()> {
         let sockets: std::collections::BTreeSet<String> =
-            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), Some(Kind::Inet(i)) => Some(format!("socket:[{}]", i.ino)), Some(Kind::Netlink(n)) => Some(format!("socket:[{}]", n.ino)), _ => None }).collect();
+            self.entries.iter().filter_map(|e| match &e.kind { Some(Kind::Unix(u)) => Some(format!("socket:[{}]", u.ino)), Some(Kind::Inet(i)) => Some(format!("socket:[{}]", i.ino)), Some(Kind::Netlink(n)) => Some(format!("socket:[{}]", n.ino)), Some(Kind::Packet(n)) => Some(format!("socket:[{}]", n.ino)), _ => None }).collect();
         if !sockets.is_empty() {
             let outside = pipe::outside_holders(tree, &sockets);
             if let Some((k, &(opid, ofd))) = outside.iter().next() {
-                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k) || matches!(&e.kind, Some(Kind::Inet(i)) if format!("socket:[{}]", i.ino) == *k) || matches!(&e.kind, Some(Kind::Netlink(n)) if format!("socket:[{}]", n.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
+                let (pid, fd) = self.entries.iter().position(|e| matches!(&e.kind, Some(Kind::Unix(u)) if format!("socket:[{}]", u.ino) == *k) || matches!(&e.kind, Some(Kind::Inet(i)) if format!("socket:[{}]", i.ino) == *k) || matches!(&e.kind, Some(Kind::Netlink(n)) if format!("socket:[{}]", n.ino) == *k) || matches!(&e.kind, Some(Kind::Packet(n)) if format!("socket:[{}]", n.ino) == *k)).map(|i| self.first_seen[i]).unwrap_or((0, -1));
                 let comm = std::fs::read_to_string(format!("/proc/{opid}/comm")).unwrap_or_default();
                 return Err(Error::Unsupported {
                     pid,
@@ -480,7 +489,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Netlink(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Netlink(_) | Kind::Packet(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
     }
 }
 
@@ -498,6 +507,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Fanotify(_) => 0, // (fanotify files have no O_ASYNC)
         Kind::Inet(i) => i.flags,
         Kind::Netlink(n) => n.flags,
+        Kind::Packet(n) => n.flags,
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -517,6 +527,7 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Fanotify(f) => fanotify::describe(f),
         Kind::Inet(i) => format!("socket:[{}] (inet)", i.ino),
         Kind::Netlink(n) => format!("socket:[{}] (netlink)", n.ino),
+        Kind::Packet(n) => format!("socket:[{}] (packet)", n.ino),
         Kind::Pty(p) => match p.role() {
             pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
             _ => format!("{} (/dev/pts/{})", p.path, p.index),

@@ -2,7 +2,7 @@
 //! (parked at high fd numbers, inherited by every task), those each task opens for
 //! itself, and installing them at their fd numbers.
 
-use super::{event, fanotify, inet, locks, memfd, ghost, netlink, pidfd, pipe, procfile, reg, tty, unix, chr, describe, flags_of, FileKind};
+use super::{event, fanotify, inet, locks, memfd, ghost, netlink, packet, pidfd, pipe, procfile, reg, tty, unix, chr, describe, flags_of, FileKind};
 use crate::error::{Error, Result};
 use crate::sys::fd;
 use images_format::pb::{self, file_entry::Kind};
@@ -19,6 +19,7 @@ struct Sources<'s, 'p> {
     ptys: &'s tty::Ptys,
     inet: Option<&'s inet::Restorer>,
     netlink: Option<&'s netlink::Restorer>,
+    packet: Option<&'s packet::Restorer>,
 }
 
 /// Opens `f` as the images describe it, with what open(2) cannot set (O_ASYNC,
@@ -33,6 +34,10 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         }
         (Kind::Memfd(m), Some(s)) => s.memfds.open(m),
         (Kind::Pty(p), Some(s)) => s.ptys.open(p),
+        (Kind::Packet(n), Some(s)) => {
+            let r = s.packet.ok_or_else(|| Error::BadImage { file: "packetsk.img".into(), msg: format!("socket:[{}] of file {} is missing", n.ino, f.id) })?;
+            r.open(n.ino).and_then(|fd| fd::set_status_flags(&fd, n.flags).map(|()| fd))
+        }
         (Kind::Netlink(n), Some(s)) => {
             let r = s.netlink.ok_or_else(|| Error::BadImage { file: "netlinksk.img".into(), msg: format!("socket:[{}] of file {} is missing", n.ino, f.id) })?;
             r.open(n.ino).and_then(|fd| fd::set_status_flags(&fd, n.flags).map(|()| fd))
@@ -123,6 +128,7 @@ impl Parked {
         pty_pairs: &[pb::PtyPair],
         inet_sockets: &[pb::InetSocket],
         netlink_sockets: &[pb::NetlinkSocket],
+        packet_sockets: &[pb::PacketSocket],
     ) -> Result<Parked> {
         let async_by = files
             .iter()
@@ -132,6 +138,7 @@ impl Parked {
         let unix = if sockets.is_empty() { None } else { Some(unix::Restorer::create(sockets, inherited_socks, exact_pids).map_err(|e| Error::Reported(format!("cannot restore unix sockets: {e}")))?) };
         let inet = if inet_sockets.is_empty() { None } else { Some(inet::Restorer::create(inet_sockets).map_err(|e| Error::Reported(format!("cannot restore inet sockets: {e}")))?) };
         let netlink = if netlink_sockets.is_empty() { None } else { Some(netlink::Restorer::create(netlink_sockets).map_err(|e| Error::Reported(format!("cannot restore netlink sockets: {e}")))?) };
+        let packet = if packet_sockets.is_empty() { None } else { Some(packet::Restorer::create(packet_sockets).map_err(|e| Error::Reported(format!("cannot restore packet sockets: {e}")))?) };
         let epolls = files
             .iter()
             .filter_map(|f| match &f.kind {
@@ -144,12 +151,12 @@ impl Parked {
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_)) | Some(Kind::Netlink(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_)) | Some(Kind::Netlink(_)) | Some(Kind::Packet(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;
             }
-            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys, inet: parked.inet.as_ref(), netlink: netlink.as_ref() }))?;
+            let fd = reopen(f, Some(Sources { pipe_ends: &mut pipe_ends, unix: parked.unix.as_ref(), memfds, ghosts, ptys, inet: parked.inet.as_ref(), netlink: netlink.as_ref(), packet: packet.as_ref() }))?;
             parked.by_id.insert(f.id, park(fd, park_at)?);
         }
         ptys.seal()?;

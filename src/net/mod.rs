@@ -35,6 +35,24 @@ pub fn own_netns(pid: i32) -> bool {
     link(&format!("/proc/{pid}/ns/net")) != link("/proc/self/ns/net")
 }
 
+/// The links of this thread's network namespace in promiscuous or all-multicast
+/// mode (counters above 0).
+pub fn links_promiscuous() -> std::io::Result<Vec<String>> {
+    let nl = Rtnl::open()?;
+    let mut out = Vec::new();
+    for m in nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+        let RouteNetlinkMessage::NewLink(l) = m else { continue };
+        let promisc = l.attributes.iter().any(|a| matches!(a, LinkAttribute::Promiscuity(n) if *n > 0)) || l.header.flags.intersects(LinkFlags::Promisc | LinkFlags::Allmulti);
+        if promisc {
+            out.push(l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }).unwrap_or_default());
+        }
+    }
+    Ok(out)
+}
+
 /// A process outside `tree` (and not crtool) in `pid`'s network namespace, if
 /// any: the namespace would outlive the dump and not be the restored tree's.
 pub fn outside_user(pid: i32, tree: &std::collections::BTreeSet<i32>) -> Option<i32> {

@@ -81,6 +81,8 @@ pub struct TreeImages {
     pub inet: Vec<pb::InetSocket>,
     /// Netlink sockets (netlinksk.img).
     pub netlink: Vec<pb::NetlinkSocket>,
+    /// Packet sockets (packetsk.img).
+    pub packet: Vec<pb::PacketSocket>,
     /// The tree's own network namespace (netns.img), if it had one.
     pub netns: Option<pb::NetNamespace>,
 }
@@ -169,7 +171,8 @@ pub fn load(dir: &Path) -> Result<TreeImages> {
     let inet = if optional(ImageKind::InetSk) { read_entries(dir, ImageKind::InetSk, 0)? } else { Vec::new() };
     let netlink = if optional(ImageKind::NetlinkSk) { read_entries(dir, ImageKind::NetlinkSk, 0)? } else { Vec::new() };
     let netns = if optional(ImageKind::NetNs) { read_entries(dir, ImageKind::NetNs, 0)?.into_iter().next() } else { None };
-    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys, inet, netlink, netns })
+    let packet = if optional(ImageKind::PacketSk) { read_entries(dir, ImageKind::PacketSk, 0)? } else { Vec::new() };
+    Ok(TreeImages { inv, procs, files, pipes, sockets, packets, memfds, memfd_chunks, ghosts, ghost_chunks, ptys, inet, netlink, netns, packet })
 }
 
 /// What crtool sets from outside once every task exists and before it runs: SIGIO
@@ -290,7 +293,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     let memfds = crate::files::memfd::MemfdObjects::create(&imgs.memfds, &imgs.memfd_chunks)?;
     let ghosts = crate::files::ghost::Ghosts::create(&imgs.ghosts, &imgs.ghost_chunks)?;
     let ptys = crate::files::tty::Ptys::create(&imgs.ptys, &imgs.files)?;
-    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts, &ptys, &imgs.ptys, &imgs.inet, &imgs.netlink)?;
+    let mut parked = Parked::open_all(&imgs.files, &imgs.pipes, &imgs.sockets, &imgs.packets, (max_fd + 1).max(3), &users, opts.inherit.clone(), &opts.inherit_socks, !imgs.inv.new_pid_ns && !opts.pidns, &memfds, &ghosts, &ptys, &imgs.ptys, &imgs.inet, &imgs.netlink, &imgs.packet)?;
     drop(ptys);
     let tasks: Vec<(u32, &pb::Mm, &[pb::PagemapEntry])> =
         imgs.procs.iter().filter_map(|p| p.task.as_ref()).map(|t| (t.core.pid, &t.mm, t.pagemap.as_slice())).collect();

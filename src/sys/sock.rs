@@ -114,7 +114,7 @@ pub fn names(fd: BorrowedFd) -> Result<(Vec<u8>, Option<Vec<u8>>), Errno> {
     let me = get(false)?;
     let peer = match get(true) {
         Ok(p) => Some(p),
-        Err(Errno::ENOTCONN) => None,
+        Err(Errno::ENOTCONN | Errno::EOPNOTSUPP) => None,
         Err(e) => return Err(e),
     };
     Ok((me, peer))
