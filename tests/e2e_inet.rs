@@ -420,3 +420,36 @@ wait_until nonempty "$T/result" || fail "packetsk.py wrote no result: $(cat "$T/
     s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
     s.roundtrip_ok("result");
 }
+
+/// ICMP ping sockets (root, in a network namespace of its own whose
+/// ping_group_range admits only gid 100, so crtool must make them with that
+/// group): an IPv4 one bound with its ident, connected and with IP_TTL, and an
+/// IPv6 one: after the dump and restore the names and options are as they were
+/// and each gets its echo reply with its own ident (tests/workloads/pingsk.py).
+#[test]
+fn ping_sockets_come_back_with_their_idents() {
+    let s = Scenario::run_as(
+        "pingsk",
+        Creds::Root,
+        r#"
+unshare -n sh -c 'ip link set lo up && sysctl -qw net.ipv4.ping_group_range="100 100" && exec setsid "$0" "$@"' "$PY3" "$(dirname "$LOOP_PY")/pingsk.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "pingsk.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "pingsk.py wrote no result: $(cat "$T/wl.err")"
+"#,
+    );
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.roundtrip_ok("result");
+}

@@ -416,3 +416,46 @@ pub fn set_affinity(tid: Pid, mask: &[u64]) {
         let _ = nix::sched::sched_setaffinity(tid, &set);
     }
 }
+
+/// Runs `make` in a short-lived forked child (which may change its credentials,
+/// session or terminal without touching crtool's) and takes the fd it made
+/// (pidfd_getfd); the child exits once crtool has it.
+pub fn fd_from_helper(make: impl FnOnce() -> std::io::Result<OwnedFd>) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    match fork_with_pids(&[], 0)? {
+        Forked::Child => {
+            drop(ready_r);
+            drop(done_w);
+            // The fd number, or minus the errno.
+            let n: i32 = match make() {
+                Ok(f) => {
+                    let n = f.as_raw_fd();
+                    std::mem::forget(f);
+                    n
+                }
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            super::fd::write_raw(ready_w.as_raw_fd(), &n.to_ne_bytes());
+            let mut b = [0u8; 1];
+            let _ = super::fd::read_raw(done_r.as_raw_fd(), &mut b);
+            exit_now(0)
+        }
+        Forked::Parent(child) => {
+            drop(ready_w);
+            drop(done_r);
+            let mut b = [0u8; 4];
+            let got = super::fd::read_raw(ready_r.as_raw_fd(), &mut b);
+            let n = i32::from_ne_bytes(b);
+            let r = match got {
+                Ok(4) if n >= 0 => pidfd_open(child).and_then(|p| pidfd_getfd(&p, n)).map_err(std::io::Error::from),
+                Ok(4) => Err(std::io::Error::from_raw_os_error(-n)),
+                _ => Err(std::io::Error::other("the helper went away")),
+            };
+            drop(done_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            r
+        }
+    }
+}

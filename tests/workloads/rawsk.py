@@ -3,7 +3,7 @@
 
     rawsk.py DIR
 
-Holds a raw ICMP socket bound to 127.0.0.1 whose ICMP_FILTER lets only echo
+Holds a raw ICMP socket bound and connected to 127.0.0.1 whose ICMP_FILTER lets only echo
 replies through, and a raw IPv6 socket of protocol 253 with IPV6_CHECKSUM 2.
 Writes DIR/ready, prints a counter every 0.05 s; on SIGUSR1 checks the bound
 address and options, then pings 127.0.0.1 through the ICMP socket: the first
@@ -23,6 +23,7 @@ c = wlcommon.Checks()
 SOL_RAW, ICMP_FILTER, IPV6_CHECKSUM = 255, 1, 7
 icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 icmp.bind(("127.0.0.1", 0))
+icmp.connect(("127.0.0.1", 0))  # getpeername cannot show it: port 0
 icmp.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~1))  # pass type 0 only
 r6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 253)
 r6.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 2)
@@ -46,7 +47,7 @@ def check():
     c.chk("address and options", state(), before)
     pkt = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"crtool"
     pkt = pkt[:2] + struct.pack("!H", checksum(pkt)) + pkt[4:]
-    icmp.sendto(pkt, ("127.0.0.1", 0))
+    icmp.send(pkt)  # fails unless still connected
     icmp.settimeout(5)
     data = icmp.recv(200)
     ihl = (data[0] & 15) * 4

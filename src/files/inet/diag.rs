@@ -21,3 +21,44 @@ pub fn syn_recv() -> std::io::Result<Vec<(IpAddr, u16)>> {
     }
     Ok(out)
 }
+
+/// The remote address of a datagram, raw or ping socket connected to port 0,
+/// which getpeername(2) does not show (it answers ENOTCONN while the destination
+/// port is 0, net/ipv4/af_inet.c inet_getname) but the kernel's socket table of
+/// the holder's namespace does (`/proc/PID/net/{udp,raw,icmp}[6]`, parsed by
+/// procfs): as sockaddr bytes with port 0, or None when it is not connected.
+pub fn port_zero_peer(pid: i32, family: i32, ty: i32, protocol: i32, ino: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use procfs::FromReadSI;
+    let table = match (ty, protocol) {
+        (libc::SOCK_RAW, _) => "raw",
+        (_, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => "icmp",
+        _ => "udp",
+    };
+    let six = if family == libc::AF_INET6 { "6" } else { "" };
+    let path = format!("/proc/{pid}/net/{table}{six}");
+    let rows = procfs::net::UdpNetEntries::from_file(&path, procfs::current_system_info()).map_err(|e| std::io::Error::other(format!("{path}: {e}")))?;
+    let Some(row) = rows.0.iter().find(|r| r.inode == ino) else { return Ok(None) };
+    if row.state != procfs::net::UdpState::Established {
+        return Ok(None);
+    }
+    // sockaddr_in / sockaddr_in6 (port, flow info and scope 0).
+    let mut b = Vec::with_capacity(28);
+    match row.remote_address.ip() {
+        IpAddr::V4(a) => {
+            b.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b.extend_from_slice(&[0; 2]);
+            b.extend_from_slice(&a.octets());
+            b.extend_from_slice(&[0; 8]);
+        }
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+            return Err(std::io::Error::other(format!("it is connected to the link-local {a} whose scope the kernel does not show")));
+        }
+        IpAddr::V6(a) => {
+            b.extend_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b.extend_from_slice(&[0; 6]);
+            b.extend_from_slice(&a.octets());
+            b.extend_from_slice(&[0; 4]);
+        }
+    }
+    Ok(Some(b))
+}

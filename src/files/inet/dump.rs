@@ -48,14 +48,19 @@ impl InetTable {
         let ty = sock::get_int(f, libc::SO_TYPE).map_err(|e| sys("SO_TYPE", e))?;
         let protocol = sock::get_int(f, libc::SO_PROTOCOL).map_err(|e| sys("SO_PROTOCOL", e))?;
         let raw = ty == libc::SOCK_RAW;
-        if !raw && !matches!((ty, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
-            return Err(refuse(pid, fd, format!("inet socket:[{ino}] of type {ty}, protocol {protocol}"), "only TCP, UDP and raw sockets are supported yet (not ICMP ping sockets, UDP-Lite, SCTP, ...)"));
+        let ping = ty == libc::SOCK_DGRAM && (protocol == libc::IPPROTO_ICMP || protocol == libc::IPPROTO_ICMPV6);
+        if !raw && !ping && !matches!((ty, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
+            return Err(refuse(pid, fd, format!("inet socket:[{ino}] of type {ty}, protocol {protocol}"), "only TCP, UDP, ICMP ping and raw sockets are supported yet (not UDP-Lite, SCTP, ...)"));
         }
         if !sock::in_holders_netns(f, pid) {
             return Err(refuse(pid, fd, format!("socket:[{ino}] belongs to another network namespace than its holder's"), "sockets of other network namespaces are not supported"));
         }
         let (local, peer) = sock::names(f).map_err(|e| sys("getsockname/getpeername", e))?;
         let tcp = ty == libc::SOCK_STREAM && protocol == libc::IPPROTO_TCP;
+        let peer = match peer {
+            None if !tcp => super::diag::port_zero_peer(pid, family, ty, protocol, ino).map_err(|e| refuse(pid, fd, format!("socket:[{ino}]: its destination could not be read: {e}"), "not supported"))?,
+            p => p,
+        };
         // Options that cannot be set back as read: refused when set.
         if family == libc::AF_INET && sock::get_raw(f, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).is_ok_and(|o| !o.is_empty()) {
             return Err(refuse(pid, fd, format!("inet socket:[{ino}] has IP options set (IP_OPTIONS)"), "not supported"));
@@ -98,7 +103,7 @@ impl InetTable {
             (true, st) => {
                 return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
             }
-            (false, _) if raw => {
+            (false, _) if raw || ping => {
                 if crate::sys::tty::poll_now(f, libc::POLLIN).map_err(|e| sys("poll", e))? & libc::POLLIN != 0 {
                     return Err(refuse(pid, fd, format!("{what} has packets queued"), "queued raw packets are not supported; retry the dump once the program has read them"));
                 }
@@ -122,7 +127,10 @@ impl InetTable {
                 }
             }
         }
-        let fresh = sock::socket(family, ty, protocol).map_err(|e| sys("socket (a new one to compare options with)", e))?;
+        // A ping socket only a group of ping_group_range may make: compared with a
+        // UDP one, which inet_create (net/ipv4/af_inet.c) sets up alike.
+        let fresh_proto = if ping { libc::IPPROTO_UDP } else { protocol };
+        let fresh = sock::socket(family, ty, fresh_proto).map_err(|e| sys("socket (a new one to compare options with)", e))?;
         s.opts = opts::capture(f, fresh.as_fd(), family, ty, protocol, is_connection(state));
         let dup = dup.try_clone().map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
         self.socks.insert(ino, Held { pid, fd, dup, sock: s, reuse: 0 });

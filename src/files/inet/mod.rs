@@ -82,6 +82,8 @@ pub fn describe(s: &pb::InetSocket) -> String {
     let proto = match (s.r#type as i32, s.protocol as i32, s.family as i32) {
         (libc::SOCK_RAW, _, libc::AF_INET) => "raw",
         (libc::SOCK_RAW, _, _) => "raw6",
+        (_, libc::IPPROTO_ICMP, _) => "ping",
+        (_, libc::IPPROTO_ICMPV6, _) => "ping6",
         (_, libc::IPPROTO_TCP, libc::AF_INET) => "tcp",
         (_, libc::IPPROTO_TCP, _) => "tcp6",
         (_, libc::IPPROTO_UDP, libc::AF_INET) => "udp",

@@ -87,11 +87,13 @@ const RAW4: &[(i32, i32, usize)] = &[(libc::IPPROTO_IP, libc::IP_HDRINCL, 4), (l
 const RAW6: &[(i32, i32, usize)] = &[(libc::IPPROTO_IPV6, 36, 4), (libc::IPPROTO_IPV6, 7, 4), (58, 1, 32)];
 
 fn table(family: i32, ty: i32, protocol: i32, connected: bool) -> Vec<(i32, i32, usize)> {
-    if ty == libc::SOCK_RAW {
+    if ty == libc::SOCK_RAW || protocol == libc::IPPROTO_ICMP || protocol == libc::IPPROTO_ICMPV6 {
         let mut t: Vec<(i32, i32, usize)> = SOCKET.to_vec();
         t.extend_from_slice(BUFFERS);
         t.extend_from_slice(if family == libc::AF_INET { IPV4 } else { IPV6 });
-        t.extend_from_slice(if family == libc::AF_INET { RAW4 } else { RAW6 });
+        if ty == libc::SOCK_RAW {
+            t.extend_from_slice(if family == libc::AF_INET { RAW4 } else { RAW6 });
+        }
         t.extend_from_slice(if family == libc::AF_INET { MULTICAST4 } else { MULTICAST6 });
         return t;
     }

@@ -23,7 +23,7 @@ fn unbound(a: &[u8]) -> bool {
 
 fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     let err = |what: &str, e: nix::errno::Errno| format!("{}: {what}: {e}", super::describe(s));
-    let fd = sock::socket(s.family as i32, s.r#type as i32, s.protocol as i32).map_err(|e| err("socket", e))?;
+    let fd = new_socket(s).map_err(|e| err("socket", e))?;
     let f = fd.as_fd();
     let conn = s.tcp.as_ref().filter(|_| s.protocol as i32 == libc::IPPROTO_TCP && is_connection(s.state));
     if conn.is_some() {
@@ -48,7 +48,7 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
     if s.state == TCP_LISTEN {
         sock::listen(f, s.backlog as i32).map_err(|e| err("listen", e))?;
     }
-    if (s.protocol as i32 == libc::IPPROTO_UDP || s.r#type as i32 == libc::SOCK_RAW) && !s.peer.is_empty() {
+    if (s.protocol as i32 != libc::IPPROTO_TCP || s.r#type as i32 == libc::SOCK_RAW) && !s.peer.is_empty() {
         sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect", e))?;
     }
     super::mcast::join(f, s.family as i32, &s.mcast).map_err(|why| format!("{}: {why}", super::describe(s)))?;
@@ -240,4 +240,27 @@ pub(crate) fn filter(fd: std::os::fd::BorrowedFd, insns: &[u8], locked: bool) ->
         sock::set_int(fd, libc::SO_LOCK_FILTER, 1)?;
     }
     Ok(())
+}
+
+/// socket(2) for `s`. An ICMP ping socket may be made only by a group of
+/// net.ipv4.ping_group_range (root included): by a helper with such a group.
+fn new_socket(s: &pb::InetSocket) -> Result<OwnedFd, nix::errno::Errno> {
+    let (family, ty, proto) = (s.family as i32, s.r#type as i32, s.protocol as i32);
+    match sock::socket(family, ty, proto) {
+        Err(nix::errno::Errno::EACCES) if proto == libc::IPPROTO_ICMP || proto == libc::IPPROTO_ICMPV6 => {
+            let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap_or_default();
+            let mut it = range.split_whitespace().filter_map(|v| v.parse::<u32>().ok());
+            let (Some(low), Some(high)) = (it.next(), it.next()) else { return Err(nix::errno::Errno::EACCES) };
+            if low > high {
+                return Err(nix::errno::Errno::EACCES);
+            }
+            crate::sys::process::fd_from_helper(|| {
+                let g = nix::unistd::Gid::from_raw(low);
+                nix::unistd::setresgid(g, g, g)?;
+                Ok(sock::socket(family, ty, proto)?)
+            })
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EACCES)))
+        }
+        r => r,
+    }
 }

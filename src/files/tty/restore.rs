@@ -7,7 +7,7 @@ use crate::sys::tty::{self, KTermios};
 use images_format::pb::{self, file_entry::Kind, pty_file::Role};
 use nix::errno::Errno;
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// The pty pairs of the images, made again.
 pub struct Ptys {
@@ -129,41 +129,10 @@ impl Ptys {
 /// /dev/tty and waits while crtool takes the fd (pidfd_getfd); its exit leaves the
 /// terminal free for the restored session.
 fn open_dev_tty(slave: BorrowedFd, flags: i32) -> std::io::Result<OwnedFd> {
-    use crate::sys::process::{Forked, fork_with_pids};
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    match fork_with_pids(&[], 0)? {
-        Forked::Child => {
-            drop(ready_r);
-            drop(done_w);
-            let fd = nix::unistd::setsid()
-                .map_err(std::io::Error::from)
-                .and_then(|_| tty::set_controlling(slave).map_err(std::io::Error::from))
-                .and_then(|()| crate::sys::fd::open_at_pos("/dev/tty", flags | libc::O_NOCTTY, 0));
-            // The fd number, or minus the errno.
-            let n: i32 = match &fd {
-                Ok(f) => f.as_raw_fd(),
-                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-            };
-            crate::sys::fd::write_raw(ready_w.as_raw_fd(), &n.to_ne_bytes());
-            let mut b = [0u8; 1];
-            let _ = crate::sys::fd::read_raw(done_r.as_raw_fd(), &mut b);
-            crate::sys::process::exit_now(0)
-        }
-        Forked::Parent(child) => {
-            drop(ready_w);
-            drop(done_r);
-            let mut b = [0u8; 4];
-            let got = crate::sys::fd::read_raw(ready_r.as_raw_fd(), &mut b);
-            let n = i32::from_ne_bytes(b);
-            let r = match got {
-                Ok(4) if n >= 0 => crate::sys::process::pidfd_open(child).and_then(|p| crate::sys::process::pidfd_getfd(&p, n)).map_err(std::io::Error::from),
-                Ok(4) => Err(std::io::Error::other(format!("a helper with the pseudo-terminal as controlling terminal could not open /dev/tty: {}", std::io::Error::from_raw_os_error(-n)))),
-                _ => Err(std::io::Error::other("the helper opening /dev/tty went away")),
-            };
-            drop(done_w);
-            let _ = nix::sys::wait::waitpid(child, None);
-            r
-        }
-    }
+    crate::sys::process::fd_from_helper(|| {
+        nix::unistd::setsid()?;
+        tty::set_controlling(slave)?;
+        crate::sys::fd::open_at_pos("/dev/tty", flags | libc::O_NOCTTY, 0)
+    })
+    .map_err(|e| std::io::Error::other(format!("a helper with the pseudo-terminal as controlling terminal could not open /dev/tty: {e}")))
 }
