@@ -453,3 +453,62 @@ wait_until nonempty "$T/result" || fail "pingsk.py wrote no result: $(cat "$T/wl
     s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
     s.roundtrip_ok("result");
 }
+
+/// A listener with a client connected but not accepted yet (in its accept queue):
+/// the dump is refused naming it and --skip-in-flight, and the listener runs on;
+/// with --skip-in-flight it is dumped and restored without that connection: the
+/// restored listener's next accept() returns a new client (answered), not the
+/// left-out one, whose connection is reset.
+#[test]
+fn a_connection_waiting_to_be_accepted_needs_skip_in_flight() {
+    let s = Scenario::run(
+        "accept-queue",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 ))
+"${AS_WL[@]}" setsid "$PY3" -c "
+import signal, socket, time
+s = socket.socket(); s.bind(('127.0.0.1', $PORT)); s.listen(5)
+def serve(*_):
+    c, a = s.accept(); c.sendall(b'hi'); open('$T/accepted', 'w').write(str(a[1]))
+signal.signal(signal.SIGUSR1, serve)
+open('$T/ready', 'w').write('ready')
+while True: time.sleep(1)
+" </dev/null >/dev/null 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "the listener did not start: $(cat "$T/wl.err")"
+"$PY3" -c "
+import socket, time
+c = socket.create_connection(('127.0.0.1', $PORT)); open('$T/old.port', 'w').write(str(c.getsockname()[1]))
+c.settimeout(30)
+try: r = c.recv(10); open('$T/old.result', 'w').write('got %r' % r)
+except OSError as e: open('$T/old.result', 'w').write('reset' if isinstance(e, ConnectionResetError) else repr(e))
+" 2>"$T/old.err" & C=$!
+wait_until nonempty "$T/old.port" || fail "the first client did not connect"
+run refused crt dump -t $P -D "$T/ck0"
+put tracer "$(tracer $P)"
+run dump crt dump -t $P -D "$T/ck" --skip-in-flight
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+"$PY3" -c "
+import socket
+c = socket.create_connection(('127.0.0.1', $PORT), timeout=10); open('$T/new.port', 'w').write(str(c.getsockname()[1]))
+open('$T/new.result', 'w').write(repr(c.recv(10)))
+" 2>"$T/new.err" & N=$!
+wait_until nonempty "$T/new.port" || fail "the new client did not connect: $(cat "$T/new.err")"
+kill -USR1 $P
+wait_until nonempty "$T/accepted" || fail "the restored listener accepted nothing"
+wait $N
+put accepted "$(cat "$T/accepted")"; put new_port "$(cat "$T/new.port")"; put new "$(cat "$T/new.result")"
+wait $C; put old "$(cat "$T/old.result" 2>/dev/null)"
+kill $P
+"#,
+    );
+    s.failed_saying("refused", &["waiting to be accepted", "--skip-in-flight"]);
+    s.ensure(s.var("tracer") == "0", || "the listener is still traced after the refused dump".into());
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("accepted") == s.var("new_port"), || format!("the restored listener accepted port {} instead of the new client's {}", s.var("accepted"), s.var("new_port")));
+    s.ensure(s.var("new") == "b'hi'", || format!("the new client got {}", s.var("new")));
+    s.ensure(s.var("old") == "reset", || format!("the left-out client's connection: {}", s.var("old")));
+}

@@ -90,8 +90,13 @@ impl InetTable {
             (true, TCP_LISTEN) => {
                 // TCP_INFO of a listener: tcpi_unacked is its accept queue,
                 // tcpi_sacked its backlog (tcp_get_info).
-                if word(24) > 0 {
-                    return Err(refuse(pid, fd, format!("{what} has {} connection(s) waiting to be accepted", word(24)), "connections not accepted yet are not supported yet; dump when the program has accepted them"));
+                // They have no fd to repair and a repaired socket cannot be put
+                // in an accept queue: refused, or left out with --skip-in-flight
+                // as CRIU does (their clients see them reset).
+                if word(24) > 0 && self.skip_in_flight {
+                    log::warn!("pid {pid} fd {fd}: {what}: {} connection(s) waiting to be accepted left out (--skip-in-flight): their clients will see them reset", word(24));
+                } else if word(24) > 0 {
+                    return Err(refuse(pid, fd, format!("{what} has {} connection(s) waiting to be accepted", word(24)), "retry the dump when the program has accepted them, or dump with --skip-in-flight (those clients see their connections reset and must connect again)"));
                 }
                 s.backlog = word(28);
             }
