@@ -140,6 +140,11 @@ enum Cmd {
         /// its peer outside named OUT (CRIU's --veth-pair). Repeatable.
         #[arg(long, value_name = "IN=OUT")]
         veth_pair: Vec<String>,
+        /// macvlan[IN]:OUT: the macvlan link IN of the tree's network namespace,
+        /// whose lower link was outside, is made again on the link OUT of crtool's
+        /// namespace (CRIU's meaning). Repeatable.
+        #[arg(long, value_name = "macvlan[IN]:OUT")]
+        external: Vec<String>,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -406,7 +411,7 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, veth_pair, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, veth_pair, external, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             let mut inherit_socks = std::collections::BTreeMap::new();
@@ -421,6 +426,14 @@ fn run() -> Result<i32> {
             let mut veth = std::collections::BTreeMap::new();
             for spec in &veth_pair {
                 let (inside, outside) = spec.split_once('=').filter(|(i, o)| !i.is_empty() && !o.is_empty() && o.len() < 16).with_context(|| format!("--veth-pair {spec}: want IN=OUT (OUT at most 15 characters)"))?;
+                veth.insert(inside.to_string(), outside.to_string());
+            }
+            for spec in &external {
+                let (inside, outside) = spec
+                    .strip_prefix("macvlan[")
+                    .and_then(|r| r.split_once("]:"))
+                    .filter(|(i, o)| !i.is_empty() && !o.is_empty())
+                    .with_context(|| format!("--external {spec}: want macvlan[IN]:OUT"))?;
                 veth.insert(inside.to_string(), outside.to_string());
             }
             let dir = absolute(&dir)?;

@@ -102,9 +102,11 @@ fn netlink_sockets_come_back_with_port_ids_and_groups() {
 
 /// A server in a network namespace of its own (`unshare -n`; loopback up, a veth
 /// to the host with IPv4 and IPv6 addresses and an MTU, a route, ip_forward), with
-/// a client on the host connected over the veth: dumped with --tcp-established
+/// a client on the host connected over the veth, a veth pair inside, a macvlan
+/// on one of its ends and one on a host bridge: dumped with --tcp-established
 /// (the namespace and the host's end of the veth go with the tree), restored
-/// with --veth-pair naming a new host end, which the test configures as before:
+/// with --veth-pair naming a new host end, which the test configures as before,
+/// and --external macvlan[mv0]:BRIDGE naming the lower link:
 /// the workload finds its links, addresses, routes and ip_forward as they were,
 /// the client's next line on the same connection is answered, and new clients
 /// connect (tests/workloads/netns.py).
@@ -119,7 +121,14 @@ R=$(( RANDOM % 10000 )); X=$(( R % 200 + 20 )); VH=crv$R; VH2=crw$R
 unshare -n setsid "$PY3" "$(dirname "$LOOP_PY")/netns.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
 for i in $(seq 100); do [ "$(readlink /proc/$P/ns/net)" != "$(readlink /proc/self/ns/net)" ] && break; sleep 0.02; done
 ip link add $VH type veth peer name eth0 netns $P || fail "ip link add: veth"
+# A macvlan whose lower link (a bridge: this kernel has no dummy driver) stays
+# on the host.
+LM=crm$R
+ip link add $LM type bridge && ip link set $LM up || fail "ip link add: host bridge"
+ip link add mv0 link $LM netns $P type macvlan mode private || fail "ip link add: macvlan"
 nsenter -t $P -n sh -c "ip link set lo up && ip addr add 10.77.$X.2/24 dev eth0 && ip -6 addr add fd77::$X:2/64 dev eth0 nodad && ip link set eth0 mtu 1400 up && ip route add 10.99.0.0/16 via 10.77.$X.1 && sysctl -qw net.ipv4.ip_forward=1" || fail "configuring the namespace"
+# A veth pair with both ends inside and a macvlan over one of them, and the macvlan on the host.
+nsenter -t $P -n sh -c "ip link add va0 type veth peer name vb0 && ip link set va0 mtu 1300 txqueuelen 77 up && ip link set vb0 up && ip addr add 10.79.$X.1/24 dev va0 && ip link add mw0 link vb0 type macvlan mode bridge && ip link set mw0 up && ip link set mv0 up && ip addr add 10.80.$X.2/24 dev mv0" || fail "adding links in the namespace"
 ip addr add 10.77.$X.1/24 dev $VH && ip link set $VH up
 touch "$T/configured"
 wait_until nonempty "$T/ready" || fail "netns.py did not start: $(cat "$T/wl.err")"
@@ -133,7 +142,7 @@ wait_until gone $P || fail "the dumped process is still there"
 for i in $(seq 100); do [ -e /sys/class/net/$VH ] || break; sleep 0.05; done
 put host_end_gone "$([ -e /sys/class/net/$VH ] || echo yes)"
 touch "$T/go"
-run restore crt restore -D "$T/ck" -d --tcp-established --veth-pair eth0=$VH2
+run restore crt restore -D "$T/ck" -d --tcp-established --veth-pair eth0=$VH2 --external "macvlan[mv0]:$LM"
 need restore
 pidset after
 snapshot after $P --no-pos
@@ -144,7 +153,7 @@ put new_client "$("$PY3" -c "import socket,sys; s=socket.create_connection(('10.
 put counting "$(wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && echo yes)"
 kill -USR1 $P
 wait_until nonempty "$T/result" || fail "netns.py wrote no result"
-ip link del $VH2 2>/dev/null
+ip link del $VH2 2>/dev/null; ip link del $LM
 wait $C
 "#,
     );

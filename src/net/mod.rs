@@ -1,19 +1,19 @@
 //! The network namespace of a tree that has one of its own (`unshare -n`, a
-//! container): its links (loopback; veth pairs whose other end is outside, made
-//! again with the outside end named by `--veth-pair IN=OUT`), their MTU, MAC and
+//! container): its links (see links.rs), their MTU, MAC, queue length and
 //! state, addresses, routes of the main table, the sysctls under /proc/sys/net
 //! that differ from a new namespace's, and its nftables ruleset. Read over
 //! rtnetlink (netlink-packet-route) from inside the namespace; made again by
 //! crtool in a new namespace before the tree is forked into it. Other link kinds,
 //! routing tables and policy rules are refused.
 
+mod links;
 mod rtnl;
 
 use crate::error::{Error, Result};
 use images_format::pb;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnl::Rtnl;
@@ -130,24 +130,17 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
     let nl = Rtnl::open().map_err(|e| io("socket", e))?;
     let mut ns = pb::NetNamespace::default();
     let mut names = BTreeMap::new();
+    // (Position in ns.links, index of its veth peer or lower link inside.)
+    let mut peers = Vec::new();
     for m in nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).map_err(|e| io("links", e))? {
         let RouteNetlinkMessage::NewLink(l) = m else { continue };
         let mut link = pb::NetLink { up: l.header.flags.contains(LinkFlags::Up), ..Default::default() };
-        let mut kind = None;
-        let mut peer_outside = false;
         for a in &l.attributes {
             match a {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Address(a) => link.mac = a.clone(),
-                LinkAttribute::LinkNetNsId(_) => peer_outside = true,
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            kind = Some(k.clone());
-                        }
-                    }
-                }
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 _ => {}
             }
         }
@@ -156,17 +149,11 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
         if FALLBACK.contains(&link.name.as_str()) && !link.up {
             continue;
         }
-        link.kind = match (&kind, l.header.flags.contains(LinkFlags::Loopback)) {
-            (None, true) => "loopback".into(),
-            (Some(InfoKind::Veth), _) if peer_outside => "veth".into(),
-            (Some(InfoKind::Veth), _) => return Err(refuse(format!("veth {} has its peer in the namespace too", link.name), "veth pairs with both ends inside are not supported yet")),
-            (k, _) => {
-                let k = k.as_ref().map_or("unknown".to_string(), |k| format!("{k:?}").to_lowercase());
-                return Err(refuse(format!("link {} of kind {k}", link.name), "only the loopback and veth links (peer outside) are supported yet"));
-            }
-        };
+        if let Some(other) = links::describe(&l, &mut link).map_err(|(what, hint)| refuse(what, hint))? {
+            peers.push((ns.links.len(), other));
+        }
         let odd = l.header.flags & (LinkFlags::Promisc | LinkFlags::Noarp | LinkFlags::Allmulti | LinkFlags::Debug);
-        if !odd.is_empty() && link.kind == "veth" {
+        if !odd.is_empty() && link.kind != "loopback" {
             return Err(refuse(format!("link {} has flags {odd:?}", link.name), "link flags other than up are not supported yet"));
         }
         // Settings a new link would not have.
@@ -174,7 +161,6 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
             let odd = match a {
                 LinkAttribute::IfAlias(x) if !x.is_empty() => Some(format!("the alias {x:?}")),
                 LinkAttribute::Group(g) if *g != 0 => Some(format!("group {g}")),
-                LinkAttribute::TxQueueLen(q) if *q != 1000 && link.kind == "veth" => Some(format!("a transmit queue of {q}")),
                 _ => None,
             };
             if let Some(what) = odd {
@@ -184,6 +170,10 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
         link.index = l.header.index;
         names.insert(l.header.index, link.name.clone());
         ns.links.push(link);
+    }
+    for (at, other) in peers {
+        let name = names.get(&other).cloned().ok_or_else(|| refuse(format!("link {} refers to link {other}, which is not in the namespace", ns.links[at].name), "report this"))?;
+        ns.links[at].peer = name;
     }
     for m in nl.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default())).map_err(|e| io("addresses", e))? {
         let RouteNetlinkMessage::NewAddress(a) = m else { continue };
@@ -515,18 +505,27 @@ pub struct Made {
 
 /// Makes the namespace of `ns` and enters it (this thread: the tree forked from
 /// it, and the sockets crtool makes, are in it). `veth`: inside name → outside
-/// name of each veth pair (--veth-pair).
+/// link of veth peers to make (--veth-pair) and lower links of macvlan
+/// ones (--external macvlan[IN]:OUT).
 pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<Made> {
     let fail = |what: String| Error::Reported(format!("cannot make the network namespace again: {what}"));
     let io = |what: &str, e: std::io::Error| fail(format!("{what}: {e}"));
     let outside = own_ns_fd()?;
     // Names the outside ends will take must be free.
-    for l in ns.links.iter().filter(|l| l.kind == "veth") {
+    for l in ns.links.iter().filter(|l| l.kind == "veth" && l.peer.is_empty()) {
         let out = veth.get(&l.name).ok_or_else(|| fail(format!("veth {} had its peer outside: name the peer with --veth-pair {}=NAME", l.name, l.name)))?;
-        if std::path::Path::new(&format!("/sys/class/net/{out}")).exists() {
+        if nix::net::if_::if_nametoindex(out.as_str()).is_ok() {
             return Err(fail(format!("--veth-pair {}={out}: a link named {out} exists already", l.name)));
         }
     }
+    // Lower links outside must exist (their index, read here, outside).
+    let mut lower_out = BTreeMap::new();
+    for l in ns.links.iter().filter(|l| links::made_outside(l)) {
+        let out = veth.get(&l.name).ok_or_else(|| fail(format!("{} {} had its lower link outside: name it with --external {}[{}]:NAME", l.kind, l.name, l.kind, l.name)))?;
+        let idx = nix::net::if_::if_nametoindex(out.as_str()).map_err(|e| fail(format!("--external {}[{}]:{out}: {e}", l.kind, l.name)))?;
+        lower_out.insert(out.clone(), idx);
+    }
+    let nl_out = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| fail(format!("unshare(CLONE_NEWNET): {e}")))?;
     let made = Made { _back: Entered(outside.try_clone().map_err(|e| io("dup", e))?) };
     let nl = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
@@ -536,24 +535,29 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
     }
     // (By ioctl on a socket of this namespace: /sys shows the one it was mounted in.)
     let index_of = |name: &str| -> std::result::Result<u32, Error> { nix::net::if_::if_nametoindex(name).map_err(|e| fail(format!("link {name}: {e}"))) };
+    let new_ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| io("opening the new namespace", e))?;
+    let mut order: Vec<&pb::NetLink> = ns.links.iter().collect();
+    order.sort_by_key(|l| links::rank(l));
+    for l in order {
+        let from_outside = links::made_outside(l);
+        let lower_index = |name: &str| -> std::result::Result<u32, String> {
+            if from_outside { lower_out.get(name).copied().ok_or_else(|| format!("no link {name} outside")) } else { nix::net::if_::if_nametoindex(name).map_err(|e| format!("link {name}: {e}")) }
+        };
+        let Some(m) = links::new_link(l, &ns.links, veth, outside.as_raw_fd(), new_ns.as_raw_fd(), lower_index).map_err(fail)? else { continue };
+        let via = if from_outside { &nl_out } else { &nl };
+        via.ack(RouteNetlinkMessage::NewLink(m), true).map_err(|e| io(&format!("making {} {}", l.kind, l.name), e))?;
+    }
     for l in &ns.links {
-        if l.kind == "veth" {
-            let mut peer = LinkMessage::default();
-            peer.attributes.push(LinkAttribute::IfName(veth[&l.name].clone()));
-            peer.attributes.push(LinkAttribute::NetNsFd(outside.as_raw_fd()));
-            let mut m = LinkMessage::default();
-            m.header.index = l.index;
-            m.attributes.push(LinkAttribute::IfName(l.name.clone()));
-            m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth), LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer)))]));
-            nl.ack(RouteNetlinkMessage::NewLink(m), true).map_err(|e| io(&format!("making veth {} (peer {} outside)", l.name, veth[&l.name]), e))?;
-        }
         let mut m = LinkMessage::default();
         m.header.index = index_of(&l.name)?;
         if l.mtu != 0 {
             m.attributes.push(LinkAttribute::Mtu(l.mtu));
         }
-        if l.kind == "veth" && !l.mac.is_empty() {
+        if l.kind != "loopback" && !l.mac.is_empty() {
             m.attributes.push(LinkAttribute::Address(l.mac.clone()));
+        }
+        if l.kind != "loopback" && l.txqlen != 0 {
+            m.attributes.push(LinkAttribute::TxQueueLen(l.txqlen));
         }
         if l.up {
             m.header.flags = LinkFlags::Up;

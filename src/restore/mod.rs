@@ -35,8 +35,9 @@ pub struct RestoreOpts {
     /// Sockets the caller hands over for stream sockets whose peer was outside the
     /// tree (--inherit-fd fd[N]:socket:[INO]): socket inode → crtool's fd N.
     pub inherit_socks: std::collections::BTreeMap<u64, i32>,
-    /// Outside names of the veth pairs of the tree's network namespace
-    /// (--veth-pair IN=OUT): inside name → outside name.
+    /// Outside links of the tree's network namespace's links: veth peers to make
+    /// (--veth-pair IN=OUT) and lower links of macvlan ones (--external
+    /// macvlan[IN]:OUT): inside name → outside name.
     pub veth: std::collections::BTreeMap<String, String>,
     /// Namespaces handed over for external ones (--inherit-fd fd[N]:KEY): key →
     /// crtool's fd N.

@@ -8,7 +8,8 @@ MTU, a route, ip_forward), serving TCP; checked after a restore.
 Waits for DIR/configured, records what `ip -j` shows of its links, addresses and
 routes and its ip_forward, listens on 0.0.0.0:7777 (each connection answers each
 line with "pong LINE"), writes DIR/ready and prints a counter every 0.05 s; on
-SIGUSR1 checks that links (name, kind, MTU, MAC, state), addresses, routes and
+SIGUSR1 checks that links (name, index, kind, mode, MTU, MAC, state, queue
+length, peer or lower link), addresses, routes and
 ip_forward are as recorded. Writes PASS or FAIL: why to DIR/result.
 """
 import json
@@ -30,7 +31,12 @@ while not os.path.exists(os.path.join(d, "configured")):
 
 def view():
     ip = lambda *a: json.loads(subprocess.run(["ip", "-j", *a], capture_output=True, check=True).stdout or b"[]")
-    links = [(l["ifname"], l.get("link_type"), l.get("mtu"), l.get("address"), "UP" in l.get("flags", [])) for l in ip("link", "show")]
+    # (Kind and mode from `ip -d`; "link" names a veth peer or lower link in the
+    # namespace; netns ids and outside indexes may change.)
+    links = [
+        (l["ifname"], l["ifindex"], l.get("link_type"), l.get("linkinfo", {}).get("info_kind"), l.get("linkinfo", {}).get("info_data", {}).get("mode"), l.get("mtu"), l.get("address"), "UP" in l.get("flags", []), l.get("txqlen"), l.get("link"))
+        for l in ip("-d", "link", "show")
+    ]
     addrs = sorted((a["ifname"], i["local"], i["prefixlen"]) for a in ip("addr", "show") for i in a.get("addr_info", []))
     routes = sorted(json.dumps(r, sort_keys=True) for fam in ("-4", "-6") for r in ip(fam, "route", "show"))
     with open("/proc/sys/net/ipv4/ip_forward") as fh:
