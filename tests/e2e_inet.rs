@@ -521,3 +521,39 @@ kill $P
     s.ensure(s.var("new") == "b'hi'", || format!("the new client got {}", s.var("new")));
     s.ensure(s.var("old") == "reset", || format!("the left-out client's connection: {}", s.var("old")));
 }
+
+/// tun/tap devices (root, in a network namespace of its own): a tap attached to
+/// the workload's /dev/net/tun file with an address, MAC, MTU and send buffer,
+/// and a persistent tun owned by uid 1000 with no file: after the dump and
+/// restore both are there as they were (kind, flags, owner, index, ...) and the
+/// tap carries frames both ways (the kernel's ARP request read, a reply written,
+/// the datagram read) (tests/workloads/tapdev.py).
+#[test]
+fn tun_and_tap_devices_come_back_attached() {
+    let s = Scenario::run_as(
+        "tapdev",
+        Creds::Root,
+        r#"
+unshare -n setsid "$PY3" "$(dirname "$LOOP_PY")/tapdev.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "tapdev.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "tapdev.py wrote no result: $(cat "$T/wl.err")"
+put leaked "$(ip -o link show | grep -c crtun)"
+"#,
+    );
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.ensure(s.var("leaked") == "0", || "a temporary tun device was left in crtool's namespace".into());
+    s.roundtrip_ok("result");
+}

@@ -399,12 +399,16 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     let packet: Vec<pb::PacketSocket> = ctx.files.packet.values().cloned().collect();
     ctx.manifest.push(write_entries(dir, ImageKind::PacketSk, 0, &packet)?);
     let ns = crate::ipc::dump(dir, root, &pids, &mut ctx.manifest)?;
+    if !ctx.own_netns {
+        ctx.files.check_tun(&[], root)?;
+    }
     if ctx.own_netns {
         // (crtool's thread is in the tree's namespace: see `dump`.)
         let netns = match &ctx.netns_external {
             Some((_, key)) => pb::NetNamespace { external_key: key.clone(), ..Default::default() },
             None => crate::net::dump(root)?,
         };
+        ctx.files.check_tun(&netns.links, root)?;
         ctx.manifest.push(write_entries(dir, ImageKind::NetNs, 0, &[netns])?);
     }
     let mut files = std::mem::take(&mut ctx.manifest);

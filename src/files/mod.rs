@@ -8,6 +8,7 @@ mod fanotify;
 pub mod inet;
 pub mod netlink;
 pub mod packet;
+pub mod tun;
 pub mod memfd;
 pub mod ghost;
 pub mod locks;
@@ -156,6 +157,17 @@ pub struct FileTable {
 }
 
 impl FileTable {
+    /// Checks the tree's /dev/net/tun files against the links of its dumped
+    /// network namespace (none: not dumped; see `tun::check`).
+    pub fn check_tun(&self, links: &[pb::NetLink], root: i32) -> Result<()> {
+        tun::check(&self.entries, links).map_err(|(at, what)| {
+            let (pid, fd) = at.map_or((root, None), |i| (self.first_seen[i].0, Some(self.first_seen[i].1)));
+            Error::Unsupported { pid, fd, what, hint: Some("a tun/tap device is taken along with the tree's own network namespace, attached to one file of the tree or persistent") }
+        })
+    }
+}
+
+impl FileTable {
     /// Describes every fd of `pid` (given duplicates received from it), reusing the
     /// entry of a description another fd already shares. `vpid` maps a pid as crtool
     /// sees it into the tree's namespace (`None`: outside the tree).
@@ -221,6 +233,7 @@ impl FileTable {
                             }
                         }
                         SFlag::S_IFREG | SFlag::S_IFDIR => reg::RegFileKind::dump(pid, info, dup, &st)?,
+                        SFlag::S_IFCHR if (libc::major(st.st_rdev), libc::minor(st.st_rdev)) == tun::RDEV => tun::dump(pid, info, dup)?,
                         SFlag::S_IFCHR => match self.ptys.dump(pid, info, dup, &st)? {
                             Some(k) => k,
                             None => chr::ChrDevKind::dump_tty(pid, info, dup, &st, self.shell_job)?,
@@ -489,7 +502,7 @@ pub fn check_reopen(kind: &Kind, how: identity::Validation) -> std::result::Resu
             Ok(_) => Err("it is no longer a FIFO".into()),
             Err(e) => Err(format!("cannot find it: {e}")),
         },
-        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Netlink(_) | Kind::Packet(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) => Ok(()),
+        Kind::Pipe(_) | Kind::Unix(_) | Kind::Memfd(_) | Kind::Inotify(_) | Kind::Tty(_) | Kind::Pty(_) | Kind::Proc(_) | Kind::Fanotify(_) | Kind::Inet(_) | Kind::Netlink(_) | Kind::Packet(_) | Kind::Pidfd(_) | Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Tun(_) => Ok(()),
     }
 }
 
@@ -508,6 +521,7 @@ fn flags_of(kind: &Kind) -> u32 {
         Kind::Inet(i) => i.flags,
         Kind::Netlink(n) => n.flags,
         Kind::Packet(n) => n.flags,
+        Kind::Tun(t) => t.flags,
         Kind::Pidfd(p) => p.flags,
         k => event::flags(k).unwrap_or(0),
     }
@@ -528,6 +542,8 @@ pub fn describe(kind: &Kind) -> String {
         Kind::Inet(i) => format!("socket:[{}] (inet)", i.ino),
         Kind::Netlink(n) => format!("socket:[{}] (netlink)", n.ino),
         Kind::Packet(n) => format!("socket:[{}] (packet)", n.ino),
+        Kind::Tun(t) if t.ifname.is_empty() => "/dev/net/tun (not attached)".into(),
+        Kind::Tun(t) => format!("/dev/net/tun (attached to {})", t.ifname),
         Kind::Pty(p) => match p.role() {
             pb::pty_file::Role::Master => format!("{} (master of /dev/pts/{})", p.path, p.index),
             _ => format!("{} (/dev/pts/{})", p.path, p.index),

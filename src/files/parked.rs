@@ -2,7 +2,7 @@
 //! (parked at high fd numbers, inherited by every task), those each task opens for
 //! itself, and installing them at their fd numbers.
 
-use super::{event, fanotify, inet, locks, memfd, ghost, netlink, packet, pidfd, pipe, procfile, reg, tty, unix, chr, describe, flags_of, FileKind};
+use super::{event, fanotify, inet, locks, memfd, ghost, netlink, packet, pidfd, pipe, procfile, reg, tty, tun, unix, chr, describe, flags_of, FileKind};
 use crate::error::{Error, Result};
 use crate::sys::fd;
 use images_format::pb::{self, file_entry::Kind};
@@ -56,6 +56,7 @@ fn reopen(f: &pb::FileEntry, src: Option<Sources>) -> Result<OwnedFd> {
         (Kind::Pidfd(p), _) => pidfd::open(p),
         (Kind::Proc(p), _) => procfile::open(p),
         (Kind::Fanotify(f), _) => fanotify::open(f),
+        (Kind::Tun(t), _) => tun::open(t),
         (Kind::Pipe(p), Some(s)) => s.pipe_ends.open_end(p),
         (Kind::Fifo(p), Some(s)) => s.pipe_ends.open_fifo(p),
         (k @ (Kind::Eventfd(_) | Kind::Signalfd(_) | Kind::Timerfd(_) | Kind::Epoll(_) | Kind::Inotify(_)), _) => event::open(k),
@@ -151,7 +152,7 @@ impl Parked {
         let mut pipe_ends = pipe::Restorer::new(pipes, inherited);
         for f in files {
             let ghost = matches!(&f.kind, Some(Kind::Reg(r)) if r.ghost);
-            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_)) | Some(Kind::Netlink(_)) | Some(Kind::Packet(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
+            let piped = ghost || matches!(&f.kind, Some(Kind::Pidfd(p)) if pidfd::made_by_crtool(p)) || matches!(f.kind, Some(Kind::Tty(_)) | Some(Kind::Pty(_)) | Some(Kind::Inet(_)) | Some(Kind::Netlink(_)) | Some(Kind::Packet(_)) | Some(Kind::Tun(_))) || matches!(f.kind, Some(Kind::Pipe(_)) | Some(Kind::Fifo(_)) | Some(Kind::Unix(_)) | Some(Kind::Memfd(_)));
             if !piped && !in_flight.contains(&f.id) && f.owner.is_none() && users.get(&f.id).map_or(0, |u| u.0) <= 1 {
                 parked.private.insert(f.id, f.clone());
                 continue;

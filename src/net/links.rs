@@ -2,7 +2,7 @@
 //! (rtnetlink, netlink-packet-route; `ip-link(8)`): the loopback, veth pairs (one
 //! end outside, named at restore by `--veth-pair IN=OUT`, or both ends inside)
 //! and macvlan links (their lower link inside, or outside and named at restore
-//! by `--external macvlan[IN]:OUT`). (dummy, ipvlan, vlan: the kernel crtool is
+//! by `--external macvlan[IN]:OUT`), tun/tap devices (tun.rs). (dummy, ipvlan, vlan: the kernel crtool is
 //! tested on has no such drivers, so they are refused rather than untested.)
 
 use images_format::pb;
@@ -42,6 +42,15 @@ pub fn describe(l: &LinkMessage, link: &mut pb::NetLink) -> Result<Option<u32>, 
     link.kind = match (&kind, loopback) {
         (None, true) => "loopback",
         (Some(InfoKind::Veth), _) => "veth",
+        (Some(InfoKind::Tun), _) => {
+            let empty = Vec::new();
+            let d = match &data {
+                Some(InfoData::Tun(d)) => d,
+                _ => &empty,
+            };
+            link.tun = Some(super::tun::describe(&link.name, d)?);
+            "tun"
+        }
         (Some(InfoKind::MacVlan), _) => {
             for d in data.iter() {
                 if let InfoData::MacVlan(v) = d {
@@ -61,14 +70,14 @@ pub fn describe(l: &LinkMessage, link: &mut pb::NetLink) -> Result<Option<u32>, 
         }
         (k, _) => {
             let k = k.as_ref().map_or("unknown".to_string(), |k| format!("{k:?}").to_lowercase());
-            return Err((format!("link {} of kind {k}", link.name), "only the loopback, veth and macvlan links are supported yet"));
+            return Err((format!("link {} of kind {k}", link.name), "only the loopback, veth, macvlan and tun/tap links are supported yet"));
         }
     }
     .into();
     if link.kind == "macvlan" && lower.is_none() {
         return Err((format!("{} {} has no lower link", link.kind, link.name), "report this"));
     }
-    Ok(if link.kind == "loopback" { None } else { inside })
+    Ok(if link.kind == "loopback" || link.kind == "tun" { None } else { inside })
 }
 
 /// The order links are made in: a macvlan after its lower link.
@@ -92,7 +101,8 @@ pub fn new_link(l: &pb::NetLink, all: &[pb::NetLink], outside: &BTreeMap<String,
     m.header.index = l.index;
     m.attributes.push(LinkAttribute::IfName(l.name.clone()));
     let data = match l.kind.as_str() {
-        "loopback" => return Ok(None),
+        // (tun devices are made before, see tun.rs.)
+        "loopback" | "tun" => return Ok(None),
         "veth" if l.peer.is_empty() => {
             let out = outside.get(&l.name).ok_or_else(|| format!("veth {} had its peer outside: name the peer with --veth-pair {}=NAME", l.name, l.name))?;
             let mut peer = LinkMessage::default();

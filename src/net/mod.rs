@@ -8,6 +8,9 @@
 
 mod links;
 mod rtnl;
+mod tun;
+
+pub use tun::carrier;
 
 use crate::error::{Error, Result};
 use images_format::pb;
@@ -152,7 +155,8 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
         if let Some(other) = links::describe(&l, &mut link).map_err(|(what, hint)| refuse(what, hint))? {
             peers.push((ns.links.len(), other));
         }
-        let odd = l.header.flags & (LinkFlags::Promisc | LinkFlags::Noarp | LinkFlags::Allmulti | LinkFlags::Debug);
+        link.noarp = l.header.flags.contains(LinkFlags::Noarp);
+        let odd = l.header.flags & (LinkFlags::Promisc | LinkFlags::Allmulti | LinkFlags::Debug);
         if !odd.is_empty() && link.kind != "loopback" {
             return Err(refuse(format!("link {} has flags {odd:?}", link.name), "link flags other than up are not supported yet"));
         }
@@ -279,7 +283,8 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
     // Routes without a gateway first: a gateway must be reachable when its route
     // is added.
     ns.routes.sort_by_key(|r| !r.gateway.is_empty());
-    check_unsupported(&nl, &names).map_err(|(what, hint)| refuse(what, hint))?;
+    let tuns: Vec<u32> = ns.links.iter().filter(|l| l.kind == "tun").map(|l| l.index).collect();
+    check_unsupported(&nl, &names, &tuns).map_err(|(what, hint)| refuse(what, hint))?;
     if ["ip_tables_names", "ip6_tables_names", "arp_tables_names"].iter().any(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).is_ok_and(|t| !t.trim().is_empty())) {
         return Err(refuse("it has iptables (x_tables) rules".into(), "only nftables rulesets are taken along"));
     }
@@ -290,11 +295,11 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
 
 /// Refuses what this version does not make again: policy rules other than the
 /// kernel's own, permanent neighbour entries, queueing disciplines other than the
-/// links' defaults. `names`: link index → name.
-fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>) -> std::result::Result<(), (String, &'static str)> {
+/// links' defaults. `names`: link index → name; `tuns`: indexes of tun/tap links.
+fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>, tuns: &[u32]) -> std::result::Result<(), (String, &'static str)> {
     use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
     use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
-    use netlink_packet_route::tc::{TcAttribute, TcMessage};
+    use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
     let io = |what: &str, e: std::io::Error| (format!("reading its {what}: {e}"), "report this");
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut q = RuleMessage::default();
@@ -337,7 +342,9 @@ fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>) -> std::result::R
             TcAttribute::Kind(k) => Some(k.clone()),
             _ => None,
         }).unwrap_or_default();
-        if kind != "noqueue" {
+        // (A tun/tap device's own when up: pfifo_fast, made by the kernel, handle 0, fixed settings.)
+        let default = kind == "pfifo_fast" && q.header.handle == TcHandle::from(0u32) && q.header.parent == TcHandle::ROOT && tuns.contains(&(q.header.index as u32));
+        if kind != "noqueue" && !default {
             let link = names.get(&(q.header.index as u32)).cloned().unwrap_or_default();
             return Err((format!("queueing discipline {kind} on {link}"), "traffic control (tc) settings are not supported yet"));
         }
@@ -526,6 +533,7 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
         lower_out.insert(out.clone(), idx);
     }
     let nl_out = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
+    let tuns = tun::Pending::make(&nl_out, &ns.links).map_err(fail)?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| fail(format!("unshare(CLONE_NEWNET): {e}")))?;
     let made = Made { _back: Entered(outside.try_clone().map_err(|e| io("dup", e))?) };
     let nl = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
@@ -536,6 +544,7 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
     // (By ioctl on a socket of this namespace: /sys shows the one it was mounted in.)
     let index_of = |name: &str| -> std::result::Result<u32, Error> { nix::net::if_::if_nametoindex(name).map_err(|e| fail(format!("link {name}: {e}"))) };
     let new_ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| io("opening the new namespace", e))?;
+    tuns.move_into(new_ns.as_raw_fd()).map_err(fail)?;
     let mut order: Vec<&pb::NetLink> = ns.links.iter().collect();
     order.sort_by_key(|l| links::rank(l));
     for l in order {
@@ -561,7 +570,11 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
         }
         if l.up {
             m.header.flags = LinkFlags::Up;
-            m.header.change_mask = LinkFlags::Up;
+        }
+        m.header.change_mask = LinkFlags::Up;
+        if l.kind != "loopback" {
+            m.header.flags.set(LinkFlags::Noarp, l.noarp);
+            m.header.change_mask |= LinkFlags::Noarp;
         }
         nl.ack(RouteNetlinkMessage::SetLink(m), false).map_err(|e| io(&format!("setting link {}", l.name), e))?;
     }

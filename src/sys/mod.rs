@@ -11,6 +11,7 @@ pub mod signals;
 pub mod sock;
 pub mod event;
 pub mod tty;
+pub mod tun;
 
 /// The embedded blobs (built by build.rs from `parasite/`).
 pub mod blobs {
