@@ -327,6 +327,79 @@ put client "$(cat "$T/client.result")"
     s.roundtrip_ok("result");
 }
 
+/// Connections whose own FIN is not acknowledged yet (the test's nftables rules
+/// drop the client's segments, or the server's on the third): FIN_WAIT1 with
+/// data unacknowledged, LAST_ACK and CLOSING (tests/workloads/finwait.py). After
+/// the dump and restore with --tcp-established (the rules gone) the client, outside
+/// the tree, gets each byte and each end of stream exactly once, and its reply on
+/// the first connection reaches the restored server.
+#[test]
+fn connections_with_their_fin_unacknowledged_come_back() {
+    let s = Scenario::run(
+        "finwait",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 )); TABLE=crtool-test-finwait-$PORT
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/finwait.py" "$T" $PORT </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/listening" || fail "finwait.py did not start: $(cat "$T/wl.err")"
+"$PY3" -c "
+import os, socket, time
+d = '$T'
+wait = lambda n: [time.sleep(0.01) for _ in iter(lambda: os.path.exists(os.path.join(d, n)), True)]
+a, b, c = (socket.create_connection(('127.0.0.1', $PORT)) for _ in range(3))
+open(d + '/ports', 'w').write(' '.join(str(s.getsockname()[1]) for s in (a, b, c)))
+wait('rules1'); b.shutdown(socket.SHUT_WR)
+wait('c-shut'); wait('rules2'); c.shutdown(socket.SHUT_WR)
+def read_all(s):
+    s.settimeout(60); got = b''
+    while True:
+        x = s.recv(100)
+        if not x: return got
+        got += x
+r = (read_all(a), read_all(b), read_all(c))
+a.sendall(b'replyA'); a.close()
+open(d + '/client.result', 'w').write('PASS' if r == (b'dataA', b'dataB', b'') else 'FAIL: got %r' % (r,))
+wait('done')  # (gone only once the test has listed the processes again)
+" 2>"$T/client.err" & C=$!
+wait_until nonempty "$T/accepted" || fail "the server did not accept: $(cat "$T/wl.err")"
+wait_until nonempty "$T/ports" || fail "the client did not connect: $(cat "$T/client.err")"
+read PA PB PC < "$T/ports"
+nft -f - <<NFT || fail "nft"
+table inet $TABLE {
+  chain input { type filter hook input priority -400; tcp sport $PA tcp dport $PORT drop; tcp sport $PORT tcp dport $PC drop; }
+}
+NFT
+touch "$T/rules1"
+wait_until nonempty "$T/b-closewait" || fail "B did not reach CLOSE_WAIT: $(cat "$T/wl.err")"
+nft add rule inet $TABLE input tcp sport $PB tcp dport $PORT drop || fail "nft add rule"
+touch "$T/rules2"
+wait_until nonempty "$T/ready" || fail "finwait.py did not get its states: $(cat "$T/wl.err")"
+put states "$(cat "$T/states")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck" --tcp-established
+nft delete table inet $TABLE
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+touch "$T/done"
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+wait_until nonempty "$T/client.result" || fail "the client wrote no result: $(cat "$T/client.err")"
+put client "$(cat "$T/client.result")"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "finwait.py wrote no result: $(cat "$T/wl.err")"
+"#,
+    );
+    s.ensure(s.var("states") == "4 9 11", || format!("setup: states {} instead of FIN_WAIT1, LAST_ACK, CLOSING (4 9 11)", s.var("states")));
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.ensure(s.var("client") == "PASS", || format!("the client: {}", s.var("client")));
+    s.roundtrip_ok("result");
+}
+
 /// Both ends of a half-closed connection in the tree: the client shut its side
 /// down after its request (FIN_WAIT2), the server has not read it (CLOSE_WAIT).
 /// After a --leave-running dump and the real dump and restore with

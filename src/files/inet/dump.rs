@@ -1,6 +1,6 @@
 //! Dumping inet sockets.
 
-use super::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, is_connection, lock, opts, repair, state_text};
+use super::{TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, fin_queued, fin_received, is_connection, lock, opts, repair, state_text};
 use crate::error::{Error, Result};
 use crate::sys::sock;
 use images_format::pb;
@@ -77,7 +77,7 @@ impl InetTable {
         if revents & libc::POLLERR != 0 {
             return Err(refuse(pid, fd, format!("{what} has a pending error"), "let the program read it first (SO_ERROR)"));
         }
-        if state != TCP_LISTEN && state != TCP_CLOSE_WAIT && revents & libc::POLLRDHUP != 0 {
+        if state != TCP_LISTEN && !(tcp && fin_received(state)) && revents & libc::POLLRDHUP != 0 {
             return Err(refuse(pid, fd, format!("{what} is shut down for reading, or its peer has closed its side"), "half-closed sockets are not supported yet"));
         }
         if tcp && revents & libc::POLLPRI != 0 {
@@ -172,16 +172,21 @@ impl InetTable {
             let f = h.dup.as_fd();
             let state = sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 8).ok().and_then(|i| i.first().copied()).unwrap_or(0) as u32;
             let revents = crate::sys::tty::poll_now(f, libc::POLLPRI | libc::POLLRDHUP).unwrap_or(libc::POLLERR);
-            let rdhup = if h.sock.state == TCP_CLOSE_WAIT { 0 } else { libc::POLLRDHUP };
+            let rdhup = if fin_received(h.sock.state) { 0 } else { libc::POLLRDHUP };
             if state != h.sock.state || revents & (libc::POLLPRI | rdhup | libc::POLLERR) != 0 {
                 return Err(refuse(h.pid, h.fd, format!("{what} changed while it was being dumped (now {}{})", state_text(state), if revents & libc::POLLPRI != 0 { ", urgent data" } else { "" }), "retry the dump"));
             }
-            let mut c = repair::dump(h.dup.as_fd()).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading its queues in repair mode (EAGAIN: they kept changing; retry the dump)", h.pid, h.fd), e))?;
+            let mut c = repair::dump(h.dup.as_fd(), fin_queued(h.sock.state)).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading its queues in repair mode (EAGAIN: they kept changing; retry the dump)", h.pid, h.fd), e))?;
             c.lock_table = table.clone();
-            if h.sock.state == TCP_CLOSE_WAIT {
+            if fin_received(h.sock.state) {
                 // rcv_nxt counts the peer's FIN: the queue starts one before.
                 c.recv_seq = c.recv_seq.wrapping_sub(1);
                 c.fin_received = true;
+            }
+            if fin_queued(h.sock.state) {
+                // Our FIN, not acknowledged: the queue (from snd_una) without it;
+                // shutdown queues it again after the data, at the same number.
+                c.fin_sent = true;
             }
             if h.sock.state == TCP_FIN_WAIT2 {
                 // write_seq counts our FIN (acknowledged: not in the queue).

@@ -1,4 +1,4 @@
-//! The peer's FIN of a connection in CLOSE_WAIT, handed to its restored socket
+//! The peer's FIN of a connection in CLOSE_WAIT, LAST_ACK or CLOSING, handed to its restored socket
 //! again: repair mode cannot put a FIN into a receive queue, so crtool sends the
 //! segment the peer sent (FIN|ACK at the FIN's sequence number, acknowledging
 //! what the peer had acknowledged) through a raw socket, as CRIU's libsoccr does.
@@ -43,8 +43,9 @@ fn tcp_fin(sport: u16, dport: u16, seq: u32, ack: u32, window: u16, pseudo: &[u8
 }
 
 /// Sends the peer's FIN to `fd`'s connection `s` and waits until the socket is
-/// in CLOSE_WAIT.
-pub fn deliver(fd: BorrowedFd, s: &pb::InetSocket, c: &pb::TcpConnection) -> Result<(), Errno> {
+/// in one of the states `want` (CLOSE_WAIT; CLOSING, or on once our FIN is
+/// acknowledged, when ours was sent first).
+pub fn deliver(fd: BorrowedFd, s: &pb::InetSocket, c: &pb::TcpConnection, want: &[u32]) -> Result<(), Errno> {
     let (Some((lip, lport)), Some((pip, pport))) = (super::parse_addr(&s.local), super::parse_addr(&s.peer)) else { return Err(Errno::EINVAL) };
     let seq = c.recv_seq.wrapping_add(c.recv_queue.len() as u32);
     let ack = c.send_seq;
@@ -86,15 +87,15 @@ pub fn deliver(fd: BorrowedFd, s: &pb::InetSocket, c: &pb::TcpConnection) -> Res
         }
         _ => return Err(Errno::EINVAL),
     }
-    wait_state(fd, super::TCP_CLOSE_WAIT)
+    wait_state(fd, want)
 }
 
-/// Waits (2 s at most) until socket `fd` is in TCP state `want`.
-pub fn wait_state(fd: BorrowedFd, want: u32) -> Result<(), Errno> {
+/// Waits (2 s at most) until socket `fd` is in one of the TCP states `want`.
+pub fn wait_state(fd: BorrowedFd, want: &[u32]) -> Result<(), Errno> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let state = sock::get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 8).ok().and_then(|i| i.first().copied()).unwrap_or(0) as u32;
-        if state == want {
+        if want.contains(&state) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {

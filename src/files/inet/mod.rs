@@ -28,10 +28,28 @@ pub const TCP_CLOSE_WAIT: u32 = 8;
 
 /// Our side has closed (shutdown SHUT_WR), its FIN acknowledged; the peer's open.
 pub const TCP_FIN_WAIT2: u32 = 5;
+/// Our side has closed, its FIN not acknowledged yet.
+pub const TCP_FIN_WAIT1: u32 = 4;
+/// The peer's side closed first, then ours; our FIN not acknowledged yet.
+pub const TCP_LAST_ACK: u32 = 9;
+/// Both sides closed at once; our FIN not acknowledged yet.
+pub const TCP_CLOSING: u32 = 11;
+/// Both FINs exchanged and acknowledged (a socket with an fd then shows CLOSE).
+pub const TCP_TIME_WAIT: u32 = 6;
 
 /// Whether a TCP state is a connection crtool dumps with --tcp-established.
 pub fn is_connection(state: u32) -> bool {
-    state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT || state == TCP_FIN_WAIT2
+    matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING)
+}
+
+/// Whether the peer's FIN is in (CLOSE_WAIT, LAST_ACK, CLOSING).
+pub fn fin_received(state: u32) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+}
+
+/// Whether our FIN is queued and not acknowledged (FIN_WAIT1, LAST_ACK, CLOSING).
+pub fn fin_queued(state: u32) -> bool {
+    matches!(state, TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSING)
 }
 pub const TCP_CLOSE: u32 = 7;
 pub const TCP_LISTEN: u32 = 10;

@@ -44,20 +44,23 @@ pub fn leave(fd: BorrowedFd, probe: bool) -> Result<(), Errno> {
 }
 
 /// Reads the connection (in repair mode): queues with their sequence numbers,
-/// options, timestamp, window.
-pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
+/// options, timestamp, window. `fin_queued`: our FIN is in the send queue, not
+/// acknowledged (it counts in SIOCOUTQ and write_seq, not in the queue's bytes).
+pub fn dump(fd: BorrowedFd, fin_queued: bool) -> Result<pb::TcpConnection, Errno> {
     // MSG_PEEK starts at the peek offset (SO_PEEK_OFF) and moves it: off while
     // peeking, put back after.
     let peek_off = sock::get_int(fd, libc::SO_PEEK_OFF).unwrap_or(-1);
     if peek_off >= 0 {
         sock::set_int(fd, libc::SO_PEEK_OFF, -1)?;
     }
-    let r = read_queues(fd);
+    let r = read_queues(fd, fin_queued as usize);
     if peek_off >= 0 {
         sock::set_int(fd, libc::SO_PEEK_OFF, peek_off)?;
     }
     let (rcv_nxt, recv_queue, write_seq, send_queue, unsent) = r?;
-    let (inq, outq) = (recv_queue.len(), send_queue.len());
+    let (inq, outq) = (recv_queue.len(), send_queue.len() + fin_queued as usize);
+    // (A FIN not sent yet counts as unsent; it is sent again by shutdown.)
+    let unsent = if fin_queued { unsent.saturating_sub(1) } else { unsent };
     let info = sock::get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 32)?;
     let (options, wscale) = (info.get(5).copied().unwrap_or(0), info.get(6).copied().unwrap_or(0));
     let mss = sock::get_int_at(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)? as u32;
@@ -94,7 +97,7 @@ pub fn dump(fd: BorrowedFd) -> Result<pb::TcpConnection, Errno> {
 /// The queues and their sequence numbers, read until two reads agree (a segment
 /// that passed the network lock just before it took hold may still land).
 #[allow(clippy::type_complexity)]
-fn read_queues(fd: BorrowedFd) -> Result<(u32, Vec<u8>, u32, Vec<u8>, usize), Errno> {
+fn read_queues(fd: BorrowedFd, fin: usize) -> Result<(u32, Vec<u8>, u32, Vec<u8>, usize), Errno> {
     for _ in 0..5 {
         let inq = sock::queue_len(fd, SIOCINQ)?;
         let outq = sock::queue_len(fd, SIOCOUTQ)?;
@@ -105,12 +108,13 @@ fn read_queues(fd: BorrowedFd) -> Result<(u32, Vec<u8>, u32, Vec<u8>, usize), Er
         let recv_queue = if inq > 0 { sock::peek(fd, inq + 1)? } else { Vec::new() };
         tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
         let write_seq = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
-        let send_queue = if outq > 0 { sock::peek(fd, outq + 1)? } else { Vec::new() };
+        let data = outq.saturating_sub(fin);
+        let send_queue = if data > 0 { sock::peek(fd, data + 1)? } else { Vec::new() };
         tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
         let rcv_again = sock::get_int_at(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
         tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
         let same = rcv_again == rcv_nxt && sock::queue_len(fd, SIOCINQ)? == inq && sock::queue_len(fd, SIOCOUTQ)? == outq;
-        if same && recv_queue.len() == inq && send_queue.len() == outq {
+        if same && recv_queue.len() == inq && send_queue.len() == data {
             return Ok((rcv_nxt, recv_queue, write_seq, send_queue, unsent));
         }
     }

@@ -141,13 +141,33 @@ impl Restorer {
         for (fd, s) in self.socks.values() {
             if let Some(c) = s.tcp.as_ref().filter(|_| is_connection(s.state)) {
                 repair::send_unsent(fd.as_fd(), c).map_err(|e| format!("{}: sending the {} bytes that had not been sent yet: {e}", super::describe(s), c.unsent))?;
-                if c.fin_received {
-                    super::fin::deliver(fd.as_fd(), s, c).map_err(|e| format!("{}: handing it its peer's FIN again: {e}", super::describe(s)))?;
-                }
-                if c.fin_sent {
-                    // The FIN goes out again; the peer acknowledges it once more.
-                    nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), nix::sys::socket::Shutdown::Write).map_err(|e| format!("{}: shutting its side down again: {e}", super::describe(s)))?;
-                    super::fin::wait_state(fd.as_fd(), super::TCP_FIN_WAIT2).map_err(|e| format!("{}: waiting for FIN_WAIT2: {e}", super::describe(s)))?;
+                use super::{TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_FIN_WAIT2, TCP_TIME_WAIT};
+                let deliver = |want: &[u32]| super::fin::deliver(fd.as_fd(), s, c, want).map_err(|e| format!("{}: handing it its peer's FIN again: {e}", super::describe(s)));
+                // Our FIN goes out again (after the data, at the number it had);
+                // the peer acknowledges it (once more).
+                let shut = || nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), nix::sys::socket::Shutdown::Write).map_err(|e| format!("{}: shutting its side down again: {e}", super::describe(s)));
+                match (c.fin_received, c.fin_sent) {
+                    // CLOSE_WAIT, and LAST_ACK: the peer's FIN, then ours.
+                    (true, sent) => {
+                        if s.state == TCP_CLOSING {
+                            // Ours went first: FIN_WAIT1, then theirs (which does
+                            // not acknowledge ours).
+                            shut()?;
+                            deliver(&[TCP_CLOSING, TCP_TIME_WAIT, TCP_CLOSE])?;
+                        } else {
+                            deliver(&[TCP_CLOSE_WAIT])?;
+                            if sent {
+                                shut()?;
+                            }
+                        }
+                    }
+                    (false, true) => {
+                        shut()?;
+                        if s.state == TCP_FIN_WAIT2 {
+                            super::fin::wait_state(fd.as_fd(), &[TCP_FIN_WAIT2]).map_err(|e| format!("{}: waiting for FIN_WAIT2: {e}", super::describe(s)))?;
+                        }
+                    }
+                    (false, false) => {}
                 }
             }
         }
