@@ -400,6 +400,54 @@ wait_until nonempty "$T/result" || fail "finwait.py wrote no result: $(cat "$T/w
     s.roundtrip_ok("result");
 }
 
+/// A client in the middle of connecting (SYN_SENT: the test's nftables rule drops
+/// its SYNs) to a server outside the tree: dumped with --tcp-established, restored
+/// once the rule is gone, its blocking connect() completes from the same port and
+/// the server answers it (tests/workloads/synsent.py).
+#[test]
+fn a_connection_still_connecting_comes_back() {
+    let s = Scenario::run(
+        "synsent",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 )); TABLE=crtool-test-synsent-$PORT
+"$PY3" -c "
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('127.0.0.1', $PORT)); l.listen(5)
+open('$T/server.ready', 'w').write('yes')
+c, _ = l.accept(); c.settimeout(30)
+if c.recv(100) == b'hello': c.sendall(b'hello back')
+c.recv(100)
+" 2>"$T/server.err" & S=$!
+wait_until nonempty "$T/server.ready" || fail "the server did not start: $(cat "$T/server.err")"
+nft -f - <<NFT || fail "nft"
+table inet $TABLE {
+  chain input { type filter hook input priority -400; tcp dport $PORT tcp flags & (syn|ack) == syn drop; }
+}
+NFT
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/synsent.py" "$T" $PORT </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "synsent.py did not reach SYN_SENT: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck" --tcp-established
+nft delete table inet $TABLE
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+run restore crt restore -D "$T/ck" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "synsent.py wrote no result: $(cat "$T/wl.err")"
+kill $S 2>/dev/null
+"#,
+    );
+    s.ok("dump");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.roundtrip_ok("result");
+}
+
 /// Both ends of a half-closed connection in the tree: the client shut its side
 /// down after its request (FIN_WAIT2), the server has not read it (CLOSE_WAIT).
 /// After a --leave-running dump and the real dump and restore with

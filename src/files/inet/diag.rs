@@ -41,24 +41,40 @@ pub fn port_zero_peer(pid: i32, family: i32, ty: i32, protocol: i32, ino: u64) -
     if row.state != procfs::net::UdpState::Established {
         return Ok(None);
     }
-    // sockaddr_in / sockaddr_in6 (port, flow info and scope 0).
+    sockaddr(&std::net::SocketAddr::new(row.remote_address.ip(), 0)).map(Some)
+}
+
+/// The peer of a TCP socket still connecting (SYN_SENT), which getpeername(2)
+/// does not show (ENOTCONN): from `/proc/PID/net/tcp[6]` (procfs).
+pub fn syn_sent_peer(pid: i32, family: i32, ino: u64) -> std::io::Result<Vec<u8>> {
+    use procfs::FromReadSI;
+    let path = format!("/proc/{pid}/net/tcp{}", if family == libc::AF_INET6 { "6" } else { "" });
+    let rows = procfs::net::TcpNetEntries::from_file(&path, procfs::current_system_info()).map_err(|e| std::io::Error::other(format!("{path}: {e}")))?;
+    let row = rows.0.iter().find(|r| r.inode == ino).ok_or_else(|| std::io::Error::other(format!("socket:[{ino}] is not in {path}")))?;
+    sockaddr(&row.remote_address)
+}
+
+/// sockaddr_in / sockaddr_in6 bytes of `a` (flow info and scope 0: a link-local
+/// IPv6 address, whose scope these tables do not show, is refused).
+fn sockaddr(a: &std::net::SocketAddr) -> std::io::Result<Vec<u8>> {
     let mut b = Vec::with_capacity(28);
-    match row.remote_address.ip() {
-        IpAddr::V4(a) => {
+    match a.ip() {
+        IpAddr::V4(ip) => {
             b.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-            b.extend_from_slice(&[0; 2]);
-            b.extend_from_slice(&a.octets());
+            b.extend_from_slice(&a.port().to_be_bytes());
+            b.extend_from_slice(&ip.octets());
             b.extend_from_slice(&[0; 8]);
         }
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
-            return Err(std::io::Error::other(format!("it is connected to the link-local {a} whose scope the kernel does not show")));
+        IpAddr::V6(ip) if ip.segments()[0] & 0xffc0 == 0xfe80 => {
+            return Err(std::io::Error::other(format!("it is connected to the link-local {ip} whose scope the kernel does not show")));
         }
-        IpAddr::V6(a) => {
+        IpAddr::V6(ip) => {
             b.extend_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-            b.extend_from_slice(&[0; 6]);
-            b.extend_from_slice(&a.octets());
+            b.extend_from_slice(&a.port().to_be_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(&ip.octets());
             b.extend_from_slice(&[0; 4]);
         }
     }
-    Ok(Some(b))
+    Ok(b)
 }

@@ -1,6 +1,6 @@
 //! Dumping inet sockets.
 
-use super::{TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, fin_queued, fin_received, is_connection, lock, opts, repair, state_text};
+use super::{TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_LISTEN, TCP_SYN_SENT, fin_queued, fin_received, is_connection, lock, opts, repair, state_text};
 use crate::error::{Error, Result};
 use crate::sys::sock;
 use images_format::pb;
@@ -68,6 +68,10 @@ impl InetTable {
         let info = if tcp { sock::get_raw(f, libc::IPPROTO_TCP, libc::TCP_INFO, 32).map_err(|e| sys("TCP_INFO", e))? } else { Vec::new() };
         let word = |off: usize| u32::from_ne_bytes(info.get(off..off + 4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
         let state = if tcp { info.first().copied().unwrap_or(0) as u32 } else if peer.is_some() { TCP_ESTABLISHED } else { TCP_CLOSE };
+        let peer = match peer {
+            None if tcp && state == TCP_SYN_SENT => Some(super::diag::syn_sent_peer(pid, family, ino).map_err(|e| refuse(pid, fd, format!("socket:[{ino}] is connecting and its destination could not be read: {e}"), "retry the dump"))?),
+            p => p,
+        };
         let mut s = pb::InetSocket { ino, family: family as u32, r#type: ty as u32, protocol: protocol as u32, state, local, peer: peer.unwrap_or_default(), ..Default::default() };
         let what = super::describe(&s);
         s.filter = sock::get_filter(f).map_err(|e| refuse(pid, fd, format!("{what} has a socket filter that cannot be read back ({e}: an eBPF program?)"), "eBPF socket filters (SO_ATTACH_BPF) are not supported"))?;
@@ -103,7 +107,7 @@ impl InetTable {
             (true, TCP_CLOSE) => {}
             (true, st) if is_connection(st) && self.tcp_established => {}
             (true, st) if is_connection(st) => {
-                return Err(refuse(pid, fd, format!("{what} is an established TCP connection"), "dump with --tcp-established to take established connections along"));
+                return Err(refuse(pid, fd, format!("{what} is a TCP connection ({})", state_text(st)), "dump with --tcp-established to take established connections along"));
             }
             (true, st) => {
                 return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
@@ -176,12 +180,16 @@ impl InetTable {
             if state != h.sock.state || revents & (libc::POLLPRI | rdhup | libc::POLLERR) != 0 {
                 return Err(refuse(h.pid, h.fd, format!("{what} changed while it was being dumped (now {}{})", state_text(state), if revents & libc::POLLPRI != 0 { ", urgent data" } else { "" }), "retry the dump"));
             }
-            let mut c = repair::dump(h.dup.as_fd(), fin_queued(h.sock.state)).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading its queues in repair mode (EAGAIN: they kept changing; retry the dump)", h.pid, h.fd), e))?;
+            // (A SYN, like a FIN, takes a sequence number and no byte of the queue.)
+            let mut c = repair::dump(h.dup.as_fd(), fin_queued(h.sock.state) || h.sock.state == TCP_SYN_SENT).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: reading its queues in repair mode (EAGAIN: they kept changing; retry the dump)", h.pid, h.fd), e))?;
             c.lock_table = table.clone();
             if fin_received(h.sock.state) {
                 // rcv_nxt counts the peer's FIN: the queue starts one before.
                 c.recv_seq = c.recv_seq.wrapping_sub(1);
                 c.fin_received = true;
+            }
+            if h.sock.state == TCP_SYN_SENT && !c.send_queue.is_empty() {
+                return Err(refuse(h.pid, h.fd, format!("{what} is connecting with data queued (TCP Fast Open)"), "retry the dump"));
             }
             if fin_queued(h.sock.state) {
                 // Our FIN, not acknowledged: the queue (from snd_una) without it;

@@ -37,9 +37,12 @@ pub const TCP_CLOSING: u32 = 11;
 /// Both FINs exchanged and acknowledged (a socket with an fd then shows CLOSE).
 pub const TCP_TIME_WAIT: u32 = 6;
 
+/// Connecting: our SYN sent, no answer yet.
+pub const TCP_SYN_SENT: u32 = 2;
+
 /// Whether a TCP state is a connection crtool dumps with --tcp-established.
 pub fn is_connection(state: u32) -> bool {
-    matches!(state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING)
+    matches!(state, TCP_ESTABLISHED | TCP_SYN_SENT | TCP_CLOSE_WAIT | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING)
 }
 
 /// Whether the peer's FIN is in (CLOSE_WAIT, LAST_ACK, CLOSING).

@@ -38,6 +38,12 @@ fn make(s: &pb::InetSocket) -> Result<OwnedFd, String> {
         filter(f, &s.filter, s.filter_locked).map_err(|e| err("SO_ATTACH_FILTER", e))?;
         repair::set_seqs(f, c).map_err(|e| err("TCP_QUEUE_SEQ", e))?;
         sock::bind_raw(f, &s.local, false).map_err(|e| err("bind", e))?;
+        if s.state == super::TCP_SYN_SENT {
+            // Connected in `finish`, out of repair mode: the SYN goes again
+            // with the same initial sequence number (tcp_v4_connect keeps a set
+            // write_seq).
+            return Ok(fd);
+        }
         sock::bind_raw(f, &s.peer, true).map_err(|e| err("connect (repair mode)", e))?;
         repair::fill(f, c).map_err(|e| err("refilling the connection (repair mode)", e))?;
         return Ok(fd);
@@ -128,7 +134,7 @@ impl Restorer {
     pub fn finish(&mut self) -> Result<(), String> {
         for (fd, s) in self.socks.values() {
             if s.tcp.is_some() && is_connection(s.state) {
-                repair::leave(fd.as_fd(), true).map_err(|e| format!("{}: leaving repair mode: {e}", super::describe(s)))?;
+                repair::leave(fd.as_fd(), s.state != super::TCP_SYN_SENT).map_err(|e| format!("{}: leaving repair mode: {e}", super::describe(s)))?;
                 let reuse: Vec<pb::SockOpt> = s.opts.iter().filter(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR).cloned().collect();
                 opts::apply(fd.as_fd(), &reuse).map_err(|why| format!("{}: {why}", super::describe(s)))?;
             }
@@ -146,6 +152,10 @@ impl Restorer {
                 // Our FIN goes out again (after the data, at the number it had);
                 // the peer acknowledges it (once more).
                 let shut = || nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(fd), nix::sys::socket::Shutdown::Write).map_err(|e| format!("{}: shutting its side down again: {e}", super::describe(s)));
+                if s.state == super::TCP_SYN_SENT {
+                    connect_again(fd, s).map_err(|e| format!("{}: connecting again: {e}", super::describe(s)))?;
+                    continue;
+                }
                 match (c.fin_received, c.fin_sent) {
                     // CLOSE_WAIT, and LAST_ACK: the peer's FIN, then ours.
                     (true, sent) => {
@@ -282,5 +292,19 @@ fn new_socket(s: &pb::InetSocket) -> Result<OwnedFd, nix::errno::Errno> {
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EACCES)))
         }
         r => r,
+    }
+}
+
+/// connect(2) without waiting (the task is not running yet: its file's
+/// O_NONBLOCK is put back before it runs); EINPROGRESS is the expected answer.
+fn connect_again(fd: &OwnedFd, s: &pb::InetSocket) -> Result<(), nix::errno::Errno> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let r = sock::bind_raw(fd.as_fd(), &s.peer, true);
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    match r {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
+        Err(e) => Err(e),
     }
 }
