@@ -129,6 +129,8 @@ ip link add mv0 link $LM netns $P type macvlan mode private || fail "ip link add
 nsenter -t $P -n sh -c "ip link set lo up && ip addr add 10.77.$X.2/24 dev eth0 && ip -6 addr add fd77::$X:2/64 dev eth0 nodad && ip link set eth0 mtu 1400 up && ip route add 10.99.0.0/16 via 10.77.$X.1 && sysctl -qw net.ipv4.ip_forward=1" || fail "configuring the namespace"
 # A veth pair with both ends inside and a macvlan over one of them, and the macvlan on the host.
 nsenter -t $P -n sh -c "ip link add va0 type veth peer name vb0 && ip link set va0 mtu 1300 txqueuelen 77 up && ip link set vb0 up && ip addr add 10.79.$X.1/24 dev va0 && ip link add mw0 link vb0 type macvlan mode bridge && ip link set mw0 up && ip link set mv0 up && ip addr add 10.80.$X.2/24 dev mv0" || fail "adding links in the namespace"
+# Policy routing: a rule and a table of its own for each family, a default rule deleted.
+nsenter -t $P -n sh -c "ip rule add from 10.79.$X.0/24 fwmark 0x7/0xf lookup 100 pref 1000 && ip route add default via 10.79.$X.2 dev va0 table 100 && ip route add 10.98.0.0/16 dev va0 table 100 && ip -6 rule add iif va0 lookup 1000 pref 2000 && ip -6 route add fd79::/64 dev va0 table 1000 && ip rule del pref 32767" || fail "adding rules and tables"
 ip addr add 10.77.$X.1/24 dev $VH && ip link set $VH up
 touch "$T/configured"
 wait_until nonempty "$T/ready" || fail "netns.py did not start: $(cat "$T/wl.err")"

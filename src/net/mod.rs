@@ -1,13 +1,15 @@
 //! The network namespace of a tree that has one of its own (`unshare -n`, a
 //! container): its links (see links.rs), their MTU, MAC, queue length and
-//! state, addresses, routes of the main table, the sysctls under /proc/sys/net
-//! that differ from a new namespace's, and its nftables ruleset. Read over
+//! state, addresses, routes of every table but the local one, policy rules
+//! (rules.rs), the sysctls under /proc/sys/net that differ from a new
+//! namespace's, and its nftables ruleset. Read over
 //! rtnetlink (netlink-packet-route) from inside the namespace; made again by
-//! crtool in a new namespace before the tree is forked into it. Other link kinds,
-//! routing tables and policy rules are refused.
+//! crtool in a new namespace before the tree is forked into it. Other link kinds
+//! and the local routing table's own routes are refused.
 
 mod links;
 mod rtnl;
+mod rules;
 mod tun;
 
 pub use tun::carrier;
@@ -234,7 +236,7 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
                 return Err(refuse("a route added to the local routing table".into(), "routes in the local table (AnyIP, TPROXY) are not supported yet"));
             }
             let odd = r.attributes.iter().find(|a| !matches!(a, RouteAttribute::Table(_) | RouteAttribute::Destination(_) | RouteAttribute::Gateway(_) | RouteAttribute::Oif(_) | RouteAttribute::Priority(_) | RouteAttribute::CacheInfo(_) | RouteAttribute::Preference(_)));
-            if let Some(a) = odd.filter(|_| table == RT_TABLE_MAIN) {
+            if let Some(a) = odd {
                 let name = format!("{a:?}");
                 return Err(refuse(format!("a route with {}", name.split('(').next().unwrap_or("an attribute")), "routes with a preferred source, metrics, several next hops or encapsulation are not supported yet"));
             }
@@ -242,7 +244,7 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
                 return Err(refuse("a source-specific or TOS route".into(), "not supported yet"));
             }
             // (Linkdown, Dead and the like are the kernel's state, not settings.)
-            if r.header.flags.contains(netlink_packet_route::route::RouteFlags::Onlink) && table == RT_TABLE_MAIN {
+            if r.header.flags.contains(netlink_packet_route::route::RouteFlags::Onlink) {
                 return Err(refuse("an onlink route".into(), "onlink routes are not supported yet"));
             }
             if r.header.protocol == RouteProtocol::Ra {
@@ -252,9 +254,6 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
                 RouteAttribute::Destination(d) => route_ip(d),
                 _ => None,
             });
-            if table != RT_TABLE_MAIN {
-                return Err(refuse(format!("a route in routing table {table}"), "only the main routing table is supported yet"));
-            }
             let gateway = r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Gateway(g) => route_ip(g),
                 _ => None,
@@ -277,6 +276,7 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
                 protocol: u8::from(r.header.protocol) as u32,
                 scope: u8::from(r.header.scope) as u32,
                 r#type: u8::from(r.header.kind) as u32,
+                table: if table == RT_TABLE_MAIN { 0 } else { table },
             });
         }
     }
@@ -288,47 +288,18 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
     if ["ip_tables_names", "ip6_tables_names", "arp_tables_names"].iter().any(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).is_ok_and(|t| !t.trim().is_empty())) {
         return Err(refuse("it has iptables (x_tables) rules".into(), "only nftables rulesets are taken along"));
     }
+    ns.rules = rules::dump(&nl).map_err(|e| io("policy rules", e))?;
     ns.sysctls = sysctls::differing().map_err(|e| Error::io("/proc/sys/net", e))?;
     ns.nft_ruleset = nft_ruleset().map_err(|why| refuse(why, "install nftables (the nft command)"))?;
     Ok(ns)
 }
 
-/// Refuses what this version does not make again: policy rules other than the
-/// kernel's own, permanent neighbour entries, queueing disciplines other than the
-/// links' defaults. `names`: link index → name; `tuns`: indexes of tun/tap links.
+/// Refuses what this version does not make again: permanent neighbour entries,
+/// queueing disciplines other than the links' defaults. `names`: link index → name; `tuns`: indexes of tun/tap links.
 fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>, tuns: &[u32]) -> std::result::Result<(), (String, &'static str)> {
     use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
-    use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
     use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
     let io = |what: &str, e: std::io::Error| (format!("reading its {what}: {e}"), "report this");
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut q = RuleMessage::default();
-        q.header.family = family;
-        let rules = match nl.dump(RouteNetlinkMessage::GetRule(q)) {
-            // (IPv6 disabled.)
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Vec::new(),
-            r => r.map_err(|e| io("policy rules", e))?,
-        };
-        for m in rules {
-            let RouteNetlinkMessage::NewRule(r) = m else { continue };
-            let prio = r.attributes.iter().find_map(|a| match a {
-                RuleAttribute::Priority(p) => Some(*p),
-                _ => None,
-            }).unwrap_or(0);
-            let table = r.attributes.iter().find_map(|a| match a {
-                RuleAttribute::Table(t) => Some(*t),
-                _ => None,
-            }).unwrap_or(r.header.table as u32);
-            // The kernel's: 0 lookup local, 32766 lookup main, 32767 lookup default.
-            let selector = r.header.src_len != 0
-                || r.header.dst_len != 0
-                || r.attributes.iter().any(|a| !matches!(a, RuleAttribute::Priority(_) | RuleAttribute::Table(_) | RuleAttribute::Protocol(_) | RuleAttribute::SuppressPrefixLen(u32::MAX)));
-            let default = !selector && matches!((prio, table), (0, 255) | (32766, 254) | (32767, 253));
-            if !default {
-                return Err((format!("a policy routing rule (priority {prio}, table {table})"), "policy routing rules are not supported yet"));
-            }
-        }
-    }
     for m in nl.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default())).map_err(|e| io("neighbours", e))? {
         let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
         if n.header.state == NeighbourState::Permanent {
@@ -610,7 +581,10 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
             f => return Err(fail(format!("a route of address family {f} in netns.img"))),
         };
         m.header.destination_prefix_length = r.dst_len as u8;
-        m.header.table = RT_TABLE_MAIN as u8;
+        let table = if r.table == 0 { RT_TABLE_MAIN } else { r.table };
+        // (RT_TABLE_COMPAT in the header for the ids above 255; RTA_TABLE has them all.)
+        m.header.table = if table < 256 { table as u8 } else { 252 };
+        m.attributes.push(RouteAttribute::Table(table));
         m.header.protocol = RouteProtocol::from(r.protocol as u8);
         m.header.scope = RouteScope::from(r.scope as u8);
         m.header.kind = RouteType::from(r.r#type as u8);
@@ -632,6 +606,9 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
             m.attributes.push(RouteAttribute::Priority(r.priority));
         }
         nl.ack(RouteNetlinkMessage::NewRoute(m), true).map_err(|e| io(&format!("adding a route to {:?}/{}", ip_of(&r.dst), r.dst_len), e))?;
+    }
+    if !ns.rules.is_empty() {
+        rules::restore(&nl, &ns.rules).map_err(fail)?;
     }
     if !ns.nft_ruleset.is_empty() {
         use std::io::Write;

@@ -9,7 +9,7 @@ Waits for DIR/configured, records what `ip -j` shows of its links, addresses and
 routes and its ip_forward, listens on 0.0.0.0:7777 (each connection answers each
 line with "pong LINE"), writes DIR/ready and prints a counter every 0.05 s; on
 SIGUSR1 checks that links (name, index, kind, mode, MTU, MAC, state, queue
-length, peer or lower link), addresses, routes and
+length, peer or lower link), addresses, routes of every table, policy rules and
 ip_forward are as recorded. Writes PASS or FAIL: why to DIR/result.
 """
 import json
@@ -38,10 +38,11 @@ def view():
         for l in ip("-d", "link", "show")
     ]
     addrs = sorted((a["ifname"], i["local"], i["prefixlen"]) for a in ip("addr", "show") for i in a.get("addr_info", []))
-    routes = sorted(json.dumps(r, sort_keys=True) for fam in ("-4", "-6") for r in ip(fam, "route", "show"))
+    routes = sorted(json.dumps(r, sort_keys=True) for fam in ("-4", "-6") for r in ip(fam, "route", "show", "table", "all"))
+    rules = [json.dumps(r, sort_keys=True) for fam in ("-4", "-6") for r in ip(fam, "rule", "show")]
     with open("/proc/sys/net/ipv4/ip_forward") as fh:
         fwd = fh.read().strip()
-    return links, addrs, routes, fwd
+    return links, addrs, routes, rules, fwd
 
 
 before = view()
@@ -69,7 +70,7 @@ wlcommon.ready_then_count(d)
 
 def check():
     now = view()
-    for name, a, b in zip(("links", "addresses", "routes", "ip_forward"), now, before):
+    for name, a, b in zip(("links", "addresses", "routes", "rules", "ip_forward"), now, before):
         c.chk(name, a, b)
 
 
