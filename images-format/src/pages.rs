@@ -1,6 +1,8 @@
 //! `pages-PID.img`: a 4096-byte header (magic, version, compression, zeros) followed by
 //! page data chunks back to back, each raw or one zstd frame. Chunks are located by the
-//! pagemap entries, which also carry each chunk's CRC.
+//! pagemap entries, which also carry each chunk's CRC. Raw files are written with
+//! O_DIRECT where the filesystem has it (every raw chunk is whole pages at a
+//! page-aligned offset).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -60,10 +62,64 @@ pub struct StoredChunk {
     pub crc32: u32,
 }
 
+/// Where a pages file's bytes go.
+enum Sink {
+    /// Through the page cache (zstd chunks; filesystems without O_DIRECT).
+    Buffered(BufWriter<File>),
+    /// O_DIRECT, while `.1`: raw chunks of whole pages from page-aligned buffers
+    /// go straight to the disk, skipping the page cache (whose allocation of
+    /// fresh pages dominated dumps). A write that is not aligned turns O_DIRECT
+    /// off for the rest of the file.
+    Direct(File, bool),
+}
+
+impl Sink {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let (file, direct) = match self {
+            Sink::Buffered(w) => return w.write_all(data),
+            Sink::Direct(f, d) => (f, d),
+        };
+        let mut done = 0;
+        while done < data.len() {
+            let rest = &data[done..];
+            if *direct && ((rest.as_ptr() as usize) % PAGE_SIZE as usize != 0 || rest.len() % PAGE_SIZE as usize != 0) {
+                direct_off(file)?;
+                *direct = false;
+            }
+            match file.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    direct_off(file)?;
+                    *direct = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn into_file(self) -> io::Result<File> {
+        match self {
+            Sink::Buffered(w) => w.into_inner().map_err(|e| e.into_error()),
+            Sink::Direct(f, _) => Ok(f),
+        }
+    }
+}
+
+/// Clears O_DIRECT on `f`.
+fn direct_off(f: &File) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(f, FcntlArg::F_GETFL)?);
+    fcntl(f, FcntlArg::F_SETFL(flags - OFlag::O_DIRECT))?;
+    Ok(())
+}
+
 /// Appends page data chunks to a new pages file.
 pub struct PagesWriter {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: Sink,
     compressor: Option<zstd::bulk::Compressor<'static>>,
     offset: u64,
     buf: Vec<u8>,
@@ -93,15 +149,29 @@ impl PagesWriter {
                 Some(zstd::bulk::Compressor::new(level).map_err(|e| io_err(&path, e))?)
             }
         };
-        let file = File::create(&path).map_err(|e| io_err(&path, e))?;
-        let mut file = BufWriter::new(file);
-        let mut header = [0u8; PAGES_HEADER_LEN as usize];
+        let mut file = match compression {
+            Compression::Raw => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let direct = std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&path);
+                match direct {
+                    Ok(f) => Sink::Direct(f, true),
+                    // (tmpfs and others: no O_DIRECT.)
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Sink::Buffered(BufWriter::new(File::create(&path).map_err(|e| io_err(&path, e))?)),
+                    Err(e) => return Err(io_err(&path, e)),
+                }
+            }
+            Compression::Zstd => Sink::Buffered(BufWriter::new(File::create(&path).map_err(|e| io_err(&path, e))?)),
+        };
+        // (Page-aligned, for O_DIRECT.)
+        let mut aligned = [0u8; 2 * PAGES_HEADER_LEN as usize];
+        let at = aligned.as_ptr().align_offset(PAGE_SIZE as usize);
+        let header = &mut aligned[at..at + PAGES_HEADER_LEN as usize];
         header[..4].copy_from_slice(&ImageKind::Pages.magic().to_le_bytes());
         header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         header[8..12].copy_from_slice(&compression.code().to_le_bytes());
-        file.write_all(&header).map_err(|e| io_err(&path, e))?;
+        file.write_all(header).map_err(|e| io_err(&path, e))?;
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header);
+        hasher.update(header);
         Ok(Self {
             path,
             file,
@@ -158,9 +228,9 @@ impl PagesWriter {
             path, file, offset, hasher, chunks, ..
         } = self;
         let summary = crate::frame::summary(&path, offset, hasher.finalize(), chunks);
-        match file.into_inner() {
+        match file.into_file() {
             Ok(f) => Ok((f, summary)),
-            Err(e) => Err(ImageError::io(&path, offset, None, e.into_error())),
+            Err(e) => Err(ImageError::io(&path, offset, None, e)),
         }
     }
 

@@ -160,12 +160,12 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     ctx.files.resolve_epolls(pid, p.vpid, &fd_entries)?;
     crate::fault::point(4)?;
 
-    let mut pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;
+    let pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
     for a in &rseq_areas {
         dumper.add_rseq_area(*a);
     }
-    dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, &mut pages)?;
+    let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages)?;
     ctx.manifest.push(pages.finish()?);
     crate::fault::point(5)?;
     parasite.stop()?;

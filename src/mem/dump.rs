@@ -8,6 +8,7 @@ use crate::sys::abi::IoVec;
 use crate::sys::mm::{PAGE, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap};
 use images_format::pb::{self, VmaKind};
 use images_format::PagesWriter;
+use super::pipeline::Pipeline;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -66,8 +67,10 @@ pub struct PageDumper {
     pipe_r: OwnedFd,
     pipe_w: OwnedFd,
     chunk: u64,
-    buf: Vec<u8>,
     pm: Vec<u64>,
+    /// Indexes in `entries` of the data runs, in the order their chunks were
+    /// queued (filled in once the writer says where each went).
+    pending: Vec<usize>,
     pub entries: Vec<pb::PagemapEntry>,
     pub stats: PageStats,
     /// Page count at which the next progress line is logged (every 256 MiB).
@@ -98,8 +101,8 @@ impl PageDumper {
             pipe_r,
             pipe_w,
             chunk,
-            buf: vec![0; chunk as usize],
             pm: Vec::new(),
+            pending: Vec::new(),
             entries: Vec::new(),
             stats: PageStats::default(),
             next_report: 64 * 1024,
@@ -121,7 +124,26 @@ impl PageDumper {
     /// VMAs share one parasite command and one pipe-full (a task with many small
     /// VMAs costs a few round trips, not one per VMA). Pages still shared with the
     /// parent since fork (`parent`) are recorded as inherited, without data.
-    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
+    /// The page image is written on a thread of its own (see `Pipeline`) and
+    /// handed back once complete.
+    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: PagesWriter) -> Result<PagesWriter> {
+        let mut pipe = Pipeline::start(out, self.chunk as usize)?;
+        self.pending.clear();
+        self.dump_to(vmas, parent, parasite, &mut pipe)?;
+        let (out, chunks) = pipe.finish()?;
+        if chunks.len() != self.pending.len() {
+            return Err(Error::io(out.path(), std::io::Error::other(format!("{} chunks stored for {} runs", chunks.len(), self.pending.len()))));
+        }
+        for (&i, c) in self.pending.iter().zip(chunks.iter()) {
+            let e = &mut self.entries[i];
+            e.offset = c.offset;
+            e.stored_len = c.stored_len;
+            e.crc32 = c.crc32;
+        }
+        Ok(out)
+    }
+
+    fn dump_to(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: &mut Pipeline) -> Result<()> {
         parasite.take_pipe(self.pipe_w.as_fd())?;
         let mut batch: Vec<Run> = Vec::new();
         let mut batch_bytes = 0;
@@ -215,7 +237,7 @@ impl PageDumper {
     /// /proc/PID/map_files — a page only another process touched is in the object
     /// but not in the owner's page tables. Reading the object maps nothing into the
     /// owner; holes (never written) stay holes.
-    fn dump_shmem(&mut self, v: &pb::Vma, out: &mut PagesWriter) -> Result<()> {
+    fn dump_shmem(&mut self, v: &pb::Vma, out: &mut Pipeline) -> Result<()> {
         let what = format!("map_files/{:x}-{:x}", v.start, v.end);
         let f = File::open(format!("/proc/{}/{what}", self.pid)).map_err(|e| Error::proc(self.pid, &what, e))?;
         let pid = self.pid;
@@ -233,8 +255,10 @@ impl PageDumper {
             while s < end {
                 crate::error::check_interrupt()?;
                 let len = (end - s).min(self.chunk) as usize;
-                f.read_exact_at(&mut self.buf[..len], s).map_err(|e| Error::proc(pid, &what, e))?;
-                self.store(v.start + (s - lo), 0, len, out)?;
+                let mut buf = out.buffer()?;
+                f.read_exact_at(&mut buf[..len], s).map_err(|e| Error::proc(pid, &what, e))?;
+                self.record(v.start + (s - lo), len);
+                out.submit(buf, vec![(0, len)])?;
                 s += len as u64;
             }
             at = end.max(d + PAGE);
@@ -242,27 +266,39 @@ impl PageDumper {
         Ok(())
     }
 
-    /// Appends `len` bytes of `self.buf` at `off` (pages at `vaddr`) to the page
-    /// image and records them.
-    fn store(&mut self, vaddr: u64, off: usize, len: usize, out: &mut PagesWriter) -> Result<()> {
-        let stored = out.append(&self.buf[off..off + len])?;
+    /// Records `len` bytes of pages at `vaddr`, queued as the next chunk (where it
+    /// is stored is filled in by `dump`).
+    fn record(&mut self, vaddr: u64, len: usize) {
         let pages = len as u64 / PAGE;
-        self.entries.push(pb::PagemapEntry { vaddr, nr_pages: pages as u32, offset: stored.offset, stored_len: stored.stored_len, crc32: stored.crc32, ..Default::default() });
+        self.pending.push(self.entries.len());
+        self.entries.push(pb::PagemapEntry { vaddr, nr_pages: pages as u32, ..Default::default() });
         self.stats.dumped += pages;
         if self.stats.dumped >= self.next_report {
             self.next_report += 64 * 1024;
             log::info!("pid {}: {} MiB of memory dumped", self.pid, self.stats.dumped / 256);
         }
-        Ok(())
     }
 
-    fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Parasite, out: &mut PagesWriter) -> Result<()> {
+    /// Records a run without data (inherited or guard pages).
+    fn record_meta(&mut self, r: &Run) {
+        let (inherited, guard) = (r.kind == RunKind::Inherited, r.kind == RunKind::Guard);
+        self.entries.push(pb::PagemapEntry { vaddr: r.vaddr, nr_pages: r.pages as u32, inherited, guard, ..Default::default() });
+    }
+
+    fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Parasite, out: &mut Pipeline) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         crate::error::check_interrupt()?;
         let data = |r: &&Run| r.kind == RunKind::Data;
         let total: u64 = batch.iter().filter(data).map(|r| r.pages * PAGE).sum();
+        if total == 0 {
+            for r in batch.drain(..) {
+                self.record_meta(&r);
+            }
+            return Ok(());
+        }
+        let mut buf = out.buffer()?;
         if readable {
             let iovs: Vec<IoVec> = batch.iter().filter(data).map(|r| IoVec { base: r.vaddr, len: r.pages * PAGE }).collect();
             for part in iovs.chunks(crate::sys::abi::MAX_IOVS) {
@@ -270,7 +306,7 @@ impl PageDumper {
             }
             let mut got = 0usize;
             while got < total as usize {
-                let n = nix::unistd::read(&self.pipe_r, &mut self.buf[got..total as usize])
+                let n = nix::unistd::read(&self.pipe_r, &mut buf[got..total as usize])
                     .map_err(|e| Error::sys(format!("pid {}: reading the page pipe", self.pid), e))?;
                 if n == 0 {
                     return Err(Error::sys(format!("pid {}: page pipe closed early", self.pid), nix::errno::Errno::EPIPE));
@@ -282,15 +318,15 @@ impl PageDumper {
             let mut off = 0usize;
             for r in batch.iter().filter(data) {
                 let len = (r.pages * PAGE) as usize;
-                self.mem.read_exact_at(&mut self.buf[off..off + len], r.vaddr).map_err(|e| Error::proc(self.pid, "mem", e))?;
+                self.mem.read_exact_at(&mut buf[off..off + len], r.vaddr).map_err(|e| Error::proc(self.pid, "mem", e))?;
                 off += len;
             }
         }
         let mut off = 0usize;
+        let mut parts = Vec::new();
         for r in batch.drain(..) {
             if r.kind != RunKind::Data {
-                let (inherited, guard) = (r.kind == RunKind::Inherited, r.kind == RunKind::Guard);
-                self.entries.push(pb::PagemapEntry { vaddr: r.vaddr, nr_pages: r.pages as u32, inherited, guard, ..Default::default() });
+                self.record_meta(&r);
                 continue;
             }
             let len = (r.pages * PAGE) as usize;
@@ -298,11 +334,15 @@ impl PageDumper {
             for &(a, l) in &self.volatile {
                 if a >= r.vaddr && a + l <= end {
                     let o = off + (a - r.vaddr) as usize;
-                    self.buf[o..o + l as usize].fill(0);
+                    buf[o..o + l as usize].fill(0);
                 }
             }
-            self.store(r.vaddr, off, len, out)?;
+            self.record(r.vaddr, len);
+            parts.push((off, len));
             off += len;
+        }
+        if !parts.is_empty() {
+            out.submit(buf, parts)?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! shared anonymous memory across tasks.
 
 pub mod dump;
+mod pipeline;
 pub mod restore;
 pub mod shmem;
 pub mod vma;
