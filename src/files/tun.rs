@@ -41,8 +41,16 @@ pub fn dump(pid: i32, info: &FdInfo, fd: &OwnedFd) -> Result<Kind> {
     if tun::filter_len(f).map_err(|e| sys("TUNGETFILTER", e))? != 0 {
         return Err(refuse(format!("{what} has a packet filter (TUNATTACHFILTER)"), "tun/tap packet filters are not supported yet"));
     }
+    // IFF_NAPI, IFF_NAPI_FRAGS: set when the device is made, not shown by netlink.
+    if iff & 0x0030 != 0 {
+        return Err(refuse(format!("{what}, a device with NAPI (IFF_NAPI)"), "tun/tap devices with IFF_NAPI are not supported yet"));
+    }
     let (sndbuf, vnet_hdr_sz, vnet_le, vnet_be) = tun::settings(f).map_err(|e| sys("TUNGETSNDBUF/VNETHDRSZ/VNETLE", e))?;
-    let carrier_off = !crate::net::carrier(&ifname).map_err(|e| Error::io(format!("rtnetlink (carrier of {ifname})"), e))?;
+    let (carrier, dev) = crate::net::tun_device(&ifname).map_err(|e| Error::io(format!("rtnetlink (link {ifname})"), e))?;
+    let carrier_off = !carrier;
+    // TUNGETIFF's IFF_NOFILTER is the bit of IFF_NO_PI: the device's features
+    // come from netlink.
+    let iff = (iff & !(tun::IFF_FILE_ONLY | crate::net::TUN_FEATURES)) | (dev.iff & crate::net::TUN_FEATURES);
     Ok(Kind::Tun(pb::TunFile { flags, ifname, iff, sndbuf, vnet_hdr_sz, vnet_le, vnet_be, carrier_off }))
 }
 

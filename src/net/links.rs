@@ -48,7 +48,13 @@ pub fn describe(l: &LinkMessage, link: &mut pb::NetLink) -> Result<Option<u32>, 
                 Some(InfoData::Tun(d)) => d,
                 _ => &empty,
             };
-            link.tun = Some(super::tun::describe(&link.name, d)?);
+            let t = super::tun::describe(&link.name, d)?;
+            // TUNSETLINK: a link type other than the device type's own.
+            let own = if t.iff & crate::sys::tun::IFF_TAP != 0 { 1 } else { 0xfffe }; // ARPHRD_ETHER, ARPHRD_NONE
+            if u16::from(l.header.link_layer_type) != own {
+                return Err((format!("tun/tap device {} has link type {:?} (TUNSETLINK)", link.name, l.header.link_layer_type), "tun/tap devices with another link type are not supported yet"));
+            }
+            link.tun = Some(t);
             "tun"
         }
         (Some(InfoKind::MacVlan), _) => {
@@ -58,6 +64,8 @@ pub fn describe(l: &LinkMessage, link: &mut pb::NetLink) -> Result<Option<u32>, 
                         match x {
                             InfoMacVlan::Mode(m) => link.mode = u32::from(*m),
                             InfoMacVlan::Flags(f) => link.flags = *f as u32,
+                            InfoMacVlan::BcQueueLen(q) => link.bc_queue_len = Some(*q),
+                            InfoMacVlan::BcCutoff(c) => link.bc_cutoff = Some(*c),
                             _ => {}
                         }
                     }
@@ -129,7 +137,10 @@ pub fn new_link(l: &pb::NetLink, all: &[pb::NetLink], outside: &BTreeMap<String,
                 lower_index(&l.peer)?
             };
             m.attributes.push(LinkAttribute::Link(idx));
-            Some(InfoData::MacVlan(vec![InfoMacVlan::Mode(MacVlanMode::from(l.mode)), InfoMacVlan::Flags(l.flags as u16)]))
+            let mut v = vec![InfoMacVlan::Mode(MacVlanMode::from(l.mode)), InfoMacVlan::Flags(l.flags as u16)];
+            v.extend(l.bc_queue_len.map(InfoMacVlan::BcQueueLen));
+            v.extend(l.bc_cutoff.map(InfoMacVlan::BcCutoff));
+            Some(InfoData::MacVlan(v))
         }
         k => return Err(format!("link {} of kind {k:?} in netns.img", l.name)),
     };

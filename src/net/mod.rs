@@ -12,7 +12,7 @@ mod rtnl;
 mod rules;
 mod tun;
 
-pub use tun::carrier;
+pub use tun::{FEATURES as TUN_FEATURES, device as tun_device};
 
 use crate::error::{Error, Result};
 use images_format::pb;
@@ -289,6 +289,7 @@ pub fn dump(pid: i32) -> Result<pb::NetNamespace> {
         return Err(refuse("it has iptables (x_tables) rules".into(), "only nftables rulesets are taken along"));
     }
     ns.rules = rules::dump(&nl).map_err(|e| io("policy rules", e))?;
+    ns.rules_saved = true;
     ns.sysctls = sysctls::differing().map_err(|e| Error::io("/proc/sys/net", e))?;
     ns.nft_ruleset = nft_ruleset().map_err(|why| refuse(why, "install nftables (the nft command)"))?;
     Ok(ns)
@@ -314,7 +315,9 @@ fn check_unsupported(nl: &Rtnl, names: &BTreeMap<u32, String>, tuns: &[u32]) -> 
             _ => None,
         }).unwrap_or_default();
         // (A tun/tap device's own when up: pfifo_fast, made by the kernel, handle 0, fixed settings.)
-        let default = kind == "pfifo_fast" && q.header.handle == TcHandle::from(0u32) && q.header.parent == TcHandle::ROOT && tuns.contains(&(q.header.index as u32));
+        // (net.core.default_qdisc where the kernel has it.)
+        let default_kind = std::fs::read_to_string("/proc/sys/net/core/default_qdisc").map(|k| k.trim().to_string()).unwrap_or_else(|_| "pfifo_fast".into());
+        let default = (kind == "pfifo_fast" || kind == default_kind) && q.header.handle == TcHandle::from(0u32) && q.header.parent == TcHandle::ROOT && tuns.contains(&(q.header.index as u32));
         if kind != "noqueue" && !default {
             let link = names.get(&(q.header.index as u32)).cloned().unwrap_or_default();
             return Err((format!("queueing discipline {kind} on {link}"), "traffic control (tc) settings are not supported yet"));
@@ -504,7 +507,6 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
         lower_out.insert(out.clone(), idx);
     }
     let nl_out = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
-    let tuns = tun::Pending::make(&nl_out, &ns.links).map_err(fail)?;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| fail(format!("unshare(CLONE_NEWNET): {e}")))?;
     let made = Made { _back: Entered(outside.try_clone().map_err(|e| io("dup", e))?) };
     let nl = Rtnl::open().map_err(|e| io("rtnetlink socket", e))?;
@@ -515,7 +517,7 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
     // (By ioctl on a socket of this namespace: /sys shows the one it was mounted in.)
     let index_of = |name: &str| -> std::result::Result<u32, Error> { nix::net::if_::if_nametoindex(name).map_err(|e| fail(format!("link {name}: {e}"))) };
     let new_ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| io("opening the new namespace", e))?;
-    tuns.move_into(new_ns.as_raw_fd()).map_err(fail)?;
+    tun::make(&ns.links).map_err(fail)?;
     let mut order: Vec<&pb::NetLink> = ns.links.iter().collect();
     order.sort_by_key(|l| links::rank(l));
     for l in order {
@@ -607,7 +609,7 @@ pub fn create(ns: &pb::NetNamespace, veth: &BTreeMap<String, String>) -> Result<
         }
         nl.ack(RouteNetlinkMessage::NewRoute(m), true).map_err(|e| io(&format!("adding a route to {:?}/{}", ip_of(&r.dst), r.dst_len), e))?;
     }
-    if !ns.rules.is_empty() {
+    if ns.rules_saved {
         rules::restore(&nl, &ns.rules).map_err(fail)?;
     }
     if !ns.nft_ruleset.is_empty() {

@@ -37,7 +37,7 @@ pub fn dump(nl: &Rtnl) -> std::io::Result<Vec<Vec<u8>>> {
 pub fn restore(nl: &Rtnl, rules: &[Vec<u8>]) -> Result<(), String> {
     let parsed = rules
         .iter()
-        .map(|b| RuleMessage::parse(&RuleMessageBuffer::new(b)).map_err(|e| format!("a malformed policy rule in netns.img: {e}")))
+        .map(|b| RuleMessageBuffer::new_checked(b).and_then(|buf| RuleMessage::parse(&buf)).map_err(|e| format!("a malformed policy rule in netns.img: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         for r in of_family(nl, family).map_err(|e| format!("listing the new namespace's rules: {e}"))? {

@@ -21,12 +21,18 @@ const TUNGETVNETBE: libc::Ioctl = 0x8004_54df;
 const TUNGETFILTER: libc::Ioctl = 0x8010_54db;
 const TUNSETCARRIER: libc::Ioctl = 0x4004_54e2;
 const TUNGETDEVNETNS: libc::Ioctl = 0x54e3;
+const TUNSETIFINDEX: libc::Ioctl = 0x4004_54da;
 
 /// IFF_TUN, IFF_TAP, IFF_NO_PI, IFF_MULTI_QUEUE, IFF_PERSIST (if_tun.h).
 pub const IFF_TUN: u32 = 0x0001;
 pub const IFF_TAP: u32 = 0x0002;
 pub const IFF_MULTI_QUEUE: u32 = 0x0100;
 pub const IFF_PERSIST: u32 = 0x0800;
+/// TUNSETIFF: fail if the device exists.
+pub const IFF_TUN_EXCL: u32 = 0x8000;
+/// What TUNGETIFF adds about the file, not the device: IFF_DETACH_QUEUE, and
+/// IFF_NOFILTER (the same bit as IFF_NO_PI) when it has no filter.
+pub const IFF_FILE_ONLY: u32 = 0x0400 | 0x1000;
 
 /// struct ifreq as the tun ioctls use it: a name and short flags.
 #[repr(C)]
@@ -72,6 +78,11 @@ pub fn set_iff(fd: BorrowedFd, name: &str, flags: u32) -> Result<(), Errno> {
     r.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads (and may write back) a struct ifreq: `r`.
     Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &raw mut r) }).map(drop)
+}
+
+/// TUNSETIFINDEX: the index the device TUNSETIFF makes will get.
+pub fn set_ifindex(fd: BorrowedFd, index: u32) -> Result<(), Errno> {
+    set_int(fd, TUNSETIFINDEX, index as i32)
 }
 
 /// TUNSETPERSIST.

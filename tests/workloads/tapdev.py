@@ -6,7 +6,8 @@ devices, checked after a restore.
 
 Opens /dev/net/tun as tap0 (IFF_TAP | IFF_NO_PI, send buffer 65536), gives it a
 MAC address and 10.66.0.1/24 (IPv6 off: nothing is sent unasked), sets it up;
-makes a persistent tun device tun1 owned by uid 1000 and closes its file.
+makes a persistent tun device tun1 owned by uid 1000 and closes its file;
+keeps a file attached to tun2, a tun with packet information (no IFF_NO_PI).
 Writes DIR/ready, prints a counter every 0.05 s; on SIGUSR1 checks both devices
 (kind, type, flags, owner, index, MAC, MTU, state) and tap0's send buffer, then
 sends a UDP datagram to 10.66.0.2: reads the kernel's ARP request for it from
@@ -42,6 +43,9 @@ fcntl.ioctl(t1, TUNSETIFF, struct.pack("16sH22x", b"tun1", IFF_TUN))
 fcntl.ioctl(t1, TUNSETOWNER, 1000)
 fcntl.ioctl(t1, TUNSETPERSIST, 1)
 os.close(t1)
+# A tun with packet information (no IFF_NO_PI), attached.
+t2 = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(t2, TUNSETIFF, struct.pack("16sH22x", b"tun2", IFF_TUN))
 run("sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1")
 run("ip", "link", "set", "lo", "up")
 run("ip", "link", "set", "tap0", "address", "02:11:22:33:44:55", "mtu", "1400", "up")

@@ -107,7 +107,7 @@ impl InetTable {
             (true, TCP_CLOSE) => {}
             (true, st) if is_connection(st) && self.tcp_established => {}
             (true, st) if is_connection(st) => {
-                return Err(refuse(pid, fd, format!("{what} is a TCP connection ({})", state_text(st)), "dump with --tcp-established to take established connections along"));
+                return Err(refuse(pid, fd, if st == TCP_ESTABLISHED { format!("{what} is an established TCP connection") } else { format!("{what} is a TCP connection in state {}", state_text(st)) }, "dump with --tcp-established to take established connections along"));
             }
             (true, st) => {
                 return Err(refuse(pid, fd, format!("{what} is in state {}", state_text(st)), "only listening, closed and (with --tcp-established) established TCP sockets are supported yet"));
@@ -140,7 +140,8 @@ impl InetTable {
         // UDP one, which inet_create (net/ipv4/af_inet.c) sets up alike.
         let fresh_proto = if ping { libc::IPPROTO_UDP } else { protocol };
         let fresh = sock::socket(family, ty, fresh_proto).map_err(|e| sys("socket (a new one to compare options with)", e))?;
-        s.opts = opts::capture(f, fresh.as_fd(), family, ty, protocol, is_connection(state));
+        // (A connecting socket's buffers and MSS clamp go with its SYN again.)
+        s.opts = opts::capture(f, fresh.as_fd(), family, ty, protocol, is_connection(state) && state != TCP_SYN_SENT);
         let dup = dup.try_clone().map_err(|e| Error::io(format!("/proc/{pid}/fd/{fd}"), e))?;
         self.socks.insert(ino, Held { pid, fd, dup, sock: s, reuse: 0 });
         Ok(())
@@ -188,8 +189,12 @@ impl InetTable {
                 c.recv_seq = c.recv_seq.wrapping_sub(1);
                 c.fin_received = true;
             }
-            if h.sock.state == TCP_SYN_SENT && !c.send_queue.is_empty() {
-                return Err(refuse(h.pid, h.fd, format!("{what} is connecting with data queued (TCP Fast Open)"), "retry the dump"));
+            if h.sock.state == TCP_SYN_SENT {
+                let tfo = sock::get_int_at(f, libc::IPPROTO_TCP, 30).unwrap_or(0) != 0; // TCP_FASTOPEN_CONNECT
+                let queued = repair::send_queue_bytes(f).map_err(|e| Error::sys(format!("pid {} fd {}: {what}: its send queue", h.pid, h.fd), e))?;
+                if tfo || queued > 0 {
+                    return Err(refuse(h.pid, h.fd, format!("{what} is connecting with TCP Fast Open"), "connections opened with TCP Fast Open are not supported while they connect; retry the dump"));
+                }
             }
             if fin_queued(h.sock.state) {
                 // Our FIN, not acknowledged: the queue (from snd_una) without it;

@@ -121,6 +121,15 @@ fn read_queues(fd: BorrowedFd, fin: usize) -> Result<(u32, Vec<u8>, u32, Vec<u8>
     Err(Errno::EAGAIN)
 }
 
+/// Bytes in the send queue whatever SIOCOUTQ says (in repair mode): it answers
+/// 0 while connecting, when data sent with the SYN (TCP Fast Open) may be there.
+pub fn send_queue_bytes(fd: BorrowedFd) -> Result<usize, Errno> {
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    let r = sock::peek(fd, 65536);
+    tcp(fd, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
+    Ok(r?.len())
+}
+
 /// Before bind and connect (in repair mode): where the queues start.
 pub fn set_seqs(fd: BorrowedFd, c: &pb::TcpConnection) -> Result<(), Errno> {
     tcp(fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
