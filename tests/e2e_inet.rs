@@ -680,3 +680,24 @@ put leaked "$(ip -o link show | grep -c crtun)"
     s.ensure(s.var("leaked") == "0", || "a temporary tun device was left in crtool's namespace".into());
     s.roundtrip_ok("result");
 }
+
+/// A tap with offloads turned on (TUNSETOFFLOAD, which nothing reads back): the
+/// dump is refused naming it, and the workload runs on.
+#[test]
+fn a_tap_with_offloads_is_refused() {
+    let s = Scenario::run_as(
+        "tapoffload",
+        Creds::Root,
+        r#"
+unshare -n setsid "$PY3" "$(dirname "$LOOP_PY")/tapdev.py" "$T" offload </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "tapdev.py did not start: $(cat "$T/wl.err")"
+run dump crt dump -t $P -D "$T/ck"
+put tracer "$(tracer $P)"
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+kill $P
+"#,
+    );
+    s.failed_saying("dump", &["tap0", "TUNSETOFFLOAD"]);
+    s.ensure(s.var("tracer") == "0", || "the workload is still traced".into());
+    s.ensure(s.var("counting") == "yes", || "the workload stopped counting after the refused dump".into());
+}

@@ -48,6 +48,9 @@ pub fn dump(pid: i32, info: &FdInfo, fd: &OwnedFd) -> Result<Kind> {
     let (sndbuf, vnet_hdr_sz, vnet_le, vnet_be) = tun::settings(f).map_err(|e| sys("TUNGETSNDBUF/VNETHDRSZ/VNETLE", e))?;
     let (carrier, dev) = crate::net::tun_device(&ifname).map_err(|e| Error::io(format!("rtnetlink (link {ifname})"), e))?;
     let carrier_off = !carrier;
+    if tun::tx_checksum(&ifname).map_err(|e| sys("SIOCETHTOOL (ETHTOOL_GTXCSUM)", e))? {
+        return Err(refuse(format!("{what}, a device with offloads turned on (TUNSETOFFLOAD)"), "tun/tap offloads cannot be read back exactly: not supported yet"));
+    }
     // TUNGETIFF's IFF_NOFILTER is the bit of IFF_NO_PI: the device's features
     // come from netlink.
     let iff = (iff & !(tun::IFF_FILE_ONLY | crate::net::TUN_FEATURES)) | (dev.iff & crate::net::TUN_FEATURES);

@@ -147,3 +147,33 @@ pub fn dev_netns(fd: BorrowedFd) -> Result<OwnedFd, Errno> {
     // SAFETY: `r` is a new fd this call owns.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
 }
+
+/// Whether link `name` of the calling thread's namespace checksums what it sends
+/// itself (ETHTOOL_GTXCSUM through SIOCETHTOOL, include/uapi/linux/ethtool.h): a
+/// tun/tap device does only once TUNSETOFFLOAD turned offloads on (every
+/// offload needs TUN_F_CSUM; tun.c tun_net_fix_features).
+pub fn tx_checksum(name: &str) -> Result<bool, Errno> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReqData {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_GTXCSUM: u32 = 0x16;
+    if name.len() > 15 {
+        return Err(Errno::EINVAL);
+    }
+    let sock = super::sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let mut v = EthtoolValue { cmd: ETHTOOL_GTXCSUM, data: 0 };
+    let mut r = IfReqData { name: [0; 16], data: &raw mut v, _pad: [0; 16] };
+    r.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCETHTOOL reads a struct ifreq whose ifr_data points at `v`, a
+    // struct ethtool_value the kernel fills; both outlive the call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &raw mut r) })?;
+    Ok(v.data != 0)
+}

@@ -2,7 +2,7 @@
 """The `tapdev` workload (root, in a network namespace of its own): tun/tap
 devices, checked after a restore.
 
-    tapdev.py DIR
+    tapdev.py DIR [offload]
 
 Opens /dev/net/tun as tap0 (IFF_TAP | IFF_NO_PI, send buffer 65536), gives it a
 MAC address and 10.66.0.1/24 (IPv6 off: nothing is sent unasked), sets it up;
@@ -12,7 +12,8 @@ Writes DIR/ready, prints a counter every 0.05 s; on SIGUSR1 checks both devices
 (kind, type, flags, owner, index, MAC, MTU, state) and tap0's send buffer, then
 sends a UDP datagram to 10.66.0.2: reads the kernel's ARP request for it from
 tap0, writes an ARP reply, and reads the datagram itself. Writes PASS or
-FAIL: why to DIR/result.
+FAIL: why to DIR/result. With `offload`, tap0 also gets TUNSETOFFLOAD
+(checksum offload), which crtool must refuse.
 """
 import fcntl
 import json
@@ -38,6 +39,8 @@ run = lambda *a: subprocess.run(a, check=True, capture_output=True)
 tap = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH22x", b"tap0", IFF_TAP | IFF_NO_PI))
 fcntl.ioctl(tap, TUNSETSNDBUF, struct.pack("i", 65536))
+if sys.argv[2:] == ["offload"]:
+    fcntl.ioctl(tap, 0x400454D0, 1)  # TUNSETOFFLOAD, TUN_F_CSUM
 t1 = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(t1, TUNSETIFF, struct.pack("16sH22x", b"tun1", IFF_TUN))
 fcntl.ioctl(t1, TUNSETOWNER, 1000)
