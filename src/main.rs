@@ -37,61 +37,12 @@ struct LogOpts {
 enum Cmd {
     /// Checkpoint a process into an image directory. The process is frozen while
     /// crtool works, then killed (or left running with --leave-running).
-    Dump {
-        /// PID of the process to dump.
-        #[arg(short = 't', long = "tree")]
-        pid: i32,
-        /// Image directory (created if missing).
-        #[arg(short = 'D', long = "images-dir")]
-        dir: PathBuf,
-        /// Let the process run on after the dump instead of killing it.
-        #[arg(short = 'R', long)]
-        leave_running: bool,
-        /// Compress page data with zstd.
-        #[arg(long)]
-        compress: bool,
-        /// Allow a process that is not a session leader (started from a shell);
-        /// restore it from the same session.
-        #[arg(short = 'j', long)]
-        shell_job: bool,
-        /// A resource shared with a process outside the tree that is expected to be
-        /// handed over at restore: pipe:[ID] (a pipe or FIFO by inode, as
-        /// /proc/PID/fd shows it); net[INO]:KEY (the tree's network namespace, by
-        /// inode, is the caller's: not saved, joined at restore). Repeatable.
-        #[arg(long, value_name = "RES")]
-        external: Vec<String>,
-        /// Dump unix sockets connected to a peer outside the tree: at restore a
-        /// datagram socket is connected to the peer's name again, a stream socket is
-        /// taken from --inherit-fd fd[N]:socket:[INO].
-        #[arg(long)]
-        ext_unix_sk: bool,
-        /// Dump file locks (POSIX, flock, OFD) held through the tree's fds; restore
-        /// takes them again before the tree runs. Without it a lock is refused.
-        #[arg(long)]
-        file_locks: bool,
-        /// Largest deleted file (ghost file) whose data is saved in the images:
-        /// bytes, or with a K, M or G suffix (default 1M, as CRIU).
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        ghost_limit: Option<u64>,
-        /// A deleted file that still has another name is taken along by a hard link
-        /// made beside its old path (.crtool-link-remap.INODE.TAG, TAG standing for DIR), which restore opens
-        /// and removes. Without it such a file is refused.
-        #[arg(long)]
-        link_remap: bool,
-        /// Dump established TCP connections (TCP_REPAIR), locking the network for
-        /// them (nftables) until they are restored. Without it an established
-        /// connection is refused.
-        #[arg(long)]
-        tcp_established: bool,
-        /// Dump even when clients are in the middle of their TCP handshake with a
-        /// listener of the tree (SYN_RECV): those handshakes start over.
-        #[arg(long)]
-        skip_in_flight: bool,
-        #[command(flatten)]
-        log: LogOpts,
-        #[command(flatten)]
-        not_yet: DumpNotYet,
-    },
+    Dump(DumpArgs),
+    /// CRIU's pre-dump: a dump that leaves the tree running and tracks its memory
+    /// (--track-mem), so that the next dump with --prev-images-dir DIR stores only
+    /// the pages written since. Takes the options of `dump`.
+    #[command(name = "pre-dump")]
+    PreDump(DumpArgs),
     /// Restore a process from an image directory. Without -d crtool stays its parent,
     /// waits for it and exits with its exit status.
     Restore {
@@ -153,12 +104,6 @@ enum Cmd {
     /// The init of a PID namespace made by `restore --pidns` (internal).
     #[command(name = "__pidns-init", hide = true)]
     PidnsInit { root: i32 },
-    /// CRIU's incremental pre-dump: not supported yet.
-    #[command(name = "pre-dump")]
-    PreDump {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
-    },
     /// CRIU's page server: not supported yet.
     #[command(name = "page-server")]
     PageServer {
@@ -193,17 +138,80 @@ enum Cmd {
     },
 }
 
+/// The options of `dump` and `pre-dump`.
+#[derive(Args)]
+struct DumpArgs {
+    /// PID of the process to dump.
+    #[arg(short = 't', long = "tree")]
+    pid: i32,
+    /// Image directory (created if missing).
+    #[arg(short = 'D', long = "images-dir")]
+    dir: PathBuf,
+    /// Let the process run on after the dump instead of killing it.
+    #[arg(short = 'R', long)]
+    leave_running: bool,
+    /// Compress page data with zstd.
+    #[arg(long)]
+    compress: bool,
+    /// Allow a process that is not a session leader (started from a shell);
+    /// restore it from the same session.
+    #[arg(short = 'j', long)]
+    shell_job: bool,
+    /// A resource shared with a process outside the tree that is expected to be
+    /// handed over at restore: pipe:[ID] (a pipe or FIFO by inode, as
+    /// /proc/PID/fd shows it); net[INO]:KEY (the tree's network namespace, by
+    /// inode, is the caller's: not saved, joined at restore). Repeatable.
+    #[arg(long, value_name = "RES")]
+    external: Vec<String>,
+    /// Dump unix sockets connected to a peer outside the tree: at restore a
+    /// datagram socket is connected to the peer's name again, a stream socket is
+    /// taken from --inherit-fd fd[N]:socket:[INO].
+    #[arg(long)]
+    ext_unix_sk: bool,
+    /// Dump file locks (POSIX, flock, OFD) held through the tree's fds; restore
+    /// takes them again before the tree runs. Without it a lock is refused.
+    #[arg(long)]
+    file_locks: bool,
+    /// Largest deleted file (ghost file) whose data is saved in the images:
+    /// bytes, or with a K, M or G suffix (default 1M, as CRIU).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    ghost_limit: Option<u64>,
+    /// A deleted file that still has another name is taken along by a hard link
+    /// made beside its old path (.crtool-link-remap.INODE.TAG, TAG standing for DIR), which restore opens
+    /// and removes. Without it such a file is refused.
+    #[arg(long)]
+    link_remap: bool,
+    /// Dump established TCP connections (TCP_REPAIR), locking the network for
+    /// them (nftables) until they are restored. Without it an established
+    /// connection is refused.
+    #[arg(long)]
+    tcp_established: bool,
+    /// Dump even when clients are in the middle of their TCP handshake with a
+    /// listener of the tree (SYN_RECV): those handshakes start over.
+    #[arg(long)]
+    skip_in_flight: bool,
+    /// Track the tree's memory from this dump on (it must be left running: -R, or
+    /// pre-dump), so that a later dump with --prev-images-dir naming this
+    /// directory stores only the pages written since (userfaultfd write
+    /// protection and PAGEMAP_SCAN; no soft-dirty needed).
+    #[arg(long)]
+    track_mem: bool,
+    /// The directory of the previous (pre-)dump of this tree, relative to the
+    /// image directory or absolute: pages not written since it are not stored
+    /// again but read from it at restore (the `parent` link, as CRIU's).
+    #[arg(long, value_name = "DIR")]
+    prev_images_dir: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogOpts,
+    #[command(flatten)]
+    not_yet: DumpNotYet,
+}
+
 /// CRIU dump options crtool does not implement yet: accepted by the parser so that
 /// they are refused with a clear message, not as unknown.
 #[derive(Args)]
 #[command(next_help_heading = "CRIU options not supported yet")]
 struct DumpNotYet {
-    /// Incremental dumps with soft-dirty tracking (not supported yet).
-    #[arg(long)]
-    track_mem: bool,
-    /// Parent images of an incremental dump (not supported yet).
-    #[arg(long, value_name = "DIR")]
-    prev_images_dir: Option<PathBuf>,
     /// Send pages to a page server (not supported yet).
     #[arg(long)]
     page_server: bool,
@@ -221,8 +229,6 @@ struct DumpNotYet {
 impl DumpNotYet {
     fn used(&self) -> Option<&'static str> {
         [
-            (self.track_mem, "--track-mem"),
-            (self.prev_images_dir.is_some(), "--prev-images-dir"),
             (self.page_server, "--page-server"),
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
             (self.freeze_cgroup.is_some(), "--freeze-cgroup"),
@@ -384,33 +390,8 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 fn run() -> Result<i32> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Dump { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, log, not_yet: n } => {
-            not_yet(n.used())?;
-            crtool::sys::signals::catch_interrupts();
-            dump::check_target(pid)?;
-            let dir = absolute(&dir)?;
-            init_log(&log, &dir, "dump.log")?;
-            for e in &external {
-                if crtool::net::parse_external(e).is_none() {
-                    parse_pipe(e).with_context(|| format!("--external {e} (or net[INO]:KEY)"))?;
-                }
-            }
-            let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight };
-            let stats = dump::dump(&opts)?;
-            eprintln!(
-                "crtool: dumped pid {pid} into {} ({} process{}, {} thread{}; {} pages, {} VMAs, {} fds; frozen {:.1} ms)",
-                dir.display(),
-                stats.processes,
-                if stats.processes == 1 { "" } else { "es" },
-                stats.threads,
-                if stats.threads == 1 { "" } else { "s" },
-                stats.pages.dumped,
-                stats.vmas,
-                stats.fds,
-                stats.frozen.as_secs_f64() * 1e3
-            );
-            Ok(0)
-        }
+        Cmd::Dump(a) => run_dump(a, false),
+        Cmd::PreDump(a) => run_dump(a, true),
         Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, veth_pair, external, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
@@ -451,7 +432,6 @@ fn run() -> Result<i32> {
             }
         }
         Cmd::PidnsInit { root } => Ok(restore::pidns::init_loop(root)),
-        Cmd::PreDump { .. } => anyhow::bail!("crtool pre-dump is not supported yet"),
         Cmd::PageServer { .. } => anyhow::bail!("crtool page-server is not supported yet"),
         Cmd::LazyPages { .. } => anyhow::bail!("crtool lazy-pages is not supported yet"),
         Cmd::Check => {
@@ -515,4 +495,47 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
+    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, track_mem, prev_images_dir, log, not_yet: n } = a;
+    not_yet(n.used())?;
+    crtool::sys::signals::catch_interrupts();
+    dump::check_target(pid)?;
+    let dir = absolute(&dir)?;
+    init_log(&log, &dir, "dump.log")?;
+    for e in &external {
+        if crtool::net::parse_external(e).is_none() {
+            parse_pipe(e).with_context(|| format!("--external {e} (or net[INO]:KEY)"))?;
+        }
+    }
+    // The parent directory: as given (the `parent` link's text), and resolved.
+    let prev = match prev_images_dir {
+        Some(p) => {
+            let abs = if p.is_absolute() { p.clone() } else { dir.join(&p) };
+            if !abs.join(images_format::ImageKind::Inventory.file_name(0)).is_file() {
+                anyhow::bail!("--prev-images-dir {}: {} holds no complete dump (no inventory)", p.display(), abs.display());
+            }
+            Some((p, abs))
+        }
+        None => None,
+    };
+    let leave_running = leave_running || pre_dump;
+    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, track_mem: (track_mem || pre_dump) && leave_running, prev };
+    let stats = dump::dump(&opts)?;
+    eprintln!(
+        "crtool: {} pid {pid} into {} ({} process{}, {} thread{}; {} pages{}, {} VMAs, {} fds; frozen {:.1} ms)",
+        if pre_dump { "pre-dumped" } else { "dumped" },
+        dir.display(),
+        stats.processes,
+        if stats.processes == 1 { "" } else { "es" },
+        stats.threads,
+        if stats.threads == 1 { "" } else { "s" },
+        stats.pages.dumped,
+        if opts.prev.is_some() { format!(" ({} unchanged, in the parent)", stats.pages.in_parent) } else { String::new() },
+        stats.vmas,
+        stats.fds,
+        stats.frozen.as_secs_f64() * 1e3
+    );
+    Ok(0)
 }

@@ -37,6 +37,11 @@ pub struct DumpOpts {
     pub tcp_established: bool,
     /// Half-open connections to listeners are let go (--skip-in-flight).
     pub skip_in_flight: bool,
+    /// The tree's memory is tracked after the dump (--track-mem, pre-dump).
+    pub track_mem: bool,
+    /// The previous dump (--prev-images-dir): the `parent` link's text and the
+    /// directory it names.
+    pub prev: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +83,15 @@ pub struct DumpCtx {
     pub own_netns: bool,
     /// --external net[INO]:KEY: the namespace is the caller's.
     pub netns_external: Option<(u64, String)>,
+    /// The previous dump's memory tracking (--prev-images-dir): its tracker and
+    /// the userfaultfds it held, by pid in the tree (with the outer pid).
+    pub old_tracker: Option<i32>,
+    pub tracked: std::collections::BTreeMap<i32, (i32, std::os::fd::OwnedFd)>,
+    /// A scan protected pages again: the previous tracking no longer tells what
+    /// changed since the previous dump (see `track`).
+    pub rearmed: bool,
+    /// Userfaultfds for the next dump (--track-mem): (pid in the tree, pid, fd).
+    pub new_uffds: Vec<(i32, i32, std::os::fd::OwnedFd)>,
 }
 
 impl DumpCtx {
@@ -136,7 +150,18 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         manifest: Vec::new(),
         own_netns: false,
         netns_external: None,
+        old_tracker: None,
+        tracked: Default::default(),
+        rearmed: false,
+        new_uffds: Vec::new(),
     };
+    if let Some((link, prev)) = &opts.prev {
+        std::os::unix::fs::symlink(link, work.path.join("parent")).map_err(|e| Error::io(work.path.join("parent"), e))?;
+        if let Some((tracker, fds)) = crate::mem::track::take_over(prev) {
+            ctx.old_tracker = Some(tracker);
+            ctx.tracked = fds;
+        }
+    }
 
     ctx.files.ghosts.limit = opts.ghost_limit;
     ctx.files.ghosts.link_remap = opts.link_remap;
@@ -174,6 +199,15 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             }
             let pids: Vec<i32> = frozen.procs.iter().map(|p| p.pid).collect();
             release(frozen, kill)?;
+            // The next dump of the chain starts from this one.
+            if opts.track_mem
+                && let Err(e) = crate::mem::track::start(&opts.dir, &ctx.new_uffds)
+            {
+                log::warn!("memory tracking not kept ({e}): the next dump with --prev-images-dir {} stores every page", opts.dir.display());
+            }
+            if let Some(t) = ctx.old_tracker {
+                crate::mem::track::stop(t);
+            }
             ctx.stats.frozen = t0.elapsed();
             if kill {
                 // Until their parents (or init) reap them, the dead keep their PIDs:
@@ -191,6 +225,13 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
             // leave repair mode and the network lock goes.
             ctx.files.ghosts.remove_links();
             ctx.files.inet.release();
+            if ctx.rearmed
+                && let Some((_, prev)) = &opts.prev
+            {
+                // Pages written since the previous dump were protected again:
+                // that dump can no longer be a parent of an incremental one.
+                crate::mem::track::forget(prev, ctx.old_tracker);
+            }
             // Every task goes back exactly as it was and runs on.
             if let Err(r) = release(frozen, false) {
                 log::error!("releasing the tree after a failed dump: {r}");
@@ -300,7 +341,8 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
     crate::fault::point(2)?;
     let mut surveys = Vec::new();
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
-        surveys.push(process::Survey::take(p.pid, ctx.opts.file_locks)?);
+        let tracked = ctx.tracked.iter().any(|(_, (outer, _))| *outer == p.pid);
+        surveys.push(process::Survey::take(p.pid, ctx.opts.file_locks, tracked)?);
     }
     ctx.files.ptys.masters = surveys.iter().flat_map(|s| s.pty_masters()).collect();
     let mut surveys = surveys.into_iter();

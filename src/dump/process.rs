@@ -77,10 +77,12 @@ pub struct Survey {
 }
 
 impl Survey {
-    pub fn take(pid: i32, file_locks: bool) -> Result<Survey> {
+    /// `tracked`: crtool's memory tracking registered it (write protection by
+    /// a userfaultfd of the previous dump's tracker).
+    pub fn take(pid: i32, file_locks: bool, tracked: bool) -> Result<Survey> {
         let fds = files::list(pid)?;
         files::precheck(pid, &fds, file_locks)?;
-        Ok(Survey { fds, vmas: vma::collect(pid)? })
+        Ok(Survey { fds, vmas: vma::collect(pid, tracked)? })
     }
 
     /// The pty pairs whose masters this process holds (by index).
@@ -165,10 +167,26 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     for a in &rseq_areas {
         dumper.add_rseq_area(*a);
     }
+    if let Some((_, prev)) = &ctx.opts.prev {
+        // What changed since the previous dump: pages not written since are in
+        // its images (only for the process it tracked).
+        dumper.changes.uffd = ctx.tracked.remove(&p.vpid).filter(|(outer, _)| *outer == pid).map(|(_, f)| f);
+        if dumper.changes.uffd.is_some() {
+            ctx.rearmed |= ctx.opts.track_mem;
+            dumper.changes.scan(pid, &vmas, ctx.opts.track_mem)?;
+            dumper.parent_data = crate::mem::track::parent_data(prev, p.vpid)?;
+        }
+    }
     let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages)?;
     ctx.manifest.push(pages.finish()?);
     crate::fault::point(5)?;
     parasite.stop()?;
+    if ctx.opts.track_mem {
+        dumper.changes.arm(main, pid, &vmas)?;
+        if let Some(f) = dumper.changes.uffd.take() {
+            ctx.new_uffds.push((p.vpid, pid, f));
+        }
+    }
 
     // Per-thread state only the thread can report, through remote syscalls that use
     // the parasite's memory as scratch.
@@ -181,6 +199,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     ctx.stats.pages.dumped += dumper.stats.dumped;
     ctx.stats.pages.scanned += dumper.stats.scanned;
     ctx.stats.pages.zero += dumper.stats.zero;
+    ctx.stats.pages.in_parent += dumper.stats.in_parent;
     ctx.stats.vmas += vmas.len();
     ctx.stats.fds += fds.len();
     log::info!("pid {pid}: {} pages dumped ({} scanned, {} zero), {} VMAs, {} fds, {} threads",

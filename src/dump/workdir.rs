@@ -42,7 +42,8 @@ fn image_files(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = rd
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| ImageKind::parse_file_name(n).is_some())
+        // (And the `parent` link of an incremental dump: it belongs to the images.)
+        .filter(|n| ImageKind::parse_file_name(n).is_some() || n == "parent")
         .collect();
     names.sort();
     // The inventory last: a directory without one holds no complete dump.

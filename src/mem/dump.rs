@@ -22,6 +22,8 @@ pub struct PageStats {
     pub scanned: u64,
     pub dumped: u64,
     pub zero: u64,
+    /// Pages unchanged since the previous dump, left in its images.
+    pub in_parent: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ enum RunKind {
     Inherited,
     /// Guard pages: nothing to read, installed again at restore.
     Guard,
+    /// Pages not written since the previous dump, which has them.
+    InParent,
 }
 
 struct Run {
@@ -80,6 +84,10 @@ pub struct PageDumper {
     volatile: Vec<(u64, u64)>,
     /// This process's frames, for its children (see `Frames`).
     pub frames: Frames,
+    /// What changed since the previous dump (--prev-images-dir).
+    pub changes: crate::mem::track::Process,
+    /// Address ranges the previous dump has page data for, in order.
+    pub parent_data: Vec<(u64, u64)>,
 }
 
 impl PageDumper {
@@ -108,6 +116,8 @@ impl PageDumper {
             next_report: 64 * 1024,
             volatile: Vec::new(),
             frames: Frames::default(),
+            changes: Default::default(),
+            parent_data: Vec::new(),
         })
     }
 
@@ -184,6 +194,10 @@ impl PageDumper {
         let mut frames = Vec::new();
         let mut runs: Vec<Run> = Vec::new();
         let max_pages = self.chunk / PAGE;
+        // (Cursors into the written ranges and the parent's data, in address order.)
+        let may_be_in_parent = !self.parent_data.is_empty() && crate::mem::track::tracked(v);
+        let mut written_at = 0;
+        let mut parent_at = self.parent_data.partition_point(|&(_, e)| e <= v.start);
         let mut at = v.start;
         while at < v.end {
             let end = (at + PAGEMAP_BATCH * PAGE).min(v.end);
@@ -216,7 +230,13 @@ impl PageDumper {
                     let inherited = inherit_from.is_some_and(|(p, pf)| {
                         shared_frame.is_some_and(|f| f != 0 && pf.get(((addr - p.start) / PAGE) as usize) == Some(&f))
                     });
-                    data.then_some(if inherited { RunKind::Inherited } else { RunKind::Data })
+                    let in_parent = may_be_in_parent && !inherited && {
+                        while parent_at < self.parent_data.len() && self.parent_data[parent_at].1 <= addr {
+                            parent_at += 1;
+                        }
+                        self.parent_data.get(parent_at).is_some_and(|&(s, _)| s <= addr) && self.changes.unchanged(v.start, addr, &mut written_at)
+                    };
+                    data.then_some(if inherited { RunKind::Inherited } else if in_parent { RunKind::InParent } else { RunKind::Data })
                 };
                 let Some(rk) = wanted else { continue };
                 match runs.last_mut() {
@@ -279,10 +299,13 @@ impl PageDumper {
         }
     }
 
-    /// Records a run without data (inherited or guard pages).
+    /// Records a run without data (inherited, guard or in the parent's pages).
     fn record_meta(&mut self, r: &Run) {
-        let (inherited, guard) = (r.kind == RunKind::Inherited, r.kind == RunKind::Guard);
-        self.entries.push(pb::PagemapEntry { vaddr: r.vaddr, nr_pages: r.pages as u32, inherited, guard, ..Default::default() });
+        let (inherited, guard, in_parent) = (r.kind == RunKind::Inherited, r.kind == RunKind::Guard, r.kind == RunKind::InParent);
+        if in_parent {
+            self.stats.in_parent += r.pages;
+        }
+        self.entries.push(pb::PagemapEntry { vaddr: r.vaddr, nr_pages: r.pages as u32, inherited, guard, in_parent, ..Default::default() });
     }
 
     fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Parasite, out: &mut Pipeline) -> Result<()> {

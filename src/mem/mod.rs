@@ -1,8 +1,10 @@
 //! Memory: VMAs, the page walk and transfer at dump, premap and fill at restore,
 //! shared anonymous memory across tasks.
 
+pub mod chain;
 pub mod dump;
 mod pipeline;
 pub mod restore;
 pub mod shmem;
+pub mod track;
 pub mod vma;

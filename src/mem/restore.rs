@@ -8,7 +8,6 @@ use crate::sys::abi::{VmaMove, VmaProtect};
 use crate::sys::mm::{Area, Mapping, PAGE};
 use images_format::pb::{self, VmaKind};
 use crate::mem::shmem::ShmemObjects;
-use images_format::PagesReader;
 use std::fs::OpenOptions;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -134,7 +133,7 @@ pub fn premap<'a>(
     pid: i32,
     vmas: &'a [pb::Vma],
     pagemap: &[pb::PagemapEntry],
-    pages: &mut PagesReader,
+    pages: &mut crate::mem::chain::Pages,
     area: &mut Area,
     shmem: &ShmemObjects,
     parent: Option<&[Slot]>,
@@ -239,7 +238,7 @@ pub fn premap<'a>(
             // Mapped read-only (to keep it unaccounted, or as taken over): write
             // through /proc/self/mem.
             let mut buf = vec![0u8; len as usize];
-            pages.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
+            pages.read(e, &mut buf)?;
             self_mem.get_or_insert_with(|| OpenOptions::new().write(true).open("/proc/self/mem"))
                 .as_ref()
                 .map_err(|err| Error::Restore { pid, msg: format!("/proc/self/mem: {err}") })?
@@ -249,7 +248,7 @@ pub fn premap<'a>(
         }
         slot.map.populate(off, len);
         let dst = slot.map.bytes_mut(off, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {:#x} is not writable", v.start) })?;
-        pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
+        pages.read(e, dst)?;
     }
     // Memory taken over from the parent: pages this process did not have (zero, or
     // clean file pages) must not show the parent's.

@@ -6,7 +6,9 @@ use images_format::pb::{self, VmaKind};
 use procfs::process::{MMapPath, Process};
 
 /// Reads and classifies every VMA of `pid`, failing on kinds crtool cannot restore.
-pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
+/// `tracked`: write protection by a userfaultfd ("uw") is crtool's own memory
+/// tracking (see `mem::track`), not the process's state.
+pub fn collect(pid: i32, tracked: bool) -> Result<Vec<pb::Vma>> {
     let proc = Process::new(pid).map_err(|e| Error::proc(pid, "", std::io::Error::other(e)))?;
     let maps = proc.smaps().map_err(|e| Error::proc(pid, "smaps", std::io::Error::other(e)))?;
     // The VmFlags lines as the kernel prints them (procfs knows only the older
@@ -32,7 +34,7 @@ pub fn collect(pid: i32) -> Result<Vec<pb::Vma>> {
         let special = matches!(m.pathname, MMapPath::Vdso | MMapPath::Vvar | MMapPath::Vsyscall)
             || matches!(&m.pathname, MMapPath::Other(n) if n == "vvar_vclock" || n == "[vvar_vclock]");
         // The kernel's own mappings come back from the restoring kernel as they are.
-        let kept = if special { Ok(Vec::new()) } else { kept_flags(flag_line) };
+        let kept = if special { Ok(Vec::new()) } else { kept_flags(flag_line, tracked) };
         let aio = matches!(&m.pathname, MMapPath::Path(p) if p.to_string_lossy().starts_with("/[aio]"));
         let kept = kept.map_err(|f| match aio {
             true => Error::Unsupported { pid, fd: None, what: format!("mapping at {start:#x} is the ring of an AIO context (io_setup(2))"), hint: Some("Linux AIO contexts are not supported (requests in flight cannot be seen); io_destroy it before the dump") },
@@ -156,7 +158,8 @@ fn flag_meaning(f: &str) -> &'static str {
     match f {
         "dp" => "MAP_DROPPABLE: not supported yet",
         "sl" => "sealed with mseal(2): not supported yet",
-        "um" | "uw" | "ui" => "registered with userfaultfd: not supported",
+        "uw" => "registered with userfaultfd for write protection: not supported, unless it is crtool's memory tracking of an earlier pre-dump, which a dump with --prev-images-dir naming that pre-dump continues",
+        "um" | "ui" => "registered with userfaultfd: not supported",
         "ss" => "shadow stack: not supported yet",
         "ht" => "hugetlbfs pages: not supported yet",
         "io" | "pf" | "mm" | "ar" | "de" => "a device or special mapping: not supported",
@@ -167,9 +170,12 @@ fn flag_meaning(f: &str) -> &'static str {
 
 /// The flags of a VmFlags line that restore reproduces; `Err(flag)` for one it
 /// cannot.
-fn kept_flags(line: &str) -> std::result::Result<Vec<String>, &str> {
+fn kept_flags(line: &str, tracked: bool) -> std::result::Result<Vec<String>, &str> {
     let mut out = Vec::new();
     for f in line.split_whitespace() {
+        if f == "uw" && tracked {
+            continue;
+        }
         if KEPT.contains(&f) {
             out.push(f.to_string());
         } else if !IMPLIED.contains(&f) && f != GUARD_HINT {

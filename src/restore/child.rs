@@ -15,7 +15,7 @@ use crate::sys::mm::{self, Area, PAGE};
 use crate::sys::process::{self, Forked, fork_with_pids, fork_with_pids_signal};
 use crate::sys::fd;
 use crate::{task, task::timers};
-use images_format::{pb, PagesReader};
+use images_format::pb;
 use std::convert::Infallible;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -316,7 +316,7 @@ fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Opt
     let area_at = find_area(pid, vmas, area_len)?;
     let mut area = Area::reserve(area_at, area_len).map_err(|e| fail(format!("reserving the restore area at {area_at:#x}: {e}")))?;
 
-    let mut pages = PagesReader::open(ctx.dir, pid as u32)?;
+    let mut pages = crate::mem::chain::Pages::open(ctx.dir, pid as u32)?;
     let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited)?;
     crate::fault::point(103)?;
     Ok(Premapped { area, slots, reg, specials, protects })

@@ -12,6 +12,7 @@ pub mod sock;
 pub mod event;
 pub mod tty;
 pub mod tun;
+pub mod uffd;
 
 /// The embedded blobs (built by build.rs from `parasite/`).
 pub mod blobs {

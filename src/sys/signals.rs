@@ -32,6 +32,20 @@ pub fn catch_interrupts() {
     }
 }
 
+/// Puts the default actions back (in a process forked from crtool that lives
+/// on by itself: SIGTERM ends it).
+pub fn default_interrupts() {
+    for sig in INTERRUPTING {
+        // SAFETY: SIG_DFL with a zeroed sigaction struct.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
 /// The interrupting signal received, if any.
 pub fn interrupted() -> Option<i32> {
     match RECEIVED.load(Ordering::SeqCst) {

@@ -2,7 +2,7 @@
 """procstate: a normalised, diffable description of the visible state of a process
 tree, for comparing a tree before a dump with the same tree after the restore.
 
-    procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] ROOTPID
+    procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] ROOTPID
 
 Walks the tree rooted at ROOTPID (/proc/PID/task/*/children), processes ordered by
 pid, threads by tid, and prints for each process: ppid, pgid, sid, tty, NSpid, comm,
@@ -37,7 +37,9 @@ processes is one pipe.
 
 --ignore-pending SIG,... leaves those signals out of SigPnd and ShdPnd (a timer's
 signal is pending for an instant before each delivery). --ignore-root-ppid prints the
-root's ppid as "-" (when the root is expected to get another parent).
+root's ppid as "-" (when the root is expected to get another parent). --tracked
+leaves the VmFlag "uw" out: the write protection of crtool's memory tracking
+(pre-dump, --track-mem), which is crtool's, not the process's.
 
 A zombie is reported as such, with its wait status, ids, exit_signal and uid/gid
 (what its parent and others can still observe: waitid's si_uid, kill of its group);
@@ -271,7 +273,7 @@ def mappings(pid, names):
                 e["path"] = None
             entries.append(e)
         elif line.startswith(b"VmFlags:") and entries:
-            entries[-1]["flags"] = " ".join(line.decode().split()[1:])
+            entries[-1]["flags"] = " ".join(f for f in line.decode().split()[1:] if f not in IGNORED_FLAGS)
         elif line.startswith(b"ProtectionKey:") and entries:
             entries[-1]["pkey"] = line.decode().split()[1]
     if not entries:
@@ -471,6 +473,10 @@ def sysvipc(root, pids):
     return out
 
 
+# VmFlags left out (--tracked).
+IGNORED_FLAGS = set()
+
+
 def main(argv):
     opts = {"pos": True, "ignore_pending": [], "ignore_root_ppid": False}
     args = list(argv)
@@ -481,14 +487,16 @@ def main(argv):
             opts["pos"] = False
         elif a == "--ignore-root-ppid":
             opts["ignore_root_ppid"] = True
+        elif a == "--tracked":
+            IGNORED_FLAGS.add("uw")
         elif a == "--ignore-pending" and args:
             opts["ignore_pending"] = [int(s) for s in args.pop(0).split(",") if s]
         elif a.isdigit() and root is None:
             root = int(a)
         else:
-            sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] ROOTPID")
+            sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] ROOTPID")
     if root is None:
-        sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] ROOTPID")
+        sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] ROOTPID")
     names, descs = Names(), Descriptions()
     out = []
     if os.path.exists("/proc/%d" % root):

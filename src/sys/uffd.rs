@@ -1,0 +1,83 @@
+//! Dirty-page tracking without soft-dirty: a userfaultfd in asynchronous
+//! write-protect mode (`UFFD_FEATURE_WP_ASYNC`, userfaultfd(2),
+//! Documentation/admin-guide/mm/userfaultfd.rst) keeps a target's private
+//! memory write-protected, the kernel resolving each first write itself; the
+//! `PAGEMAP_SCAN` ioctl on /proc/PID/pagemap (Documentation/admin-guide/mm/
+//! pagemap.rst) reports the pages written since and protects them again.
+//! The tracking lasts while some process keeps the userfaultfd open.
+
+use nix::errno::Errno;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// _IOWR(0xAA, 0x3F, struct uffdio_api).
+const UFFDIO_API: libc::Ioctl = 0xC018_AA3F;
+/// _IOWR(0xAA, 0x00, struct uffdio_register).
+const UFFDIO_REGISTER: libc::Ioctl = 0xC020_AA00;
+const UFFD_API: u64 = 0xAA;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+/// _IOWR('f', 16, struct pm_scan_arg).
+const PAGEMAP_SCAN: libc::Ioctl = 0xC060_6610;
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// userfaultfd(2) flags for the one a target makes: O_CLOEXEC | O_NONBLOCK |
+/// UFFD_USER_MODE_ONLY (allowed without privilege; asynchronous write
+/// protection resolves kernel-mode writes too).
+pub const NEW_FLAGS: u64 = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | 1;
+
+/// UFFDIO_API with asynchronous write protection.
+pub fn api(uffd: BorrowedFd) -> Result<(), Errno> {
+    let mut a = [UFFD_API, UFFD_FEATURE_WP_ASYNC, 0u64];
+    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api (three u64): `a`.
+    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
+}
+
+/// UFFDIO_REGISTER of [start, end) for write protection.
+pub fn register_wp(uffd: BorrowedFd, start: u64, end: u64) -> Result<(), Errno> {
+    let mut r = [start, end - start, UFFDIO_REGISTER_MODE_WP, 0u64];
+    // SAFETY: UFFDIO_REGISTER reads and writes a struct uffdio_register (range,
+    // mode, ioctls: four u64): `r`.
+    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, r.as_mut_ptr()) }).map(drop)
+}
+
+/// The page ranges of [start, end) written since they were last protected, as
+/// (start, end) byte addresses, from `pagemap` (a /proc/PID/pagemap fd); with
+/// `protect`, protects them again (PM_SCAN_WP_MATCHING: EPERM on a range that
+/// is not registered for write protection).
+pub fn written(pagemap: BorrowedFd, start: u64, end: u64, protect: bool) -> Result<Vec<(u64, u64)>, Errno> {
+    const VEC: usize = 512;
+    let mut out = Vec::new();
+    let mut regions = [[0u64; 3]; VEC];
+    let mut at = start;
+    while at < end {
+        // struct pm_scan_arg: size, flags, start, end, walk_end, vec, vec_len,
+        // max_pages, category_inverted, category_mask, category_anyof_mask,
+        // return_mask.
+        let mut arg = [
+            96,
+            if protect { PM_SCAN_WP_MATCHING } else { 0 },
+            at,
+            end,
+            0,
+            regions.as_mut_ptr() as u64,
+            VEC as u64,
+            0,
+            0,
+            PAGE_IS_WRITTEN,
+            0,
+            PAGE_IS_WRITTEN,
+        ];
+        // SAFETY: PAGEMAP_SCAN reads a struct pm_scan_arg (`arg`, twelve u64) and
+        // writes at most `vec_len` struct page_region (three u64) at `vec`, which
+        // `regions` holds, and `walk_end` in `arg`.
+        let n = Errno::result(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, arg.as_mut_ptr()) })? as usize;
+        out.extend(regions[..n.min(VEC)].iter().map(|r| (r[0], r[1])));
+        let walk_end = arg[4];
+        if walk_end <= at {
+            break;
+        }
+        at = walk_end;
+    }
+    Ok(out)
+}
