@@ -85,9 +85,16 @@ impl Pages {
             let part = &mut dst[(at - vaddr) as usize..(piece_end - vaddr) as usize];
             if e.in_parent {
                 self.read_parent(level + 1, at, part)?;
+            } else if at == e.vaddr && piece_end == e_end {
+                log::trace!("parent {level}: whole chunk {:#x} +{}", e.vaddr, part.len());
+                // The whole chunk: straight into place.
+                self.parents[level].reader.read_into(e.offset, e.stored_len, e.crc32, part)?;
             } else {
+                log::trace!("parent {level}: part of chunk {:#x}: {:#x} +{}", e.vaddr, at, part.len());
                 if !matches!(&self.cached, Some((l, o, _)) if *l == level && *o == e.offset) {
-                    let mut buf = vec![0u8; (e_end - e.vaddr) as usize];
+                    // (The buffer is reused: fresh ones would fault on every page.)
+                    let mut buf = self.cached.take().map(|(_, _, b)| b).unwrap_or_default();
+                    buf.resize((e_end - e.vaddr) as usize, 0);
                     self.parents[level].reader.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
                     self.cached = Some((level, e.offset, buf));
                 }

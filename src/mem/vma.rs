@@ -3,17 +3,18 @@
 
 use crate::error::{Error, Result};
 use images_format::pb::{self, VmaKind};
-use procfs::process::{MMapPath, Process};
+use procfs::process::MMapPath;
 
 /// Reads and classifies every VMA of `pid`, failing on kinds crtool cannot restore.
 /// `tracked`: write protection by a userfaultfd ("uw") is crtool's own memory
 /// tracking (see `mem::track`), not the process's state.
 pub fn collect(pid: i32, tracked: bool) -> Result<Vec<pb::Vma>> {
-    let proc = Process::new(pid).map_err(|e| Error::proc(pid, "", std::io::Error::other(e)))?;
-    let maps = proc.smaps().map_err(|e| Error::proc(pid, "smaps", std::io::Error::other(e)))?;
-    // The VmFlags lines as the kernel prints them (procfs knows only the older
-    // flags, and an unknown one must not pass unseen), one per VMA, in order.
+    // Read once (the kernel walks every page table for it: it costs frozen
+    // time), parsed by procfs; the VmFlags lines as the kernel prints them too
+    // (procfs knows only the older flags, and an unknown one must not pass
+    // unseen), one per VMA, in order.
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| Error::proc(pid, "smaps", e))?;
+    let maps = <procfs::process::MemoryMaps as procfs::FromBufRead>::from_buf_read(smaps.as_bytes()).map_err(|e| Error::proc(pid, "smaps", std::io::Error::other(e)))?;
     let flag_lines: Vec<&str> = smaps.lines().filter_map(|l| l.strip_prefix("VmFlags:")).collect();
     if flag_lines.len() != maps.len() {
         return Err(Error::proc(pid, "smaps", std::io::Error::other("VmFlags lines do not match the mappings")));

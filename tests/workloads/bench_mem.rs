@@ -2,7 +2,7 @@
 //! random-ish data that zstd compresses moderately (about 2:1: each byte carries four
 //! random bits), writes "ready" to READY_FILE and sleeps until killed.
 //!
-//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N] [tcp N]
+//!     bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N] [tcp N] [dirty N]
 //!
 //! `procs N`: N processes (the first and N-1 children), each with its own MIB MiB of
 //! different data. `threads N`: the (first) process has N threads, all asleep.
@@ -13,7 +13,9 @@
 //! datagram, each with a 64-byte message queued in both directions. `tcp N`: it
 //! holds a TCP listener on 127.0.0.1 and N established connections accepted from
 //! it (both ends: 2N sockets), each with 64 bytes queued in both directions (dump
-//! with --tcp-established).
+//! with --tcp-established). `dirty N`: once ready, the first process rewrites its
+//! memory at N MiB/s, one page after another round and round (a running program
+//! for incremental dumps: pre-dump, then dump --prev-images-dir).
 
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -40,7 +42,7 @@ fn sleep_forever() -> ! {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N] [tcp N]");
+    eprintln!("usage: bench_mem MIB READY_FILE [procs N] [threads N] [fds N] [vmas N] [sockets N] [tcp N] [dirty N]");
     std::process::exit(2)
 }
 
@@ -51,7 +53,7 @@ fn main() {
     }
     let num = |s: &str| s.parse::<usize>().unwrap_or_else(|_| usage());
     let mib = num(&args[1]);
-    let (mut procs, mut threads, mut nfds, mut vmas, mut socks, mut tcp) = (1, 1, 0, 0, 0, 0);
+    let (mut procs, mut threads, mut nfds, mut vmas, mut socks, mut tcp, mut dirty) = (1, 1, 0, 0, 0, 0, 0);
     for kv in args[3..].chunks(2) {
         match kv[0].as_str() {
             "procs" => procs = num(&kv[1]).max(1),
@@ -60,6 +62,7 @@ fn main() {
             "vmas" => vmas = num(&kv[1]),
             "sockets" => socks = num(&kv[1]),
             "tcp" => tcp = num(&kv[1]),
+            "dirty" => dirty = num(&kv[1]),
             _ => usage(),
         }
     }
@@ -84,7 +87,7 @@ fn main() {
     }
     // SAFETY: closing our copy of the write end.
     unsafe { libc::close(fds[1]) };
-    let _mem = fill(mib, 0);
+    let mut mem = fill(mib, 0);
     // SAFETY: the read end is ours alone in this process.
     let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
     let mut got = vec![0u8; procs - 1];
@@ -108,7 +111,21 @@ fn main() {
     let mut f = std::fs::File::create(&args[2]).expect("creating the ready file");
     f.write_all(b"ready\n").expect("writing the ready file");
     drop(f);
-    sleep_forever()
+    if dirty == 0 {
+        sleep_forever()
+    }
+    // `dirty` MiB/s: a page (512 u64) every 4096 / (dirty MiB) s, in steps of 1 ms.
+    let pages_per_ms = (dirty * 256).div_ceil(1000).max(1);
+    let mut at = 0usize;
+    let mut n: u64 = 0;
+    loop {
+        for _ in 0..pages_per_ms {
+            n += 1;
+            mem[at] = n;
+            at = (at + 512) % mem.len();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn open_tcp(n: usize) -> Vec<std::net::TcpStream> {
