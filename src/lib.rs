@@ -12,6 +12,7 @@ pub mod files;
 pub mod infect;
 pub mod ipc;
 pub mod net;
+pub mod pageserver;
 pub mod mem;
 pub mod procinfo;
 pub mod restore;

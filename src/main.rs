@@ -104,11 +104,22 @@ enum Cmd {
     /// The init of a PID namespace made by `restore --pidns` (internal).
     #[command(name = "__pidns-init", hide = true)]
     PidnsInit { root: i32 },
-    /// CRIU's page server: not supported yet.
+    /// CRIU's page server: receives the page images of one `dump --page-server`
+    /// over TCP and writes them into DIR; exits 0 once that dump is complete
+    /// (a dump that goes away leaves nothing behind).
     #[command(name = "page-server")]
     PageServer {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        /// Image directory the page images go into (created if missing).
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        address: String,
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+        #[command(flatten)]
+        log: LogOpts,
     },
     /// CRIU's lazy-pages daemon: not supported yet.
     #[command(name = "lazy-pages")]
@@ -201,6 +212,17 @@ struct DumpArgs {
     /// again but read from it at restore (the `parent` link, as CRIU's).
     #[arg(long, value_name = "DIR")]
     prev_images_dir: Option<PathBuf>,
+    /// Send the page images to the page server at --address and --port
+    /// (`crtool page-server` there) instead of writing them into DIR; the other
+    /// images stay in DIR, to be copied next to them before a restore there.
+    #[arg(long, requires = "port")]
+    page_server: bool,
+    /// The page server's address (with --page-server).
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// The page server's port (with --page-server).
+    #[arg(long)]
+    port: Option<u16>,
     #[command(flatten)]
     log: LogOpts,
     #[command(flatten)]
@@ -212,9 +234,6 @@ struct DumpArgs {
 #[derive(Args)]
 #[command(next_help_heading = "CRIU options not supported yet")]
 struct DumpNotYet {
-    /// Send pages to a page server (not supported yet).
-    #[arg(long)]
-    page_server: bool,
     /// cgroup handling (not supported yet).
     #[arg(long, num_args = 0..=1)]
     manage_cgroups: Option<Option<String>>,
@@ -229,7 +248,6 @@ struct DumpNotYet {
 impl DumpNotYet {
     fn used(&self) -> Option<&'static str> {
         [
-            (self.page_server, "--page-server"),
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
             (self.freeze_cgroup.is_some(), "--freeze-cgroup"),
             (self.lazy_pages, "--lazy-pages"),
@@ -432,7 +450,14 @@ fn run() -> Result<i32> {
             }
         }
         Cmd::PidnsInit { root } => Ok(restore::pidns::init_loop(root)),
-        Cmd::PageServer { .. } => anyhow::bail!("crtool page-server is not supported yet"),
+        Cmd::PageServer { dir, address, port, log } => {
+            let dir = absolute(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            init_log(&log, &dir, "page-server.log")?;
+            let n = crtool::pageserver::serve(&address, port, &dir)?;
+            eprintln!("crtool: page server: {n} page image{} received into {}", if n == 1 { "" } else { "s" }, dir.display());
+            Ok(0)
+        }
         Cmd::LazyPages { .. } => anyhow::bail!("crtool lazy-pages is not supported yet"),
         Cmd::Check => {
             let probes = check::check();
@@ -498,7 +523,7 @@ fn main() {
 }
 
 fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
-    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, track_mem, prev_images_dir, log, not_yet: n } = a;
+    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, track_mem, prev_images_dir, page_server, address, port, log, not_yet: n } = a;
     not_yet(n.used())?;
     crtool::sys::signals::catch_interrupts();
     dump::check_target(pid)?;
@@ -521,7 +546,7 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
         None => None,
     };
     let leave_running = leave_running || pre_dump;
-    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, track_mem: (track_mem || pre_dump) && leave_running, prev };
+    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, track_mem: (track_mem || pre_dump) && leave_running, prev, page_server: port.filter(|_| page_server).map(|p| (address, p)) };
     let stats = dump::dump(&opts)?;
     eprintln!(
         "crtool: {} pid {pid} into {} ({} process{}, {} thread{}; {} pages{}, {} VMAs, {} fds; frozen {:.1} ms)",

@@ -131,8 +131,8 @@ run zombie crt dump -t $ZC -D "$T/ck2"
 run nopid crt dump -t 999999 -D "$T/ck3"
 run nodir crt restore -D "$T/no/such/dir" -d
 put nodir_made "$([ -e "$T/no" ] && echo yes)"
-run trackmem crt dump -t $P -D "$T/ck4" --page-server
-run predump crt page-server -D "$T/ck5"
+run trackmem crt dump -t $P -D "$T/ck4" --lazy-pages
+run predump crt lazy-pages -D "$T/ck5"
 run lazy crt restore -D "$T/ck4" --lazy-pages
 put images "$(ls "$T"/ck1 "$T"/ck2 "$T"/ck3 "$T"/ck4 "$T"/ck5 2>/dev/null | grep -c '\.img$')"
 put alive "$(state $P) $(tracer $P)"
@@ -144,8 +144,8 @@ kill $P $Z
     s.failed_saying("nopid", &["999999"]);
     s.failed_saying("nodir", &["no/such/dir"]);
     s.ensure(s.var("nodir_made").is_empty(), || "restore created the missing image directory".into());
-    s.failed_saying("trackmem", &["--page-server", "not supported yet"]);
-    s.failed_saying("predump", &["page-server", "not supported yet"]);
+    s.failed_saying("trackmem", &["--lazy-pages", "not supported yet"]);
+    s.failed_saying("predump", &["lazy-pages", "not supported yet"]);
     s.failed_saying("lazy", &["--lazy-pages", "not supported yet"]);
     s.ensure(s.var("images").trim() == "0", || format!("refused commands left {} image files", s.var("images")));
     let alive = s.var("alive");

@@ -330,3 +330,71 @@ wait_until nonempty "$T/result" || fail "incmem.py wrote no result: $(cat "$T/wl
     s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
     s.roundtrip_ok("result");
 }
+
+/// The page server: `crtool page-server` takes the page images of a
+/// `dump --page-server` over TCP (the other images stay in the dump's
+/// directory: none of the pages there); with the rest copied next to them the
+/// tree restores from the server's directory, every page as the workload
+/// recorded it (tests/workloads/incmem.py). A server that goes away makes the
+/// dump fail with the tree left running, untraced; a dump that goes away
+/// leaves nothing in the server's directory and the server fails.
+#[test]
+fn pages_go_to_a_page_server_and_restore_from_there() {
+    let s = Scenario::run(
+        "pageserver",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 ))
+"$CRTOOL" page-server -D "$T/remote" --address 127.0.0.1 --port $PORT >"$T/server.out" 2>&1 & S=$!
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/incmem.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "incmem.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before $S
+run dump crt dump -t $P -D "$T/ck" --page-server --address 127.0.0.1 --port $PORT
+need dump
+wait $S; put server_rc $?
+put local_pages "$(ls "$T/ck" | grep -c '^pages-')"
+put remote_pages "$(ls "$T/remote" | grep -c '^pages-')"
+run verify crt verify "$T/ck"
+wait_until gone $P || fail "the dumped process is still there"
+cp -n "$T/ck"/*.img "$T/remote/"
+run restore crt restore -D "$T/remote" -d
+need restore
+pidset after
+snapshot after $P --no-pos
+wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
+# A server that takes the connection and goes away.
+"$PY3" -c "
+import socket; l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('127.0.0.1', $PORT + 1)); l.listen(1)
+open('$T/fake.ready', 'w').write('x'); c, _ = l.accept(); c.close()
+" & wait_until nonempty "$T/fake.ready"
+run gone crt dump -t $P -D "$T/ck2" --page-server --address 127.0.0.1 --port $(( PORT + 1 ))
+put after_gone "$(state $P) $(tracer $P)"
+# A dump that goes away in the middle of a file.
+"$CRTOOL" page-server -D "$T/remote2" --address 127.0.0.1 --port $(( PORT + 2 )) >"$T/server2.out" 2>&1 & S2=$!
+"$PY3" -c "
+import socket, struct, time, zlib
+for i in range(100):
+    try: s = socket.create_connection(('127.0.0.1', $PORT + 2)); break
+    except OSError: time.sleep(0.05)
+def frame(kind, p): return struct.pack('<IBII', int.from_bytes(b'CRPS', 'little'), kind, len(p), zlib.crc32(p)) + p
+s.sendall(frame(1, b'pages-42.img') + frame(2, b'x' * 4096)); time.sleep(0.2); s.close()
+"
+wait $S2; put server2_rc $?
+put remote2_files "$(ls -A "$T/remote2" | grep -v page-server.log | wc -l)"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "incmem.py wrote no result: $(cat "$T/wl.err")"
+"#,
+    );
+    s.ok("dump");
+    s.ensure(s.var("server_rc") == "0", || format!("the page server exited {}: {}", s.var("server_rc"), s.read("server.out")));
+    s.ensure(s.var("local_pages") == "0" && s.var("remote_pages") == "1", || format!("page images: {} in the dump's directory, {} at the server", s.var("local_pages"), s.var("remote_pages")));
+    s.ok("verify");
+    s.ok("restore");
+    s.ensure(s.var("counting") == "yes", || "the restored process does not count".into());
+    s.failed_saying("gone", &["page server"]);
+    let after = s.var("after_gone");
+    s.ensure((after.starts_with('S') || after.starts_with('R')) && after.ends_with(" 0"), || format!("the tree after the failed dump: {after}"));
+    s.ensure(s.var("server2_rc") != "0", || "the page server whose dump went away exited 0".into());
+    s.ensure(s.var("remote2_files") == "0", || format!("{} files left by the dump that went away", s.var("remote2_files")));
+    s.roundtrip_ok("result");
+}

@@ -38,6 +38,6 @@ pub use json::{decode_to_json, descriptor_pool};
 pub use kinds::ImageKind;
 pub use pages::{
     Compression, DEFAULT_ZSTD_LEVEL, PAGE_SIZE, PAGES_HEADER_LEN, PagesReader, PagesWriter,
-    StoredChunk,
+    RemoteSink, StoredChunk,
 };
 pub use verify::{VerifyReport, check_manifest, verify_dir, verify_files};

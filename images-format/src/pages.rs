@@ -62,37 +62,63 @@ pub struct StoredChunk {
     pub crc32: u32,
 }
 
-/// Where a pages file's bytes go.
-enum Sink {
-    /// Through the page cache (zstd chunks; filesystems without O_DIRECT).
-    Buffered(BufWriter<File>),
-    /// O_DIRECT, while `.1`: raw chunks of whole pages from page-aligned buffers
-    /// go straight to the disk, skipping the page cache (whose allocation of
-    /// fresh pages dominated dumps). A write that is not aligned turns O_DIRECT
-    /// off for the rest of the file.
-    Direct(File, bool),
+/// Where the bytes of a pages file go when it is not written here (a page
+/// server, which writes the file on its side).
+pub trait RemoteSink: Send {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The file is complete: `len` bytes with CRC32 `crc` (for the other end to
+    /// check); returns once it has them safely.
+    fn finish(&mut self, len: u64, crc: u32) -> io::Result<()>;
 }
 
-impl Sink {
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        let (file, direct) = match self {
-            Sink::Buffered(w) => return w.write_all(data),
-            Sink::Direct(f, d) => (f, d),
-        };
+/// Where a pages file's bytes go.
+enum Sink {
+    /// To a page server.
+    Remote(Box<dyn RemoteSink>),
+    /// Through the page cache (zstd chunks; filesystems without O_DIRECT).
+    Buffered(BufWriter<File>),
+    /// O_DIRECT: raw chunks of whole pages go straight to the disk, skipping the
+    /// page cache (whose allocation of fresh pages dominated dumps). See `Direct`.
+    Direct(Direct),
+}
+
+/// A file written with O_DIRECT while `on`: large page-aligned writes go as
+/// they are, small ones are gathered in a page-aligned staging buffer (an
+/// O_DIRECT write is synchronous: thousands of one-page ones would each wait
+/// for the disk). Data that is not whole pages turns O_DIRECT off for the rest
+/// of the file.
+struct Direct {
+    file: File,
+    on: bool,
+    /// Staging: `stage[at..at + STAGE]` is page-aligned; `staged` bytes of it used.
+    stage: Vec<u8>,
+    at: usize,
+    staged: usize,
+}
+
+/// The staging buffer's size, and the size from which writes skip it.
+const STAGE: usize = 1 << 20;
+
+impl Direct {
+    fn new(file: File) -> Direct {
+        Direct { file, on: true, stage: Vec::new(), at: 0, staged: 0 }
+    }
+
+    fn raw_write(&mut self, data: &[u8]) -> io::Result<()> {
         let mut done = 0;
         while done < data.len() {
             let rest = &data[done..];
-            if *direct && ((rest.as_ptr() as usize) % PAGE_SIZE as usize != 0 || rest.len() % PAGE_SIZE as usize != 0) {
-                direct_off(file)?;
-                *direct = false;
+            if self.on && ((rest.as_ptr() as usize) % PAGE_SIZE as usize != 0 || rest.len() % PAGE_SIZE as usize != 0) {
+                direct_off(&self.file)?;
+                self.on = false;
             }
-            match file.write(rest) {
+            match self.file.write(rest) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                    direct_off(file)?;
-                    *direct = false;
+                Err(e) if self.on && e.raw_os_error() == Some(libc::EINVAL) => {
+                    direct_off(&self.file)?;
+                    self.on = false;
                 }
                 Err(e) => return Err(e),
             }
@@ -100,10 +126,53 @@ impl Sink {
         Ok(())
     }
 
-    fn into_file(self) -> io::Result<File> {
+    fn flush_stage(&mut self) -> io::Result<()> {
+        if self.staged > 0 {
+            let (at, n) = (self.at, self.staged);
+            self.staged = 0;
+            let stage = std::mem::take(&mut self.stage);
+            let r = self.raw_write(&stage[at..at + n]);
+            self.stage = stage;
+            r?;
+        }
+        Ok(())
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let whole_pages = data.len() % PAGE_SIZE as usize == 0;
+        if !self.on || !whole_pages || data.len() >= STAGE {
+            self.flush_stage()?;
+            return self.raw_write(data);
+        }
+        if self.stage.is_empty() {
+            self.stage = vec![0u8; STAGE + PAGE_SIZE as usize];
+            self.at = self.stage.as_ptr().align_offset(PAGE_SIZE as usize);
+        }
+        if self.staged + data.len() > STAGE {
+            self.flush_stage()?;
+        }
+        let (at, n) = (self.at + self.staged, data.len());
+        self.stage[at..at + n].copy_from_slice(data);
+        self.staged += n;
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Sink::Buffered(w) => w.into_inner().map_err(|e| e.into_error()),
-            Sink::Direct(f, _) => Ok(f),
+            Sink::Buffered(w) => w.write_all(data),
+            Sink::Remote(r) => r.write_all(data),
+            Sink::Direct(d) => d.write_all(data),
+        }
+    }
+
+    /// The file written here (none for a page server's, which `finish` closes).
+    fn into_file(self, len: u64, crc: u32) -> io::Result<Option<File>> {
+        match self {
+            Sink::Buffered(w) => w.into_inner().map(Some).map_err(|e| e.into_error()),
+            Sink::Direct(mut d) => d.flush_stage().map(|()| Some(d.file)),
+            Sink::Remote(mut r) => r.finish(len, crc).map(|()| None),
         }
     }
 }
@@ -141,6 +210,22 @@ impl PagesWriter {
         compression: Compression,
         level: i32,
     ) -> Result<Self, ImageError> {
+        Self::open(dir, pid, compression, level, None)
+    }
+
+    /// Like [`PagesWriter::create`], its bytes sent to `sink` (a page server)
+    /// instead of a file here; `dir/pages-PID.img` is the name it is known by.
+    pub fn remote(dir: &Path, pid: u32, compression: Compression, sink: Box<dyn RemoteSink>) -> Result<Self, ImageError> {
+        Self::open(dir, pid, compression, DEFAULT_ZSTD_LEVEL, Some(sink))
+    }
+
+    fn open(
+        dir: &Path,
+        pid: u32,
+        compression: Compression,
+        level: i32,
+        remote: Option<Box<dyn RemoteSink>>,
+    ) -> Result<Self, ImageError> {
         let path = dir.join(ImageKind::Pages.file_name(pid));
         let io_err = |path: &Path, e| ImageError::io(path, 0, None, e);
         let compressor = match compression {
@@ -149,18 +234,21 @@ impl PagesWriter {
                 Some(zstd::bulk::Compressor::new(level).map_err(|e| io_err(&path, e))?)
             }
         };
-        let mut file = match compression {
+        let mut file = match (remote, compression) {
+            (Some(r), _) => Sink::Remote(r),
+            (None, compression) => match compression {
             Compression::Raw => {
                 use std::os::unix::fs::OpenOptionsExt;
                 let direct = std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&path);
                 match direct {
-                    Ok(f) => Sink::Direct(f, true),
+                    Ok(f) => Sink::Direct(Direct::new(f)),
                     // (tmpfs and others: no O_DIRECT.)
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Sink::Buffered(BufWriter::new(File::create(&path).map_err(|e| io_err(&path, e))?)),
                     Err(e) => return Err(io_err(&path, e)),
                 }
             }
             Compression::Zstd => Sink::Buffered(BufWriter::new(File::create(&path).map_err(|e| io_err(&path, e))?)),
+            },
         };
         // (Page-aligned, for O_DIRECT.)
         let mut aligned = [0u8; 2 * PAGES_HEADER_LEN as usize];
@@ -223,12 +311,13 @@ impl PagesWriter {
         self.offset
     }
 
-    fn flush(self) -> Result<(File, crate::pb::ImageFile), ImageError> {
+    fn flush(self) -> Result<(Option<File>, crate::pb::ImageFile), ImageError> {
         let Self {
             path, file, offset, hasher, chunks, ..
         } = self;
-        let summary = crate::frame::summary(&path, offset, hasher.finalize(), chunks);
-        match file.into_file() {
+        let crc = hasher.finalize();
+        let summary = crate::frame::summary(&path, offset, crc, chunks);
+        match file.into_file(offset, crc) {
             Ok(f) => Ok((f, summary)),
             Err(e) => Err(ImageError::io(&path, offset, None, e)),
         }
@@ -243,8 +332,10 @@ impl PagesWriter {
     pub fn finish_sync(self) -> Result<crate::pb::ImageFile, ImageError> {
         let path = self.path.clone();
         let (file, s) = self.flush()?;
-        file.sync_all()
-            .map_err(|source| ImageError::Io { path, source })?;
+        if let Some(file) = file {
+            file.sync_all()
+                .map_err(|source| ImageError::Io { path, source })?;
+        }
         Ok(s)
     }
 }

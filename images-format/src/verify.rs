@@ -46,6 +46,8 @@ fn verify_paths(dir: &Path, ours_only: bool) -> Result<VerifyReport, ImageError>
         path: dir.to_path_buf(),
         source,
     };
+    // (A dump whose page images went to a page server has none here.)
+    let remote_pages = crate::read_one::<crate::pb::Inventory>(dir, ImageKind::Inventory, 0).is_ok_and(|i| i.remote_pages);
     let mut paths = Vec::new();
     for dent in fs::read_dir(dir).map_err(io_err)? {
         let path = dent.map_err(io_err)?.path();
@@ -67,11 +69,11 @@ fn verify_paths(dir: &Path, ours_only: bool) -> Result<VerifyReport, ImageError>
             Some((ImageKind::Pages, pid)) => verify_pages(dir, pid, &path)?,
             Some((kind, pid)) => {
                 let reader = ImageReader::open(dir, kind, pid)?;
-                verify_framed(dir, Some(pid), reader)?
+                verify_framed(dir, Some(pid), reader, remote_pages)?
             }
             // Not a canonical name: go by the magic (pages need the PID from the name).
             None => match ImageReader::open_path(&path) {
-                Ok((reader, _)) => verify_framed(dir, None, reader)?,
+                Ok((reader, _)) => verify_framed(dir, None, reader, remote_pages)?,
                 Err(ImageError::NotFramed { path, kind }) => {
                     return Err(ImageError::BadName { path, kind });
                 }
@@ -85,7 +87,7 @@ fn verify_paths(dir: &Path, ours_only: bool) -> Result<VerifyReport, ImageError>
 
 /// Reads every entry of a framed file, decoding it with the schema; returns the count.
 /// `pid` comes from a canonical file name and locates the pages file of a pagemap.
-fn verify_framed(dir: &Path, pid: Option<u32>, mut reader: ImageReader) -> Result<u64, ImageError> {
+fn verify_framed(dir: &Path, pid: Option<u32>, mut reader: ImageReader, remote_pages: bool) -> Result<u64, ImageError> {
     let kind = reader.kind();
     let path = reader.path().to_path_buf();
     let desc = message_descriptor(&path, kind)?;
@@ -103,7 +105,7 @@ fn verify_framed(dir: &Path, pid: Option<u32>, mut reader: ImageReader) -> Resul
     }
     if let (ImageKind::Pagemap, Some(pid), 1..) = (kind, pid, found) {
         let pages = dir.join(ImageKind::Pages.file_name(pid));
-        if !pages.is_file() {
+        if !pages.is_file() && !remote_pages {
             return Err(ImageError::Missing { path: pages });
         }
     }
@@ -121,6 +123,9 @@ pub fn check_manifest(dir: &Path, inv: &crate::pb::Inventory, full: bool) -> Res
         let sane = f.name.ends_with(".img") && !f.name.contains('/') && f.name != inventory;
         if !sane {
             return Err(ImageError::BadName { path, kind: ImageKind::Inventory });
+        }
+        if inv.remote_pages && f.name.starts_with("pages-") && !path.exists() {
+            continue; // (at the page server)
         }
         let md = fs::metadata(&path).map_err(|e| ImageError::io(&path, 0, None, e))?;
         if md.len() != f.size {

@@ -42,6 +42,8 @@ pub struct DumpOpts {
     /// The previous dump (--prev-images-dir): the `parent` link's text and the
     /// directory it names.
     pub prev: Option<(PathBuf, PathBuf)>,
+    /// Page images go to a page server at (address, port) (--page-server).
+    pub page_server: Option<(String, u16)>,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +94,10 @@ pub struct DumpCtx {
     pub rearmed: bool,
     /// Userfaultfds for the next dump (--track-mem): (pid in the tree, pid, fd).
     pub new_uffds: Vec<(i32, i32, std::os::fd::OwnedFd)>,
+    /// The page server the page images go to (--page-server).
+    pub page_client: Option<crate::pageserver::Client>,
+    /// Page buffers, kept from one process's dump to the next.
+    pub page_buffers: Vec<memmap2::MmapMut>,
 }
 
 impl DumpCtx {
@@ -154,6 +160,11 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         tracked: Default::default(),
         rearmed: false,
         new_uffds: Vec::new(),
+        page_buffers: Vec::new(),
+        page_client: match &opts.page_server {
+            Some((a, p)) => Some(crate::pageserver::Client::connect(a, *p)?),
+            None => None,
+        },
     };
     if let Some((link, prev)) = &opts.prev {
         std::os::unix::fs::symlink(link, work.path.join("parent")).map_err(|e| Error::io(work.path.join("parent"), e))?;
@@ -187,6 +198,8 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     let result = crate::fault::point(1)
         .and_then(|()| collect(&mut frozen, &mut ctx))
         .and_then(|()| crate::error::check_interrupt())
+        // (The page server keeps what it has only once the images are complete.)
+        .and_then(|()| ctx.page_client.as_ref().map_or(Ok(()), |c| c.bye()))
         .and_then(|()| work.commit())
         .and_then(|()| crate::fault::point(12));
     let outcome = match result {
@@ -466,6 +479,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         files,
         new_ipc_ns: ns.new_ipc_ns,
         new_uts_ns: ns.new_uts_ns,
+        remote_pages: ctx.page_client.is_some(),
     };
     // The inventory goes last: a directory without one was not completely dumped.
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;

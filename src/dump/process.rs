@@ -162,7 +162,10 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     ctx.files.resolve_epolls(pid, p.vpid, &fd_entries)?;
     crate::fault::point(4)?;
 
-    let pages = PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?;
+    let pages = match &ctx.page_client {
+        Some(c) => PagesWriter::remote(&ctx.work, p.vpid as u32, ctx.compression, c.file(&ImageKind::Pages.file_name(p.vpid as u32))?)?,
+        None => PagesWriter::create(&ctx.work, p.vpid as u32, ctx.compression)?,
+    };
     let mut dumper = PageDumper::new(pid, ctx.zero_pfn)?;
     for a in &rseq_areas {
         dumper.add_rseq_area(*a);
@@ -177,7 +180,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
             dumper.parent_data = crate::mem::track::parent_data(prev, p.vpid)?;
         }
     }
-    let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages)?;
+    let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages, &mut ctx.page_buffers)?;
     ctx.manifest.push(pages.finish()?);
     crate::fault::point(5)?;
     parasite.stop()?;

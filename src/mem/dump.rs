@@ -136,11 +136,13 @@ impl PageDumper {
     /// parent since fork (`parent`) are recorded as inherited, without data.
     /// The page image is written on a thread of its own (see `Pipeline`) and
     /// handed back once complete.
-    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: PagesWriter) -> Result<PagesWriter> {
-        let mut pipe = Pipeline::start(out, self.chunk as usize)?;
+    /// `pool`: page buffers to use and give back (kept from one process to the
+    /// next).
+    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: PagesWriter, pool: &mut Vec<memmap2::MmapMut>) -> Result<PagesWriter> {
+        let mut pipe = Pipeline::start(out, self.chunk as usize, pool)?;
         self.pending.clear();
         self.dump_to(vmas, parent, parasite, &mut pipe)?;
-        let (out, chunks) = pipe.finish()?;
+        let (out, chunks) = pipe.finish(pool)?;
         if chunks.len() != self.pending.len() {
             return Err(Error::io(out.path(), std::io::Error::other(format!("{} chunks stored for {} runs", chunks.len(), self.pending.len()))));
         }

@@ -30,12 +30,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the writer thread on `out`; buffers of `chunk` bytes.
-    pub fn start(out: PagesWriter, chunk: usize) -> Result<Pipeline> {
+    /// Starts the writer thread on `out`; buffers of `chunk` bytes, from `pool`
+    /// (the buffers of the previous process's dump: handed back by `finish`)
+    /// where it has them.
+    pub fn start(out: PagesWriter, chunk: usize, pool: &mut Vec<MmapMut>) -> Result<Pipeline> {
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(POOL);
         let (free_tx, free_rx) = sync_channel::<MmapMut>(POOL);
+        pool.retain(|b| b.len() >= chunk);
         for _ in 0..POOL {
-            let b = MmapMut::map_anon(chunk.max(1)).map_err(|e| Error::io("mapping a page buffer", e))?;
+            let b = match pool.pop() {
+                Some(b) => b,
+                None => MmapMut::map_anon(chunk.max(1)).map_err(|e| Error::io("mapping a page buffer", e))?,
+            };
             let _ = free_tx.send(b);
         }
         let writer = std::thread::Builder::new()
@@ -81,10 +87,12 @@ impl Pipeline {
     }
 
     /// Waits for every queued chunk to be stored; the writer and where each chunk
-    /// went, in submission order.
-    pub fn finish(mut self) -> Result<(PagesWriter, Vec<StoredChunk>)> {
+    /// went, in submission order. The buffers go back to `pool`.
+    pub fn finish(mut self, pool: &mut Vec<MmapMut>) -> Result<(PagesWriter, Vec<StoredChunk>)> {
         self.jobs = None;
-        match self.writer.take().map(|w| w.join()) {
+        let joined = self.writer.take().map(|w| w.join());
+        pool.extend(self.free.try_iter());
+        match joined {
             Some(Ok(r)) => r.map_err(Error::from),
             Some(Err(_)) => Err(Error::io("the page writer thread", std::io::Error::other("it panicked"))),
             None => Err(Error::io("the page writer thread", std::io::Error::other("it stopped"))),
