@@ -54,6 +54,11 @@ pub enum Error {
     #[error("{what}: {errno}")]
     Sys { what: String, errno: Errno },
 
+    /// The memory of a background snapshot changed in a way the copy cannot
+    /// account for (`mem::background`); the tree runs on, untouched.
+    #[error("pid {pid}: its memory changed under the background copy ({what})")]
+    BackgroundCopy { pid: i32, what: String },
+
     #[error("interrupted by signal {sig} ({}): stopped, and nothing was left half-done", nix::sys::signal::Signal::try_from(*sig).map(|s| s.as_str()).unwrap_or("?"))]
     Interrupted { sig: i32 },
 

@@ -20,6 +20,7 @@
 //! | 14 | dump: a process is at the entry of the parasite's munmap (run from the vdso) |
 //! | 15 | dump: the parasite's control socket exists in a process, both ends |
 //! | 16 | dump: ... only its own end, the parasite not started yet |
+//! | 17 | dump: a background copy (--leave-running) has copied a first chunk, the tree running |
 //! | 101 | restore: the images are loaded and checked |
 //! | 102 | restore: files are reopened, shared memory made |
 //! | 103 | restore: in a restoring task, its memory is premapped |

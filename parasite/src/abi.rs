@@ -34,6 +34,11 @@ pub const CMD_DUMP_PAGES: u32 = 2;
 pub const CMD_GET_INFO: u32 = 3;
 pub const CMD_SEND_FDS: u32 = 4;
 pub const CMD_FINI: u32 = 5;
+/// Make a userfaultfd from the fd sent with the command (/dev/userfaultfd,
+/// opened by crtool): USERFAULTFD_IOC_NEW with flags `arg`. The reply is that
+/// of a `CMD_SEND_FDS` of it (or carries a negated errno); the task keeps
+/// neither fd.
+pub const CMD_NEW_UFFD: u32 = 6;
 
 /// Arguments block the parasite entry receives in `rdi`.
 #[repr(C)]

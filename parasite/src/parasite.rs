@@ -204,6 +204,30 @@ impl Parasite {
                     let n = (cmd.n as usize).min(payload_len / 4).min(MAX_FDS_PER_MSG);
                     self.send_fds(n);
                 }
+                CMD_NEW_UFFD => {
+                    // USERFAULTFD_IOC_NEW = _IO(0xAA, 0x00): a userfaultfd of this
+                    // task's memory, allowed to whoever could open the device. It
+                    // goes to crtool as CMD_SEND_FDS would send it, then is closed
+                    // here: nothing of it stays in the task.
+                    let r = if fd >= 0 {
+                        // SAFETY: an ioctl on the fd crtool sent, then its close.
+                        let r = unsafe { syscall3(NR_IOCTL, fd as usize, 0xAA00, cmd.arg as usize) };
+                        // SAFETY: closing the fd received with this command.
+                        unsafe { syscall3(NR_CLOSE, fd as usize, 0, 0) };
+                        r as i64
+                    } else {
+                        -9
+                    };
+                    if r >= 0 {
+                        // SAFETY: buf has room for a Cmd and one i32 after it.
+                        unsafe { core::ptr::write_unaligned((self.buf.as_mut_ptr() as usize + size_of::<Cmd>()) as *mut i32, r as i32) };
+                        self.send_fds(1);
+                        // SAFETY: closing the userfaultfd made above.
+                        unsafe { syscall3(NR_CLOSE, r as usize, 0, 0) };
+                    } else {
+                        self.reply(CMD_SEND_FDS, 0, r, &[]);
+                    }
+                }
                 CMD_FINI => {
                     // Nothing of ours stays open in the task once crtool has the
                     // answer (it takes the thread back right after).

@@ -34,6 +34,7 @@ pub const NR_SETFSGID: usize = 123;
 pub const NR_SET_TID_ADDRESS: usize = 218;
 pub const NR_SET_ROBUST_LIST: usize = 273;
 pub const NR_VMSPLICE: usize = 278;
+pub const NR_IOCTL: usize = 16;
 pub const NR_RSEQ: usize = 334;
 pub const NR_RT_SIGQUEUEINFO: usize = 129;
 pub const NR_RT_TGSIGQUEUEINFO: usize = 297;

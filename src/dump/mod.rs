@@ -98,6 +98,23 @@ pub struct DumpCtx {
     pub page_client: Option<crate::pageserver::Client>,
     /// Page buffers, kept from one process's dump to the next.
     pub page_buffers: Vec<memmap2::MmapMut>,
+    /// Private anonymous memory is copied after the tree runs again
+    /// (--leave-running without memory tracking; see mem::background).
+    pub background: bool,
+    /// The background copies still to do, one per process.
+    pub deferred: Vec<crate::mem::background::Deferred>,
+    /// Processes with children in the tree (pids in the tree).
+    pub parents: BTreeSet<i32>,
+}
+
+/// What the inventory says of the tree, known once it is collected.
+struct Seal {
+    root_vpid: u32,
+    pids: Vec<u32>,
+    outer_pids: Vec<u32>,
+    new_pid_ns: bool,
+    new_mount_ns: bool,
+    ns: crate::ipc::NsFlags,
 }
 
 impl DumpCtx {
@@ -131,10 +148,26 @@ pub fn check_target(pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Dumps as `opts` say. A background copy (--leave-running) that the tree's
+/// own changes to its memory made impossible (Error::BackgroundCopy: the tree
+/// runs on, nothing was written) is done again with the memory copied while
+/// the tree is frozen.
 pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
+    match dump_once(opts, opts.leave_running && !opts.track_mem && opts.prev.is_none()) {
+        Err(Error::BackgroundCopy { pid, what }) => {
+            log::warn!("pid {pid}: its memory changed under the background copy ({what}): dumping again, memory copied while the tree is frozen");
+            dump_once(opts, false)
+        }
+        r => r,
+    }
+}
+
+fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
     let pid = opts.pid;
     process::Stat::read(pid)?; // a clear "no such process" before anything else
-    let work = workdir::WorkDir::create(&opts.dir)?;
+    let work_dir = workdir::WorkDir::create(&opts.dir)?;
+    let work_path = work_dir.path.clone();
+    let mut work = Some(work_dir);
     // Every fd of the tree passes through crtool (a few hundred at a time).
     crate::sys::process::raise_nofile();
     let vdso = mm::vdso_code();
@@ -152,7 +185,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         frames: Default::default(),
         stats: DumpStats::default(),
         tids: Vec::new(),
-        work: work.path.clone(),
+        work: work_path.clone(),
         manifest: Vec::new(),
         own_netns: false,
         netns_external: None,
@@ -161,13 +194,16 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         rearmed: false,
         new_uffds: Vec::new(),
         page_buffers: Vec::new(),
+        background,
+        deferred: Vec::new(),
+        parents: BTreeSet::new(),
         page_client: match &opts.page_server {
             Some((a, p)) => Some(crate::pageserver::Client::connect(a, *p)?),
             None => None,
         },
     };
     if let Some((link, prev)) = &opts.prev {
-        std::os::unix::fs::symlink(link, work.path.join("parent")).map_err(|e| Error::io(work.path.join("parent"), e))?;
+        std::os::unix::fs::symlink(link, work_path.join("parent")).map_err(|e| Error::io(work_path.join("parent"), e))?;
         if let Some((tracker, fds)) = crate::mem::track::take_over(prev) {
             ctx.old_tracker = Some(tracker);
             ctx.tracked = fds;
@@ -180,6 +216,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     ctx.files.inet.tcp_established = opts.tcp_established;
     ctx.files.inet.skip_in_flight = opts.skip_in_flight;
     ctx.files.shell_job = opts.shell_job;
+    // /proc/locks is read while the tree is frozen; its first read in a while
+    // waits for an RCU grace period (fs/locks.c takes file_rwsem for writing):
+    // taken here, before the freeze, the next one is quick.
+    let _ = std::fs::read("/proc/locks");
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
     // A tree with a network namespace of its own: crtool works in it (sock_diag,
@@ -195,15 +235,15 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
     log::info!("tree of pid {pid}: {} processes frozen in {:?}", frozen.procs.len(), t0.elapsed());
     // The images take the target's place only once complete and checked, before
     // anything is killed.
-    let result = crate::fault::point(1)
-        .and_then(|()| collect(&mut frozen, &mut ctx))
-        .and_then(|()| crate::error::check_interrupt())
-        // (The page server keeps what it has only once the images are complete.)
-        .and_then(|()| ctx.page_client.as_ref().map_or(Ok(()), |c| c.bye()))
-        .and_then(|()| work.commit())
-        .and_then(|()| crate::fault::point(12));
+    let result = crate::fault::point(1).and_then(|()| collect(&mut frozen, &mut ctx)).and_then(|seal| {
+        if ctx.background {
+            // Completed once the memory is copied, the tree running.
+            return Ok(Some(seal));
+        }
+        complete(&mut ctx, &seal, &mut work).map(|()| None)
+    });
     let outcome = match result {
-        Ok(()) => {
+        Ok(later) => {
             let kill = !opts.leave_running;
             if !kill {
                 // The connections run on (killed, they close silently in repair
@@ -222,6 +262,15 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
                 crate::mem::track::stop(t);
             }
             ctx.stats.frozen = t0.elapsed();
+            if let Some(seal) = later {
+                log::info!("tree of pid {pid}: running again after {:?} frozen, its memory write-protected; copying it in the background", ctx.stats.frozen);
+                let copied = copy_in_background(&mut ctx).and_then(|()| complete(&mut ctx, &seal, &mut work));
+                if let Err(e) = copied {
+                    ctx.deferred.clear();
+                    ctx.files.ghosts.remove_links();
+                    return Err(crate::sys::signals::interrupted().map_or(e, |sig| Error::Interrupted { sig }));
+                }
+            }
             if kill {
                 // Until their parents (or init) reap them, the dead keep their PIDs:
                 // wait a little, so that a restore right after the dump finds them free.
@@ -235,7 +284,9 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
         }
         Err(e) => {
             // Nothing of the dump stays: the links it made go too, connections
-            // leave repair mode and the network lock goes.
+            // leave repair mode and the network lock goes, memory protections
+            // are lifted.
+            ctx.deferred.clear();
             ctx.files.ghosts.remove_links();
             ctx.files.inet.release();
             if ctx.rearmed
@@ -306,7 +357,62 @@ fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
     first_err.map_or(Ok(()), Err)
 }
 
-fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
+/// The background copies (the tree running), their images in the manifest.
+fn copy_in_background(ctx: &mut DumpCtx) -> Result<()> {
+    let t = Instant::now();
+    let (mut bytes, mut saved) = (0, 0);
+    for d in std::mem::take(&mut ctx.deferred) {
+        let c = d.finish(&mut ctx.page_buffers)?;
+        saved += c.saved_first;
+        ctx.manifest.push(c.pages);
+        ctx.manifest.push(write_entries(&ctx.work, ImageKind::Pagemap, c.vpid as u32, &c.entries)?);
+        ctx.stats.pages.dumped += c.stats.dumped;
+        bytes += c.stats.dumped * mm::PAGE;
+    }
+    log::info!("{} MiB copied in the background in {:?}; {saved} pages saved before the tree wrote them", bytes >> 20, t.elapsed());
+    Ok(())
+}
+
+/// Writes the inventory (last: a directory without one was not completely
+/// dumped), checks that restore would rebuild the images, and puts them in
+/// place of the target directory.
+fn complete(ctx: &mut DumpCtx, seal: &Seal, work: &mut Option<workdir::WorkDir>) -> Result<()> {
+    let dir = &ctx.work.clone();
+    let mut files = std::mem::take(&mut ctx.manifest);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let inventory = pb::Inventory {
+        format_version: images_format::FORMAT_VERSION,
+        root_pid: seal.root_vpid,
+        page_compression: ctx.compression.code(),
+        pids: seal.pids.clone(),
+        new_pid_ns: seal.new_pid_ns,
+        new_mount_ns: seal.new_mount_ns,
+        outer_pids: seal.outer_pids.clone(),
+        files,
+        new_ipc_ns: seal.ns.new_ipc_ns,
+        new_uts_ns: seal.ns.new_uts_ns,
+        remote_pages: ctx.page_client.is_some(),
+    };
+    write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
+    crate::fault::point(8)?;
+    crate::error::check_interrupt()?;
+    // Would restore rebuild this? Checked now, while the tree still exists.
+    let imgs = crate::restore::load(dir)?;
+    crate::restore::preflight::check(&imgs, Default::default()).map_err(|e| match e {
+        Error::Restore { pid, msg } => Error::NotRestorable { pid, msg },
+        e => e,
+    })?;
+    crate::fault::point(9)?;
+    // Like CRIU, images are not fsync()ed: they sit in the page cache when the tasks
+    // are killed, which survives everything but a host crash.
+    crate::error::check_interrupt()?;
+    // (The page server keeps what it has only once the images are complete.)
+    ctx.page_client.as_ref().map_or(Ok(()), |c| c.bye())?;
+    work.take().ok_or_else(|| Error::io(&ctx.work, std::io::Error::other("committed twice")))?.commit()?;
+    crate::fault::point(12)
+}
+
+fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<Seal> {
     let root = ctx.opts.pid;
     for p in &tree.procs {
         for t in &p.threads {
@@ -352,6 +458,7 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
     }
     crate::fault::point(2)?;
+    ctx.parents = tree.procs.iter().map(|p| p.ppid).collect();
     let mut surveys = Vec::new();
     for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
         let tracked = ctx.tracked.iter().any(|(_, (outer, _))| *outer == p.pid);
@@ -466,33 +573,5 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<()> {
         ctx.files.check_tun(&netns.links, root)?;
         ctx.manifest.push(write_entries(dir, ImageKind::NetNs, 0, &[netns])?);
     }
-    let mut files = std::mem::take(&mut ctx.manifest);
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    let inventory = pb::Inventory {
-        format_version: images_format::FORMAT_VERSION,
-        root_pid: tree.procs[0].vpid as u32,
-        page_compression: ctx.compression.code(),
-        pids,
-        new_pid_ns: tree.new_pid_ns,
-        new_mount_ns: tree.new_mount_ns,
-        outer_pids,
-        files,
-        new_ipc_ns: ns.new_ipc_ns,
-        new_uts_ns: ns.new_uts_ns,
-        remote_pages: ctx.page_client.is_some(),
-    };
-    // The inventory goes last: a directory without one was not completely dumped.
-    write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
-    crate::fault::point(8)?;
-    crate::error::check_interrupt()?;
-    // Would restore rebuild this? Checked now, while the tree still runs.
-    let imgs = crate::restore::load(dir)?;
-    crate::restore::preflight::check(&imgs, Default::default()).map_err(|e| match e {
-        Error::Restore { pid, msg } => Error::NotRestorable { pid, msg },
-        e => e,
-    })?;
-    crate::fault::point(9)?;
-    // Like CRIU, images are not fsync()ed: they sit in the page cache when the tasks
-    // are killed, which survives everything but a host crash.
-    Ok(())
+    Ok(Seal { root_vpid: tree.procs[0].vpid as u32, pids, outer_pids, new_pid_ns: tree.new_pid_ns, new_mount_ns: tree.new_mount_ns, ns })
 }

@@ -146,10 +146,12 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         rseq_areas.push(r.rseq_abi_pointer);
     }
     let (main, _) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
+    let locked_before = vma::locked_kib(pid)?;
     let mut parasite = Parasite::inject(&p.threads, ctx.geometry)?;
     let info = parasite.info()?;
     crate::fault::point(3)?;
-    let mlockall = vma::future_lock(pid, parasite.base())?;
+    // (The parasite's mapping is locked, hence counted, only under MCL_FUTURE.)
+    let mlockall = if vma::locked_kib(pid)? != locked_before { vma::future_lock(pid, parasite.base())? } else { 0 };
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
     let vpid = |outer: i32| vpids.get(&outer).copied();
     // A few hundred fds at a time: crtool holds only those duplicates at once.
@@ -180,10 +182,26 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
             dumper.parent_data = crate::mem::track::parent_data(prev, p.vpid)?;
         }
     }
+    dumper.defer = ctx.background;
+    dumper.frames_needed = ctx.frames.contains_key(&p.ppid) || ctx.parents.contains(&p.vpid);
     let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages, &mut ctx.page_buffers)?;
-    ctx.manifest.push(pages.finish()?);
+    let pages = if ctx.background {
+        Some(pages)
+    } else {
+        ctx.manifest.push(pages.finish()?);
+        None
+    };
     crate::fault::point(5)?;
+    let made = if pages.is_some() { crate::mem::background::uffd_from_device(&mut parasite, pid) } else { None };
     parasite.stop()?;
+    if let Some(pages) = pages {
+        // Private anonymous memory: protected now, copied once the tree runs.
+        let entries = std::mem::take(&mut dumper.entries);
+        let runs = std::mem::take(&mut dumper.deferred);
+        let mut d = crate::mem::background::Deferred::arm(main, pid, p.vpid, made, runs, &dumper.deferred_vmas, pages, entries, dumper.volatile.clone(), dumper.chunk as usize, &mut ctx.page_buffers)?;
+        d.serve()?;
+        ctx.deferred.push(d);
+    }
     if ctx.opts.track_mem {
         dumper.changes.arm(main, pid, &vmas)?;
         if let Some(f) = dumper.changes.uffd.take() {
@@ -244,10 +262,13 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let written = [
         write_entries(dir, ImageKind::Core, v, &[core])?,
         write_entries(dir, ImageKind::Mm, v, &[mm_img])?,
-        write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?,
         write_entries(dir, ImageKind::Fdinfo, v, &fd_entries)?,
     ];
     ctx.manifest.extend(written);
+    if !ctx.background {
+        // (A background copy writes it once done.)
+        ctx.manifest.push(write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?);
+    }
     ctx.frames.insert(p.vpid, std::mem::take(&mut dumper.frames));
     crate::fault::point(7)
 }

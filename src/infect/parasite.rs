@@ -137,7 +137,11 @@ impl<'t> Parasite<'t> {
     }
 
     fn send(&mut self, op: u32, payload: &[u8], n: u32, fd: Option<BorrowedFd>) -> Result<()> {
-        let cmd = Cmd { op, n, arg: 0 };
+        self.send_arg(op, 0, payload, n, fd)
+    }
+
+    fn send_arg(&mut self, op: u32, arg: u64, payload: &[u8], n: u32, fd: Option<BorrowedFd>) -> Result<()> {
+        let cmd = Cmd { op, n, arg };
         let iov = [IoSlice::new(as_bytes(&cmd)), IoSlice::new(payload)];
         let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -210,6 +214,18 @@ impl<'t> Parasite<'t> {
         }
         self.pipe = r.ret as i32;
         Ok(())
+    }
+
+    /// Has the task make a userfaultfd from `dev` (/dev/userfaultfd opened by
+    /// crtool: USERFAULTFD_IOC_NEW with `flags`, see userfaultfd(2)) and hand it
+    /// over; the task keeps no fd of it.
+    pub fn new_uffd(&mut self, dev: BorrowedFd, flags: u64) -> Result<OwnedFd> {
+        self.send_arg(abi::CMD_NEW_UFFD, flags, &[], 0, Some(dev))?;
+        let (r, _, mut got) = self.recv(abi::CMD_SEND_FDS, &mut [])?;
+        if r.ret < 0 {
+            return Err(Error::Ptrace { pid: self.main().pid.as_raw(), op: "USERFAULTFD_IOC_NEW", errno: nix::errno::Errno::from_raw(-r.ret as i32) });
+        }
+        got.pop().ok_or_else(|| self.err("the userfaultfd did not come"))
     }
 
     /// vmsplice()s the given ranges of the task's memory into the page pipe.

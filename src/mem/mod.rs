@@ -1,6 +1,7 @@
 //! Memory: VMAs, the page walk and transfer at dump, premap and fill at restore,
 //! shared anonymous memory across tasks.
 
+pub mod background;
 pub mod chain;
 pub mod dump;
 mod pipeline;

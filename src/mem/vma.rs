@@ -134,6 +134,14 @@ pub fn future_lock(pid: i32, addr: u64) -> Result<u32> {
     Ok(0)
 }
 
+/// The task's locked memory (VmLck of /proc/PID/status), KiB: cheap, unlike
+/// smaps (which walks every page table). A mapping made under MCL_FUTURE adds
+/// to it, which tells whether `future_lock` needs to look.
+pub fn locked_kib(pid: i32) -> Result<u64> {
+    let status = procfs::process::Process::new(pid).and_then(|p| p.status()).map_err(|e| Error::proc(pid, "status", std::io::Error::other(e)))?;
+    Ok(status.vmlck.unwrap_or(0))
+}
+
 /// Records what each mapped file is (see `files::identity`), from the mapped file
 /// itself (/proc/PID/map_files), not from whatever its path names now.
 pub fn identify(pid: i32, vmas: &mut [pb::Vma], cache: &mut crate::files::identity::Cache) -> Result<()> {

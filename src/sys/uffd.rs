@@ -5,6 +5,10 @@
 //! `PAGEMAP_SCAN` ioctl on /proc/PID/pagemap (Documentation/admin-guide/mm/
 //! pagemap.rst) reports the pages written since and protects them again.
 //! The tracking lasts while some process keeps the userfaultfd open.
+//!
+//! Background snapshots (`dump --leave-running`) use the synchronous mode: a
+//! write to a protected page stops the writer until the holder of the
+//! userfaultfd has read the page and lifts the protection (UFFDIO_WRITEPROTECT).
 
 use nix::errno::Errno;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -21,6 +25,19 @@ const PAGEMAP_SCAN: libc::Ioctl = 0xC060_6610;
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
 
+/// _IOWR(0xAA, 0x06, struct uffdio_writeprotect).
+const UFFDIO_WRITEPROTECT: libc::Ioctl = 0xC018_AA06;
+/// _IOR(0xAA, 0x02, struct uffdio_range).
+const UFFDIO_WAKE: libc::Ioctl = 0x8010_AA02;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+/// userfaultfd(2) flags for a synchronous one a target makes: O_CLOEXEC |
+/// O_NONBLOCK, faults from kernel mode included (a read(2) into a protected
+/// page waits like a write from user space). Needs CAP_SYS_PTRACE in the
+/// target or vm.unprivileged_userfaultfd = 1 (EPERM otherwise).
+pub const NEW_FLAGS_SYNC: u64 = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+
 /// userfaultfd(2) flags for the one a target makes: O_CLOEXEC | O_NONBLOCK |
 /// UFFD_USER_MODE_ONLY (allowed without privilege; asynchronous write
 /// protection resolves kernel-mode writes too).
@@ -31,6 +48,51 @@ pub fn api(uffd: BorrowedFd) -> Result<(), Errno> {
     let mut a = [UFFD_API, UFFD_FEATURE_WP_ASYNC, 0u64];
     // SAFETY: UFFDIO_API reads and writes a struct uffdio_api (three u64): `a`.
     Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
+}
+
+/// UFFDIO_API without features: synchronous write protection (the default).
+pub fn api_sync(uffd: BorrowedFd) -> Result<(), Errno> {
+    let mut a = [UFFD_API, 0u64, 0u64];
+    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api (three u64): `a`.
+    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
+}
+
+/// UFFDIO_WRITEPROTECT: protects [start, start + len) (`protect`), or lifts the
+/// protection and wakes the threads waiting on it.
+pub fn write_protect(uffd: BorrowedFd, start: u64, len: u64, protect: bool) -> Result<(), Errno> {
+    let mut w = [start, len, if protect { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 }];
+    // SAFETY: UFFDIO_WRITEPROTECT reads a struct uffdio_writeprotect (range and
+    // mode: three u64): `w`.
+    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WRITEPROTECT, w.as_mut_ptr()) }).map(drop)
+}
+
+/// UFFDIO_WAKE: wakes the threads waiting on faults in [start, start + len).
+pub fn wake(uffd: BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    let mut r = [start, len];
+    // SAFETY: UFFDIO_WAKE reads a struct uffdio_range (two u64): `r`.
+    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WAKE, r.as_mut_ptr()) }).map(drop)
+}
+
+/// The address of the next page fault queued on `uffd` (non-blocking: None
+/// when there is none; other messages are skipped).
+pub fn next_fault(uffd: BorrowedFd) -> Result<Option<u64>, Errno> {
+    loop {
+        // struct uffd_msg: event (u8) + padding, then for a page fault: flags
+        // (u64), address (u64), thread id (u32) + padding: 32 bytes.
+        let mut m = [0u64; 4];
+        match nix::unistd::read(uffd, msg_bytes(&mut m)) {
+            Ok(32) if m[0] as u8 == UFFD_EVENT_PAGEFAULT => return Ok(Some(m[2])),
+            Ok(32) => continue,
+            Ok(_) => return Err(Errno::EIO),
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn msg_bytes(m: &mut [u64; 4]) -> &mut [u8] {
+    // SAFETY: 32 bytes of plain integers, viewed as bytes for the read.
+    unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<u8>(), 32) }
 }
 
 /// UFFDIO_REGISTER of [start, end) for write protection.
@@ -46,6 +108,23 @@ pub fn register_wp(uffd: BorrowedFd, start: u64, end: u64) -> Result<(), Errno> 
 /// `protect`, protects them again (PM_SCAN_WP_MATCHING: EPERM on a range that
 /// is not registered for write protection).
 pub fn written(pagemap: BorrowedFd, start: u64, end: u64, protect: bool) -> Result<Vec<(u64, u64)>, Errno> {
+    scan(pagemap, start, end, if protect { PM_SCAN_WP_MATCHING } else { 0 }, 0, PAGE_IS_WRITTEN, 0)
+}
+
+/// PAGEMAP_SCAN categories (Documentation/admin-guide/mm/pagemap.rst).
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
+
+/// The page ranges of [start, end) whose categories, each XORed with
+/// `inverted`, include all of `mask` and (unless 0) any of `anyof`: (start, end)
+/// byte addresses, in order.
+pub fn regions(pagemap: BorrowedFd, start: u64, end: u64, inverted: u64, mask: u64, anyof: u64) -> Result<Vec<(u64, u64)>, Errno> {
+    scan(pagemap, start, end, 0, inverted, mask, anyof)
+}
+
+fn scan(pagemap: BorrowedFd, start: u64, end: u64, flags: u64, inverted: u64, mask: u64, anyof: u64) -> Result<Vec<(u64, u64)>, Errno> {
     const VEC: usize = 512;
     let mut out = Vec::new();
     let mut regions = [[0u64; 3]; VEC];
@@ -54,20 +133,7 @@ pub fn written(pagemap: BorrowedFd, start: u64, end: u64, protect: bool) -> Resu
         // struct pm_scan_arg: size, flags, start, end, walk_end, vec, vec_len,
         // max_pages, category_inverted, category_mask, category_anyof_mask,
         // return_mask.
-        let mut arg = [
-            96,
-            if protect { PM_SCAN_WP_MATCHING } else { 0 },
-            at,
-            end,
-            0,
-            regions.as_mut_ptr() as u64,
-            VEC as u64,
-            0,
-            0,
-            PAGE_IS_WRITTEN,
-            0,
-            PAGE_IS_WRITTEN,
-        ];
+        let mut arg = [96, flags, at, end, 0, regions.as_mut_ptr() as u64, VEC as u64, 0, inverted, mask, anyof, mask | anyof];
         // SAFETY: PAGEMAP_SCAN reads a struct pm_scan_arg (`arg`, twelve u64) and
         // writes at most `vec_len` struct page_region (three u64) at `vec`, which
         // `regions` holds, and `walk_end` in `arg`.

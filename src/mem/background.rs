@@ -1,0 +1,408 @@
+//! Background snapshots (`dump --leave-running`): the tree is frozen only while
+//! its state is read and its private anonymous memory is write-protected; the
+//! pages are copied after it runs again, each page a task is about to write
+//! being copied first (as QEMU's background snapshot does), so that the images
+//! hold the memory of the frozen instant.
+//!
+//! The protection is a userfaultfd in synchronous write-protect mode made in
+//! each process (sys::uffd) and held by crtool only: a write to a protected
+//! page stops the writer (also a write from the kernel, e.g. read(2) into it)
+//! until crtool's fault thread has saved the page and lifted the protection.
+//! Closing the userfaultfd lifts every protection and wakes every writer: a
+//! failed dump, or crtool killed, leaves the tree running as if nothing
+//! happened.
+//!
+//! What the kernel does not report (munmap, mremap, madvise(MADV_DONTNEED)
+//! and their like take pages away without a write fault) is found after each
+//! read: PAGEMAP_SCAN says whether every page read was still protected, i.e.
+//! unchanged since the freeze. A page that was not makes the copy fail
+//! (`Error::BackgroundCopy`): `dump` then dumps again with the memory copied
+//! while frozen.
+
+use crate::error::{Error, Result};
+use crate::infect::Tracee;
+use crate::mem::dump::{PageStats, zero_volatile};
+use crate::mem::pipeline::Pipeline;
+use crate::sys::mm::PAGE;
+use crate::sys::{process, uffd};
+use images_format::pb::{self, VmaKind};
+use images_format::PagesWriter;
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Whether the pages of `v` are copied in the background: private anonymous
+/// memory (the kernel write-protects only anonymous, shmem and hugetlb memory
+/// synchronously; shared memory may be written by processes outside the tree).
+pub fn eligible(v: &pb::Vma) -> bool {
+    v.kind() == VmaKind::VmaAnonPrivate && crate::mem::vma::has_private_pages(v)
+}
+
+/// What the fault thread and the copy share.
+struct State {
+    /// Every page below this address was copied (the copy goes in address order).
+    done_until: u64,
+    /// Pages saved by the fault thread before a task wrote them, not yet copied.
+    saved: BTreeMap<u64, Box<[u8]>>,
+    /// Why the copy cannot be trusted, if it cannot.
+    failed: Option<String>,
+    /// Pages saved by the fault thread so far.
+    saved_total: u64,
+}
+
+struct Shared {
+    pid: i32,
+    /// None: nothing is protected (everything was copied while frozen).
+    uffd: Option<OwnedFd>,
+    mem: File,
+    pagemap: File,
+    /// Data runs (address, pages), in address order.
+    runs: Vec<(u64, u64)>,
+    state: Mutex<State>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn in_runs(&self, page: u64) -> bool {
+        let i = self.runs.partition_point(|&(a, n)| a + n * PAGE <= page);
+        self.runs.get(i).is_some_and(|&(a, _)| a <= page)
+    }
+
+    /// Whether every page of [start, end) is still protected (not written,
+    /// unmapped or dropped since it was protected).
+    fn unwritten(&self, start: u64, end: u64) -> std::result::Result<Vec<(u64, u64)>, nix::errno::Errno> {
+        uffd::written(self.pagemap.as_fd(), start, end, false)
+    }
+
+    fn fail(&self, what: String) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.failed.get_or_insert(what);
+    }
+
+    /// One write fault at `addr`: the page saved if it is still to be copied,
+    /// then released.
+    fn fault(&self, addr: u64) {
+        let page = addr / PAGE * PAGE;
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if page >= st.done_until && self.in_runs(page) && !st.saved.contains_key(&page) {
+                let mut b = vec![0u8; PAGE as usize].into_boxed_slice();
+                let read = self.mem.read_exact_at(&mut b, page);
+                match (read, self.unwritten(page, page + PAGE)) {
+                    (Ok(()), Ok(w)) if w.is_empty() => {
+                        st.saved.insert(page, b);
+                        st.saved_total += 1;
+                    }
+                    _ => {
+                        st.failed.get_or_insert(format!("page {page:#x} changed before it could be saved"));
+                    }
+                }
+            }
+        }
+        self.release(page, PAGE);
+    }
+
+    /// Lifts the protection of [start, start + len) and wakes its writers.
+    fn release(&self, start: u64, len: u64) {
+        if let Some(fd) = &self.uffd
+            && uffd::write_protect(fd.as_fd(), start, len, false).is_err()
+        {
+            let _ = uffd::wake(fd.as_fd(), start, len);
+        }
+    }
+
+    fn serve(&self) {
+        let Some(fd) = self.uffd.as_ref().map(|f| f.as_fd()) else { return };
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            if nix::poll::poll(&mut p, nix::poll::PollTimeout::from(20u8)).is_err() {
+                continue;
+            }
+            loop {
+                match uffd::next_fault(fd) {
+                    Ok(Some(addr)) => self.fault(addr),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail(format!("reading its userfaultfd: {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One process's memory still to copy, from the freeze to the images.
+pub struct Deferred {
+    /// Pid in the tree.
+    pub vpid: i32,
+    shared: Arc<Shared>,
+    /// The page image, with the pages copied while frozen (None while a copy
+    /// writes it).
+    pages: Option<PagesWriter>,
+    /// Pagemap entries so far (pages copied while frozen, inherited, guards).
+    entries: Vec<pb::PagemapEntry>,
+    /// Byte ranges stored as zeros (see PageDumper::add_rseq_area).
+    volatile: Vec<(u64, u64)>,
+    chunk: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the copy made of one process: its page image, pagemap entries (in
+/// address order) and counts.
+pub struct Copied {
+    pub vpid: i32,
+    pub pages: pb::ImageFile,
+    pub entries: Vec<pb::PagemapEntry>,
+    pub stats: PageStats,
+    /// Pages a task was about to write before the copy reached them (saved
+    /// first by the fault thread).
+    pub saved_first: u64,
+}
+
+/// Has the task behind `parasite` make a userfaultfd through /dev/userfaultfd
+/// (opened by crtool: the device's permission is the permission, whatever the
+/// task's capabilities), handed to crtool. None without the device (or if the
+/// kernel says no): see `Deferred::arm`.
+pub fn uffd_from_device(parasite: &mut crate::infect::Parasite, pid: i32) -> Option<OwnedFd> {
+    let dev = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/userfaultfd").ok()?;
+    match parasite.new_uffd(dev.as_fd(), uffd::NEW_FLAGS_SYNC) {
+        Ok(made) => Some(made),
+        Err(e) => {
+            log::info!("pid {pid}: no userfaultfd from /dev/userfaultfd ({e})");
+            None
+        }
+    }
+}
+
+/// A synchronous userfaultfd for the stopped task `t` (pid `pid`), handed to
+/// crtool: `made` (from `uffd_from_device`), or made by the userfaultfd(2)
+/// syscall in the task. None when the task may
+/// not make one (EPERM: no CAP_SYS_PTRACE and vm.unprivileged_userfaultfd = 0).
+fn new_uffd(t: &Tracee, pid: i32, made: Option<OwnedFd>) -> Result<Option<OwnedFd>> {
+    let fd = match made {
+        Some(fd) => fd,
+        None => {
+            let n = match t.syscall_ok("userfaultfd", libc::SYS_userfaultfd, &[uffd::NEW_FLAGS_SYNC]) {
+                Ok(n) => n as i32,
+                Err(Error::Ptrace { errno, .. }) if errno == nix::errno::Errno::EPERM => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let taken = process::pidfd_open(Pid::from_raw(pid)).and_then(|p| process::pidfd_getfd(&p, n));
+            t.syscall_ok("close", libc::SYS_close, &[n as u64])?;
+            taken.map_err(|e| Error::sys(format!("pid {pid}: taking its userfaultfd"), e))?
+        }
+    };
+    uffd::api_sync(fd.as_fd()).map_err(|e| Error::sys(format!("pid {pid}: UFFDIO_API (write protection)"), e))?;
+    Ok(Some(fd))
+}
+
+/// Write-protects `ranges` (each registered with `fd`) on two threads (the cost
+/// is the page-table walk: about 18 ms per GiB of 4 KiB pages on one CPU).
+fn protect_all(fd: &OwnedFd, ranges: &[(u64, u64)]) -> std::result::Result<(), nix::errno::Errno> {
+    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    // Cut the ranges into two halves of equal bytes (at a page boundary).
+    let mut half = (total / 2) / PAGE * PAGE;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for &(s, e) in ranges {
+        let take = (e - s).min(half);
+        if take > 0 {
+            a.push((s, s + take));
+        }
+        if s + take < e {
+            b.push((s + take, e));
+        }
+        half -= take;
+    }
+    let wp = |list: &[(u64, u64)]| list.iter().try_for_each(|&(s, e)| uffd::write_protect(fd.as_fd(), s, e - s, true));
+    std::thread::scope(|sc| {
+        let other = sc.spawn(|| wp(&b));
+        let mine = wp(&a);
+        mine.and(other.join().unwrap_or(Err(nix::errno::Errno::EIO)))
+    })
+}
+
+impl Deferred {
+    /// Sets up the background copy of process `pid` (`vpid` in the tree), frozen,
+    /// its main thread `t` stopped without the parasite (`made`: a userfaultfd
+    /// it made through the parasite, see `uffd_from_device`): `runs` (address, pages)
+    /// of data in `vmas` (start, end) still to copy, `pages` its page image with
+    /// the rest, `entries` the rest's pagemap entries. Protects the runs' VMAs;
+    /// what cannot be protected (the task may not make a synchronous
+    /// userfaultfd, a VMA the kernel will not register) is copied now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn arm(t: &Tracee, pid: i32, vpid: i32, made: Option<OwnedFd>, runs: Vec<(u64, u64)>, vmas: &[(u64, u64)], pages: PagesWriter, entries: Vec<pb::PagemapEntry>, volatile: Vec<(u64, u64)>, chunk: usize, pool: &mut Vec<memmap2::MmapMut>) -> Result<Deferred> {
+        let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e));
+        let (mem, pagemap) = (open("mem")?, open("pagemap")?);
+        let fd = new_uffd(t, pid, made)?;
+        if fd.is_none() {
+            log::info!("pid {pid} may not make a userfaultfd that stops kernel writes too (no /dev/userfaultfd, no CAP_SYS_PTRACE, vm.unprivileged_userfaultfd = 0): its memory is copied while it is frozen");
+        }
+        let mut protected = Vec::new();
+        if let Some(fd) = &fd {
+            for &(s, e) in vmas {
+                if uffd::register_wp(fd.as_fd(), s, e).is_ok() {
+                    protected.push((s, e));
+                }
+            }
+            protect_all(fd, &protected).map_err(|e| Error::sys(format!("pid {pid}: UFFDIO_WRITEPROTECT"), e))?;
+        }
+        let in_protected = |a: u64| protected.iter().any(|&(s, e)| s <= a && a < e);
+        let (later, now): (Vec<_>, Vec<_>) = runs.into_iter().partition(|&(a, _)| in_protected(a));
+        let shared = Arc::new(Shared {
+            pid,
+            uffd: fd,
+            mem,
+            pagemap,
+            runs: later,
+            state: Mutex::new(State { done_until: 0, saved: BTreeMap::new(), failed: None, saved_total: 0 }),
+            stop: AtomicBool::new(false),
+        });
+        let mut d = Deferred { vpid, shared, pages: Some(pages), entries, volatile, chunk, thread: None };
+        if !now.is_empty() {
+            d.copy(&now, false, pool)?;
+        }
+        Ok(d)
+    }
+
+    /// Starts serving write faults (before the tree runs again).
+    pub fn serve(&mut self) -> Result<()> {
+        let s = self.shared.clone();
+        let h = std::thread::Builder::new().name("crtool-wp".into()).spawn(move || s.serve()).map_err(|e| Error::io("starting the write-fault thread", e))?;
+        self.thread = Some(h);
+        Ok(())
+    }
+
+    /// Copies the protected pages (the tree running), then lets them go.
+    pub fn finish(mut self, pool: &mut Vec<memmap2::MmapMut>) -> Result<Copied> {
+        let runs = self.shared.runs.clone();
+        let copied = self.copy(&runs, true, pool);
+        self.stop();
+        let dumped = copied?;
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.sort_by_key(|e| e.vaddr);
+        let saved_first = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).saved_total;
+        let pages = self.pages.take().ok_or_else(|| Error::io("the page image", std::io::Error::other("lost by a failed copy")))?.finish()?;
+        Ok(Copied { vpid: self.vpid, pages, entries, stats: PageStats { dumped, ..Default::default() }, saved_first })
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Copies `runs` (address order) into the page image, one chunk each;
+    /// `live`: the tree runs (reads are checked and the protection lifted).
+    /// Returns the pages copied.
+    fn copy(&mut self, runs: &[(u64, u64)], live: bool, pool: &mut Vec<memmap2::MmapMut>) -> Result<u64> {
+        let sh = self.shared.clone();
+        let pid = sh.pid;
+        let out = self.pages.take().ok_or_else(|| Error::io("the page image", std::io::Error::other("lost by a failed copy")))?;
+        let mut pipe = Pipeline::start(out, self.chunk, pool)?;
+        let mut pending = Vec::new();
+        let mut total = 0u64;
+        let mut i = 0;
+        let result = (|| -> Result<()> {
+            while i < runs.len() {
+                crate::error::check_interrupt()?;
+                let mut buf = pipe.buffer()?;
+                let first = i;
+                let mut off = 0usize;
+                let mut parts = Vec::new();
+                while i < runs.len() && off + (runs[i].1 * PAGE) as usize <= self.chunk {
+                    let (a, n) = runs[i];
+                    let len = (n * PAGE) as usize;
+                    sh.mem.read_exact_at(&mut buf[off..off + len], a).map_err(|e| {
+                        if live { Error::BackgroundCopy { pid, what: format!("reading {a:#x} (+{len}): {e}") } } else { Error::proc(pid, "mem", e) }
+                    })?;
+                    zero_volatile(&self.volatile, a, &mut buf[off..off + len]);
+                    parts.push((off, len));
+                    off += len;
+                    i += 1;
+                }
+                if i == first {
+                    return Err(Error::io(format!("/proc/{pid}/mem"), std::io::Error::other(format!("a run of {} pages is larger than a buffer", runs[i].1))));
+                }
+                if live {
+                    self.check_and_overlay(&runs[first..i], &mut buf)?;
+                }
+                for &(a, n) in &runs[first..i] {
+                    pending.push(self.entries.len());
+                    self.entries.push(pb::PagemapEntry { vaddr: a, nr_pages: n as u32, ..Default::default() });
+                    total += n;
+                    if live {
+                        sh.release(a, n * PAGE);
+                    }
+                }
+                pipe.submit(buf, parts)?;
+                if live && first == 0 {
+                    crate::fault::point(17)?;
+                }
+            }
+            Ok(())
+        })();
+        let finished = pipe.finish(pool);
+        result?;
+        let (out, chunks) = finished?;
+        self.pages = Some(out);
+        for (&e, c) in pending.iter().zip(chunks.iter()) {
+            let e = &mut self.entries[e];
+            e.offset = c.offset;
+            e.stored_len = c.stored_len;
+            e.crc32 = c.crc32;
+        }
+        Ok(total)
+    }
+
+    /// After `runs` were read into `buf` (the tree running): every page read
+    /// must have been protected all along, or saved by the fault thread first
+    /// (whose copy replaces what was read). Marks them copied.
+    fn check_and_overlay(&self, runs: &[(u64, u64)], buf: &mut [u8]) -> Result<()> {
+        let sh = &self.shared;
+        let pid = sh.pid;
+        let (start, end) = (runs[0].0, runs.last().map(|&(a, n)| a + n * PAGE).unwrap_or(0));
+        let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &st.failed {
+            return Err(Error::BackgroundCopy { pid, what: why.clone() });
+        }
+        let written = sh.unwritten(start, end).map_err(|e| Error::BackgroundCopy { pid, what: format!("PAGEMAP_SCAN of {start:#x}-{end:#x}: {e}") })?;
+        let mut off = 0usize;
+        for &(a, n) in runs {
+            let run_end = a + n * PAGE;
+            for &(ws, we) in written.iter().filter(|&&(ws, we)| ws < run_end && we > a) {
+                let mut p = ws.max(a);
+                while p < we.min(run_end) {
+                    if !st.saved.contains_key(&p) {
+                        return Err(Error::BackgroundCopy { pid, what: format!("page {p:#x} was unmapped, dropped or moved during the copy") });
+                    }
+                    p += PAGE;
+                }
+            }
+            let saved: Vec<u64> = st.saved.range(a..run_end).map(|(&p, _)| p).collect();
+            for p in saved {
+                if let Some(data) = st.saved.remove(&p) {
+                    let o = off + (p - a) as usize;
+                    buf[o..o + PAGE as usize].copy_from_slice(&data);
+                    zero_volatile(&self.volatile, p, &mut buf[o..o + PAGE as usize]);
+                }
+            }
+            off += (n * PAGE) as usize;
+        }
+        st.done_until = end;
+        Ok(())
+    }
+}
+
+impl Drop for Deferred {
+    /// (The userfaultfd closes with the last reference: every protection goes.)
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
