@@ -67,7 +67,7 @@ wait_until nonempty "$T/result" || fail "bgsnap.py wrote no result: $(cat "$T/wl
 }
 
 /// Memory that changes without a write fault during the copy (a mapping
-/// unmapped and mapped again: the kernel reports nothing) is noticed, and the
+/// replaced by a new one: the kernel reports nothing) is noticed, and the
 /// dump is done again with the memory copied while the tree is frozen: the
 /// dump succeeds and the restored process is of one instant.
 #[test]

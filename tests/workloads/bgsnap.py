@@ -13,9 +13,9 @@ page holds the last step that wrote it, so that after a restore page i must
 hold the largest g' <= header with 1 + g' % (N - 1) == i (or header + 1 for
 the page of the step under way): a page copied later than the others would
 hold a newer step. With `churn`, a second 1 MiB mapping (made before the big
-one, so higher up: copied last) is unmapped and mapped again every 64 steps,
-its page 0 holding the number of times: memory that changes in a way no
-write fault reports.
+one, so higher up: copied last) is replaced every 64 steps by pages moved over
+it (mremap), its page 0 holding the number of times: memory that changes in a
+way no write fault reports.
 
 Writes DIR/ready once filled, prints a counter every 0.05 s (another thread),
 and on SIGUSR1 checks the invariant (first thing: before the loop writes
@@ -42,28 +42,47 @@ c = wlcommon.Checks()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
 SIDE = 1 << 20
-MAP_FIXED_NOREPLACE = 0x100000
+MAP_FIXED = 0x10
 
 
-def map_side(at):
-    # (Always at the same address: the process's mappings look the same.)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (MAP_FIXED_NOREPLACE if at else 0)
+def map_fixed(at):
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED
     a = libc.mmap(at, SIDE, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
-    if a in (None, ctypes.c_void_p(-1).value) or (at and a != at):
+    if a != at:
         raise OSError(ctypes.get_errno(), "mmap")
     return a
 
 
-side = map_side(None) if churn else None
+side = spare = None
+if churn:
+    # [none][side][none][spare][none]: PROT_NONE fences, so that neither is
+    # ever merged with a neighbour.
+    fence = libc.mmap(None, 5 * SIDE, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if fence in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    side, spare = map_fixed(fence + SIDE), map_fixed(fence + 3 * SIDE)
+
+
+def replace_side(n):
+    # The new page is written in `spare`, then moved over `side` in one step
+    # (mremap MREMAP_FIXED | MREMAP_DONTUNMAP: `spare` stays mapped, empty):
+    # at every instant side's page 0 is there and holds the count, and the
+    # process's mappings look the same.
+    ctypes.memmove(spare, struct.pack("<Q", n), 8)
+    if libc.mremap(spare, SIDE, SIDE, 1 | 2 | 4, side) != side:
+        raise OSError(ctypes.get_errno(), "mremap")
+
+
 mem = mmap.mmap(-1, N * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 for i in range(N):
     mem[i * PAGE:i * PAGE + 8] = struct.pack("<Q", 0)
     mem[i * PAGE + 8:i * PAGE + 16] = struct.pack("<Q", i)
 remaps = [0]
 if churn:
-    ctypes.memmove(side, struct.pack("<Q", 0), 8)
+    replace_side(0)
 check_now = threading.Event()
 r, w = os.pipe()
 
@@ -117,9 +136,7 @@ while not check_now.is_set():
         mem[i * PAGE:i * PAGE + 8] = struct.pack("<Q", g)
     mem[0:8] = struct.pack("<Q", g)
     if churn and g % 64 == 0:
-        libc.munmap(side, SIDE)
-        map_side(side)
+        replace_side(remaps[0] + 1)
         remaps[0] += 1
-        ctypes.memmove(side, struct.pack("<Q", remaps[0]), 8)
 wlcommon.run_checks([check], c.problems)
 wlcommon.write_result(d, c.problems)
