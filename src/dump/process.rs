@@ -194,14 +194,6 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     crate::fault::point(5)?;
     let made = if pages.is_some() { crate::mem::background::uffd_from_device(&mut parasite, pid) } else { None };
     parasite.stop()?;
-    if let Some(pages) = pages {
-        // Private anonymous memory: protected now, copied once the tree runs.
-        let entries = std::mem::take(&mut dumper.entries);
-        let runs = std::mem::take(&mut dumper.deferred);
-        let mut d = crate::mem::background::Deferred::arm(main, pid, p.vpid, made, runs, &dumper.deferred_vmas, pages, entries, dumper.volatile.clone(), dumper.chunk as usize, &mut ctx.page_buffers)?;
-        d.serve()?;
-        ctx.deferred.push(d);
-    }
     if ctx.opts.track_mem {
         dumper.changes.arm(main, pid, &vmas)?;
         if let Some(f) = dumper.changes.uffd.take() {
@@ -216,6 +208,21 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     timers::read_values(main, &mut timers, scratch)?;
     parasite.finish()?;
     crate::fault::point(6)?;
+    if let Some(pages) = pages {
+        // Private anonymous memory: protected now (crtool writes nothing into the
+        // task after this), copied once the tree runs. The words the kernel
+        // writes when a thread exits stay writable (see mem::background).
+        let mut exit_words: Vec<u64> = extras.iter().map(|x| x.clear_child_tid).filter(|&a| a != 0).collect();
+        for t in &p.threads {
+            exit_words.extend(crate::mem::background::robust_words(t.pid));
+        }
+        let entries = std::mem::take(&mut dumper.entries);
+        let runs = std::mem::take(&mut dumper.deferred);
+        let mut d = crate::mem::background::Deferred::arm(main, pid, p.vpid, made, runs, &dumper.deferred_vmas, &exit_words, pages, entries, dumper.volatile.clone(), dumper.chunk as usize, &mut ctx.page_buffers)?;
+        d.serve()?;
+        ctx.stats.pages.dumped += d.copied_frozen;
+        ctx.deferred.push(d);
+    }
 
     ctx.stats.pages.dumped += dumper.stats.dumped;
     ctx.stats.pages.scanned += dumper.stats.scanned;

@@ -36,6 +36,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// The words the kernel writes when thread `tid` exits, besides its
+/// clear_child_tid: the futex words of the robust mutexes it holds and of the
+/// one it is taking (its robust list, set_robust_list(2), walked through its
+/// memory). A write from an exiting task cannot wait for a userfaultfd (the
+/// kernel fails it silently: mm/userfaultfd.c), so their pages stay writable.
+pub fn robust_words(tid: Pid) -> Vec<u64> {
+    let Ok((head, _)) = crate::sys::ptrace::get_robust_list(tid) else { return Vec::new() };
+    if head == 0 {
+        return Vec::new();
+    }
+    let read = |addr: u64| -> Option<u64> {
+        let mut b = [0u8; 8];
+        process::read_remote(tid, addr, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    // struct robust_list_head: next, futex_offset, list_op_pending.
+    let mut out = vec![head];
+    let (Some(first), Some(offset), Some(pending)) = (read(head), read(head + 8), read(head + 16)) else { return out };
+    let offset = offset as i64;
+    if pending != 0 {
+        out.push(pending.wrapping_add_signed(offset));
+    }
+    // (At most as many entries as the kernel itself follows: ROBUST_LIST_LIMIT.)
+    let mut at = first;
+    for _ in 0..2048 {
+        if at == head || at == 0 {
+            break;
+        }
+        out.push(at.wrapping_add_signed(offset));
+        match read(at) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out
+}
+
 /// Whether the pages of `v` are copied in the background: private anonymous
 /// memory (the kernel write-protects only anonymous, shmem and hugetlb memory
 /// synchronously; shared memory may be written by processes outside the tree).
@@ -107,12 +144,25 @@ impl Shared {
         self.release(page, PAGE);
     }
 
-    /// Lifts the protection of [start, start + len) and wakes its writers.
+    /// Lifts the protection of [start, start + len) and wakes its writers. If
+    /// it cannot, the copy fails (and closing the userfaultfd lifts it).
     fn release(&self, start: u64, len: u64) {
         if let Some(fd) = &self.uffd
-            && uffd::write_protect(fd.as_fd(), start, len, false).is_err()
+            && let Err(e) = uffd::write_protect(fd.as_fd(), start, len, false)
         {
+            self.fail(format!("lifting the protection of {start:#x} (+{len}): {e}"));
             let _ = uffd::wake(fd.as_fd(), start, len);
+        }
+    }
+
+    /// Memory [start, end) unmapped, moved or dropped (MADV_DONTNEED): if pages
+    /// of it were still to copy, the copy cannot be trusted.
+    fn gone(&self, start: u64, end: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let from = start.max(st.done_until);
+        let i = self.runs.partition_point(|&(a, n)| a + n * PAGE <= from);
+        if self.runs.get(i).is_some_and(|&(a, _)| a < end) {
+            st.failed.get_or_insert(format!("memory at {start:#x}-{end:#x} was unmapped, moved or dropped before it was copied"));
         }
     }
 
@@ -124,8 +174,10 @@ impl Shared {
                 continue;
             }
             loop {
-                match uffd::next_fault(fd) {
-                    Ok(Some(addr)) => self.fault(addr),
+                match uffd::next_msg(fd) {
+                    Ok(Some(uffd::Msg::Fault(addr))) => self.fault(addr),
+                    Ok(Some(uffd::Msg::Gone(start, end))) => self.gone(start, end),
+                    Ok(Some(uffd::Msg::Other)) => {}
                     Ok(None) => break,
                     Err(e) => {
                         self.fail(format!("reading its userfaultfd: {e}"));
@@ -151,6 +203,8 @@ pub struct Deferred {
     volatile: Vec<(u64, u64)>,
     chunk: usize,
     thread: Option<JoinHandle<()>>,
+    /// Pages copied while frozen (not protectable).
+    pub copied_frozen: u64,
 }
 
 /// What the copy made of one process: its page image, pagemap entries (in
@@ -236,7 +290,7 @@ impl Deferred {
     /// what cannot be protected (the task may not make a synchronous
     /// userfaultfd, a VMA the kernel will not register) is copied now.
     #[allow(clippy::too_many_arguments)]
-    pub fn arm(t: &Tracee, pid: i32, vpid: i32, made: Option<OwnedFd>, runs: Vec<(u64, u64)>, vmas: &[(u64, u64)], pages: PagesWriter, entries: Vec<pb::PagemapEntry>, volatile: Vec<(u64, u64)>, chunk: usize, pool: &mut Vec<memmap2::MmapMut>) -> Result<Deferred> {
+    pub fn arm(t: &Tracee, pid: i32, vpid: i32, made: Option<OwnedFd>, runs: Vec<(u64, u64)>, vmas: &[(u64, u64)], exit_words: &[u64], pages: PagesWriter, entries: Vec<pb::PagemapEntry>, volatile: Vec<(u64, u64)>, chunk: usize, pool: &mut Vec<memmap2::MmapMut>) -> Result<Deferred> {
         let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e));
         let (mem, pagemap) = (open("mem")?, open("pagemap")?);
         let fd = new_uffd(t, pid, made)?;
@@ -263,11 +317,33 @@ impl Deferred {
             state: Mutex::new(State { done_until: 0, saved: BTreeMap::new(), failed: None, saved_total: 0 }),
             stop: AtomicBool::new(false),
         });
-        let mut d = Deferred { vpid, shared, pages: Some(pages), entries, volatile, chunk, thread: None };
+        let mut d = Deferred { vpid, shared, pages: Some(pages), entries, volatile, chunk, thread: None, copied_frozen: 0 };
         if !now.is_empty() {
-            d.copy(&now, false, pool)?;
+            d.copied_frozen = d.copy(&now, false, pool)?;
         }
+        d.keep_writable(exit_words)?;
         Ok(d)
+    }
+
+    /// Saves now (frozen) and unprotects the pages holding `words` (see
+    /// `robust_words`).
+    fn keep_writable(&mut self, words: &[u64]) -> Result<()> {
+        let sh = &self.shared;
+        let Some(fd) = &sh.uffd else { return Ok(()) };
+        let mut pages: Vec<u64> = words.iter().map(|w| w / PAGE * PAGE).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
+        for page in pages {
+            if !sh.in_runs(page) {
+                continue;
+            }
+            let mut b = vec![0u8; PAGE as usize].into_boxed_slice();
+            sh.mem.read_exact_at(&mut b, page).map_err(|e| Error::proc(sh.pid, "mem", e))?;
+            st.saved.insert(page, b);
+            uffd::write_protect(fd.as_fd(), page, PAGE, false).map_err(|e| Error::sys(format!("pid {}: UFFDIO_WRITEPROTECT of {page:#x}", sh.pid), e))?;
+        }
+        Ok(())
     }
 
     /// Starts serving write faults (before the tree runs again).
@@ -283,6 +359,11 @@ impl Deferred {
         let runs = self.shared.runs.clone();
         let copied = self.copy(&runs, true, pool);
         self.stop();
+        // Every protection goes now, before the images are finished (the fault
+        // thread is gone: this is the last reference).
+        if let Some(sh) = Arc::get_mut(&mut self.shared) {
+            sh.uffd = None;
+        }
         let dumped = copied?;
         let mut entries = std::mem::take(&mut self.entries);
         entries.sort_by_key(|e| e.vaddr);

@@ -42,11 +42,6 @@ impl Pages {
         Ok(Pages { own: PagesReader::open(dir, vpid)?, dir: dir.to_path_buf(), vpid, parents: Vec::new(), cached: None })
     }
 
-    /// The same images, with readers of its own (for a second thread).
-    pub fn reopen(&self) -> Result<Pages> {
-        Pages::open(&self.dir, self.vpid)
-    }
-
     /// Reads the pages of entry `e` into `dst` (its size).
     pub fn read(&mut self, e: &pb::PagemapEntry, dst: &mut [u8]) -> Result<()> {
         if !e.in_parent {

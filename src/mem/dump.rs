@@ -314,7 +314,16 @@ impl PageDumper {
         self.stats.scanned += (v.end - v.start) / PAGE;
         let max_pages = self.chunk / PAGE;
         let mut runs: Vec<Run> = guards.iter().map(|&(s, e)| Run { vaddr: s, pages: (e - s) / PAGE, kind: RunKind::Guard }).collect();
+        // (Regions of different categories, present and swapped out, that touch
+        // make one range: runs must not depend on what is swapped out.)
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(data.len());
         for &(s, e) in &data {
+            match merged.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => merged.push((s, e)),
+            }
+        }
+        for &(s, e) in &merged {
             let mut a = s;
             while a < e {
                 let pages = ((e - a) / PAGE).min(max_pages);

@@ -208,8 +208,6 @@ pub fn premap<'a>(
     let mut self_mem: Option<std::io::Result<std::fs::File>> = None;
     let mut guards = Vec::new();
     let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); slots.len()];
-    // (slot, offset, length, entry) of the page data read straight into place.
-    let mut fills: Vec<(usize, u64, u64, &pb::PagemapEntry)> = Vec::new();
     let mut i = 0;
     for e in pagemap {
         let len = e.nr_pages as u64 * PAGE;
@@ -248,9 +246,10 @@ pub fn premap<'a>(
                 .map_err(|err| Error::Restore { pid, msg: format!("filling {:#x} through /proc/self/mem: {err}", e.vaddr) })?;
             continue;
         }
-        fills.push((i, off, len, e));
+        slot.map.populate(off, len);
+        let dst = slot.map.bytes_mut(off, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {:#x} is not writable", v.start) })?;
+        pages.read(e, dst)?;
     }
-    fill(pid, &mut slots, &fills, pages)?;
     // Memory taken over from the parent: pages this process did not have (zero, or
     // clean file pages) must not show the parent's.
     for &si in &adopted {
@@ -289,73 +288,6 @@ pub fn premap<'a>(
         slot.map.guard(off, len).map_err(|e| fail(format!("MADV_GUARD_INSTALL {:#x}", slot.start() + off), e))?;
     }
     Ok(slots)
-}
-
-/// The name (comm) of the second page-filling thread: the restore's tracer lets
-/// it end (restore::supervise).
-pub const FILL_THREAD: &str = "crtool-fill";
-
-/// Below this much page data a process is filled on one thread.
-const FILL_SPLIT: u64 = 64 << 20;
-
-/// Reads the page data of `fills` ((slot, offset, length, entry), in address
-/// order) into the premapped `slots`, each page faulted in first
-/// (MADV_POPULATE_WRITE: a tenth faster than faulting while copying). With
-/// much of it, on two threads, each with its own readers (the copy and the
-/// page faults are the cost: 1 GiB from the page cache fills in about 200 ms
-/// instead of 400 here).
-fn fill(pid: i32, slots: &mut [Slot], fills: &[(usize, u64, u64, &pb::PagemapEntry)], pages: &mut crate::mem::chain::Pages) -> Result<()> {
-    let bad = |msg: String| Error::BadImage { file: format!("pagemap-{pid}.img"), msg };
-    // One slice per entry, carved out of its slot's memory in order.
-    let mut jobs: Vec<(&mut [u8], &pb::PagemapEntry)> = Vec::with_capacity(fills.len());
-    let mut k = 0;
-    for (si, slot) in slots.iter_mut().enumerate() {
-        if fills.get(k).is_none_or(|f| f.0 != si) {
-            continue;
-        }
-        let start = slot.start();
-        let len = slot.map.len();
-        let mut rest = slot.map.bytes_mut(0, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {start:#x} is not writable") })?;
-        let mut at = 0u64;
-        while let Some(&(_, off, l, e)) = fills.get(k).filter(|f| f.0 == si) {
-            if off < at {
-                return Err(bad(format!("pages at {:#x} overlap the entry before", e.vaddr)));
-            }
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut((off - at) as usize);
-            let (dst, tail) = tail.split_at_mut(l as usize);
-            rest = tail;
-            at = off + l;
-            jobs.push((dst, e));
-            k += 1;
-        }
-    }
-    let run = |jobs: Vec<(&mut [u8], &pb::PagemapEntry)>, pages: &mut crate::mem::chain::Pages| {
-        jobs.into_iter().try_for_each(|(dst, e)| {
-            crate::sys::mm::populate_write(dst);
-            pages.read(e, dst)
-        })
-    };
-    let total: u64 = jobs.iter().map(|(d, _)| d.len() as u64).sum();
-    if total < FILL_SPLIT {
-        return run(jobs, pages);
-    }
-    // Two halves of equal bytes.
-    let mut acc = 0u64;
-    let cut = jobs.iter().position(|(d, _)| {
-        acc += d.len() as u64;
-        acc >= total / 2
-    });
-    let theirs = jobs.split_off(cut.map_or(jobs.len(), |c| c + 1));
-    let mut other = pages.reopen()?;
-    std::thread::scope(|sc| {
-        let h = std::thread::Builder::new()
-            .name(FILL_THREAD.into())
-            .spawn_scoped(sc, move || run(theirs, &mut other))
-            .map_err(|e| Error::Restore { pid, msg: format!("starting a page-filling thread: {e}") })?;
-        let mine = run(jobs, pages);
-        let theirs = h.join().unwrap_or_else(|_| Err(Error::Restore { pid, msg: "the second page-filling thread panicked".into() }));
-        mine.and(theirs)
-    })
 }
 
 /// The restorer's moves for the premapped slots.

@@ -18,7 +18,6 @@ use std::os::fd::{AsFd, OwnedFd};
 
 const PTRACE_EVENT_FORK: i32 = 1;
 const PTRACE_EVENT_CLONE: i32 = 3;
-const PTRACE_EVENT_EXIT: i32 = 6;
 
 /// What the finished tree must look like (zombies are forked untraced and only exit).
 pub struct Expected {
@@ -185,22 +184,10 @@ impl Supervisor {
         let root = self.root;
         ptrace::seize_tree(root).ptrace(root, "PTRACE_SEIZE")?;
         nix::unistd::write(go_w.as_fd(), b"g").map_err(|e| Error::sys("go pipe", e))?;
-        // Page-filling threads of restoring tasks (see mem::restore::fill), seen
-        // at their exit stop and let go; their ends are no failure.
-        let mut helpers: BTreeSet<Pid> = BTreeSet::new();
-        while self.ready.len() < expected.threads || !helpers.is_empty() {
+        while self.ready.len() < expected.threads {
             let (pid, stop) = ptrace::wait_any().map_err(|e| Error::sys("waitpid", e))?;
             self.known.insert(pid);
             match stop {
-                Stop::Event(PTRACE_EVENT_EXIT, _) => {
-                    if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == crate::mem::restore::FILL_THREAD) {
-                        helpers.insert(pid);
-                    }
-                    ptrace::cont(pid).ptrace(pid, "PTRACE_CONT")?;
-                }
-                Stop::Exited(_) | Stop::Killed(_) if helpers.remove(&pid) => {
-                    self.known.remove(&pid);
-                }
                 Stop::Signal(libc::SIGTRAP) => {
                     let regs = ptrace::getregs(pid).ptrace(pid, "PTRACE_GETREGS")?;
                     self.ready.insert(pid, regs);

@@ -236,14 +236,6 @@ impl Mapping {
     }
 }
 
-/// MADV_POPULATE_WRITE (Linux 5.14) over the pages of `mem`: faults them in
-/// writable, as writing would, without changing them. Best effort (the copy
-/// that follows faults in whatever this did not).
-pub fn populate_write(mem: &mut [u8]) {
-    // SAFETY: advice on memory we hold a mutable borrow of; it changes no data.
-    unsafe { libc::madvise(mem.as_mut_ptr().cast(), mem.len(), 23 /* MADV_POPULATE_WRITE */) };
-}
-
 /// Pagemap bits (Documentation/admin-guide/mm/pagemap.rst).
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;

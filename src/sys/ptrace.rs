@@ -75,12 +75,11 @@ pub fn seize(pid: Pid, exit_kill: bool) -> Result<(), Errno> {
     ptrace::seize(pid, opts)
 }
 
-/// Seizes a task so that everything it forks or clones is traced too, stops
-/// before it exits (PTRACE_EVENT_EXIT: who it was can still be read), and dies
-/// if crtool dies (used for the tree being restored).
+/// Seizes a task so that everything it forks or clones is traced too, and dies if
+/// crtool dies (used for the tree being restored).
 pub fn seize_tree(pid: Pid) -> Result<(), Errno> {
     use ptrace::Options as O;
-    ptrace::seize(pid, O::PTRACE_O_TRACESYSGOOD | O::PTRACE_O_EXITKILL | O::PTRACE_O_TRACEFORK | O::PTRACE_O_TRACECLONE | O::PTRACE_O_TRACEEXIT)
+    ptrace::seize(pid, O::PTRACE_O_TRACESYSGOOD | O::PTRACE_O_EXITKILL | O::PTRACE_O_TRACEFORK | O::PTRACE_O_TRACECLONE)
 }
 
 /// Waits for a state change of any child or tracee; returns who and what. Fails

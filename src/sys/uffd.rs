@@ -31,6 +31,9 @@ const UFFDIO_WRITEPROTECT: libc::Ioctl = 0xC018_AA06;
 const UFFDIO_WAKE: libc::Ioctl = 0x8010_AA02;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
 
 /// userfaultfd(2) flags for a synchronous one a target makes: O_CLOEXEC |
 /// O_NONBLOCK, faults from kernel mode included (a read(2) into a protected
@@ -50,9 +53,16 @@ pub fn api(uffd: BorrowedFd) -> Result<(), Errno> {
     Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
 }
 
-/// UFFDIO_API without features: synchronous write protection (the default).
+const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+
+/// UFFDIO_API for synchronous write protection (the default mode), with the
+/// events of memory taken away or moved without a write: mremap (after the
+/// move), madvise(MADV_DONTNEED/REMOVE) (before: the caller waits until the
+/// event is read), munmap.
 pub fn api_sync(uffd: BorrowedFd) -> Result<(), Errno> {
-    let mut a = [UFFD_API, 0u64, 0u64];
+    let mut a = [UFFD_API, UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP, 0u64];
     // SAFETY: UFFDIO_API reads and writes a struct uffdio_api (three u64): `a`.
     Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
 }
@@ -73,20 +83,33 @@ pub fn wake(uffd: BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
     Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_WAKE, r.as_mut_ptr()) }).map(drop)
 }
 
-/// The address of the next page fault queued on `uffd` (non-blocking: None
-/// when there is none; other messages are skipped).
-pub fn next_fault(uffd: BorrowedFd) -> Result<Option<u64>, Errno> {
-    loop {
-        // struct uffd_msg: event (u8) + padding, then for a page fault: flags
-        // (u64), address (u64), thread id (u32) + padding: 32 bytes.
-        let mut m = [0u64; 4];
-        match nix::unistd::read(uffd, msg_bytes(&mut m)) {
-            Ok(32) if m[0] as u8 == UFFD_EVENT_PAGEFAULT => return Ok(Some(m[2])),
-            Ok(32) => continue,
-            Ok(_) => return Err(Errno::EIO),
-            Err(Errno::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e),
-        }
+/// A message of a userfaultfd (struct uffd_msg).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Msg {
+    /// A write fault at this address.
+    Fault(u64),
+    /// Memory [start, end) was taken away or moved (mremap: its old place).
+    Gone(u64, u64),
+    /// Another event.
+    Other,
+}
+
+/// The next message queued on `uffd` (non-blocking: None when there is none).
+pub fn next_msg(uffd: BorrowedFd) -> Result<Option<Msg>, Errno> {
+    // struct uffd_msg: event (u8) + padding to 8 bytes, then for a page fault:
+    // flags, address, thread id; for remap: from, to, len; for remove and
+    // unmap: start, end (u64 each): 32 bytes.
+    let mut m = [0u64; 4];
+    match nix::unistd::read(uffd, msg_bytes(&mut m)) {
+        Ok(32) => Ok(Some(match m[0] as u8 {
+            UFFD_EVENT_PAGEFAULT => Msg::Fault(m[2]),
+            UFFD_EVENT_REMAP => Msg::Gone(m[1], m[1].saturating_add(m[3])),
+            UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => Msg::Gone(m[1], m[2]),
+            _ => Msg::Other,
+        })),
+        Ok(_) => Err(Errno::EIO),
+        Err(Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
