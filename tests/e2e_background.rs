@@ -96,3 +96,38 @@ wait_until nonempty "$T/result" || fail "bgsnap.py wrote no result: $(cat "$T/wl
     s.ok("restore");
     s.roundtrip_ok("result");
 }
+
+/// Threads that end right after the freeze, while the background copy runs
+/// (tests/workloads/bgthreads.rs): the kernel's writes at their exit
+/// (clear_child_tid, which pthread_join waits on) cannot wait for a
+/// userfaultfd, so their pages must not be write-protected: every join
+/// returns. (A liveness test of the process left running: its threads end
+/// on purpose, so there is no state to compare; the images restore and the
+/// restored process ends its threads and joins them again.)
+#[test]
+fn threads_that_end_during_a_background_copy_are_joined() {
+    let s = Scenario::run(
+        "bgthreads",
+        r#"
+start_wl bgthreads; P=$!; put pid $P
+wait_until nonempty "$T/ready" || fail "bgthreads did not start: $(cat "$T/bgthreads.log")"
+run dump crt dump -R -t $P -D "$T/ck" -v
+need dump
+wait_until nonempty "$T/joined" && put joined "$(cat "$T/joined")"
+kill -9 $P; wait_until gone $P
+rm -f "$T/joined"
+run restore crt restore -D "$T/ck" -d
+need restore
+wait_until nonempty "$T/joined" && put joined_after "$(cat "$T/joined")"
+kill -USR1 $P
+wait_until nonempty "$T/result" || fail "bgthreads wrote no result: $(cat "$T/bgthreads.log")"
+"#,
+    );
+    s.ok("dump");
+    let log = s.read("ck/dump.log");
+    s.ensure(log.contains("copied in the background"), || format!("the memory was not copied in the background:\n{log}"));
+    s.ensure(s.var_opt("joined").is_some(), || format!("threads that ended during the copy could not be joined (pthread_join hangs):\n{log}"));
+    s.ok("restore");
+    s.ensure(s.var_opt("joined_after").is_some(), || "the restored process could not join its threads".into());
+    s.all_ok(s.verdict("result").err().into_iter().collect());
+}
