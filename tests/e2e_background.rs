@@ -125,7 +125,9 @@ wait_until nonempty "$T/result" || fail "bgthreads wrote no result: $(cat "$T/bg
     );
     s.ok("dump");
     let log = s.read("ck/dump.log");
-    s.ensure(log.contains("copied in the background"), || format!("the memory was not copied in the background:\n{log}"));
+    // (A thread's exit drops part of its stack, MADV_DONTNEED by glibc: if
+    // that happens before the copy got there, the dump is done again frozen.)
+    s.ensure(log.contains("copying it in the background"), || format!("the memory was not protected for a background copy:\n{log}"));
     s.ensure(s.var_opt("joined").is_some(), || format!("threads that ended during the copy could not be joined (pthread_join hangs):\n{log}"));
     s.ok("restore");
     s.ensure(s.var_opt("joined_after").is_some(), || "the restored process could not join its threads".into());

@@ -122,8 +122,9 @@ impl Shared {
     }
 
     /// One write fault at `addr`: the page saved if it is still to be copied,
-    /// then released.
-    fn fault(&self, addr: u64) {
+    /// then released. False when the release must be tried again (EAGAIN: an
+    /// event not read yet changes the memory map, see `try_release`).
+    fn fault(&self, addr: u64) -> bool {
         let page = addr / PAGE * PAGE;
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,18 +142,35 @@ impl Shared {
                 }
             }
         }
-        self.release(page, PAGE);
+        self.try_release(page, PAGE)
     }
 
-    /// Lifts the protection of [start, start + len) and wakes its writers. If
-    /// it cannot, the copy fails (and closing the userfaultfd lifts it).
-    fn release(&self, start: u64, len: u64) {
-        if let Some(fd) = &self.uffd
-            && let Err(e) = uffd::write_protect(fd.as_fd(), start, len, false)
-        {
-            self.fail(format!("lifting the protection of {start:#x} (+{len}): {e}"));
-            let _ = uffd::wake(fd.as_fd(), start, len);
+    /// Lifts the protection of [start, start + len) and wakes its writers: true
+    /// once done, false on EAGAIN (the kernel refuses while an event it has
+    /// queued on the userfaultfd is not read: try again after reading). On any
+    /// other error the copy fails (closing the userfaultfd lifts it).
+    fn try_release(&self, start: u64, len: u64) -> bool {
+        let Some(fd) = &self.uffd else { return true };
+        match uffd::write_protect(fd.as_fd(), start, len, false) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EAGAIN) => false,
+            Err(e) => {
+                self.fail(format!("lifting the protection of {start:#x} (+{len}): {e}"));
+                let _ = uffd::wake(fd.as_fd(), start, len);
+                true
+            }
         }
+    }
+
+    /// `try_release` from the copy (the fault thread reads the events meanwhile).
+    fn release(&self, start: u64, len: u64) {
+        for _ in 0..5000 {
+            if self.try_release(start, len) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.fail(format!("lifting the protection of {start:#x} (+{len}): EAGAIN for 5 s"));
     }
 
     /// Memory [start, end) unmapped, moved or dropped (MADV_DONTNEED): if pages
@@ -168,14 +186,16 @@ impl Shared {
 
     fn serve(&self) {
         let Some(fd) = self.uffd.as_ref().map(|f| f.as_fd()) else { return };
+        // Faults whose release must be tried again (after the events before them).
+        let mut pending: Vec<u64> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
+            let wait = if pending.is_empty() { 20u8 } else { 1 };
             let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-            if nix::poll::poll(&mut p, nix::poll::PollTimeout::from(20u8)).is_err() {
-                continue;
-            }
+            let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(wait));
+            // Everything queued: events at once, faults after them.
             loop {
                 match uffd::next_msg(fd) {
-                    Ok(Some(uffd::Msg::Fault(addr))) => self.fault(addr),
+                    Ok(Some(uffd::Msg::Fault(addr))) => pending.push(addr),
                     Ok(Some(uffd::Msg::Gone(start, end))) => self.gone(start, end),
                     Ok(Some(uffd::Msg::Other)) => {}
                     Ok(None) => break,
@@ -185,6 +205,7 @@ impl Shared {
                     }
                 }
             }
+            pending.retain(|&addr| !self.fault(addr));
         }
     }
 }
