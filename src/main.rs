@@ -158,7 +158,9 @@ struct DumpArgs {
     /// Image directory (created if missing).
     #[arg(short = 'D', long = "images-dir")]
     dir: PathBuf,
-    /// Let the process run on after the dump instead of killing it.
+    /// Let the process run on after the dump instead of killing it (its private
+    /// anonymous memory is then copied in the background: the tree is frozen
+    /// only while it is write-protected).
     #[arg(short = 'R', long)]
     leave_running: bool,
     /// Compress page data with zstd.
