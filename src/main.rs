@@ -203,6 +203,12 @@ struct DumpArgs {
     /// listener of the tree (SYN_RECV): those handshakes start over.
     #[arg(long)]
     skip_in_flight: bool,
+    /// With --leave-running: copy the memory while the tree is frozen, as
+    /// without it, instead of in the background (for programs that use
+    /// FUTEX_WAKE_OP, or a debugger writing their memory, during the dump:
+    /// those kernel writes cannot wait for a write-protected page).
+    #[arg(long)]
+    no_background_copy: bool,
     /// Track the tree's memory from this dump on (it must be left running: -R, or
     /// pre-dump), so that a later dump with --prev-images-dir naming this
     /// directory stores only the pages written since (userfaultfd write
@@ -525,7 +531,7 @@ fn main() {
 }
 
 fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
-    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, track_mem, prev_images_dir, page_server, address, port, log, not_yet: n } = a;
+    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, no_background_copy, track_mem, prev_images_dir, page_server, address, port, log, not_yet: n } = a;
     not_yet(n.used())?;
     crtool::sys::signals::catch_interrupts();
     dump::check_target(pid)?;
@@ -548,7 +554,7 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
         None => None,
     };
     let leave_running = leave_running || pre_dump;
-    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, track_mem: (track_mem || pre_dump) && leave_running, prev, page_server: port.filter(|_| page_server).map(|p| (address, p)) };
+    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, background_copy: !no_background_copy, track_mem: (track_mem || pre_dump) && leave_running, prev, page_server: port.filter(|_| page_server).map(|p| (address, p)) };
     let stats = dump::dump(&opts)?;
     eprintln!(
         "crtool: {} pid {pid} into {} ({} process{}, {} thread{}; {} pages{}, {} VMAs, {} fds; frozen {:.1} ms)",

@@ -97,13 +97,13 @@ wait_until nonempty "$T/result" || fail "bgsnap.py wrote no result: $(cat "$T/wl
     s.roundtrip_ok("result");
 }
 
-/// Threads that end right after the freeze, while the background copy runs
-/// (tests/workloads/bgthreads.rs): the kernel's writes at their exit
+/// Threads that end while the background copy runs (tests/workloads/bgthreads.rs
+/// ends them once it sees its memory write-protected): the kernel's writes at their exit
 /// (clear_child_tid, which pthread_join waits on) cannot wait for a
 /// userfaultfd, so their pages must not be write-protected: every join
 /// returns. (A liveness test of the process left running: its threads end
 /// on purpose, so there is no state to compare; the images restore and the
-/// restored process ends its threads and joins them again.)
+/// restored process, told by SIGUSR2, ends its threads and joins them again.)
 #[test]
 fn threads_that_end_during_a_background_copy_are_joined() {
     let s = Scenario::run(
@@ -118,6 +118,7 @@ kill -9 $P; wait_until gone $P
 rm -f "$T/joined"
 run restore crt restore -D "$T/ck" -d
 need restore
+kill -USR2 $P
 wait_until nonempty "$T/joined" && put joined_after "$(cat "$T/joined")"
 kill -USR1 $P
 wait_until nonempty "$T/result" || fail "bgthreads wrote no result: $(cat "$T/bgthreads.log")"

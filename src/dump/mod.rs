@@ -37,6 +37,9 @@ pub struct DumpOpts {
     pub tcp_established: bool,
     /// Half-open connections to listeners are let go (--skip-in-flight).
     pub skip_in_flight: bool,
+    /// With leave_running: private anonymous memory is copied after the tree
+    /// runs again (see mem::background); false: while it is frozen.
+    pub background_copy: bool,
     /// The tree's memory is tracked after the dump (--track-mem, pre-dump).
     pub track_mem: bool,
     /// The previous dump (--prev-images-dir): the `parent` link's text and the
@@ -153,7 +156,7 @@ pub fn check_target(pid: i32) -> Result<()> {
 /// runs on, nothing was written) is done again with the memory copied while
 /// the tree is frozen.
 pub fn dump(opts: &DumpOpts) -> Result<DumpStats> {
-    match dump_once(opts, opts.leave_running && !opts.track_mem && opts.prev.is_none()) {
+    match dump_once(opts, opts.leave_running && opts.background_copy && !opts.track_mem && opts.prev.is_none()) {
         Err(Error::BackgroundCopy { pid, what }) => {
             log::warn!("pid {pid}: its memory changed under the background copy ({what}): dumping again, memory copied while the tree is frozen");
             dump_once(opts, false)

@@ -213,12 +213,15 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         // task after this), copied once the tree runs. The words the kernel
         // writes when a thread exits stay writable (see mem::background).
         let mut exit_words: Vec<u64> = extras.iter().map(|x| x.clear_child_tid).filter(|&a| a != 0).collect();
+        let mut pi = false;
         for t in &p.threads {
-            exit_words.extend(crate::mem::background::robust_words(t.pid));
+            let (words, robust_pi) = crate::mem::background::robust_words(t.pid);
+            exit_words.extend(words);
+            pi |= crate::mem::background::pi_in_use(t, robust_pi);
         }
         let entries = std::mem::take(&mut dumper.entries);
         let runs = std::mem::take(&mut dumper.deferred);
-        let mut d = crate::mem::background::Deferred::arm(main, pid, p.vpid, made, runs, &dumper.deferred_vmas, &exit_words, pages, entries, dumper.volatile.clone(), dumper.chunk as usize, &mut ctx.page_buffers)?;
+        let mut d = crate::mem::background::Deferred::arm(main, pid, p.vpid, made, pi, runs, &dumper.deferred_vmas, &exit_words, pages, entries, dumper.volatile.clone(), dumper.chunk as usize, &mut ctx.page_buffers)?;
         d.serve()?;
         ctx.stats.pages.dumped += d.copied_frozen;
         ctx.deferred.push(d);

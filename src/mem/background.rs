@@ -39,12 +39,14 @@ use std::thread::JoinHandle;
 /// The words the kernel writes when thread `tid` exits, besides its
 /// clear_child_tid: the futex words of the robust mutexes it holds and of the
 /// one it is taking (its robust list, set_robust_list(2), walked through its
-/// memory). A write from an exiting task cannot wait for a userfaultfd (the
+/// memory; bit 0 of a pointer marks a priority-inheritance mutex, as the kernel
+/// reads it). A write from an exiting task cannot wait for a userfaultfd (the
 /// kernel fails it silently: mm/userfaultfd.c), so their pages stay writable.
-pub fn robust_words(tid: Pid) -> Vec<u64> {
-    let Ok((head, _)) = crate::sys::ptrace::get_robust_list(tid) else { return Vec::new() };
+/// Also whether the list holds a priority-inheritance mutex (see `pi_in_use`).
+pub fn robust_words(tid: Pid) -> (Vec<u64>, bool) {
+    let Ok((head, _)) = crate::sys::ptrace::get_robust_list(tid) else { return (Vec::new(), false) };
     if head == 0 {
-        return Vec::new();
+        return (Vec::new(), false);
     }
     let read = |addr: u64| -> Option<u64> {
         let mut b = [0u8; 8];
@@ -53,24 +55,40 @@ pub fn robust_words(tid: Pid) -> Vec<u64> {
     };
     // struct robust_list_head: next, futex_offset, list_op_pending.
     let mut out = vec![head];
-    let (Some(first), Some(offset), Some(pending)) = (read(head), read(head + 8), read(head + 16)) else { return out };
+    let (Some(first), Some(offset), Some(pending)) = (read(head), read(head + 8), read(head + 16)) else { return (out, false) };
     let offset = offset as i64;
-    if pending != 0 {
-        out.push(pending.wrapping_add_signed(offset));
+    let mut pi = pending & 1 != 0 || first & 1 != 0;
+    if pending & !1 != 0 {
+        out.push((pending & !1).wrapping_add_signed(offset));
     }
     // (At most as many entries as the kernel itself follows: ROBUST_LIST_LIMIT.)
-    let mut at = first;
+    let mut at = first & !1;
     for _ in 0..2048 {
         if at == head || at == 0 {
             break;
         }
         out.push(at.wrapping_add_signed(offset));
         match read(at) {
-            Some(next) => at = next,
+            Some(next) => {
+                pi |= next & 1 != 0;
+                at = next & !1;
+            }
             None => break,
         }
     }
-    out
+    (out, pi)
+}
+
+/// Whether thread `t` uses priority-inheritance futexes as far as a dump can
+/// see: blocked in a PI futex operation, or holding a PI robust mutex
+/// (`robust_words`). The kernel's PI futex code writes the futex word through
+/// a fault path that cannot wait for a userfaultfd (the write fails with
+/// EFAULT and glibc aborts), so such a process's memory is copied while frozen.
+pub fn pi_in_use(t: &Tracee, robust_pi: bool) -> bool {
+    // futex(2) operations (low bits of the op): LOCK_PI, UNLOCK_PI, TRYLOCK_PI,
+    // WAIT_REQUEUE_PI, CMP_REQUEUE_PI, LOCK_PI2.
+    let op = t.regs.rsi & 0x7f;
+    robust_pi || (t.regs.orig_rax == libc::SYS_futex as u64 && matches!(op, 6 | 7 | 8 | 11 | 12 | 13))
 }
 
 /// Whether the pages of `v` are copied in the background: private anonymous
@@ -84,6 +102,9 @@ pub fn eligible(v: &pb::Vma) -> bool {
 struct State {
     /// Every page below this address was copied (the copy goes in address order).
     done_until: u64,
+    /// Every page below this address was read by the copy, while protected:
+    /// what a task writes there now is not needed.
+    read_until: u64,
     /// Pages saved by the fault thread before a task wrote them, not yet copied.
     saved: BTreeMap<u64, Box<[u8]>>,
     /// Why the copy cannot be trusted, if it cannot.
@@ -116,6 +137,13 @@ impl Shared {
         uffd::written(self.pagemap.as_fd(), start, end, false)
     }
 
+    /// The ranges of [start, end) whose pages are neither present nor swapped
+    /// out (dropped, or a new mapping not touched yet).
+    fn absent(&self, start: u64, end: u64) -> std::result::Result<Vec<(u64, u64)>, nix::errno::Errno> {
+        let both = uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED;
+        uffd::regions(self.pagemap.as_fd(), start, end, both, both, 0)
+    }
+
     fn fail(&self, what: String) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.failed.get_or_insert(what);
@@ -128,11 +156,11 @@ impl Shared {
         let page = addr / PAGE * PAGE;
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if page >= st.done_until && self.in_runs(page) && !st.saved.contains_key(&page) {
+            if page >= st.read_until && self.in_runs(page) && !st.saved.contains_key(&page) {
                 let mut b = vec![0u8; PAGE as usize].into_boxed_slice();
                 let read = self.mem.read_exact_at(&mut b, page);
-                match (read, self.unwritten(page, page + PAGE)) {
-                    (Ok(()), Ok(w)) if w.is_empty() => {
+                match (read, self.unwritten(page, page + PAGE), self.absent(page, page + PAGE)) {
+                    (Ok(()), Ok(w), Ok(gone)) if w.is_empty() && gone.is_empty() => {
                         st.saved.insert(page, b);
                         st.saved_total += 1;
                     }
@@ -175,8 +203,7 @@ impl Shared {
 
     /// Memory [start, end) unmapped, moved or dropped (MADV_DONTNEED): if pages
     /// of it were still to copy, the copy cannot be trusted.
-    fn gone(&self, start: u64, end: u64) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn gone(&self, st: &mut State, start: u64, end: u64) {
         let from = start.max(st.done_until);
         let i = self.runs.partition_point(|&(a, n)| a + n * PAGE <= from);
         if self.runs.get(i).is_some_and(|&(a, _)| a < end) {
@@ -194,14 +221,17 @@ impl Shared {
             let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(wait));
             // Everything queued: events at once, faults after them.
             loop {
+                // (Reading an event lets its task on: the lock is held from the
+                // read to `gone`, so that the copy, which takes it next, sees it.)
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 match uffd::next_msg(fd) {
                     Ok(Some(uffd::Msg::Fault(addr))) => pending.push(addr),
-                    Ok(Some(uffd::Msg::Gone(start, end))) => self.gone(start, end),
+                    Ok(Some(uffd::Msg::Gone(start, end))) => self.gone(&mut st, start, end),
                     Ok(Some(uffd::Msg::Other)) => {}
                     Ok(None) => break,
                     Err(e) => {
-                        self.fail(format!("reading its userfaultfd: {e}"));
-                        return;
+                        st.failed.get_or_insert(format!("reading its userfaultfd: {e}"));
+                        break;
                     }
                 }
             }
@@ -311,11 +341,16 @@ impl Deferred {
     /// what cannot be protected (the task may not make a synchronous
     /// userfaultfd, a VMA the kernel will not register) is copied now.
     #[allow(clippy::too_many_arguments)]
-    pub fn arm(t: &Tracee, pid: i32, vpid: i32, made: Option<OwnedFd>, runs: Vec<(u64, u64)>, vmas: &[(u64, u64)], exit_words: &[u64], pages: PagesWriter, entries: Vec<pb::PagemapEntry>, volatile: Vec<(u64, u64)>, chunk: usize, pool: &mut Vec<memmap2::MmapMut>) -> Result<Deferred> {
+    pub fn arm(t: &Tracee, pid: i32, vpid: i32, made: Option<OwnedFd>, frozen_only: bool, runs: Vec<(u64, u64)>, vmas: &[(u64, u64)], exit_words: &[u64], pages: PagesWriter, entries: Vec<pb::PagemapEntry>, volatile: Vec<(u64, u64)>, chunk: usize, pool: &mut Vec<memmap2::MmapMut>) -> Result<Deferred> {
         let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| Error::proc(pid, what, e));
         let (mem, pagemap) = (open("mem")?, open("pagemap")?);
-        let fd = new_uffd(t, pid, made)?;
-        if fd.is_none() {
+        let fd = if frozen_only {
+            log::info!("pid {pid} uses priority-inheritance futexes, whose kernel writes cannot wait for a write-protected page: its memory is copied while it is frozen");
+            None
+        } else {
+            new_uffd(t, pid, made)?
+        };
+        if fd.is_none() && !frozen_only {
             log::info!("pid {pid} may not make a userfaultfd that stops kernel writes too (no /dev/userfaultfd, no CAP_SYS_PTRACE, vm.unprivileged_userfaultfd = 0): its memory is copied while it is frozen");
         }
         let mut protected = Vec::new();
@@ -335,7 +370,7 @@ impl Deferred {
             mem,
             pagemap,
             runs: later,
-            state: Mutex::new(State { done_until: 0, saved: BTreeMap::new(), failed: None, saved_total: 0 }),
+            state: Mutex::new(State { done_until: 0, read_until: 0, saved: BTreeMap::new(), failed: None, saved_total: 0 }),
             stop: AtomicBool::new(false),
         });
         let mut d = Deferred { vpid, shared, pages: Some(pages), entries, volatile, chunk, thread: None, copied_frozen: 0 };
@@ -439,9 +474,6 @@ impl Deferred {
                     pending.push(self.entries.len());
                     self.entries.push(pb::PagemapEntry { vaddr: a, nr_pages: n as u32, ..Default::default() });
                     total += n;
-                    if live {
-                        sh.release(a, n * PAGE);
-                    }
                 }
                 pipe.submit(buf, parts)?;
                 if live && first == 0 {
@@ -470,11 +502,23 @@ impl Deferred {
         let sh = &self.shared;
         let pid = sh.pid;
         let (start, end) = (runs[0].0, runs.last().map(|&(a, n)| a + n * PAGE).unwrap_or(0));
+        let scan_err = |e| Error::BackgroundCopy { pid, what: format!("PAGEMAP_SCAN of {start:#x}-{end:#x}: {e}") };
+        // Pages written (or replaced: a new page is not protected) and pages no
+        // longer there (dropped, unmapped), since they were protected.
+        let mut written = sh.unwritten(start, end).map_err(scan_err)?;
+        written.extend(sh.absent(start, end).map_err(scan_err)?);
+        sh.state.lock().unwrap_or_else(|p| p.into_inner()).read_until = end;
+        // Lifting the protection succeeds only while no change of the memory
+        // map is under way whose event is not read yet (the kernel answers
+        // EAGAIN from its start until then): once it has, every unmap, remap or
+        // drop before it has been through `gone`, under the lock taken next.
+        for &(a, n) in runs {
+            sh.release(a, n * PAGE);
+        }
         let mut st = sh.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(why) = &st.failed {
             return Err(Error::BackgroundCopy { pid, what: why.clone() });
         }
-        let written = sh.unwritten(start, end).map_err(|e| Error::BackgroundCopy { pid, what: format!("PAGEMAP_SCAN of {start:#x}-{end:#x}: {e}") })?;
         let mut off = 0usize;
         for &(a, n) in runs {
             let run_end = a + n * PAGE;
