@@ -12,13 +12,22 @@
 //! failed dump, or crtool killed, leaves the tree running as if nothing
 //! happened.
 //!
-//! What the kernel does not report (munmap, mremap, madvise(MADV_DONTNEED)
-//! and their like take pages away without a write fault) is found after each
-//! read: PAGEMAP_SCAN says whether every page read was still protected, i.e.
-//! unchanged since the freeze. A page that was not makes the copy fail
-//! (`Error::BackgroundCopy`): `dump` then dumps again with the memory copied
-//! while frozen.
-
+//! Memory that changes without a write fault (munmap, mremap, madvise
+//! MADV_DONTNEED of pages not copied yet) makes the copy fail
+//! (`Error::BackgroundCopy`, and `dump` dumps again with the memory copied
+//! while frozen). The userfaultfd reports such changes as events, but only
+//! once they are made; so a chunk that was read is accepted only after lifting
+//! its protection succeeded, which the kernel refuses (EAGAIN) from the start
+//! of a change until its event is read, and the fault thread reads events
+//! under the lock the copy takes next. PAGEMAP_SCAN after each read also
+//! checks that every page read was still protected and present (or saved by
+//! the fault thread first).
+//!
+//! Some kernel writes cannot wait for a userfaultfd at all: those of an
+//! exiting thread (its clear_child_tid and robust-list words: their pages are
+//! saved while frozen and left writable, see `robust_words`), and the futex
+//! code's own (priority-inheritance futexes: a process seen using them is
+//! copied while frozen, see `pi_in_use`).
 use crate::error::{Error, Result};
 use crate::infect::Tracee;
 use crate::mem::dump::{PageStats, zero_volatile};
