@@ -28,6 +28,7 @@
 //! saved while frozen and left writable, see `robust_words`), and the futex
 //! code's own (priority-inheritance futexes: a process seen using them is
 //! copied while frozen, see `pi_in_use`).
+
 use crate::error::{Error, Result};
 use crate::infect::Tracee;
 use crate::mem::dump::{PageStats, zero_volatile};
@@ -304,7 +305,7 @@ fn new_uffd(t: &Tracee, pid: i32, made: Option<OwnedFd>) -> Result<Option<OwnedF
         None => {
             let n = match t.syscall_ok("userfaultfd", libc::SYS_userfaultfd, &[uffd::NEW_FLAGS_SYNC]) {
                 Ok(n) => n as i32,
-                Err(Error::Ptrace { errno, .. }) if errno == nix::errno::Errno::EPERM => return Ok(None),
+                Err(Error::Ptrace { errno: nix::errno::Errno::EPERM, .. }) => return Ok(None),
                 Err(e) => return Err(e),
             };
             let taken = process::pidfd_open(Pid::from_raw(pid)).and_then(|p| process::pidfd_getfd(&p, n));
