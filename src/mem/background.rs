@@ -302,16 +302,10 @@ pub fn uffd_from_device(parasite: &mut crate::infect::Parasite, pid: i32) -> Opt
 fn new_uffd(t: &Tracee, pid: i32, made: Option<OwnedFd>) -> Result<Option<OwnedFd>> {
     let fd = match made {
         Some(fd) => fd,
-        None => {
-            let n = match t.syscall_ok("userfaultfd", libc::SYS_userfaultfd, &[uffd::NEW_FLAGS_SYNC]) {
-                Ok(n) => n as i32,
-                Err(Error::Ptrace { errno: nix::errno::Errno::EPERM, .. }) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let taken = process::pidfd_open(Pid::from_raw(pid)).and_then(|p| process::pidfd_getfd(&p, n));
-            t.syscall_ok("close", libc::SYS_close, &[n as u64])?;
-            taken.map_err(|e| Error::sys(format!("pid {pid}: taking its userfaultfd"), e))?
-        }
+        None => match crate::mem::track::uffd_in_task(t, pid, uffd::NEW_FLAGS_SYNC) {
+            Err(Error::Ptrace { op: "userfaultfd", errno: nix::errno::Errno::EPERM, .. }) => return Ok(None),
+            r => r?,
+        },
     };
     uffd::api_sync(fd.as_fd()).map_err(|e| Error::sys(format!("pid {pid}: UFFDIO_API (write protection)"), e))?;
     Ok(Some(fd))

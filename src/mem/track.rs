@@ -32,13 +32,20 @@ pub fn tracked(v: &pb::Vma) -> bool {
     matches!(v.kind(), VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate | VmaKind::VmaMemfdPrivate) && vma::has_private_pages(v)
 }
 
+/// A userfaultfd made in the stopped task `t` (pid `pid`) by the userfaultfd(2)
+/// syscall with `flags`, handed to crtool (pidfd_getfd) and closed in the task.
+/// A refusal of the syscall is Error::Ptrace with op "userfaultfd".
+pub fn uffd_in_task(t: &Tracee, pid: i32, flags: u64) -> Result<OwnedFd> {
+    let n = t.syscall_ok("userfaultfd", libc::SYS_userfaultfd, &[flags])? as i32;
+    let taken = process::pidfd_open(Pid::from_raw(pid)).and_then(|p| process::pidfd_getfd(&p, n));
+    t.syscall_ok("close", libc::SYS_close, &[n as u64])?;
+    taken.map_err(|e| Error::sys(format!("pid {pid}: taking its userfaultfd"), e))
+}
+
 /// A userfaultfd made in the stopped task `t` (pid `pid`) and handed to crtool,
 /// set up for asynchronous write protection.
 fn new_uffd(t: &Tracee, pid: i32) -> Result<OwnedFd> {
-    let n = t.syscall_ok("userfaultfd", libc::SYS_userfaultfd, &[uffd::NEW_FLAGS])? as i32;
-    let taken = process::pidfd_open(Pid::from_raw(pid)).and_then(|p| process::pidfd_getfd(&p, n));
-    t.syscall_ok("close", libc::SYS_close, &[n as u64])?;
-    let fd = taken.map_err(|e| Error::sys(format!("pid {pid}: taking its userfaultfd"), e))?;
+    let fd = uffd_in_task(t, pid, uffd::NEW_FLAGS)?;
     uffd::api(fd.as_fd()).map_err(|e| Error::sys(format!("pid {pid}: UFFDIO_API (asynchronous write protection)"), e))?;
     Ok(fd)
 }

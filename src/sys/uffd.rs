@@ -48,7 +48,11 @@ pub const NEW_FLAGS: u64 = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | 1;
 
 /// UFFDIO_API with asynchronous write protection.
 pub fn api(uffd: BorrowedFd) -> Result<(), Errno> {
-    let mut a = [UFFD_API, UFFD_FEATURE_WP_ASYNC, 0u64];
+    api_with(uffd, UFFD_FEATURE_WP_ASYNC)
+}
+
+fn api_with(uffd: BorrowedFd, features: u64) -> Result<(), Errno> {
+    let mut a = [UFFD_API, features, 0u64];
     // SAFETY: UFFDIO_API reads and writes a struct uffdio_api (three u64): `a`.
     Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
 }
@@ -62,9 +66,7 @@ const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 /// move), madvise(MADV_DONTNEED/REMOVE) (before: the caller waits until the
 /// event is read), munmap.
 pub fn api_sync(uffd: BorrowedFd) -> Result<(), Errno> {
-    let mut a = [UFFD_API, UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP, 0u64];
-    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api (three u64): `a`.
-    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, a.as_mut_ptr()) }).map(drop)
+    api_with(uffd, UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
 }
 
 /// UFFDIO_WRITEPROTECT: protects [start, start + len) (`protect`), or lifts the
