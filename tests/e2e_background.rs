@@ -113,6 +113,11 @@ start_wl bgthreads; P=$!; put pid $P
 wait_until nonempty "$T/ready" || fail "bgthreads did not start: $(cat "$T/bgthreads.log")"
 run dump crt dump -R -t $P -D "$T/ck" -v
 need dump
+# (The workload looks every millisecond; the probe page is protected only
+# until the copy reaches it, a few milliseconds: on a busy machine it may
+# miss it, and then its threads end after the copy, told by SIGUSR2.)
+for _ in $(seq 60); do [ -s "$T/joined" ] && break; sleep 0.05; done
+[ -s "$T/joined" ] || { put probe_missed yes; kill -USR2 $P; }
 wait_until nonempty "$T/joined" && put joined "$(cat "$T/joined")"
 kill -9 $P; wait_until gone $P
 rm -f "$T/joined"
