@@ -44,6 +44,9 @@ pub enum Error {
     #[error("cannot restore pid {pid}: this CPU {msg}")]
     Cpu { pid: i32, msg: String },
 
+    #[error("lazy pages: {msg}")]
+    Lazy { msg: String },
+
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 

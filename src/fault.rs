@@ -27,22 +27,29 @@
 //! | 104 | restore: in a restoring task, before the restorer |
 //! | 105 | restore: every thread is at the restorer's end |
 //! | 106 | restore: the tree is ready to run |
+//! | 201 | lazy-pages: a page is about to be supplied |
+//!
+//! `CRTOOL_FAULT=201:hold` instead holds the lazy-pages daemon's background push
+//! while DIR/lazy-pages.hold exists: only faults are answered, so a test can make
+//! the restored process fork, move and drop memory while pages are still owed.
 
 use crate::error::{Error, Result};
 
 /// Fails (or dies) here if `CRTOOL_FAULT` names `step`.
 pub fn point(step: u32) -> Result<()> {
     let Ok(v) = std::env::var("CRTOOL_FAULT") else { return Ok(()) };
-    let (n, kill) = match v.split_once(':') {
-        Some((n, "kill")) => (n, true),
-        _ => (v.as_str(), false),
-    };
-    if n.parse::<u32>().ok() != Some(step) {
+    let (n, kill) = v.split_once(':').unwrap_or((v.as_str(), ""));
+    if n.parse::<u32>().ok() != Some(step) || kill == "hold" {
         return Ok(());
     }
-    if kill {
+    if kill == "kill" {
         // No log line: in a restoring task, fd 2 may already be the task's own.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
     }
     Err(Error::Fault { step })
+}
+
+/// Whether `CRTOOL_FAULT` is `step:hold` (see the table above).
+pub fn hold(step: u32) -> bool {
+    std::env::var("CRTOOL_FAULT").is_ok_and(|v| v == format!("{step}:hold"))
 }

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod files;
 pub mod infect;
 pub mod ipc;
+pub mod lazy;
 pub mod net;
 pub mod pageserver;
 pub mod mem;

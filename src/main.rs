@@ -96,6 +96,12 @@ enum Cmd {
         /// namespace (CRIU's meaning). Repeatable.
         #[arg(long, value_name = "macvlan[IN]:OUT")]
         external: Vec<String>,
+        /// Run the tree before its private anonymous memory is filled: the
+        /// lazy-pages daemon serving this directory (`crtool lazy-pages -D DIR`,
+        /// waited for up to 5 s) supplies each page on first touch and pushes the
+        /// rest in the background.
+        #[arg(long)]
+        lazy_pages: bool,
         #[command(flatten)]
         log: LogOpts,
         #[command(flatten)]
@@ -121,11 +127,18 @@ enum Cmd {
         #[command(flatten)]
         log: LogOpts,
     },
-    /// CRIU's lazy-pages daemon: not supported yet.
+    /// CRIU's lazy-pages daemon: serves the memory of one `restore --lazy-pages`
+    /// of DIR over the socket DIR/lazy-pages.socket, answering page faults and
+    /// pushing the remaining pages; exits 0 once every restored process has all
+    /// of its memory (or has exited). If a page cannot be supplied, the processes
+    /// still owed memory are killed and it exits 1.
     #[command(name = "lazy-pages")]
     LazyPages {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        /// Image directory of the dump being restored.
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        #[command(flatten)]
+        log: LogOpts,
     },
     /// Probe the kernel features crtool needs and say which are missing.
     Check,
@@ -272,9 +285,6 @@ struct RestoreNotYet {
     /// cgroup handling (not supported yet).
     #[arg(long, num_args = 0..=1)]
     manage_cgroups: Option<Option<String>>,
-    /// Lazy memory migration (not supported yet).
-    #[arg(long)]
-    lazy_pages: bool,
     /// Restore into another root directory (not supported yet).
     #[arg(short = 'r', long, value_name = "PATH")]
     root: Option<PathBuf>,
@@ -287,7 +297,6 @@ impl RestoreNotYet {
     fn used(&self) -> Option<&'static str> {
         [
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
-            (self.lazy_pages, "--lazy-pages"),
             (self.root.is_some(), "--root"),
             (self.restore_sibling, "--restore-sibling"),
         ]
@@ -418,7 +427,7 @@ fn run() -> Result<i32> {
     match cli.cmd {
         Cmd::Dump(a) => run_dump(a, false),
         Cmd::PreDump(a) => run_dump(a, true),
-        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, veth_pair, external, log, not_yet: n } => {
+        Cmd::Restore { dir, detach, shell_job: _, file_validation, pidns, pidfile, inherit_fd, ext_unix_sk: _, file_locks: _, tcp_established: _, veth_pair, external, lazy_pages, log, not_yet: n } => {
             not_yet(n.used())?;
             let mut inherit = std::collections::BTreeMap::new();
             let mut inherit_socks = std::collections::BTreeMap::new();
@@ -449,7 +458,7 @@ fn run() -> Result<i32> {
             crtool::sys::signals::catch_interrupts();
             init_log(&log, &dir, "restore.log")?;
             let checks = restore::preflight::Checks { validation: file_validation };
-            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks, veth, inherit_ns })? {
+            match restore::restore(&restore::RestoreOpts { dir, detach, checks, pidns, pidfile, inherit, inherit_socks, veth, inherit_ns, lazy_pages })? {
                 restore::Outcome::Detached(pid) => {
                     eprintln!("crtool: restored pid {pid}, running detached");
                     Ok(0)
@@ -466,7 +475,23 @@ fn run() -> Result<i32> {
             eprintln!("crtool: page server: {n} page image{} received into {}", if n == 1 { "" } else { "s" }, dir.display());
             Ok(0)
         }
-        Cmd::LazyPages { .. } => anyhow::bail!("crtool lazy-pages is not supported yet"),
+        Cmd::LazyPages { dir, log } => {
+            let dir = absolute(&dir)?;
+            restore::check_dir(&dir)?;
+            init_log(&log, &dir, "lazy-pages.log")?;
+            let s = crtool::lazy::serve(&dir)?;
+            eprintln!(
+                "crtool: lazy-pages: {} process{} served in {} ms: {} faults ({} KiB), {} KiB pushed, {} zero pages",
+                s.processes,
+                if s.processes == 1 { "" } else { "es" },
+                s.serving.as_millis(),
+                s.faults,
+                s.fault_bytes >> 10,
+                s.pushed_bytes >> 10,
+                s.zero_pages
+            );
+            Ok(0)
+        }
         Cmd::Check => {
             let probes = check::check();
             let mut ok = true;

@@ -316,6 +316,12 @@ pub struct RestorerArgs {
     pub nr_protects: u32,
     /// mlockall(2) flags for future mappings (0: none), set last.
     pub mlockall: u32,
+    /// A userfaultfd of this task held by a lazy-pages daemon (-1: none): the
+    /// restorer registers the `nr_lazy` ranges (VmaProtect, `prot` unused) at
+    /// `lazy` for missing-page faults once every VMA is in place, then closes it.
+    pub uffd: i32,
+    pub nr_lazy: u32,
+    pub lazy: u64,
 }
 
 pub const SPARE_SIZE: usize = 256;
@@ -336,6 +342,7 @@ pub const STEP_THREADS: u32 = 12;
 pub const STEP_TIMERS: u32 = 13;
 pub const STEP_PROTECT: u32 = 14;
 pub const STEP_PERSONALITY: u32 = 15;
+pub const STEP_LAZY: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -17,6 +17,9 @@ use rt::*;
 const MREMAP_MAYMOVE: usize = 1;
 const MREMAP_FIXED: usize = 2;
 const TASK_SIZE: u64 = (1 << 47) - 4096;
+/// _IOWR(0xAA, 0x00, struct uffdio_register).
+const UFFDIO_REGISTER: usize = 0xC020_AA00;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 
 /// Entry: rdi = &RestorerArgs, rsp = top of the restorer's stack inside the area.
 #[unsafe(naked)]
@@ -104,6 +107,17 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
         for i in 0..a.nr_protects as usize {
             let p = *protects.add(i);
             check(STEP_PROTECT, i, syscall3(NR_MPROTECT, p.addr as usize, p.len as usize, p.prot as usize))?;
+        }
+        // Lazy memory: from now on a missing page is asked of the lazy-pages daemon.
+        if a.uffd >= 0 {
+            let lazy = a.lazy as *const VmaProtect;
+            for i in 0..a.nr_lazy as usize {
+                let l = *lazy.add(i);
+                // struct uffdio_register: range (start, len), mode, ioctls (out).
+                let mut reg = [l.addr, l.len, UFFDIO_REGISTER_MODE_MISSING, 0u64];
+                check(STEP_LAZY, i, syscall3(NR_IOCTL, a.uffd as usize, UFFDIO_REGISTER, reg.as_mut_ptr() as usize))?;
+            }
+            syscall3(NR_CLOSE, a.uffd as usize, 0, 0);
         }
         // Every mapping is in place: READ_IMPLIES_EXEC can no longer widen one.
         check(STEP_PERSONALITY, 0, syscall3(NR_PERSONALITY, a.personality as usize, 0, 0))?;

@@ -106,13 +106,15 @@ pub fn groups(vmas: &[pb::Vma], solo: &[bool]) -> Vec<std::ops::Range<usize>> {
 pub struct Slot<'a> {
     pub vmas: &'a [pb::Vma],
     pub map: Mapping,
+    /// Left empty for the lazy-pages daemon (see `premap`).
+    pub lazy: bool,
 }
 
 impl Slot<'_> {
-    fn start(&self) -> u64 {
+    pub fn start(&self) -> u64 {
         self.vmas[0].start
     }
-    fn end(&self) -> u64 {
+    pub fn end(&self) -> u64 {
         self.vmas[self.vmas.len() - 1].end
     }
     /// The protection its memory has once `premap` is done (a run keeps the
@@ -129,14 +131,22 @@ impl Slot<'_> {
 /// taken over from `parent`'s slots (inherited at fork) instead of mapped afresh:
 /// its own pages are written over it, pages it did not have are dropped. Returns the
 /// slots, in address order.
+///
+/// With `lazy` (restore --lazy-pages), private anonymous runs are left empty
+/// (`Slot::lazy`) for the lazy-pages daemon, except locked ones (mlock fills
+/// them at once) and ones that overlap `lazy` (ranges children take over at
+/// fork: they must be filled before the children are forked). A VMA taken over
+/// from the parent is never lazy.
+#[allow(clippy::too_many_arguments)]
 pub fn premap<'a>(
     pid: i32,
     vmas: &'a [pb::Vma],
     pagemap: &[pb::PagemapEntry],
-    pages: &mut crate::mem::chain::Pages,
+    pages: &mut Option<crate::mem::chain::Pages>,
     area: &mut Area,
     shmem: &ShmemObjects,
     parent: Option<&[Slot]>,
+    lazy: Option<&[(u64, u64)]>,
 ) -> Result<Vec<Slot<'a>>> {
     let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
     let bad = |msg: String| Error::BadImage { file: format!("pagemap-{pid}.img"), msg };
@@ -200,7 +210,13 @@ pub fn premap<'a>(
             _ => unreachable!("groups() only holds restorable VMAs"),
         };
         let map = r.map_err(|e| fail(format!("premapping {:#x}-{:#x} ({})", v.start, v.start + len, v.path), e))?;
-        slots.push(Slot { vmas: members, map });
+        let (start, end) = (v.start, v.start + len);
+        let is_lazy = lazy.is_some_and(|kept| {
+            !solo[first]
+                && members.iter().all(|m| m.kind() == VmaKind::VmaAnonPrivate && !vma::has_flag(m, "lo"))
+                && !kept.iter().any(|&(s, e)| s < end && start < e)
+        });
+        slots.push(Slot { vmas: members, map, lazy: is_lazy });
         prot_now.push(now);
     }
 
@@ -228,6 +244,12 @@ pub fn premap<'a>(
         if e.inherited {
             continue; // already there, shared with the parent
         }
+        if slot.lazy {
+            continue; // the lazy-pages daemon's
+        }
+        let Some(pages) = pages.as_mut() else {
+            return Err(Error::Restore { pid, msg: format!("pages at {:#x}: the page image is not here", e.vaddr) });
+        };
         if v.kind() == VmaKind::VmaAnonShared {
             continue; // filled once, in the shared object, by crtool
         }

@@ -17,7 +17,7 @@ use crate::sys::fd;
 use crate::{task, task::timers};
 use images_format::pb;
 use std::convert::Infallible;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 
 /// What every restoring task inherits from crtool.
@@ -32,6 +32,8 @@ pub struct Ctx<'a> {
     pub cpu_tick_usec: u64,
     pub groups: &'a [LeaderlessGroup],
     pub ipc: &'a crate::ipc::IpcRestore,
+    /// restore --lazy-pages: private anonymous memory is left to the daemon.
+    pub lazy: bool,
 }
 
 /// A process group whose leader had exited: restore recreates it with a helper
@@ -230,6 +232,7 @@ struct Region {
     threads: u64,
     vmas: u64,
     protects: u64,
+    lazy: u64,
     auxv: u64,
     siginfo: u64,
     timers: u64,
@@ -254,6 +257,8 @@ fn layout(task: &TaskImages, nr_vmas: usize, nr_protects: usize, frame_sizes: &[
     let threads = take((core.threads.len() * std::mem::size_of::<ThreadArgs>()) as u64, 64);
     let vmas = take(nr_vmas as u64 * 24, 64);
     let protects = take(nr_protects as u64 * 24, 64);
+    // Lazy ranges: at most one per premapped run.
+    let lazy = take(nr_vmas as u64 * 24, 64);
     let auxv = take(task.mm.auxv.len() as u64 * 8, 64);
     let nr_siginfo = core.shared_pending.len() + core.threads.iter().map(|t| t.pending.len()).sum::<usize>();
     let siginfo = take(nr_siginfo as u64 * abi::SIGINFO_SIZE as u64, 64);
@@ -263,7 +268,7 @@ fn layout(task: &TaskImages, nr_vmas: usize, nr_protects: usize, frame_sizes: &[
     // The main thread's stack is BLOB_STACK_SIZE; every other thread gets THREAD_STACK.
     let stacks = take(abi::BLOB_STACK_SIZE as u64 + (core.threads.len() as u64 - 1) * THREAD_STACK, PAGE);
     let scratch = at.next_multiple_of(PAGE);
-    Region { args, threads, vmas, protects, auxv, siginfo, timers, frames, spare, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
+    Region { args, threads, vmas, protects, lazy, auxv, siginfo, timers, frames, spare, stacks, scratch, len: scratch + scratch_len.next_multiple_of(PAGE) }
 }
 
 fn put<T: abi::Plain>(mem: &mut [u8], off: u64, v: &T) {
@@ -316,8 +321,13 @@ fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Opt
     let area_at = find_area(pid, vmas, area_len)?;
     let mut area = Area::reserve(area_at, area_len).map_err(|e| fail(format!("reserving the restore area at {area_at:#x}: {e}")))?;
 
-    let mut pages = crate::mem::chain::Pages::open(ctx.dir, pid as u32)?;
-    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited)?;
+    // Lazy: what children take over at fork must be there before they are forked.
+    let kept: Vec<(u64, u64)> = ctx.imgs.children(pid as u32).into_iter()
+        .filter_map(|c| ctx.imgs.procs[c].task.as_ref())
+        .flat_map(|t| t.pagemap.iter().filter(|e| e.inherited).map(|e| (e.vaddr, e.vaddr + e.nr_pages as u64 * PAGE)))
+        .collect();
+    let mut pages = Some(crate::mem::chain::Pages::open(ctx.dir, pid as u32)?);
+    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited, ctx.lazy.then_some(kept.as_slice()))?;
     crate::fault::point(103)?;
     Ok(Premapped { area, slots, reg, specials, protects })
 }
@@ -327,7 +337,20 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     let fail = |msg: String| Error::Restore { pid, msg };
     let Premapped { mut area, slots, reg, specials, protects } = pm;
     let moves = crate::mem::restore::moves(&slots);
+    let lazy: Vec<abi::VmaProtect> = slots.iter().filter(|s| s.lazy).map(|s| abi::VmaProtect { addr: s.start(), len: s.end() - s.start(), prot: 0 }).collect();
     drop(slots); // the memory stays mapped for the restorer
+    // Lazy memory: a userfaultfd of this (the task's) memory goes to the daemon now;
+    // the restorer registers the ranges once they are in place.
+    let uffd = if lazy.is_empty() {
+        None
+    } else {
+        let uffd = crate::sys::uffd::new_own().map_err(|e| fail(format!("userfaultfd: {e}")))?;
+        crate::sys::uffd::api_lazy(uffd.as_fd()).map_err(|e| fail(format!("UFFDIO_API: {e}")))?;
+        let me = crate::sys::process::pidfd_open(nix::unistd::getpid()).map_err(|e| fail(format!("pidfd_open: {e}")))?;
+        let ranges: Vec<(u64, u64)> = lazy.iter().map(|l| (l.addr, l.len)).collect();
+        crate::lazy::hand_over(ctx.dir, pid as u32, &ranges, uffd.as_fd(), me.as_fd())?;
+        Some(uffd)
+    };
 
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
     let mut region_map = area
@@ -344,6 +367,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     }
     for (i, p) in protects.iter().enumerate() {
         put(mem, reg.protects + i as u64 * 24, p);
+    }
+    for (i, l) in lazy.iter().enumerate() {
+        put(mem, reg.lazy + i as u64 * 24, l);
     }
     for (i, v) in task.mm.auxv.iter().enumerate() {
         put(mem, reg.auxv + i as u64 * 8, v);
@@ -436,6 +462,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
         protects: region + reg.protects,
         nr_protects: protects.len() as u32,
         mlockall: task.mm.mlockall,
+        uffd: -1,
+        nr_lazy: lazy.len() as u32,
+        lazy: region + reg.lazy,
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
     task::fill_restorer_args(core, &mut args, ctx.cpu_tick_usec);
@@ -451,7 +480,11 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     let exe_fd = fd::open_at_pos(&exe_path, libc::O_RDONLY, 0).map_err(|e| fail(format!("cannot open the executable {}: {e}", m.exe)))?;
     let exe_hi = fd::dup_above(exe_fd.as_raw_fd(), status + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
     drop(exe_fd);
-    let keep = [status, exe_hi];
+    let uffd_hi = match uffd {
+        Some(u) => fd::dup_above(u.as_raw_fd(), exe_hi + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?,
+        None => -1,
+    };
+    let keep = [status, exe_hi, uffd_hi];
     fd::close_all_except(&[&keep[..], &ctx.parked.all_fds()].concat());
     if let Err(e) = ctx.parked.install(pid, &task.fds) {
         report_and_exit(status, &e);
@@ -465,6 +498,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     }
     args.status_fd = status;
     args.exe_fd = exe_hi;
+    args.uffd = uffd_hi;
     args.mm.exe_fd = exe_hi as u32;
     let _warnings = task::apply_rlimits(core); // nowhere to log them from here
     if let Err(e) = crate::fault::point(104) {

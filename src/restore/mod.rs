@@ -42,6 +42,8 @@ pub struct RestoreOpts {
     /// Namespaces handed over for external ones (--inherit-fd fd[N]:KEY): key →
     /// crtool's fd N.
     pub inherit_ns: std::collections::BTreeMap<String, i32>,
+    /// Leave private anonymous memory to the lazy-pages daemon (--lazy-pages).
+    pub lazy_pages: bool,
 }
 
 pub enum Outcome {
@@ -237,6 +239,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     preflight::check(&imgs, opts.checks)?;
     check_inherited(&imgs, &opts.inherit)?;
     crate::fault::point(101)?;
+    // The daemon learns how the restore ends through this (a drop: it failed).
+    let lazy = if opts.lazy_pages { Some(crate::lazy::Control::connect(&opts.dir)?) } else { None };
     if opts.pidns && imgs.inv.new_pid_ns {
         return Err(Error::Restore { pid: root_pid, msg: "--pidns: the dumped tree had a PID namespace of its own, which restore creates anyway".into() });
     }
@@ -316,6 +320,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         cpu_tick_usec: crate::sys::process::cpu_itimer_tick_usec(),
         groups: &groups,
         ipc: &ipc,
+        lazy: lazy.is_some(),
     };
     log::info!("pid {root_pid}: forking the tree ({} processes)", imgs.procs.len());
     let mut init = None;
@@ -378,6 +383,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 },
                 None => Ok(sup),
             });
+            if let Some(l) = lazy {
+                l.finish(done.is_ok());
+            }
             // Every task is in its working directory by now.
             ghost_dirs.remove();
             parked.restored = done.is_ok();

@@ -550,6 +550,7 @@ fn step_name(step: u32) -> &'static str {
         STEP_THREADS => "create threads",
         STEP_TIMERS => "POSIX timers",
         STEP_PROTECT => "protect VMAs",
+        STEP_LAZY => "register lazy memory with the userfaultfd",
         _ => "unknown",
     }
 }

@@ -46,7 +46,6 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Duplicates fd `target_fd` of the process behind `pidfd` into this process.
 /// pidfd_open(pid, flags) (flags: PIDFD_NONBLOCK = O_NONBLOCK).
 pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes no pointers; a non-negative result is a new fd we own.
@@ -56,6 +55,15 @@ pub fn pidfd_open_flags(pid: i32, flags: u32) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// SIGKILL to the process behind `pidfd` (pidfd_send_signal(2)): never another
+/// process that reused its PID.
+pub fn pidfd_kill(pidfd: std::os::fd::BorrowedFd) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal with no siginfo pointer.
+    Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, 0usize, 0u32) }).map(drop)
+}
+
+/// Duplicates fd `target_fd` of the process behind `pidfd` into this process.
 pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> Result<OwnedFd, Errno> {
     use std::os::fd::AsRawFd;
     // SAFETY: no pointers; a non-negative result is a new fd we own.

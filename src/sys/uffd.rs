@@ -172,3 +172,93 @@ fn scan(pagemap: BorrowedFd, start: u64, end: u64, flags: u64, inverted: u64, ma
     }
     Ok(out)
 }
+
+// ---- Lazy pages: missing-page faults served by a daemon (userfaultfd(2),
+// ioctl_userfaultfd(2): UFFDIO_COPY, UFFDIO_ZEROPAGE; non-cooperative events).
+
+/// _IOWR(0xAA, 0x03, struct uffdio_copy).
+const UFFDIO_COPY: libc::Ioctl = 0xC028_AA03;
+/// _IOWR(0xAA, 0x04, struct uffdio_zeropage).
+const UFFDIO_ZEROPAGE: libc::Ioctl = 0xC020_AA04;
+const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+const UFFD_EVENT_FORK: u8 = 0x13;
+
+/// A userfaultfd of the calling process's memory (O_CLOEXEC | O_NONBLOCK; faults
+/// from kernel mode included, which needs CAP_SYS_PTRACE or
+/// vm.unprivileged_userfaultfd = 1).
+pub fn new_own() -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: userfaultfd(2) takes flags and returns a new fd, owned here.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: a fresh fd nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// UFFDIO_API for lazy pages: missing-page faults plus the events that change
+/// which pages a daemon must still supply: fork (a new userfaultfd for the
+/// child's copy), mremap, madvise(MADV_DONTNEED/REMOVE), munmap.
+pub fn api_lazy(uffd: BorrowedFd) -> Result<(), Errno> {
+    api_with(uffd, UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
+}
+
+/// A message of a lazy-pages userfaultfd.
+#[derive(Debug)]
+pub enum Event {
+    /// A missing-page fault at this address.
+    Fault(u64),
+    /// The process forked: the child's userfaultfd (now an fd of the reader).
+    Fork(std::os::fd::OwnedFd),
+    /// [from, from + len) moved to [to, to + len) (mremap).
+    Remap { from: u64, to: u64, len: u64 },
+    /// [start, end) is gone (munmap) or emptied (madvise): it reads as zeros.
+    Gone(u64, u64),
+    /// Another event.
+    Other,
+}
+
+/// The next message of a lazy-pages userfaultfd (None: none queued). One at a
+/// time on purpose: a madvise waits only until its event is read, so a fault
+/// read together with it must not be served after it.
+pub fn next_event(uffd: BorrowedFd) -> Result<Option<Event>, Errno> {
+    let mut m = [0u64; 4];
+    match nix::unistd::read(uffd, msg_bytes(&mut m)) {
+        Ok(32) => Ok(Some(match m[0] as u8 {
+            UFFD_EVENT_PAGEFAULT => Event::Fault(m[2]),
+            UFFD_EVENT_FORK => {
+                // SAFETY: the kernel installed this fd in our table for this read.
+                Event::Fork(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(m[1] as u32 as i32) })
+            }
+            UFFD_EVENT_REMAP => Event::Remap { from: m[1], to: m[2], len: m[3] },
+            UFFD_EVENT_REMOVE | UFFD_EVENT_UNMAP => Event::Gone(m[1], m[2]),
+            _ => Event::Other,
+        })),
+        Ok(_) => Err(Errno::EIO),
+        Err(Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// UFFDIO_COPY of `src` to `dst` (page-aligned, in the userfaultfd's process),
+/// waking threads waiting there. Returns the bytes copied; an error after a
+/// partial copy comes with what was copied: EEXIST (a page is already there),
+/// EAGAIN (the memory layout is changing: read the events first), ENOENT (no
+/// such mapping any more), ESRCH (the process is gone).
+pub fn copy(uffd: BorrowedFd, dst: u64, src: &[u8]) -> Result<u64, (Errno, u64)> {
+    // struct uffdio_copy: dst, src, len, mode, copy (out, bytes or -errno).
+    let mut c = [dst, src.as_ptr() as u64, src.len() as u64, 0u64, 0u64];
+    // SAFETY: UFFDIO_COPY reads `len` bytes at `src` (the slice) and writes the
+    // `copy` field of `c`.
+    let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY, c.as_mut_ptr()) };
+    let done = if (c[4] as i64) > 0 { c[4] } else { 0 };
+    if r < 0 { Err((Errno::last(), done)) } else { Ok(done) }
+}
+
+/// UFFDIO_ZEROPAGE of [start, start + len), waking threads waiting there.
+/// Errors as `copy`.
+pub fn zeropage(uffd: BorrowedFd, start: u64, len: u64) -> Result<u64, (Errno, u64)> {
+    // struct uffdio_zeropage: range (start, len), mode, zeropage (out).
+    let mut z = [start, len, 0u64, 0u64];
+    // SAFETY: UFFDIO_ZEROPAGE reads the range and mode and writes the result field of `z`.
+    let r = unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_ZEROPAGE, z.as_mut_ptr()) };
+    let done = if (z[3] as i64) > 0 { z[3] } else { 0 };
+    if r < 0 { Err((Errno::last(), done)) } else { Ok(done) }
+}

@@ -16,6 +16,14 @@ record also goes to DIR/record (the round and a hash of every page), outside
 the process's memory: memory and in-memory record could come back equally
 stale. On SIGUSR1 checks every page against its record and the record against
 DIR/record. Writes PASS or FAIL: why to DIR/result.
+
+Rounds 3 to 5 change the memory layout rather than the values (for lazy
+restore, whose daemon must follow them while pages are still owed): round 3
+forks a child that checks every page of its copy and writes PASS or FAIL: why
+to DIR/child_result; round 4 drops 16 pages of the bytearray's private
+memory (MADV_DONTNEED: they read as zeros; the mmap is shared memory, which
+keeps its data); round 5 grows the bytearray by 1 MiB (realloc: glibc moves or
+grows the mapping with mremap).
 """
 import hashlib
 import mmap
@@ -32,6 +40,7 @@ c = wlcommon.Checks()
 buf = bytearray(64 << 20)
 region = mmap.mmap(-1, 1 << 20)
 want = {}  # (name, page) -> byte value
+zeroed = []  # (offset, length) in buf: dropped by MADV_DONTNEED
 
 
 def fill(name, mem, page, value):
@@ -47,10 +56,11 @@ rounds = [0]
 
 
 def digest():
+    # What the memory should hold (check_pages compares it page by page), not
+    # the memory itself: reading all of it would fault in every page of a lazy
+    # restore at once.
     h = hashlib.sha256()
-    h.update(bytes(buf))
-    h.update(bytes(region))
-    h.update(repr(sorted(want.items())).encode())
+    h.update(repr((len(buf), len(region), sorted(want.items()), zeroed)).encode())
     return "%d %s" % (rounds[0], h.hexdigest())
 
 
@@ -63,9 +73,61 @@ def save_record():
 save_record()
 
 
+def expected(name, page, value):
+    exp = bytearray([value]) * PAGE
+    for off, length in zeroed if name == "buf" else []:
+        lo, hi = max(off, page * PAGE), min(off + length, (page + 1) * PAGE)
+        if lo < hi:
+            exp[lo - page * PAGE:hi - page * PAGE] = bytes(hi - lo)
+    return exp
+
+
+def check_pages():
+    bad = []
+    for (name, page), value in sorted(want.items()):
+        mem = buf if name == "buf" else region
+        if mem[page * PAGE:(page + 1) * PAGE] != expected(name, page, value):
+            bad.append((name, page))
+    return bad
+
+
+def layout_round(n):
+    global buf
+    if n == 3:
+        pid = os.fork()
+        if pid == 0:
+            bad = check_pages()
+            with open(os.path.join(d, "child_result"), "w") as fh:
+                fh.write("PASS\n" if not bad else "FAIL: pages differ in the child: %s (%d)\n" % (bad[:5], len(bad)))
+            os._exit(0)
+        os.waitpid(pid, 0)
+    elif n == 4:
+        import ctypes
+        view = (ctypes.c_char * len(buf)).from_buffer(buf)
+        addr = ctypes.addressof(view)
+        start = (addr + 12000 * PAGE + PAGE - 1) // PAGE * PAGE
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if libc.madvise(start, 16 * PAGE, 4) != 0:  # MADV_DONTNEED
+            c.problems.append("madvise: errno %d" % ctypes.get_errno())
+        zeroed.append((start - addr, 16 * PAGE))
+        del view
+    elif n == 5:
+        old = len(buf) // PAGE
+        buf.extend(bytes(256 * PAGE))
+        for i in range(old, old + 256):
+            want[("buf", i)] = 0
+
+
 def change(*_):
     global region
     n = rounds[0] = rounds[0] + 1
+    if n >= 3:
+        layout_round(n)
+        save_record()
+        with open(os.path.join(d, "round%d" % n), "w") as fh:
+            fh.write("done\n")
+        return
     for i in range(n * 2048, n * 2048 + 256):
         fill("buf", buf, i, (i + 100 * n) % 251)
     if n == 2:
@@ -95,11 +157,7 @@ wlcommon.ready_then_count(d)
 
 
 def check():
-    bad = []
-    for (name, page), value in sorted(want.items()):
-        mem = buf if name == "buf" else region
-        if mem[page * PAGE:(page + 1) * PAGE] != bytes([value]) * PAGE:
-            bad.append((name, page))
+    bad = check_pages()
     c.chk("pages that differ from their record (first 5, count)", (bad[:5], len(bad)), ([], 0))
     with open(os.path.join(d, "record")) as fh:
         c.chk("round and hash of the memory against DIR/record", digest(), fh.read())

@@ -1,0 +1,436 @@
+//! The lazy-pages daemon (`crtool lazy-pages -D DIR`): serves the restore of
+//! DIR (see the module above for the protocol), one thread, one poll loop.
+//! Faults are answered first; between them the daemon pushes the next owed
+//! run of pages of one task after another, so every task gets all of its
+//! memory even if it never touches it.
+
+use super::pending::{Pending, Run};
+use crate::error::{Error, Result};
+use crate::mem::chain::Pages;
+use crate::sys::mm::PAGE;
+use crate::sys::uffd::{self, Event};
+use images_format::{ImageKind, pb, read_entries};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// What one run of the daemon did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Processes served (restored ones, and children they forked meanwhile).
+    pub processes: usize,
+    /// Missing-page faults answered, and the bytes copied for them.
+    pub faults: u64,
+    pub fault_bytes: u64,
+    /// Bytes pushed without a fault.
+    pub pushed_bytes: u64,
+    /// Zero pages supplied for faults where the images have no data.
+    pub zero_pages: u64,
+    /// From the first task handed over to the last page supplied.
+    pub serving: Duration,
+}
+
+/// The page data of one process in the images.
+struct Source {
+    pages: Pages,
+    entries: Vec<pb::PagemapEntry>,
+    /// The entry read last (entries are at most one pipe's worth of pages).
+    cached: Option<(usize, Vec<u8>)>,
+}
+
+impl Source {
+    fn data(&mut self, entry: usize) -> Result<&[u8]> {
+        if self.cached.as_ref().map(|c| c.0) != Some(entry) {
+            let e = &self.entries[entry];
+            let mut buf = self.cached.take().map(|c| c.1).unwrap_or_default();
+            buf.resize(e.nr_pages as usize * PAGE as usize, 0);
+            self.pages.read(e, &mut buf)?;
+            self.cached = Some((entry, buf));
+        }
+        Ok(self.cached.as_ref().map(|c| c.1.as_slice()).unwrap_or_default())
+    }
+}
+
+/// A process whose memory is still owed.
+struct Client {
+    vpid: u32,
+    uffd: OwnedFd,
+    /// The restored task itself (None: a child it forked).
+    pidfd: Option<OwnedFd>,
+    source: Rc<RefCell<Source>>,
+    pending: Pending,
+    /// Faults read while other events were being looked for.
+    faults: VecDeque<u64>,
+    gone: bool,
+}
+
+/// How a copy ended.
+enum Copied {
+    Done,
+    /// The memory layout is changing: read the events, then try again.
+    Later,
+}
+
+impl Client {
+    fn name(&self) -> String {
+        if self.pidfd.is_some() { format!("pid {}", self.vpid) } else { format!("a child forked by pid {}", self.vpid) }
+    }
+
+    /// UFFDIO_COPY of `run` to `at`; what could not be copied yet goes back.
+    fn copy_run(&mut self, at: u64, run: Run) -> Result<Copied> {
+        crate::fault::point(201)?;
+        let mut src = self.source.borrow_mut();
+        let data = src.data(run.entry)?;
+        let off = (run.first * PAGE) as usize;
+        let bytes = &data[off..off + (run.pages * PAGE) as usize];
+        let mut done = 0u64;
+        while done < bytes.len() as u64 {
+            match uffd::copy(self.uffd.as_fd(), at + done, &bytes[done as usize..]) {
+                Ok(0) => done = bytes.len() as u64,
+                Ok(n) => done += n,
+                Err((_, n)) if n > 0 => done += n,
+                // Already there (made present behind our back): keep what is there.
+                Err((Errno::EEXIST, _)) => done += PAGE,
+                Err((Errno::EAGAIN, _)) => {
+                    let left = Run { pages: run.pages - done / PAGE, entry: run.entry, first: run.first + done / PAGE };
+                    drop(src);
+                    self.pending.insert(at + done, left);
+                    return Ok(Copied::Later);
+                }
+                // The mapping went away (its unmap event follows) or the process did.
+                Err((Errno::ENOENT, _)) => return Ok(Copied::Done),
+                Err((Errno::ESRCH, _)) => {
+                    self.gone = true;
+                    return Ok(Copied::Done);
+                }
+                Err((e, _)) => return Err(Error::Lazy { msg: format!("{}: UFFDIO_COPY at {:#x}: {e}", self.name(), at + done) }),
+            }
+        }
+        Ok(Copied::Done)
+    }
+
+    /// Reads the queued events, acting on each at once; faults wait in `faults`.
+    fn read_events(&mut self, stats: &mut Summary, forked: &mut Vec<Client>) -> Result<()> {
+        while !self.gone {
+            let ev = match uffd::next_event(self.uffd.as_fd()) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Error::Lazy { msg: format!("{}: reading its userfaultfd: {e}", self.name()) }),
+            };
+            match ev {
+                Event::Fault(addr) => self.faults.push_back(addr),
+                Event::Fork(fd) => {
+                    // The child's memory is the parent's at this instant: what is
+                    // owed here is owed there too.
+                    stats.processes += 1;
+                    forked.push(Client {
+                        vpid: self.vpid,
+                        uffd: fd,
+                        pidfd: None,
+                        source: self.source.clone(),
+                        pending: self.pending.clone(),
+                        faults: VecDeque::new(),
+                        gone: false,
+                    });
+                }
+                Event::Remap { from, to, len } => self.pending.shift(from, to, len),
+                Event::Gone(start, end) => self.pending.drop_range(start, end),
+                Event::Other => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the fault at `addr`: the owed run holding it, or a zero page.
+    fn answer(&mut self, addr: u64, stats: &mut Summary, forked: &mut Vec<Client>) -> Result<()> {
+        let page = addr & !(PAGE - 1);
+        for _ in 0..1000 {
+            if self.gone {
+                return Ok(());
+            }
+            let r = match self.pending.take_containing(page) {
+                Some((at, run)) => {
+                    let r = self.copy_run(at, run)?;
+                    if matches!(r, Copied::Done) {
+                        stats.fault_bytes += run.pages * PAGE;
+                    }
+                    r
+                }
+                None => match uffd::zeropage(self.uffd.as_fd(), page, PAGE) {
+                    Ok(_) => {
+                        stats.zero_pages += 1;
+                        Copied::Done
+                    }
+                    Err((Errno::EAGAIN, _)) => Copied::Later,
+                    Err((Errno::ESRCH, _)) => {
+                        self.gone = true;
+                        Copied::Done
+                    }
+                    // There already, or no longer mapped: let the thread try again.
+                    Err((Errno::EEXIST | Errno::ENOENT, _)) => {
+                        let _ = uffd::wake(self.uffd.as_fd(), page, PAGE);
+                        Copied::Done
+                    }
+                    Err((e, _)) => return Err(Error::Lazy { msg: format!("{}: UFFDIO_ZEROPAGE at {page:#x}: {e}", self.name()) }),
+                },
+            };
+            match r {
+                Copied::Done => {
+                    stats.faults += 1;
+                    return Ok(());
+                }
+                Copied::Later => self.read_events(stats, forked)?,
+            }
+        }
+        Err(Error::Lazy { msg: format!("{}: the fault at {addr:#x} could not be answered (the memory layout kept changing)", self.name()) })
+    }
+
+    /// Pushes the lowest owed run.
+    fn push(&mut self, stats: &mut Summary, forked: &mut Vec<Client>) -> Result<()> {
+        if let Some((at, run)) = self.pending.take_first() {
+            match self.copy_run(at, run)? {
+                Copied::Done => stats.pushed_bytes += run.pages * PAGE,
+                Copied::Later => self.read_events(stats, forked)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.gone || (self.pending.is_empty() && self.faults.is_empty())
+    }
+}
+
+/// Removes the socket file when the daemon ends.
+struct Bound(PathBuf);
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn bind(dir: &Path) -> Result<(UnixListener, Bound)> {
+    let path = super::socket_path(dir);
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            return Err(Error::Lazy { msg: format!("another lazy-pages daemon listens on {}", path.display()) });
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let l = UnixListener::bind(&path).map_err(|e| Error::io(&path, e))?;
+    l.set_nonblocking(true).map_err(|e| Error::io(&path, e))?;
+    Ok((l, Bound(path)))
+}
+
+/// Reads one task's hand-over (after its `T`): its pid, ranges and fds.
+fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>) -> Result<Client> {
+    let bad = |msg: String| Error::Lazy { msg: format!("a task's hand-over: {msg}") };
+    let mut h = [0u8; 8];
+    h[..head.len()].copy_from_slice(head);
+    s.read_exact(&mut h[head.len()..]).map_err(|e| bad(e.to_string()))?;
+    let vpid = u32::from_le_bytes(h[0..4].try_into().unwrap_or_default());
+    let n = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default()) as usize;
+    if n > 1 << 20 {
+        return Err(bad(format!("{n} ranges")));
+    }
+    let mut body = vec![0u8; n * 16];
+    s.read_exact(&mut body).map_err(|e| bad(e.to_string()))?;
+    let word = |i: usize| u64::from_le_bytes(body[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    let mut ranges: Vec<(u64, u64)> = (0..n).map(|i| (word(2 * i), word(2 * i).saturating_add(word(2 * i + 1)))).collect();
+    ranges.sort();
+    let mut fds = fds.into_iter();
+    let (Some(uffd), Some(pidfd)) = (fds.next(), fds.next()) else {
+        return Err(bad(format!("pid {vpid} sent no userfaultfd and pidfd")));
+    };
+    let entries: Vec<pb::PagemapEntry> = read_entries(dir, ImageKind::Pagemap, vpid)?;
+    let mut pending = Pending::default();
+    for (i, e) in entries.iter().enumerate().filter(|(_, e)| !e.guard && !e.inherited) {
+        let end = e.vaddr + e.nr_pages as u64 * PAGE;
+        let r = ranges.partition_point(|r| r.1 <= e.vaddr);
+        if ranges.get(r).is_some_and(|r| r.0 <= e.vaddr && end <= r.1) {
+            pending.insert(e.vaddr, Run { pages: e.nr_pages as u64, entry: i, first: 0 });
+        }
+    }
+    log::info!("pid {vpid}: {} lazy ranges, {} KiB owed", ranges.len(), pending.bytes() >> 10);
+    let pages = Pages::open(dir, vpid)?;
+    let source = Rc::new(RefCell::new(Source { pages, entries, cached: None }));
+    Ok(Client { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false })
+}
+
+enum Conn {
+    Control(UnixStream),
+    Task(Client),
+}
+
+/// Accepts one connection and reads what it says.
+fn accept(dir: &Path, l: &UnixListener) -> Result<Option<Conn>> {
+    let mut s = match l.accept() {
+        Ok((s, _)) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(Error::io(super::socket_path(dir), e)),
+    };
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; 9];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let (n, fds) = match recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(m) => {
+            let mut fds = Vec::new();
+            for c in m.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::ScmRights(r) = c {
+                    fds.extend(r);
+                }
+            }
+            (m.bytes, crate::sys::fd::take_received(fds))
+        }
+        Err(_) => return Ok(None),
+    };
+    match buf.first() {
+        Some(b'C') if n >= 1 => {
+            let _ = s.set_nonblocking(true);
+            Ok(Some(Conn::Control(s)))
+        }
+        Some(b'T') if n >= 1 => {
+            match take_task(dir, &mut s, &buf[1..n], fds) {
+                Ok(c) => {
+                    let _ = s.write_all(b"K");
+                    Ok(Some(Conn::Task(c)))
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    let _ = s.write_all(format!("E{e}").as_bytes());
+                    Ok(None)
+                }
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Serves the restore of `dir` until every restored task has all of its memory
+/// (or is gone) and the restore has ended; fails if the restore failed or a
+/// page could not be supplied (the tasks then are killed).
+pub fn serve(dir: &Path) -> Result<Summary> {
+    let (listener, _bound) = bind(dir)?;
+    log::info!("lazy-pages: listening on {}", super::socket_path(dir).display());
+    let mut stats = Summary::default();
+    let mut control: Option<UnixStream> = None;
+    let mut restore_ok: Option<bool> = None;
+    let mut clients: Vec<Client> = Vec::new();
+    let mut started: Option<Instant> = None;
+    let mut next_push = 0usize;
+    let hold = crate::fault::hold(201);
+    let result = loop {
+        if restore_ok.is_some() && clients.is_empty() {
+            break Ok(());
+        }
+        let held = hold && dir.join("lazy-pages.hold").exists();
+        let busy = clients.iter().any(|c| (!c.pending.is_empty() && !held) || !c.faults.is_empty());
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if let Some(c) = &control {
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
+        let first_client = fds.len();
+        fds.extend(clients.iter().map(|c| PollFd::new(c.uffd.as_fd(), PollFlags::POLLIN)));
+        // A restored task's pidfd: readable once it has exited.
+        let first_pidfd = fds.len();
+        let with_pidfd: Vec<usize> = (0..clients.len()).filter(|&i| clients[i].pidfd.is_some()).collect();
+        fds.extend(with_pidfd.iter().filter_map(|&i| clients[i].pidfd.as_ref()).map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
+        let timeout = if busy { PollTimeout::ZERO } else if held { PollTimeout::from(50u16) } else { PollTimeout::from(1000u16) };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => break Err(Error::sys("poll", e)),
+        }
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let (new_conn, control_ready) = (ready(0), control.is_some() && ready(1));
+        let uffd_ready: Vec<bool> = (0..clients.len()).map(|i| ready(first_client + i)).collect();
+        let exited: Vec<usize> = with_pidfd.iter().enumerate().filter(|&(k, _)| ready(first_pidfd + k)).map(|(_, &i)| i).collect();
+        drop(fds);
+        for i in exited {
+            clients[i].gone = true;
+        }
+        if new_conn {
+            match accept(dir, &listener) {
+                Ok(Some(Conn::Control(s))) if control.is_none() && restore_ok.is_none() => control = Some(s),
+                Ok(Some(Conn::Control(_))) => log::warn!("a second restore connected; it is refused"),
+                Ok(Some(Conn::Task(c))) => {
+                    started.get_or_insert_with(Instant::now);
+                    stats.processes += 1;
+                    clients.push(c);
+                }
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        }
+        if control_ready && let Some(c) = &mut control {
+            let mut b = [0u8; 1];
+            match c.read(&mut b) {
+                Ok(1) if b[0] == b'S' => restore_ok = Some(true),
+                Ok(0) | Ok(_) => restore_ok = Some(false),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => restore_ok = Some(false),
+            }
+            if restore_ok.is_some() {
+                control = None;
+            }
+        }
+        if restore_ok == Some(false) {
+            break Err(Error::Lazy { msg: "the restore failed; its tasks were killed".into() });
+        }
+        let mut forked = Vec::new();
+        let mut step = || -> Result<()> {
+            for (i, c) in clients.iter_mut().enumerate() {
+                if uffd_ready.get(i).copied().unwrap_or(false) {
+                    c.read_events(&mut stats, &mut forked)?;
+                }
+                while let Some(addr) = c.faults.pop_front() {
+                    c.answer(addr, &mut stats, &mut forked)?;
+                    c.read_events(&mut stats, &mut forked)?;
+                }
+            }
+            // Then one run of one task, round robin.
+            let owing: Vec<usize> = (0..clients.len()).filter(|&i| !held && !clients[i].pending.is_empty() && !clients[i].gone).collect();
+            if !owing.is_empty() {
+                next_push = (next_push + 1) % owing.len();
+                clients[owing[next_push]].push(&mut stats, &mut forked)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = step() {
+            break Err(e);
+        }
+        clients.extend(forked);
+        clients.retain(|c| {
+            let done = c.finished();
+            if done {
+                log::info!("{}: {}", c.name(), if c.gone { "gone" } else { "has all of its memory" });
+            }
+            !done
+        });
+        if let Some(t) = started {
+            stats.serving = t.elapsed();
+        }
+    };
+    if let Err(e) = &result {
+        // A task must never run on with memory it cannot get.
+        for c in &clients {
+            if let Some(p) = &c.pidfd {
+                let _ = crate::sys::process::pidfd_kill(p.as_fd());
+            }
+        }
+        if !clients.is_empty() {
+            log::error!("{e}: the tasks still owed memory were killed");
+        }
+    }
+    result.map(|()| stats)
+}
