@@ -110,6 +110,9 @@ enum Cmd {
     /// The init of a PID namespace made by `restore --pidns` (internal).
     #[command(name = "__pidns-init", hide = true)]
     PidnsInit { root: i32 },
+    /// The lazy-pages daemon's watchdog (internal).
+    #[command(name = "__lazy-watchdog", hide = true)]
+    LazyWatchdog,
     /// CRIU's page server: receives the page images of one `dump --page-server`
     /// over TCP and writes them into DIR; exits 0 once that dump is complete
     /// (a dump that goes away leaves nothing behind).
@@ -467,6 +470,7 @@ fn run() -> Result<i32> {
             }
         }
         Cmd::PidnsInit { root } => Ok(restore::pidns::init_loop(root)),
+        Cmd::LazyWatchdog => Ok(crtool::lazy::watchdog::run()),
         Cmd::PageServer { dir, address, port, log } => {
             let dir = absolute(&dir)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

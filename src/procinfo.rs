@@ -13,6 +13,13 @@ pub fn innermost_pid(id: i32) -> Option<i32> {
     ids(id, "NSpid")?.last().copied()
 }
 
+/// The process a pidfd of ours refers to, as a PID of our namespace (the `Pid:`
+/// line of its fdinfo; -1 once it has exited, then None).
+pub fn pidfd_pid(fd: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("Pid:")?.trim().parse().ok()).filter(|&p: &i32| p > 0)
+}
+
 /// Who ptraces the task, if anyone.
 pub fn tracer(id: i32) -> Option<i32> {
     ids(id, "TracerPid")?.first().copied().filter(|&t| t != 0)

@@ -318,9 +318,13 @@ pub struct RestorerArgs {
     pub mlockall: u32,
     /// A userfaultfd of this task held by a lazy-pages daemon (-1: none): the
     /// restorer registers the `nr_lazy` ranges (VmaProtect, `prot` unused) at
-    /// `lazy` for missing-page faults once every VMA is in place, then closes it.
+    /// `lazy` for missing-page faults once every VMA is in place, closes it, and
+    /// writes `R` to `lazy_fd` (its connection to the daemon, which supplies no
+    /// page before: a copy into an unregistered range would be lost).
     pub uffd: i32,
+    pub lazy_fd: i32,
     pub nr_lazy: u32,
+    pub _pad: u32,
     pub lazy: u64,
 }
 

@@ -118,6 +118,9 @@ unsafe fn restore(a: &RestorerArgs) -> Result<(), Failure> {
                 check(STEP_LAZY, i, syscall3(NR_IOCTL, a.uffd as usize, UFFDIO_REGISTER, reg.as_mut_ptr() as usize))?;
             }
             syscall3(NR_CLOSE, a.uffd as usize, 0, 0);
+            let ready = b'R';
+            check(STEP_LAZY, 9999, syscall3(NR_WRITE, a.lazy_fd as usize, &ready as *const u8 as usize, 1))?;
+            syscall3(NR_CLOSE, a.lazy_fd as usize, 0, 0);
         }
         // Every mapping is in place: READ_IMPLIES_EXEC can no longer widen one.
         check(STEP_PERSONALITY, 0, syscall3(NR_PERSONALITY, a.personality as usize, 0, 0))?;

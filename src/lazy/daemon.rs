@@ -5,6 +5,7 @@
 //! memory even if it never touches it.
 
 use super::pending::{Pending, Run};
+use super::watchdog::Watchdog;
 use crate::error::{Error, Result};
 use crate::mem::chain::Pages;
 use crate::sys::mm::PAGE;
@@ -70,6 +71,10 @@ struct Client {
     /// Faults read while other events were being looked for.
     faults: VecDeque<u64>,
     gone: bool,
+    /// The task's connection until its restorer says `R`: its ranges are
+    /// registered, pages may be supplied (`ready`).
+    conn: Option<UnixStream>,
+    ready: bool,
 }
 
 /// How a copy ended.
@@ -105,8 +110,12 @@ impl Client {
                     self.pending.insert(at + done, left);
                     return Ok(Copied::Later);
                 }
-                // The mapping went away (its unmap event follows) or the process did.
-                Err((Errno::ENOENT, _)) => return Ok(Copied::Done),
+                // No registered mapping there: unmapped or moved, and the event
+                // read already (while one is unread the kernel says EAGAIN).
+                Err((Errno::ENOENT, _)) => {
+                    log::warn!("{}: {:#x}: no registered mapping there any more; {} pages not supplied", self.name(), at + done, (bytes.len() as u64 - done) / PAGE);
+                    return Ok(Copied::Done);
+                }
                 Err((Errno::ESRCH, _)) => {
                     self.gone = true;
                     return Ok(Copied::Done);
@@ -139,6 +148,8 @@ impl Client {
                         pending: self.pending.clone(),
                         faults: VecDeque::new(),
                         gone: false,
+                        conn: None,
+                        ready: true,
                     });
                 }
                 Event::Remap { from, to, len } => self.pending.shift(from, to, len),
@@ -205,7 +216,22 @@ impl Client {
     }
 
     fn finished(&self) -> bool {
-        self.gone || (self.pending.is_empty() && self.faults.is_empty())
+        self.gone || (self.ready && self.pending.is_empty() && self.faults.is_empty())
+    }
+
+    /// Reads the restorer's `R` (or learns that the task died before it).
+    fn read_ready(&mut self) {
+        let Some(c) = &mut self.conn else { return };
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(1) if b[0] == b'R' => self.ready = true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            _ => {
+                log::info!("{}: ended before its memory was registered", self.name());
+                self.gone = true;
+            }
+        }
+        self.conn = None;
     }
 }
 
@@ -263,7 +289,7 @@ fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>) -> 
     log::info!("pid {vpid}: {} lazy ranges, {} KiB owed", ranges.len(), pending.bytes() >> 10);
     let pages = Pages::open(dir, vpid)?;
     let source = Rc::new(RefCell::new(Source { pages, entries, cached: None }));
-    Ok(Client { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false })
+    Ok(Client { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false, conn: None, ready: false })
 }
 
 enum Conn {
@@ -272,7 +298,7 @@ enum Conn {
 }
 
 /// Accepts one connection and reads what it says.
-fn accept(dir: &Path, l: &UnixListener) -> Result<Option<Conn>> {
+fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog) -> Result<Option<Conn>> {
     let mut s = match l.accept() {
         Ok((s, _)) => s,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -301,9 +327,15 @@ fn accept(dir: &Path, l: &UnixListener) -> Result<Option<Conn>> {
             Ok(Some(Conn::Control(s)))
         }
         Some(b'T') if n >= 1 => {
-            match take_task(dir, &mut s, &buf[1..n], fds) {
-                Ok(c) => {
-                    let _ = s.write_all(b"K");
+            match take_task(dir, &mut s, &buf[1..n], fds).and_then(|c| {
+                let p = c.pidfd.as_ref().ok_or_else(|| Error::Lazy { msg: "no pidfd".into() })?;
+                wd.task(c.uffd.as_fd(), p.as_fd())?;
+                Ok(c)
+            }) {
+                Ok(mut c) => {
+                    s.write_all(b"K").map_err(|e| Error::Lazy { msg: format!("answering pid {}: {e}", c.vpid) })?;
+                    let _ = s.set_nonblocking(true);
+                    c.conn = Some(s);
                     Ok(Some(Conn::Task(c)))
                 }
                 Err(e) => {
@@ -322,6 +354,7 @@ fn accept(dir: &Path, l: &UnixListener) -> Result<Option<Conn>> {
 /// page could not be supplied (the tasks then are killed).
 pub fn serve(dir: &Path) -> Result<Summary> {
     let (listener, _bound) = bind(dir)?;
+    let wd = Watchdog::start()?;
     log::info!("lazy-pages: listening on {}", super::socket_path(dir).display());
     let mut stats = Summary::default();
     let mut control: Option<UnixStream> = None;
@@ -335,7 +368,7 @@ pub fn serve(dir: &Path) -> Result<Summary> {
             break Ok(());
         }
         let held = hold && dir.join("lazy-pages.hold").exists();
-        let busy = clients.iter().any(|c| (!c.pending.is_empty() && !held) || !c.faults.is_empty());
+        let busy = clients.iter().any(|c| c.ready && ((!c.pending.is_empty() && !held) || !c.faults.is_empty()));
         let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         if let Some(c) = &control {
             fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
@@ -346,6 +379,9 @@ pub fn serve(dir: &Path) -> Result<Summary> {
         let first_pidfd = fds.len();
         let with_pidfd: Vec<usize> = (0..clients.len()).filter(|&i| clients[i].pidfd.is_some()).collect();
         fds.extend(with_pidfd.iter().filter_map(|&i| clients[i].pidfd.as_ref()).map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)));
+        let first_conn = fds.len();
+        let with_conn: Vec<usize> = (0..clients.len()).filter(|&i| clients[i].conn.is_some()).collect();
+        fds.extend(with_conn.iter().filter_map(|&i| clients[i].conn.as_ref()).map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
         let timeout = if busy { PollTimeout::ZERO } else if held { PollTimeout::from(50u16) } else { PollTimeout::from(1000u16) };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -355,12 +391,16 @@ pub fn serve(dir: &Path) -> Result<Summary> {
         let (new_conn, control_ready) = (ready(0), control.is_some() && ready(1));
         let uffd_ready: Vec<bool> = (0..clients.len()).map(|i| ready(first_client + i)).collect();
         let exited: Vec<usize> = with_pidfd.iter().enumerate().filter(|&(k, _)| ready(first_pidfd + k)).map(|(_, &i)| i).collect();
+        let registered: Vec<usize> = with_conn.iter().enumerate().filter(|&(k, _)| ready(first_conn + k)).map(|(_, &i)| i).collect();
         drop(fds);
         for i in exited {
             clients[i].gone = true;
         }
+        for i in registered {
+            clients[i].read_ready();
+        }
         if new_conn {
-            match accept(dir, &listener) {
+            match accept(dir, &listener, &wd) {
                 Ok(Some(Conn::Control(s))) if control.is_none() && restore_ok.is_none() => control = Some(s),
                 Ok(Some(Conn::Control(_))) => log::warn!("a second restore connected; it is refused"),
                 Ok(Some(Conn::Task(c))) => {
@@ -399,7 +439,7 @@ pub fn serve(dir: &Path) -> Result<Summary> {
                 }
             }
             // Then one run of one task, round robin.
-            let owing: Vec<usize> = (0..clients.len()).filter(|&i| !held && !clients[i].pending.is_empty() && !clients[i].gone).collect();
+            let owing: Vec<usize> = (0..clients.len()).filter(|&i| !held && clients[i].ready && !clients[i].pending.is_empty() && !clients[i].gone).collect();
             if !owing.is_empty() {
                 next_push = (next_push + 1) % owing.len();
                 clients[owing[next_push]].push(&mut stats, &mut forked)?;
@@ -408,6 +448,11 @@ pub fn serve(dir: &Path) -> Result<Summary> {
         };
         if let Err(e) = step() {
             break Err(e);
+        }
+        for c in &forked {
+            if let Err(e) = wd.forked(c.uffd.as_fd()) {
+                log::warn!("{e}");
+            }
         }
         clients.extend(forked);
         clients.retain(|c| {
@@ -425,12 +470,13 @@ pub fn serve(dir: &Path) -> Result<Summary> {
         // A task must never run on with memory it cannot get.
         for c in &clients {
             if let Some(p) = &c.pidfd {
-                let _ = crate::sys::process::pidfd_kill(p.as_fd());
+                super::watchdog::kill_tree(p.as_fd());
             }
         }
         if !clients.is_empty() {
             log::error!("{e}: the tasks still owed memory were killed");
         }
     }
+    wd.done();
     result.map(|()| stats)
 }

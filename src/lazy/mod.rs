@@ -15,13 +15,17 @@
 //! - each task opens a connection: `T`, its PID (as in the images) u32, a
 //!   count N u32 (with its userfaultfd and a pidfd of itself as SCM_RIGHTS),
 //!   then N ranges (start u64, length u64); the daemon answers `K`, or `E`
-//!   followed by a message up to the end of the connection.
+//!   followed by a message up to the end of the connection. After `K` the task
+//!   keeps the connection; its restorer writes `R` once the ranges are
+//!   registered, and only then does the daemon supply pages (UFFDIO_COPY into
+//!   a range not registered yet fails, and the page would be lost).
 //!
 //! A daemon that cannot supply a page (a corrupt image, say) kills the tasks it
 //! serves: a task must never read zeros where it had data.
 
 mod daemon;
 mod pending;
+pub mod watchdog;
 
 pub use daemon::{Summary, serve};
 
@@ -77,8 +81,10 @@ impl Control {
 
 /// In a restoring task (pid `vpid` in the images): hands the daemon serving
 /// `dir` this process's userfaultfd (UFFDIO_API done) and the ranges the
-/// restorer will register, and waits until it is ready to serve them.
-pub fn hand_over(dir: &Path, vpid: u32, ranges: &[(u64, u64)], uffd: BorrowedFd, pidfd: BorrowedFd) -> Result<()> {
+/// restorer will register, and waits until it is ready to serve them. Returns
+/// the connection, on which the restorer writes `R` once the ranges are
+/// registered (the daemon supplies nothing before).
+pub fn hand_over(dir: &Path, vpid: u32, ranges: &[(u64, u64)], uffd: BorrowedFd, pidfd: BorrowedFd) -> Result<UnixStream> {
     let fail = |msg: String| Error::Restore { pid: vpid as i32, msg: format!("handing memory to the lazy-pages daemon: {msg}") };
     let mut s = connect(dir)?;
     let mut head = vec![b'T'];
@@ -96,11 +102,15 @@ pub fn hand_over(dir: &Path, vpid: u32, ranges: &[(u64, u64)], uffd: BorrowedFd,
         body.extend_from_slice(&len.to_le_bytes());
     }
     s.write_all(&body).map_err(|e| fail(e.to_string()))?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).map_err(|e| fail(e.to_string()))?;
-    match answer.split_first() {
-        Some((b'K', _)) => Ok(()),
-        Some((b'E', msg)) => Err(fail(String::from_utf8_lossy(msg).into_owned())),
+    let mut answer = [0u8; 1];
+    let _ = s.read(&mut answer).map_err(|e| fail(e.to_string()))?;
+    match answer[0] {
+        b'K' => Ok(s),
+        b'E' => {
+            let mut msg = Vec::new();
+            let _ = s.read_to_end(&mut msg);
+            Err(fail(String::from_utf8_lossy(&msg).into_owned()))
+        }
         _ => Err(fail("the daemon closed the connection".into())),
     }
 }

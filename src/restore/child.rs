@@ -348,8 +348,8 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
         crate::sys::uffd::api_lazy(uffd.as_fd()).map_err(|e| fail(format!("UFFDIO_API: {e}")))?;
         let me = crate::sys::process::pidfd_open(nix::unistd::getpid()).map_err(|e| fail(format!("pidfd_open: {e}")))?;
         let ranges: Vec<(u64, u64)> = lazy.iter().map(|l| (l.addr, l.len)).collect();
-        crate::lazy::hand_over(ctx.dir, pid as u32, &ranges, uffd.as_fd(), me.as_fd())?;
-        Some(uffd)
+        let conn = crate::lazy::hand_over(ctx.dir, pid as u32, &ranges, uffd.as_fd(), me.as_fd())?;
+        Some((uffd, conn))
     };
 
     let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
@@ -463,7 +463,9 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
         nr_protects: protects.len() as u32,
         mlockall: task.mm.mlockall,
         uffd: -1,
+        lazy_fd: -1,
         nr_lazy: lazy.len() as u32,
+        _pad: 0,
         lazy: region + reg.lazy,
     });
     args.specials[..specials.len()].copy_from_slice(&specials);
@@ -480,11 +482,14 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     let exe_fd = fd::open_at_pos(&exe_path, libc::O_RDONLY, 0).map_err(|e| fail(format!("cannot open the executable {}: {e}", m.exe)))?;
     let exe_hi = fd::dup_above(exe_fd.as_raw_fd(), status + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
     drop(exe_fd);
-    let uffd_hi = match uffd {
-        Some(u) => fd::dup_above(u.as_raw_fd(), exe_hi + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?,
-        None => -1,
+    let (uffd_hi, conn_hi) = match uffd {
+        Some((u, c)) => {
+            let u = fd::dup_above(u.as_raw_fd(), exe_hi + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?;
+            (u, fd::dup_above(c.as_raw_fd(), u + 1).map_err(|e| fail(format!("F_DUPFD: {e}")))?)
+        }
+        None => (-1, -1),
     };
-    let keep = [status, exe_hi, uffd_hi];
+    let keep = [status, exe_hi, uffd_hi, conn_hi];
     fd::close_all_except(&[&keep[..], &ctx.parked.all_fds()].concat());
     if let Err(e) = ctx.parked.install(pid, &task.fds) {
         report_and_exit(status, &e);
@@ -499,6 +504,7 @@ fn setup_task(ctx: &Ctx, pid: i32, task: &TaskImages, pm: Premapped) -> Result<I
     args.status_fd = status;
     args.exe_fd = exe_hi;
     args.uffd = uffd_hi;
+    args.lazy_fd = conn_hi;
     args.mm.exe_fd = exe_hi as u32;
     let _warnings = task::apply_rlimits(core); // nowhere to log them from here
     if let Err(e) = crate::fault::point(104) {

@@ -2,7 +2,7 @@
 """procstate: a normalised, diffable description of the visible state of a process
 tree, for comparing a tree before a dump with the same tree after the restore.
 
-    procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] ROOTPID
+    procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] [--lazy] ROOTPID
 
 Walks the tree rooted at ROOTPID (/proc/PID/task/*/children), processes ordered by
 pid, threads by tid, and prints for each process: ppid, pgid, sid, tty, NSpid, comm,
@@ -37,7 +37,9 @@ processes is one pipe.
 
 --ignore-pending SIG,... leaves those signals out of SigPnd and ShdPnd (a timer's
 signal is pending for an instant before each delivery). --ignore-root-ppid prints the
-root's ppid as "-" (when the root is expected to get another parent). --tracked
+root's ppid as "-" (when the root is expected to get another parent). --lazy
+leaves out the "um" VmFlag (registered with a lazy-pages daemon's userfaultfd).
+--tracked
 leaves the VmFlag "uw" out: the write protection of crtool's memory tracking
 (pre-dump, --track-mem), which is crtool's, not the process's.
 
@@ -489,14 +491,16 @@ def main(argv):
             opts["ignore_root_ppid"] = True
         elif a == "--tracked":
             IGNORED_FLAGS.add("uw")
+        elif a == "--lazy":
+            IGNORED_FLAGS.add("um")
         elif a == "--ignore-pending" and args:
             opts["ignore_pending"] = [int(s) for s in args.pop(0).split(",") if s]
         elif a.isdigit() and root is None:
             root = int(a)
         else:
-            sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] ROOTPID")
+            sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] [--lazy] ROOTPID")
     if root is None:
-        sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] ROOTPID")
+        sys.exit("usage: procstate.py [--no-pos] [--ignore-pending SIG,...] [--ignore-root-ppid] [--tracked] [--lazy] ROOTPID")
     names, descs = Names(), Descriptions()
     out = []
     if os.path.exists("/proc/%d" % root):
