@@ -331,8 +331,15 @@ fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
     if kill {
         // Kill every process first: a thread-group leader reports its death only
         // after its other threads are reaped, so waiting one by one would hang.
-        for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGKILL);
+        let live: Vec<nix::unistd::Pid> = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| nix::unistd::Pid::from_raw(p.pid)).collect();
+        let pidfds: Vec<_> = live.iter().filter_map(|&p| crate::sys::process::pidfd_open(p).ok()).collect();
+        for &p in &live {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        }
+        // Their memory is freed here too, alongside their own exit (a large
+        // process takes tens of milliseconds to tear down).
+        for fd in &pidfds {
+            let _ = crate::sys::process::mrelease(fd);
         }
         let mut left: usize = tree.procs.iter().map(|p| p.threads.len()).sum();
         for p in tree.procs {

@@ -39,24 +39,23 @@ pub struct Summary {
     pub serving: Duration,
 }
 
+/// The longest run supplied at once (a fault waits for its whole run).
+const MAX_RUN_PAGES: u64 = 256;
+
 /// The page data of one process in the images.
 struct Source {
     pages: Pages,
     entries: Vec<pb::PagemapEntry>,
-    /// The entry read last (entries are at most one pipe's worth of pages).
-    cached: Option<(usize, Vec<u8>)>,
+    buf: Vec<u8>,
 }
 
 impl Source {
-    fn data(&mut self, entry: usize) -> Result<&[u8]> {
-        if self.cached.as_ref().map(|c| c.0) != Some(entry) {
-            let e = &self.entries[entry];
-            let mut buf = self.cached.take().map(|c| c.1).unwrap_or_default();
-            buf.resize(e.nr_pages as usize * PAGE as usize, 0);
-            self.pages.read(e, &mut buf)?;
-            self.cached = Some((entry, buf));
-        }
-        Ok(self.cached.as_ref().map(|c| c.1.as_slice()).unwrap_or_default())
+    /// The data of `run`.
+    fn data(&mut self, run: &Run) -> Result<&[u8]> {
+        let e = &self.entries[run.entry];
+        self.buf.resize((run.pages * PAGE) as usize, 0);
+        self.pages.read_part(e, run.first * PAGE, &mut self.buf)?;
+        Ok(&self.buf)
     }
 }
 
@@ -93,9 +92,7 @@ impl Client {
     fn copy_run(&mut self, at: u64, run: Run) -> Result<Copied> {
         crate::fault::point(201)?;
         let mut src = self.source.borrow_mut();
-        let data = src.data(run.entry)?;
-        let off = (run.first * PAGE) as usize;
-        let bytes = &data[off..off + (run.pages * PAGE) as usize];
+        let bytes = src.data(&run)?;
         let mut done = 0u64;
         while done < bytes.len() as u64 {
             match uffd::copy(self.uffd.as_fd(), at + done, &bytes[done as usize..]) {
@@ -283,12 +280,18 @@ fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>) -> 
         let end = e.vaddr + e.nr_pages as u64 * PAGE;
         let r = ranges.partition_point(|r| r.1 <= e.vaddr);
         if ranges.get(r).is_some_and(|r| r.0 <= e.vaddr && end <= r.1) {
-            pending.insert(e.vaddr, Run { pages: e.nr_pages as u64, entry: i, first: 0 });
+            // (An entry of pages in a parent directory may span a whole VMA.)
+            let mut first = 0;
+            while first < e.nr_pages as u64 {
+                let pages = MAX_RUN_PAGES.min(e.nr_pages as u64 - first);
+                pending.insert(e.vaddr + first * PAGE, Run { pages, entry: i, first });
+                first += pages;
+            }
         }
     }
     log::info!("pid {vpid}: {} lazy ranges, {} KiB owed", ranges.len(), pending.bytes() >> 10);
     let pages = Pages::open(dir, vpid)?;
-    let source = Rc::new(RefCell::new(Source { pages, entries, cached: None }));
+    let source = Rc::new(RefCell::new(Source { pages, entries, buf: Vec::new() }));
     Ok(Client { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false, conn: None, ready: false })
 }
 

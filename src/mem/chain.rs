@@ -50,6 +50,30 @@ impl Pages {
         self.read_parent(0, e.vaddr, dst)
     }
 
+    /// Reads `dst.len()` bytes at byte `from` of entry `e`'s pages. Part of an
+    /// entry in a parent directory is read alone; part of one of this
+    /// directory's (one stored chunk, which may be compressed) comes from the
+    /// whole chunk, kept for the next read of the same one.
+    pub fn read_part(&mut self, e: &pb::PagemapEntry, from: u64, dst: &mut [u8]) -> Result<()> {
+        let whole = e.nr_pages as u64 * PAGE;
+        if from == 0 && dst.len() as u64 == whole {
+            return self.read(e, dst);
+        }
+        if e.in_parent {
+            return self.read_parent(0, e.vaddr + from, dst);
+        }
+        if !matches!(&self.cached, Some((l, o, _)) if *l == usize::MAX && *o == e.offset) {
+            let mut buf = self.cached.take().map(|(_, _, b)| b).unwrap_or_default();
+            buf.resize(whole as usize, 0);
+            self.own.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
+            self.cached = Some((usize::MAX, e.offset, buf));
+        }
+        if let Some((_, _, buf)) = &self.cached {
+            dst.copy_from_slice(&buf[from as usize..from as usize + dst.len()]);
+        }
+        Ok(())
+    }
+
     fn load(&mut self, level: usize) -> Result<()> {
         while self.parents.len() <= level {
             let child = self.parents.last().map_or(self.dir.clone(), |p| p.dir.clone());

@@ -63,6 +63,14 @@ pub fn pidfd_kill(pidfd: std::os::fd::BorrowedFd) -> Result<(), Errno> {
     Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, 0usize, 0u32) }).map(drop)
 }
 
+/// process_mrelease(2): frees the memory of the dying process behind `pidfd`
+/// from this thread, alongside its own exit.
+pub fn mrelease(pidfd: &OwnedFd) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: process_mrelease takes an fd and flags, no pointers.
+    Errno::result(unsafe { libc::syscall(libc::SYS_process_mrelease, pidfd.as_raw_fd(), 0u32) }).map(drop)
+}
+
 /// Duplicates fd `target_fd` of the process behind `pidfd` into this process.
 pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> Result<OwnedFd, Errno> {
     use std::os::fd::AsRawFd;
