@@ -140,6 +140,16 @@ enum Cmd {
         /// Image directory of the dump being restored.
         #[arg(short = 'D', long = "images-dir")]
         dir: PathBuf,
+        /// Fetch the memory a `dump --lazy-pages` kept from that dump, at
+        /// --address and --port (CRIU's post-copy migration).
+        #[arg(long, requires = "port")]
+        page_server: bool,
+        /// The dump's address (with --page-server).
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+        /// The dump's port (with --page-server).
+        #[arg(long)]
+        port: Option<u16>,
         #[command(flatten)]
         log: LogOpts,
     },
@@ -241,12 +251,26 @@ struct DumpArgs {
     /// images stay in DIR, to be copied next to them before a restore there.
     #[arg(long, requires = "port")]
     page_server: bool,
-    /// The page server's address (with --page-server).
-    #[arg(long, default_value = "127.0.0.1")]
-    address: String,
-    /// The page server's port (with --page-server).
+    /// The page server's address (with --page-server; default 127.0.0.1), or
+    /// the address to serve the tree's memory on (with --lazy-pages; default
+    /// 0.0.0.0).
+    #[arg(long)]
+    address: Option<String>,
+    /// The page server's port (with --page-server), or the port to serve the
+    /// tree's memory on (with --lazy-pages).
     #[arg(long)]
     port: Option<u16>,
+    /// CRIU's post-copy migration: private anonymous memory stays in the tree,
+    /// which stays stopped and serves it on --address/--port (default 0.0.0.0
+    /// for this) to `crtool lazy-pages --page-server` of a `restore --lazy-pages`
+    /// elsewhere; the dump ends, killing the tree, once that has all of it. DIR
+    /// must hold no dump (these images are useless once the tree is gone).
+    #[arg(long, requires = "port", conflicts_with_all = ["page_server", "leave_running", "track_mem"])]
+    lazy_pages: bool,
+    /// Write a zero byte to this fd (and close it) once the images of a
+    /// --lazy-pages dump are complete and its memory is being served (CRIU's).
+    #[arg(long, value_name = "FD")]
+    status_fd: Option<i32>,
     #[command(flatten)]
     log: LogOpts,
     #[command(flatten)]
@@ -264,9 +288,6 @@ struct DumpNotYet {
     /// Freeze through a cgroup (not supported yet).
     #[arg(long, value_name = "CGROUP")]
     freeze_cgroup: Option<String>,
-    /// Lazy memory migration (not supported yet).
-    #[arg(long)]
-    lazy_pages: bool,
 }
 
 impl DumpNotYet {
@@ -274,7 +295,6 @@ impl DumpNotYet {
         [
             (self.manage_cgroups.is_some(), "--manage-cgroups"),
             (self.freeze_cgroup.is_some(), "--freeze-cgroup"),
-            (self.lazy_pages, "--lazy-pages"),
         ]
         .into_iter()
         .find_map(|(on, name)| on.then_some(name))
@@ -479,11 +499,11 @@ fn run() -> Result<i32> {
             eprintln!("crtool: page server: {n} page image{} received into {}", if n == 1 { "" } else { "s" }, dir.display());
             Ok(0)
         }
-        Cmd::LazyPages { dir, log } => {
+        Cmd::LazyPages { dir, page_server, address, port, log } => {
             let dir = absolute(&dir)?;
             restore::check_dir(&dir)?;
             init_log(&log, &dir, "lazy-pages.log")?;
-            let s = crtool::lazy::serve(&dir)?;
+            let s = crtool::lazy::serve(&dir, port.filter(|_| page_server).map(|p| (address.as_str(), p)))?;
             eprintln!(
                 "crtool: lazy-pages: {} process{} served in {} ms: {} faults ({} KiB), {} KiB pushed, {} zero pages",
                 s.processes,
@@ -560,7 +580,7 @@ fn main() {
 }
 
 fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
-    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, no_background_copy, track_mem, prev_images_dir, page_server, address, port, log, not_yet: n } = a;
+    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, no_background_copy, track_mem, prev_images_dir, page_server, address, port, lazy_pages, status_fd, log, not_yet: n } = a;
     not_yet(n.used())?;
     crtool::sys::signals::catch_interrupts();
     dump::check_target(pid)?;
@@ -582,8 +602,15 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
         }
         None => None,
     };
+    if lazy_pages && pre_dump {
+        anyhow::bail!("--lazy-pages: a pre-dump leaves the tree running; use it with the final `crtool dump`");
+    }
+    if lazy_pages && dir.join(images_format::ImageKind::Inventory.file_name(0)).exists() {
+        anyhow::bail!("--lazy-pages: {} holds a dump, which these images would replace (and they are useless once the tree is gone): use an empty directory", dir.display());
+    }
+    let lazy_pages = port.filter(|_| lazy_pages).map(|p| (address.clone().unwrap_or_else(|| "0.0.0.0".into()), p));
     let leave_running = leave_running || pre_dump;
-    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, background_copy: !no_background_copy, track_mem: (track_mem || pre_dump) && leave_running, prev, page_server: port.filter(|_| page_server).map(|p| (address, p)) };
+    let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, background_copy: !no_background_copy, track_mem: (track_mem || pre_dump) && leave_running, prev, page_server: port.filter(|_| page_server).map(|p| (address.unwrap_or_else(|| "127.0.0.1".into()), p)), lazy_pages, status_fd };
     let stats = dump::dump(&opts)?;
     eprintln!(
         "crtool: {} pid {pid} into {} ({} process{}, {} thread{}; {} pages{}, {} VMAs, {} fds; frozen {:.1} ms)",
@@ -594,10 +621,17 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
         stats.threads,
         if stats.threads == 1 { "" } else { "s" },
         stats.pages.dumped,
-        if opts.prev.is_some() { format!(" ({} unchanged, in the parent)", stats.pages.in_parent) } else { String::new() },
+        match (opts.prev.is_some(), opts.lazy_pages.is_some()) {
+            (_, true) => format!(" (and {} left in the tree for the lazy restore)", stats.pages.lazy),
+            (true, false) => format!(" ({} unchanged, in the parent)", stats.pages.in_parent),
+            _ => String::new(),
+        },
         stats.vmas,
         stats.fds,
         stats.frozen.as_secs_f64() * 1e3
     );
+    if let Some((bytes, t)) = stats.lazy_served {
+        eprintln!("crtool: {} MiB of memory served to the lazy-pages daemon in {} ms; the tree is gone", bytes >> 20, t.as_millis());
+    }
     Ok(0)
 }

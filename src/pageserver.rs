@@ -23,13 +23,13 @@ const MAGIC: u32 = u32::from_le_bytes(*b"CRPS");
 const FILE: u8 = 1;
 const DATA: u8 = 2;
 const END: u8 = 3;
-const ACK: u8 = 4;
-const ERR: u8 = 5;
-const BYE: u8 = 6;
+pub(crate) const ACK: u8 = 4;
+pub(crate) const ERR: u8 = 5;
+pub(crate) const BYE: u8 = 6;
 /// Largest payload of one frame.
-const MAX_FRAME: usize = 4 << 20;
+pub(crate) const MAX_FRAME: usize = 4 << 20;
 
-fn send(s: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+pub(crate) fn send(s: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
     let mut h = Vec::with_capacity(13);
     h.extend_from_slice(&MAGIC.to_le_bytes());
     h.push(kind);
@@ -39,7 +39,7 @@ fn send(s: &mut TcpStream, kind: u8, payload: &[u8]) -> std::io::Result<()> {
     s.write_all(payload)
 }
 
-fn recv(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+pub(crate) fn recv(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
     let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut h = [0u8; 13];
     s.read_exact(&mut h)?;

@@ -16,7 +16,13 @@ fn tree_lines(imgs: &TreeImages, idx: usize, depth: usize, s: &mut String) {
             let c = &task.core;
             let pages: u64 = task.pagemap.iter().map(|e| e.nr_pages as u64).sum();
             let in_parent: u64 = task.pagemap.iter().filter(|e| e.in_parent).map(|e| e.nr_pages as u64).sum();
-            let in_parent = if in_parent > 0 { format!(" ({} MiB of them in the parent directory)", (in_parent * 4096) >> 20) } else { String::new() };
+            let lazy: u64 = task.pagemap.iter().filter(|e| e.lazy).map(|e| e.nr_pages as u64).sum();
+            let in_parent = match (in_parent, lazy) {
+                (0, 0) => String::new(),
+                (p, 0) => format!(" ({} MiB of them in the parent directory)", (p * 4096) >> 20),
+                (0, l) => format!(" ({} MiB of them with the dump's page server)", (l * 4096) >> 20),
+                (p, l) => format!(" ({} MiB of them in the parent directory, {} MiB with the dump's page server)", (p * 4096) >> 20, (l * 4096) >> 20),
+            };
             let threads = if t.threads.len() > 1 { format!(", threads {:?}", t.threads) } else { String::new() };
             let _ = writeln!(s, "{indent}{} {:?} (pgid {}, sid {}{threads}; {} VMAs, {} MiB of pages{in_parent}, {} fds)",
                 t.pid, c.comm, t.pgid, t.sid, task.mm.vmas.len(), (pages * 4096) >> 20, task.fds.len());

@@ -137,3 +137,78 @@ put watchdogs "$(pgrep -fc __lazy-watchdog)"
     s.ensure(s.var("gone2") == "yes", || format!("the task still runs after its daemon was killed: {}", s.read("daemon2.out")));
     s.ensure(s.var("watchdogs") == "0", || format!("{} watchdogs left", s.var("watchdogs")));
 }
+
+/// Post-copy (CRIU's `dump --lazy-pages` with `lazy-pages --page-server`): the
+/// dump stores everything but the private anonymous memory, which stays in the
+/// stopped tree and is served over TCP; the restore (in a PID namespace of its
+/// own: the stopped original still holds the PIDs) runs at once, the daemon
+/// fetching pages on fault (its push held while the process forks, remaps and
+/// drops memory) and then the rest; once it has everything the dump kills the
+/// original and ends. A lazy restore that fails instead lets the original run on
+/// and removes the images, which are useless without it.
+#[test]
+fn post_copy_fetches_memory_from_the_stopped_original() {
+    let s = Scenario::run(
+        "lazy-postcopy",
+        r#"
+PORT=$(( 30000 + RANDOM % 20000 ))
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/incmem.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "incmem.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+# A restore that fails: the original runs on, the images go.
+"$CRTOOL" dump -t $P -D "$T/ck0" --lazy-pages --address 127.0.0.1 --port $PORT --status-fd 3 3>"$T/status0" 2>"$T/dump0.err" & DP=$!
+wait_until nonempty "$T/status0" || fail "the first lazy dump did not get ready: $(cat "$T/dump0.err")"
+"$CRTOOL" lazy-pages -D "$T/ck0" --page-server --address 127.0.0.1 --port $PORT >"$T/daemon0.out" 2>&1 & D=$!
+CRTOOL_FAULT=104 crt restore -D "$T/ck0" -d --lazy-pages --pidns >"$T/restore0.out" 2>&1
+wait $D; put daemon0_rc $?
+wait $DP; put dump0_rc $?
+put images0 "$(ls "$T/ck0" | grep -c '\.img$')"
+L=$(lines "$T/out.txt"); wait_until has_lines "$T/out.txt" $((L + 3)) && put ran_on yes
+put state0 "$(state $P) $(tracer $P)"
+# The migration.
+PORT=$((PORT + 1))
+"$CRTOOL" dump -t $P -D "$T/ck" --lazy-pages --address 127.0.0.1 --port $PORT --status-fd 3 3>"$T/status" 2>"$T/dump.err" & DP=$!
+wait_until nonempty "$T/status" || fail "the lazy dump did not get ready: $(cat "$T/dump.err")"
+put serving "$(state $P)"
+touch "$T/ck/lazy-pages.hold"
+CRTOOL_FAULT=201:hold "$CRTOOL" lazy-pages -D "$T/ck" --page-server --address 127.0.0.1 --port $PORT >"$T/daemon.out" 2>&1 & D=$!
+run restore crt restore -D "$T/ck" -d --lazy-pages --pidns --pidfile "$T/newpid"
+need restore
+N=$(cat "$T/newpid"); put new $N
+snapshot after $N --no-pos --lazy
+L=$(lines "$T/out.txt"); wait_until has_lines "$T/out.txt" $((L + 3)) && put counting yes
+for n in 1 2 3 4 5; do
+    kill -USR2 $N
+    wait_until nonempty "$T/round$n" || fail "round $n not done: $(cat "$T/wl.err")"
+done
+put original_held "$(state $P)"
+rm "$T/ck/lazy-pages.hold"
+wait $D; put daemon_rc $?
+wait $DP; put dump_rc $?
+wait_until gone $P; put original_gone "$(gone $P && echo yes)"
+kill -USR1 $N
+wait_until nonempty "$T/result" || fail "incmem.py wrote no result: $(cat "$T/wl.err")"
+# The two snapshots differ in the PIDs seen from here (a new PID namespace).
+sed -i -E "s/\\b$P\\b/PID/g; s/^  NSpid .*/  NSpid -/; s/^  ppid [0-9]+/  ppid -/" "$T/state.before"
+sed -i -E "s/\\b$N\\b/PID/g; s/^  NSpid .*/  NSpid -/; s/^  ppid [0-9]+/  ppid -/" "$T/state.after"
+"#,
+    );
+    let d0 = s.read("dump0.err");
+    s.ensure(s.var("dump0_rc") != "0" && d0.contains("runs on"), || format!("the lazy dump whose restore failed: rc {}: {d0}", s.var("dump0_rc")));
+    s.ensure(s.var("daemon0_rc") != "0", || format!("the daemon of the failed restore exited 0: {}", s.read("daemon0.out")));
+    s.ensure(s.var("images0") == "0", || format!("{} image files left by the aborted lazy dump", s.var("images0")));
+    s.ensure(s.var_opt("ran_on").as_deref() == Some("yes"), || format!("the original did not run on after the failed lazy restore (state {})", s.var("state0")));
+    s.ensure(s.var("state0").ends_with(" 0"), || format!("the original is still traced: {}", s.var("state0")));
+    s.ensure(s.var("serving").starts_with('t'), || format!("the original is not stopped while its memory is served: {}", s.var("serving")));
+    s.ok("restore");
+    s.ensure(s.var_opt("counting").as_deref() == Some("yes"), || "the lazily restored process does not count".into());
+    s.ensure(s.var("original_held").starts_with('t'), || format!("the original left its stop while its memory was still owed: {}", s.var("original_held")));
+    let out = s.read("daemon.out");
+    s.ensure(s.var("daemon_rc") == "0" && out.contains("2 processes served"), || format!("the daemon: rc {}: {out}", s.var("daemon_rc")));
+    let dump = s.read("dump.err");
+    s.ensure(s.var("dump_rc") == "0" && dump.contains("served to the lazy-pages daemon"), || format!("the lazy dump: rc {}: {dump}", s.var("dump_rc")));
+    s.ensure(s.var("original_gone") == "yes", || "the original still exists after the migration".into());
+    s.passed("child_result");
+    s.passed("result");
+    s.all_ok(s.state_problems("before", "after"));
+}

@@ -47,11 +47,20 @@ pub struct DumpOpts {
     pub prev: Option<(PathBuf, PathBuf)>,
     /// Page images go to a page server at (address, port) (--page-server).
     pub page_server: Option<(String, u16)>,
+    /// dump --lazy-pages: private anonymous memory stays in the tree, which
+    /// stays stopped and serves it on (address, port) to a lazy-pages daemon
+    /// (see lazy::remote) until that has it all; then the tree is killed.
+    pub lazy_pages: Option<(String, u16)>,
+    /// Where "\0" is written once a lazy dump's images are complete and its
+    /// memory is being served (--status-fd).
+    pub status_fd: Option<i32>,
 }
 
 #[derive(Debug, Default)]
 pub struct DumpStats {
     pub frozen: Duration,
+    /// dump --lazy-pages: bytes served to the lazy-pages daemon, and for how long.
+    pub lazy_served: Option<(u64, Duration)>,
     pub pages: PageStats,
     pub vmas: usize,
     pub fds: usize,
@@ -205,6 +214,11 @@ fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
             None => None,
         },
     };
+    // (Bound before the freeze: a port in use fails the dump before it starts.)
+    let lazy_listener = match &opts.lazy_pages {
+        Some((a, p)) => Some(std::net::TcpListener::bind((a.as_str(), *p)).map_err(|e| Error::io(format!("--lazy-pages: listening on {a}:{p}"), e))?),
+        None => None,
+    };
     if let Some((link, prev)) = &opts.prev {
         std::os::unix::fs::symlink(link, work_path.join("parent")).map_err(|e| Error::io(work_path.join("parent"), e))?;
         if let Some((tracker, fds)) = crate::mem::track::take_over(prev) {
@@ -247,7 +261,31 @@ fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
     });
     let outcome = match result {
         Ok(later) => {
-            let kill = !opts.leave_running;
+            let mut kill = !opts.leave_running;
+            if let Some(l) = &lazy_listener {
+                // The images are complete; the tree stays stopped and serves its
+                // memory to the lazy restore's daemon.
+                ctx.stats.frozen = t0.elapsed();
+                let t = Instant::now();
+                match serve_lazy(l, &frozen, &opts.dir, opts.status_fd) {
+                    Ok(crate::lazy::remote::End::Done { bytes }) => ctx.stats.lazy_served = Some((bytes, t.elapsed())),
+                    Ok(crate::lazy::remote::End::Aborted) => {
+                        // No restored copy runs: the tree runs on; the images,
+                        // whose memory was the tree's, go.
+                        ctx.files.inet.release();
+                        let _ = release(frozen, false);
+                        remove_images(&opts.dir);
+                        return Err(Error::Lazy { msg: format!("the lazy restore of pid {pid} failed or never asked for memory: the tree runs on, and the images in {} (useless without it) were removed", opts.dir.display()) });
+                    }
+                    Err(e) => {
+                        // Pages were served: the restored copy may have run.
+                        let _ = release(frozen, true);
+                        remove_images(&opts.dir);
+                        return Err(Error::Lazy { msg: format!("{e}: the tree of pid {pid} was killed (its restored copy may have run) and the images removed") });
+                    }
+                }
+                kill = true;
+            }
             if !kill {
                 // The connections run on (killed, they close silently in repair
                 // mode, and the lock stays until the restore).
@@ -264,7 +302,9 @@ fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
             if let Some(t) = ctx.old_tracker {
                 crate::mem::track::stop(t);
             }
-            ctx.stats.frozen = t0.elapsed();
+            if lazy_listener.is_none() {
+                ctx.stats.frozen = t0.elapsed();
+            }
             if let Some(seal) = later {
                 log::info!("tree of pid {pid}: running again after {:?} frozen, its memory write-protected; copying it in the background", ctx.stats.frozen);
                 let copied = copy_in_background(&mut ctx).and_then(|()| complete(&mut ctx, &seal, &mut work));
@@ -325,6 +365,42 @@ fn check_terminal_sessions(ptys: &[pb::PtyPair], entries: &[pb::PstreeEntry], ro
         }
     }
     Ok(())
+}
+
+/// dump --lazy-pages: serves the private memory the images left in the stopped
+/// tree (entries marked `lazy` in `dir`'s pagemaps) on `listener` until the
+/// lazy-pages daemon has all of it (lazy::remote).
+fn serve_lazy(listener: &std::net::TcpListener, frozen: &tree::FrozenTree, dir: &std::path::Path, status_fd: Option<i32>) -> Result<crate::lazy::remote::End> {
+    let mut ranges = crate::lazy::remote::Ranges::new();
+    let mut outer = std::collections::BTreeMap::new();
+    for p in frozen.procs.iter().filter(|p| p.zombie.is_none()) {
+        let entries: Vec<pb::PagemapEntry> = images_format::read_entries(dir, ImageKind::Pagemap, p.vpid as u32)?;
+        let r: Vec<(u64, u64)> = entries.iter().filter(|e| e.lazy).map(|e| (e.vaddr, e.vaddr + e.nr_pages as u64 * mm::PAGE)).collect();
+        ranges.insert(p.vpid as u32, r);
+        outer.insert(p.vpid as u32, p.pid);
+    }
+    let mib: u64 = ranges.values().flatten().map(|(s, e)| e - s).sum::<u64>() >> 20;
+    log::info!("images complete; serving {mib} MiB of memory to a lazy-pages daemon on {:?}", listener.local_addr().ok());
+    if let Some(fd) = status_fd {
+        crate::sys::fd::write_raw(fd, b"\0");
+        crate::sys::fd::close_raw(fd);
+    }
+    crate::lazy::remote::serve(listener, &ranges, |vpid, addr, buf| {
+        let pid = outer.get(&vpid).copied().ok_or_else(|| std::io::Error::other("no such process"))?;
+        crate::sys::process::read_remote(nix::unistd::Pid::from_raw(pid), addr, buf).map_err(std::io::Error::from)
+    })
+}
+
+/// Removes the image files of a dump from `dir` (the inventory first).
+fn remove_images(dir: &std::path::Path) {
+    let _ = std::fs::remove_file(dir.join(ImageKind::Inventory.file_name(0)));
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for d in rd.flatten() {
+            if ImageKind::parse_file_name(&d.file_name().to_string_lossy()).is_some() {
+                let _ = std::fs::remove_file(d.path());
+            }
+        }
+    }
 }
 
 fn release(tree: tree::FrozenTree, kill: bool) -> Result<()> {
@@ -402,6 +478,7 @@ fn complete(ctx: &mut DumpCtx, seal: &Seal, work: &mut Option<workdir::WorkDir>)
         new_ipc_ns: seal.ns.new_ipc_ns,
         new_uts_ns: seal.ns.new_uts_ns,
         remote_pages: ctx.page_client.is_some(),
+        lazy_pages: ctx.opts.lazy_pages.is_some(),
     };
     write_entries(dir, ImageKind::Inventory, 0, &[inventory])?;
     crate::fault::point(8)?;

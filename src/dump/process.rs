@@ -183,6 +183,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         }
     }
     dumper.defer = ctx.background;
+    dumper.lazy = ctx.opts.lazy_pages.is_some();
     dumper.frames_needed = ctx.frames.contains_key(&p.ppid) || ctx.parents.contains(&p.vpid);
     let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages, &mut ctx.page_buffers)?;
     let pages = if ctx.background {
@@ -231,6 +232,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     ctx.stats.pages.scanned += dumper.stats.scanned;
     ctx.stats.pages.zero += dumper.stats.zero;
     ctx.stats.pages.in_parent += dumper.stats.in_parent;
+    ctx.stats.pages.lazy += dumper.stats.lazy;
     ctx.stats.vmas += vmas.len();
     ctx.stats.fds += fds.len();
     log::info!("pid {pid}: {} pages dumped ({} scanned, {} zero), {} VMAs, {} fds, {} threads",

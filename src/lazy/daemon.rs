@@ -5,6 +5,7 @@
 //! memory even if it never touches it.
 
 use super::pending::{Pending, Run};
+use super::remote::Client;
 use super::watchdog::Watchdog;
 use crate::error::{Error, Result};
 use crate::mem::chain::Pages;
@@ -42,10 +43,13 @@ pub struct Summary {
 /// The longest run supplied at once (a fault waits for its whole run).
 const MAX_RUN_PAGES: u64 = 256;
 
-/// The page data of one process in the images.
+/// The page data of one process in the images, and the dump's page server
+/// for the pages that stayed with the dumped process (dump --lazy-pages).
 struct Source {
+    vpid: u32,
     pages: Pages,
     entries: Vec<pb::PagemapEntry>,
+    remote: Option<Rc<RefCell<Client>>>,
     buf: Vec<u8>,
 }
 
@@ -54,13 +58,16 @@ impl Source {
     fn data(&mut self, run: &Run) -> Result<&[u8]> {
         let e = &self.entries[run.entry];
         self.buf.resize((run.pages * PAGE) as usize, 0);
-        self.pages.read_part(e, run.first * PAGE, &mut self.buf)?;
+        match &self.remote {
+            Some(r) if e.lazy => r.borrow_mut().get(self.vpid, e.vaddr + run.first * PAGE, &mut self.buf)?,
+            _ => self.pages.read_part(e, run.first * PAGE, &mut self.buf)?,
+        }
         Ok(&self.buf)
     }
 }
 
 /// A process whose memory is still owed.
-struct Client {
+struct Task {
     vpid: u32,
     uffd: OwnedFd,
     /// The restored task itself (None: a child it forked).
@@ -83,7 +90,7 @@ enum Copied {
     Later,
 }
 
-impl Client {
+impl Task {
     fn name(&self) -> String {
         if self.pidfd.is_some() { format!("pid {}", self.vpid) } else { format!("a child forked by pid {}", self.vpid) }
     }
@@ -124,7 +131,7 @@ impl Client {
     }
 
     /// Reads the queued events, acting on each at once; faults wait in `faults`.
-    fn read_events(&mut self, stats: &mut Summary, forked: &mut Vec<Client>) -> Result<()> {
+    fn read_events(&mut self, stats: &mut Summary, forked: &mut Vec<Task>) -> Result<()> {
         while !self.gone {
             let ev = match uffd::next_event(self.uffd.as_fd()) {
                 Ok(Some(ev)) => ev,
@@ -137,7 +144,7 @@ impl Client {
                     // The child's memory is the parent's at this instant: what is
                     // owed here is owed there too.
                     stats.processes += 1;
-                    forked.push(Client {
+                    forked.push(Task {
                         vpid: self.vpid,
                         uffd: fd,
                         pidfd: None,
@@ -158,7 +165,7 @@ impl Client {
     }
 
     /// Answers the fault at `addr`: the owed run holding it, or a zero page.
-    fn answer(&mut self, addr: u64, stats: &mut Summary, forked: &mut Vec<Client>) -> Result<()> {
+    fn answer(&mut self, addr: u64, stats: &mut Summary, forked: &mut Vec<Task>) -> Result<()> {
         let page = addr & !(PAGE - 1);
         for _ in 0..1000 {
             if self.gone {
@@ -202,7 +209,7 @@ impl Client {
     }
 
     /// Pushes the lowest owed run.
-    fn push(&mut self, stats: &mut Summary, forked: &mut Vec<Client>) -> Result<()> {
+    fn push(&mut self, stats: &mut Summary, forked: &mut Vec<Task>) -> Result<()> {
         if let Some((at, run)) = self.pending.take_first() {
             match self.copy_run(at, run)? {
                 Copied::Done => stats.pushed_bytes += run.pages * PAGE,
@@ -255,7 +262,7 @@ fn bind(dir: &Path) -> Result<(UnixListener, Bound)> {
 }
 
 /// Reads one task's hand-over (after its `T`): its pid, ranges and fds.
-fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>) -> Result<Client> {
+fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>, remote: &Option<Rc<RefCell<Client>>>) -> Result<Task> {
     let bad = |msg: String| Error::Lazy { msg: format!("a task's hand-over: {msg}") };
     let mut h = [0u8; 8];
     h[..head.len()].copy_from_slice(head);
@@ -275,6 +282,9 @@ fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>) -> 
         return Err(bad(format!("pid {vpid} sent no userfaultfd and pidfd")));
     };
     let entries: Vec<pb::PagemapEntry> = read_entries(dir, ImageKind::Pagemap, vpid)?;
+    if remote.is_none() && entries.iter().any(|e| e.lazy) {
+        return Err(bad(format!("the memory of pid {vpid} stayed with the dumped process (dump --lazy-pages): start the daemon with --page-server --address A --port P of that dump")));
+    }
     let mut pending = Pending::default();
     for (i, e) in entries.iter().enumerate().filter(|(_, e)| !e.guard && !e.inherited) {
         let end = e.vaddr + e.nr_pages as u64 * PAGE;
@@ -291,17 +301,17 @@ fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>) -> 
     }
     log::info!("pid {vpid}: {} lazy ranges, {} KiB owed", ranges.len(), pending.bytes() >> 10);
     let pages = Pages::open(dir, vpid)?;
-    let source = Rc::new(RefCell::new(Source { pages, entries, buf: Vec::new() }));
-    Ok(Client { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false, conn: None, ready: false })
+    let source = Rc::new(RefCell::new(Source { vpid, pages, entries, remote: remote.clone(), buf: Vec::new() }));
+    Ok(Task { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false, conn: None, ready: false })
 }
 
 enum Conn {
     Control(UnixStream),
-    Task(Client),
+    Task(Task),
 }
 
 /// Accepts one connection and reads what it says.
-fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog) -> Result<Option<Conn>> {
+fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog, remote: &Option<Rc<RefCell<Client>>>) -> Result<Option<Conn>> {
     let mut s = match l.accept() {
         Ok((s, _)) => s,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -330,7 +340,7 @@ fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog) -> Result<Option<Conn>> {
             Ok(Some(Conn::Control(s)))
         }
         Some(b'T') if n >= 1 => {
-            match take_task(dir, &mut s, &buf[1..n], fds).and_then(|c| {
+            match take_task(dir, &mut s, &buf[1..n], fds, remote).and_then(|c| {
                 let p = c.pidfd.as_ref().ok_or_else(|| Error::Lazy { msg: "no pidfd".into() })?;
                 wd.task(c.uffd.as_fd(), p.as_fd())?;
                 Ok(c)
@@ -355,14 +365,34 @@ fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog) -> Result<Option<Conn>> {
 /// Serves the restore of `dir` until every restored task has all of its memory
 /// (or is gone) and the restore has ended; fails if the restore failed or a
 /// page could not be supplied (the tasks then are killed).
-pub fn serve(dir: &Path) -> Result<Summary> {
+///
+/// With `page_server` (address, port of a `dump --lazy-pages`), the pages the
+/// images mark `lazy` come from that dump; it is told at the end whether the
+/// restore succeeded (its tree is then killed) or not (its tree runs on).
+pub fn serve(dir: &Path, page_server: Option<(&str, u16)>) -> Result<Summary> {
+    let remote = match page_server {
+        Some((a, p)) => Some(Rc::new(RefCell::new(Client::connect(a, p)?))),
+        None => None,
+    };
+    let r = serve_with(dir, &remote);
+    if let Some(c) = remote {
+        let mut c = c.borrow_mut();
+        log::info!("{} MiB fetched from the dump's page server", c.bytes >> 20);
+        if let Err(e) = c.finish(r.is_ok()) {
+            log::warn!("{e}");
+        }
+    }
+    r
+}
+
+fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summary> {
     let (listener, _bound) = bind(dir)?;
     let wd = Watchdog::start()?;
     log::info!("lazy-pages: listening on {}", super::socket_path(dir).display());
     let mut stats = Summary::default();
     let mut control: Option<UnixStream> = None;
     let mut restore_ok: Option<bool> = None;
-    let mut clients: Vec<Client> = Vec::new();
+    let mut clients: Vec<Task> = Vec::new();
     let mut started: Option<Instant> = None;
     let mut next_push = 0usize;
     let hold = crate::fault::hold(201);
@@ -403,7 +433,7 @@ pub fn serve(dir: &Path) -> Result<Summary> {
             clients[i].read_ready();
         }
         if new_conn {
-            match accept(dir, &listener, &wd) {
+            match accept(dir, &listener, &wd, remote) {
                 Ok(Some(Conn::Control(s))) if control.is_none() && restore_ok.is_none() => control = Some(s),
                 Ok(Some(Conn::Control(_))) => log::warn!("a second restore connected; it is refused"),
                 Ok(Some(Conn::Task(c))) => {

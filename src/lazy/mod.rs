@@ -25,6 +25,7 @@
 
 mod daemon;
 mod pending;
+pub mod remote;
 pub mod watchdog;
 
 pub use daemon::{Summary, serve};

@@ -44,6 +44,12 @@ impl Pages {
 
     /// Reads the pages of entry `e` into `dst` (its size).
     pub fn read(&mut self, e: &pb::PagemapEntry, dst: &mut [u8]) -> Result<()> {
+        if e.lazy {
+            return Err(Error::BadImage {
+                file: format!("{}/pagemap-{}.img", self.dir.display(), self.vpid),
+                msg: format!("the pages at {:#x} stayed with the dumped process (dump --lazy-pages): only its page server has them", e.vaddr),
+            });
+        }
         if !e.in_parent {
             return Ok(self.own.read_into(e.offset, e.stored_len, e.crc32, dst)?);
         }
@@ -61,6 +67,9 @@ impl Pages {
         }
         if e.in_parent {
             return self.read_parent(0, e.vaddr + from, dst);
+        }
+        if e.lazy {
+            return self.read(e, dst);
         }
         if !matches!(&self.cached, Some((l, o, _)) if *l == usize::MAX && *o == e.offset) {
             let mut buf = self.cached.take().map(|(_, _, b)| b).unwrap_or_default();

@@ -36,6 +36,8 @@ pub struct PageStats {
     pub zero: u64,
     /// Pages unchanged since the previous dump, left in its images.
     pub in_parent: u64,
+    /// Pages left in the process for a lazy restore (dump --lazy-pages).
+    pub lazy: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,11 @@ pub struct PageDumper {
     pub deferred: Vec<(u64, u64)>,
     /// The VMAs (start, end) those runs are in.
     pub deferred_vmas: Vec<(u64, u64)>,
+    /// dump --lazy-pages: the data of private anonymous memory that a lazy
+    /// restore can take (not locked) stays in the process; its entries say
+    /// `lazy`. Such memory is not stored as inherited from the parent: a child
+    /// fetches its own copy.
+    pub lazy: bool,
 }
 
 impl PageDumper {
@@ -144,6 +151,7 @@ impl PageDumper {
             frames_needed: true,
             deferred: Vec::new(),
             deferred_vmas: Vec::new(),
+            lazy: false,
         })
     }
 
@@ -192,6 +200,20 @@ impl PageDumper {
                 self.flush(&mut batch, batch_readable, parasite, out)?;
                 batch_bytes = 0;
                 self.dump_shmem(v, out)?;
+                continue;
+            }
+            if self.lazy && crate::mem::background::eligible(v) && !vma::has_flag(v, "lo") {
+                // (Entries stay in address order: what is batched goes first.)
+                self.flush(&mut batch, batch_readable, parasite, out)?;
+                batch_bytes = 0;
+                for run in self.runs(v, None)? {
+                    if run.kind == RunKind::Data {
+                        self.stats.lazy += run.pages;
+                        self.entries.push(pb::PagemapEntry { vaddr: run.vaddr, nr_pages: run.pages as u32, lazy: true, ..Default::default() });
+                    } else {
+                        self.record_meta(&run);
+                    }
+                }
                 continue;
             }
             if self.defer && crate::mem::background::eligible(v) {

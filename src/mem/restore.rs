@@ -247,6 +247,9 @@ pub fn premap<'a>(
         if slot.lazy {
             continue; // the lazy-pages daemon's
         }
+        if e.lazy {
+            return Err(bad(format!("pages at {:#x} stayed with the dumped process (dump --lazy-pages), but their mapping cannot be restored lazily", e.vaddr)));
+        }
         let Some(pages) = pages.as_mut() else {
             return Err(Error::Restore { pid, msg: format!("pages at {:#x}: the page image is not here", e.vaddr) });
         };

@@ -239,6 +239,12 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
     preflight::check(&imgs, opts.checks)?;
     check_inherited(&imgs, &opts.inherit)?;
     crate::fault::point(101)?;
+    if imgs.inv.lazy_pages && !opts.lazy_pages {
+        return Err(Error::Restore {
+            pid: root_pid,
+            msg: "the memory of this dump stayed with the dumped tree (dump --lazy-pages): restore with --lazy-pages, with `crtool lazy-pages -D DIR --page-server --address A --port P` of that dump running".into(),
+        });
+    }
     // The daemon learns how the restore ends through this (a drop: it failed).
     let lazy = if opts.lazy_pages { Some(crate::lazy::Control::connect(&opts.dir)?) } else { None };
     if opts.pidns && imgs.inv.new_pid_ns {
