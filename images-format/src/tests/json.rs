@@ -26,7 +26,7 @@ fn every_kind_decodes_to_json() {
         e,
         json!({"format_version": 1, "root_pid": 42, "page_compression": 1, "pids": [42, 43],
                 "new_pid_ns": true, "new_mount_ns": false, "outer_pids": [4242, 4243],
-                "new_ipc_ns": false, "new_uts_ns": false, "remote_pages": false})
+                "new_ipc_ns": false, "new_uts_ns": false, "remote_pages": false, "lazy_pages": false})
     );
     assert_eq!(files.as_array().unwrap().len(), 8, "the manifest lists every file but the inventory: {files}");
     assert_eq!(files[0]["name"], "core-42.img");
