@@ -27,7 +27,10 @@ pub struct Pages {
     /// Parents loaded so far: [0] is `dir`'s parent, [1] its parent, ...
     parents: Vec<Parent>,
     /// The last parent chunk read: (level, offset, its page data).
-    cached: Option<(usize, u64, Vec<u8>)>,
+    /// The last chunk read in part at each level (this directory's at index 0,
+    /// its parent's at 1, ...): its offset and page data. One per level, as a
+    /// read walks down the chain and each level would evict the others'.
+    cached: Vec<Option<(u64, Vec<u8>)>>,
 }
 
 /// The directory `dir/parent` points at (relative to `dir`).
@@ -39,7 +42,7 @@ pub fn parent_of(dir: &Path) -> Option<PathBuf> {
 impl Pages {
     /// The page image of process `vpid` in `dir`.
     pub fn open(dir: &Path, vpid: u32) -> Result<Pages> {
-        Ok(Pages { own: PagesReader::open(dir, vpid)?, dir: dir.to_path_buf(), vpid, parents: Vec::new(), cached: None })
+        Ok(Pages { own: PagesReader::open(dir, vpid)?, dir: dir.to_path_buf(), vpid, parents: Vec::new(), cached: Vec::new() })
     }
 
     /// Reads the pages of entry `e` into `dst` (its size).
@@ -71,16 +74,24 @@ impl Pages {
         if e.lazy {
             return self.read(e, dst);
         }
-        if !matches!(&self.cached, Some((l, o, _)) if *l == usize::MAX && *o == e.offset) {
-            let mut buf = self.cached.take().map(|(_, _, b)| b).unwrap_or_default();
+        let slot = self.slot(0);
+        if !matches!(slot, Some((o, _)) if *o == e.offset) {
+            let mut buf = slot.take().map(|(_, b)| b).unwrap_or_default();
             buf.resize(whole as usize, 0);
             self.own.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
-            self.cached = Some((usize::MAX, e.offset, buf));
+            *self.slot(0) = Some((e.offset, buf));
         }
-        if let Some((_, _, buf)) = &self.cached {
+        if let Some((_, buf)) = self.slot(0) {
             dst.copy_from_slice(&buf[from as usize..from as usize + dst.len()]);
         }
         Ok(())
+    }
+
+    fn slot(&mut self, level: usize) -> &mut Option<(u64, Vec<u8>)> {
+        if self.cached.len() <= level {
+            self.cached.resize_with(level + 1, || None);
+        }
+        &mut self.cached[level]
     }
 
     fn load(&mut self, level: usize) -> Result<()> {
@@ -124,14 +135,16 @@ impl Pages {
                 self.parents[level].reader.read_into(e.offset, e.stored_len, e.crc32, part)?;
             } else {
                 log::trace!("parent {level}: part of chunk {:#x}: {:#x} +{}", e.vaddr, at, part.len());
-                if !matches!(&self.cached, Some((l, o, _)) if *l == level && *o == e.offset) {
+                // (Slot 0 is this directory's; a parent at `level` has slot level + 1.)
+                let slot = self.slot(level + 1);
+                if !matches!(slot, Some((o, _)) if *o == e.offset) {
                     // (The buffer is reused: fresh ones would fault on every page.)
-                    let mut buf = self.cached.take().map(|(_, _, b)| b).unwrap_or_default();
+                    let mut buf = slot.take().map(|(_, b)| b).unwrap_or_default();
                     buf.resize((e_end - e.vaddr) as usize, 0);
                     self.parents[level].reader.read_into(e.offset, e.stored_len, e.crc32, &mut buf)?;
-                    self.cached = Some((level, e.offset, buf));
+                    *self.slot(level + 1) = Some((e.offset, buf));
                 }
-                if let Some((_, _, buf)) = &self.cached {
+                if let Some((_, buf)) = self.slot(level + 1) {
                     let from = (at - e.vaddr) as usize;
                     part.copy_from_slice(&buf[from..from + part.len()]);
                 }
