@@ -583,8 +583,14 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
     let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, no_background_copy, track_mem, prev_images_dir, page_server, address, port, lazy_pages, status_fd, log, not_yet: n } = a;
     not_yet(n.used())?;
     crtool::sys::signals::catch_interrupts();
-    dump::check_target(pid)?;
     let dir = absolute(&dir)?;
+    if lazy_pages && pre_dump {
+        anyhow::bail!("--lazy-pages: a pre-dump leaves the tree running; use it with the final `crtool dump`");
+    }
+    if lazy_pages && dir.join(images_format::ImageKind::Inventory.file_name(0)).exists() {
+        anyhow::bail!("--lazy-pages: {} holds a dump, which these images would replace (and they are useless once the tree is gone): use an empty directory", dir.display());
+    }
+    dump::check_target(pid)?;
     init_log(&log, &dir, "dump.log")?;
     for e in &external {
         if crtool::net::parse_external(e).is_none() {
@@ -602,12 +608,6 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    if lazy_pages && pre_dump {
-        anyhow::bail!("--lazy-pages: a pre-dump leaves the tree running; use it with the final `crtool dump`");
-    }
-    if lazy_pages && dir.join(images_format::ImageKind::Inventory.file_name(0)).exists() {
-        anyhow::bail!("--lazy-pages: {} holds a dump, which these images would replace (and they are useless once the tree is gone): use an empty directory", dir.display());
-    }
     let lazy_pages = port.filter(|_| lazy_pages).map(|p| (address.clone().unwrap_or_else(|| "0.0.0.0".into()), p));
     let leave_running = leave_running || pre_dump;
     let opts = dump::DumpOpts { pid, dir: dir.clone(), leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit: ghost_limit.unwrap_or(crtool::files::ghost::DEFAULT_LIMIT), link_remap, tcp_established, skip_in_flight, background_copy: !no_background_copy, track_mem: (track_mem || pre_dump) && leave_running, prev, page_server: port.filter(|_| page_server).map(|p| (address.unwrap_or_else(|| "127.0.0.1".into()), p)), lazy_pages, status_fd };

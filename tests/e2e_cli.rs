@@ -131,7 +131,7 @@ run zombie crt dump -t $ZC -D "$T/ck2"
 run nopid crt dump -t 999999 -D "$T/ck3"
 run nodir crt restore -D "$T/no/such/dir" -d
 put nodir_made "$([ -e "$T/no" ] && echo yes)"
-run trackmem crt dump -t $P -D "$T/ck4" --lazy-pages
+run trackmem crt dump -t $P -D "$T/ck4" --freeze-cgroup /sys/fs/cgroup/x
 run predump crt lazy-pages -D "$T/ck5"
 run lazy crt restore -D "$T/ck4" --lazy-pages
 put images "$(ls "$T"/ck1 "$T"/ck2 "$T"/ck3 "$T"/ck4 "$T"/ck5 2>/dev/null | grep -c '\.img$')"
@@ -144,7 +144,7 @@ kill $P $Z
     s.failed_saying("nopid", &["999999"]);
     s.failed_saying("nodir", &["no/such/dir"]);
     s.ensure(s.var("nodir_made").is_empty(), || "restore created the missing image directory".into());
-    s.failed_saying("trackmem", &["--lazy-pages", "not supported yet"]);
+    s.failed_saying("trackmem", &["--freeze-cgroup", "not supported yet"]);
     // (Lazy restore exists: with no dump there, both say which directory.)
     s.failed_saying("predump", &["ck5"]);
     s.failed_saying("lazy", &["ck4"]);

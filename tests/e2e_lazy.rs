@@ -170,6 +170,9 @@ PORT=$((PORT + 1))
 "$CRTOOL" dump -t $P -D "$T/ck" --lazy-pages --address 127.0.0.1 --port $PORT --status-fd 3 3>"$T/status" 2>"$T/dump.err" & DP=$!
 wait_until nonempty "$T/status" || fail "the lazy dump did not get ready: $(cat "$T/dump.err")"
 put serving "$(state $P)"
+run plain crt restore -D "$T/ck" -d
+run again crt dump -t $P -D "$T/ck" --lazy-pages --port $((PORT + 7))
+run pre crt pre-dump -t $P -D "$T/ck9" --lazy-pages --port $((PORT + 8))
 touch "$T/ck/lazy-pages.hold"
 CRTOOL_FAULT=201:hold "$CRTOOL" lazy-pages -D "$T/ck" --page-server --address 127.0.0.1 --port $PORT >"$T/daemon.out" 2>&1 & D=$!
 run restore crt restore -D "$T/ck" -d --lazy-pages --pidns --pidfile "$T/newpid"
@@ -200,6 +203,9 @@ sed -i -E "s/\\b$N\\b/PID/g; s/^  NSpid .*/  NSpid -/; s/^  ppid [0-9]+/  ppid -
     s.ensure(s.var_opt("ran_on").as_deref() == Some("yes"), || format!("the original did not run on after the failed lazy restore (state {})", s.var("state0")));
     s.ensure(s.var("state0").ends_with(" 0"), || format!("the original is still traced: {}", s.var("state0")));
     s.ensure(s.var("serving").starts_with('t'), || format!("the original is not stopped while its memory is served: {}", s.var("serving")));
+    s.failed_saying("plain", &["--lazy-pages", "lazy-pages -D DIR --page-server"]);
+    s.failed_saying("again", &["holds a dump", "empty directory"]);
+    s.failed_saying("pre", &["--lazy-pages", "pre-dump"]);
     s.ok("restore");
     s.ensure(s.var_opt("counting").as_deref() == Some("yes"), || "the lazily restored process does not count".into());
     s.ensure(s.var("original_held").starts_with('t'), || format!("the original left its stop while its memory was still owed: {}", s.var("original_held")));
