@@ -343,7 +343,7 @@ fn pages_go_to_a_page_server_and_restore_from_there() {
     let s = Scenario::run(
         "pageserver",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 ))
+PORT=$(free_port 10) || fail "no free TCP port"
 "$CRTOOL" page-server -D "$T/remote" --address 127.0.0.1 --port $PORT >"$T/server.out" 2>&1 & S=$!
 "${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/incmem.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
 wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "incmem.py did not start: $(cat "$T/wl.err")"

@@ -44,7 +44,7 @@ fn redis_keeps_a_client_connection_through_a_dump_and_restore() {
         "redis",
         r#"
 command -v redis-server >/dev/null || fail "redis-server is not installed (.ci/run installs it)"
-PORT=$((20000 + $$ % 20000 + RANDOM % 1000))
+PORT=$(free_port 10) || fail "no free TCP port"
 "${AS_WL[@]}" setsid redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no --dir "$T" </dev/null >"$T/redis.log" 2>&1 & P=$!; put pid $P
 for i in $(seq 200); do [ "$(redis-cli -p $PORT ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
 [ "$(redis-cli -p $PORT ping)" = PONG ] || fail "redis did not start: $(tail -5 "$T/redis.log")"
@@ -202,7 +202,7 @@ fn a_half_open_connection_needs_skip_in_flight() {
     let s = Scenario::run(
         "syn-recv",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 )); TABLE=crtool-test-synrecv-$PORT
+PORT=$(free_port 10) || fail "no free TCP port"; TABLE=crtool-test-synrecv-$PORT
 "${AS_WL[@]}" setsid "$PY3" -c "
 import socket, time
 s = socket.socket(); s.bind(('127.0.0.1', $PORT)); s.listen(5)
@@ -287,7 +287,7 @@ fn a_connection_whose_peer_closed_its_side_comes_back() {
     let s = Scenario::run(
         "closewait",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 ))
+PORT=$(free_port 10) || fail "no free TCP port"
 "${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/halfclose.py" "$T" $PORT </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
 wait_until nonempty "$T/listening" || fail "halfclose.py did not start: $(cat "$T/wl.err")"
 "$PY3" -c "
@@ -340,7 +340,7 @@ fn connections_with_their_fin_unacknowledged_come_back() {
     let s = Scenario::run(
         "finwait",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 )); TABLE=crtool-test-finwait-$PORT
+PORT=$(free_port 10) || fail "no free TCP port"; TABLE=crtool-test-finwait-$PORT
 "${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/finwait.py" "$T" $PORT </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
 wait_until nonempty "$T/listening" || fail "finwait.py did not start: $(cat "$T/wl.err")"
 "$PY3" -c "
@@ -411,7 +411,7 @@ fn a_connection_still_connecting_comes_back() {
     let s = Scenario::run(
         "synsent",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 )); TABLE=crtool-test-synsent-$PORT
+PORT=$(free_port 10) || fail "no free TCP port"; TABLE=crtool-test-synsent-$PORT
 "$PY3" -c "
 import socket
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('127.0.0.1', $PORT)); l.listen(5)
@@ -596,7 +596,7 @@ fn a_connection_waiting_to_be_accepted_needs_skip_in_flight() {
     let s = Scenario::run(
         "accept-queue",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 ))
+PORT=$(free_port 10) || fail "no free TCP port"
 "${AS_WL[@]}" setsid "$PY3" -c "
 import signal, socket, time
 s = socket.socket(); s.bind(('127.0.0.1', $PORT)); s.listen(5)

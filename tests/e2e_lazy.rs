@@ -151,7 +151,7 @@ fn post_copy_fetches_memory_from_the_stopped_original() {
     let s = Scenario::run(
         "lazy-postcopy",
         r#"
-PORT=$(( 30000 + RANDOM % 20000 ))
+PORT=$(free_port 10) || fail "no free TCP port"
 "${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/incmem.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
 wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "incmem.py did not start: $(cat "$T/wl.err")"
 snapshot before $P --no-pos

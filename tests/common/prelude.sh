@@ -58,6 +58,20 @@ export PY3
 # workloads' credentials ("${AS_WL[@]}" execs, so $! is the workload).
 start_memstate() { "${AS_WL[@]}" setsid "$MEMSTATE" "$T/ready" "$T/result" "$@" </dev/null >"$T/memstate.log" 2>&1 & }
 start_loop() { "${AS_WL[@]}" setsid "$PY3" "$LOOP_PY" "$@" </dev/null >"$T/out.txt" 2>"$T/loop.err" & }
+# free_port [N]: a TCP port P, with P..P+N-1 (N defaults to 1) in use by nothing
+# and below the kernel's ephemeral range, so that no outgoing connection (of this
+# scenario or another running beside it) takes one of them meanwhile.
+free_port() {
+    local n=${1:-1} lo p i busy
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
+    for _ in $(seq 200); do
+        p=$(( 10000 + RANDOM % (lo - 10000 - n) ))
+        busy=
+        for i in $(seq 0 $((n - 1))); do ss -Htan "( sport = :$((p + i)) )" | grep -q . && busy=1; done
+        [ -z "$busy" ] && { echo $p; return 0; }
+    done
+    return 1
+}
 # start_wl NAME ARGS...: a workload of tests/workloads (NAME DIR ARGS), log in NAME.log.
 start_wl() { local n=$1; shift; "${AS_WL[@]}" setsid "$EXAMPLES/$n" "$T" "$@" </dev/null >"$T/$n.log" 2>&1 & }
 # snapshot NAME PID [procstate options]: the visible state of the tree of PID
