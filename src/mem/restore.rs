@@ -221,6 +221,7 @@ pub fn premap<'a>(
     }
 
     // Fill: pagemap entries are in address order, like the VMAs.
+    let mut copier = Copier::new(&slots, &prot_now, &adopted);
     let mut self_mem: Option<std::io::Result<std::fs::File>> = None;
     let mut guards = Vec::new();
     let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); slots.len()];
@@ -271,10 +272,15 @@ pub fn premap<'a>(
                 .map_err(|err| Error::Restore { pid, msg: format!("filling {:#x} through /proc/self/mem: {err}", e.vaddr) })?;
             continue;
         }
+        if let Some(c) = copier.as_mut().filter(|c| c.covers(i)) {
+            c.fill(pid, pages, e, slot.map.addr() + off)?;
+            continue;
+        }
         slot.map.populate(off, len);
         let dst = slot.map.bytes_mut(off, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {:#x} is not writable", v.start) })?;
         pages.read(e, dst)?;
     }
+    drop(copier); // (closing the userfaultfd unregisters the slots)
     // Memory taken over from the parent: pages this process did not have (zero, or
     // clean file pages) must not show the parent's.
     for &si in &adopted {
@@ -313,6 +319,77 @@ pub fn premap<'a>(
         slot.map.guard(off, len).map_err(|e| fail(format!("MADV_GUARD_INSTALL {:#x}", slot.start() + off), e))?;
     }
     Ok(slots)
+}
+
+/// Fills private anonymous slots with UFFDIO_COPY (userfaultfd(2)): the kernel
+/// allocates each page and copies the data into it at once, where a write into
+/// premapped memory first has it allocate a zeroed page (a fault, or
+/// MADV_POPULATE_WRITE), then copies over it: a quarter less time for a large
+/// process. Slots of memory taken over from the parent are not for it (their
+/// pages are there), nor ones that may get transparent huge pages ("hg"), which
+/// UFFDIO_COPY would fill with small ones. Without a userfaultfd (a kernel or
+/// policy that refuses one) memory is filled the other way.
+struct Copier {
+    uffd: std::os::fd::OwnedFd,
+    /// Which slots are registered.
+    covered: Vec<bool>,
+    buf: Vec<u8>,
+}
+
+/// Largest piece of a parent directory's entry read at once (such an entry may
+/// span a whole VMA).
+const COPY_PIECE: u64 = 1 << 20;
+
+impl Copier {
+    fn new(slots: &[Slot], prot_now: &[i32], adopted: &[usize]) -> Option<Copier> {
+        let eligible = |i: usize, s: &Slot| {
+            prot_now[i] & libc::PROT_WRITE != 0
+                && !s.lazy
+                && !adopted.contains(&i)
+                && s.vmas.iter().all(|v| v.kind() == VmaKind::VmaAnonPrivate && !vma::has_flag(v, "hg"))
+        };
+        if !slots.iter().enumerate().any(|(i, s)| eligible(i, s)) {
+            return None;
+        }
+        let uffd = crate::sys::uffd::new_own().ok()?;
+        crate::sys::uffd::api_plain(uffd.as_fd()).ok()?;
+        let mut covered = vec![false; slots.len()];
+        for (i, s) in slots.iter().enumerate() {
+            if eligible(i, s) {
+                covered[i] = crate::sys::uffd::register_missing(uffd.as_fd(), s.map.addr(), s.map.addr() + s.map.len()).is_ok();
+            }
+        }
+        Some(Copier { uffd, covered, buf: Vec::new() })
+    }
+
+    fn covers(&self, slot: usize) -> bool {
+        self.covered.get(slot).copied().unwrap_or(false)
+    }
+
+    /// The pages of `e`, to `at` (where the entry's first page is premapped).
+    fn fill(&mut self, pid: i32, pages: &mut crate::mem::chain::Pages, e: &pb::PagemapEntry, at: u64) -> Result<()> {
+        let len = e.nr_pages as u64 * PAGE;
+        let piece = if e.in_parent { COPY_PIECE } else { len };
+        let mut from = 0;
+        while from < len {
+            let n = piece.min(len - from);
+            self.buf.resize(n as usize, 0);
+            pages.read_part(e, from, &mut self.buf)?;
+            let mut done = 0u64;
+            while done < n {
+                match crate::sys::uffd::copy(self.uffd.as_fd(), at + from + done, &self.buf[done as usize..]) {
+                    Ok(0) => return Err(Error::Restore { pid, msg: format!("filling {:#x} (UFFDIO_COPY): nothing copied", e.vaddr + from + done) }),
+                    Ok(k) => done += k,
+                    Err((_, k)) if k > 0 => done += k,
+                    Err((err, _)) => {
+                        return Err(Error::Restore { pid, msg: format!("filling {:#x} (UFFDIO_COPY): {err}", e.vaddr + from + done) });
+                    }
+                }
+            }
+            from += n;
+        }
+        Ok(())
+    }
 }
 
 /// The restorer's moves for the premapped slots.

@@ -200,6 +200,20 @@ pub fn api_lazy(uffd: BorrowedFd) -> Result<(), Errno> {
     api_with(uffd, UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
 }
 
+/// UFFDIO_API with no feature: missing-page faults only (a userfaultfd used
+/// only to fill memory with UFFDIO_COPY).
+pub fn api_plain(uffd: BorrowedFd) -> Result<(), Errno> {
+    api_with(uffd, 0)
+}
+
+/// UFFDIO_REGISTER of [start, end) for missing-page faults.
+pub fn register_missing(uffd: BorrowedFd, start: u64, end: u64) -> Result<(), Errno> {
+    let mut r = [start, end - start, 1u64 /* UFFDIO_REGISTER_MODE_MISSING */, 0u64];
+    // SAFETY: UFFDIO_REGISTER reads and writes a struct uffdio_register (range,
+    // mode, ioctls: four u64): `r`.
+    Errno::result(unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, r.as_mut_ptr()) }).map(drop)
+}
+
 /// A message of a lazy-pages userfaultfd.
 #[derive(Debug)]
 pub enum Event {
