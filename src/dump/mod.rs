@@ -372,12 +372,14 @@ fn check_terminal_sessions(ptys: &[pb::PtyPair], entries: &[pb::PstreeEntry], ro
 /// lazy-pages daemon has all of it (lazy::remote).
 fn serve_lazy(listener: &std::net::TcpListener, frozen: &tree::FrozenTree, dir: &std::path::Path, status_fd: Option<i32>) -> Result<crate::lazy::remote::End> {
     let mut ranges = crate::lazy::remote::Ranges::new();
-    let mut outer = std::collections::BTreeMap::new();
+    // The memory is read through /proc/PID/mem, which reads PROT_NONE memory too.
+    let mut mem = std::collections::BTreeMap::new();
     for p in frozen.procs.iter().filter(|p| p.zombie.is_none()) {
         let entries: Vec<pb::PagemapEntry> = images_format::read_entries(dir, ImageKind::Pagemap, p.vpid as u32)?;
         let r: Vec<(u64, u64)> = entries.iter().filter(|e| e.lazy).map(|e| (e.vaddr, e.vaddr + e.nr_pages as u64 * mm::PAGE)).collect();
         ranges.insert(p.vpid as u32, r);
-        outer.insert(p.vpid as u32, p.pid);
+        let f = std::fs::File::open(format!("/proc/{}/mem", p.pid)).map_err(|e| Error::proc(p.pid, "mem", e))?;
+        mem.insert(p.vpid as u32, f);
     }
     let mib: u64 = ranges.values().flatten().map(|(s, e)| e - s).sum::<u64>() >> 20;
     log::info!("images complete; serving {mib} MiB of memory to a lazy-pages daemon on {:?}", listener.local_addr().ok());
@@ -385,9 +387,17 @@ fn serve_lazy(listener: &std::net::TcpListener, frozen: &tree::FrozenTree, dir: 
         crate::sys::fd::write_raw(fd, b"\0");
         crate::sys::fd::close_raw(fd);
     }
-    crate::lazy::remote::serve(listener, &ranges, |vpid, addr, buf| {
-        let pid = outer.get(&vpid).copied().ok_or_else(|| std::io::Error::other("no such process"))?;
-        crate::sys::process::read_remote(nix::unistd::Pid::from_raw(pid), addr, buf).map_err(std::io::Error::from)
+    // Once a daemon is there, a restored copy may run: the tree must not
+    // outlive the dump (resumed by the kernel when crtool dies).
+    let connected = || -> Result<()> {
+        for t in frozen.procs.iter().flat_map(|p| p.threads.iter()) {
+            crate::sys::ptrace::set_exit_kill(t.pid).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "PTRACE_SETOPTIONS(EXITKILL)", errno: e })?;
+        }
+        Ok(())
+    };
+    crate::lazy::remote::serve(listener, &ranges, connected, |vpid, addr, buf| {
+        use std::os::unix::fs::FileExt;
+        mem.get(&vpid).ok_or_else(|| std::io::Error::other("no such process"))?.read_exact_at(buf, addr)
     })
 }
 

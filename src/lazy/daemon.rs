@@ -5,7 +5,7 @@
 //! memory even if it never touches it.
 
 use super::pending::{Pending, Run};
-use super::remote::Client;
+use super::remote::{Client, Finish};
 use super::watchdog::Watchdog;
 use crate::error::{Error, Result};
 use crate::mem::chain::Pages;
@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -66,16 +66,28 @@ impl Source {
     }
 }
 
+/// How long a fault may keep meeting a changing memory layout (EAGAIN) before
+/// the daemon gives up on the process.
+const FAULT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// A process whose memory is still owed.
 struct Task {
     vpid: u32,
+    /// Its number with the watchdog.
+    id: u32,
     uffd: OwnedFd,
-    /// The restored task itself (None: a child it forked).
+    /// The process (a restored task, or a child it forked: found after its
+    /// fork event; None if it could not be).
     pidfd: Option<OwnedFd>,
+    /// Its PID here, and the children it had when last looked at.
+    pid: Option<i32>,
+    known_children: BTreeSet<i32>,
+    /// The task was restored (not forked since).
+    restored: bool,
     source: Rc<RefCell<Source>>,
     pending: Pending,
-    /// Faults read while other events were being looked for.
-    faults: VecDeque<u64>,
+    /// Faults read and not answered yet, with when they were first read.
+    faults: VecDeque<(u64, Instant)>,
     gone: bool,
     /// The task's connection until its restorer says `R`: its ranges are
     /// registered, pages may be supplied (`ready`).
@@ -92,7 +104,25 @@ enum Copied {
 
 impl Task {
     fn name(&self) -> String {
-        if self.pidfd.is_some() { format!("pid {}", self.vpid) } else { format!("a child forked by pid {}", self.vpid) }
+        if self.restored { format!("pid {}", self.vpid) } else { format!("a child forked by pid {} (pid {} here)", self.vpid, self.pid.map_or("?".into(), |p| p.to_string())) }
+    }
+
+    /// The child just forked (its fork event read): the new child of `pid`.
+    fn find_child(&mut self) -> Option<(i32, OwnedFd)> {
+        let pid = self.pid?;
+        let until = Instant::now() + Duration::from_millis(200);
+        loop {
+            let now = children(pid);
+            if let Some(&c) = now.iter().find(|c| !self.known_children.contains(c)) {
+                self.known_children.extend(now);
+                let fd = crate::sys::process::pidfd_open(nix::unistd::Pid::from_raw(c)).ok()?;
+                return Some((c, fd));
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// UFFDIO_COPY of `run` to `at`; what could not be copied yet goes back.
@@ -139,17 +169,33 @@ impl Task {
                 Err(e) => return Err(Error::Lazy { msg: format!("{}: reading its userfaultfd: {e}", self.name()) }),
             };
             match ev {
-                Event::Fault(addr) => self.faults.push_back(addr),
+                Event::Fault(addr) => self.faults.push_back((addr, Instant::now())),
                 Event::Fork(fd) => {
                     // The child's memory is the parent's at this instant: what is
-                    // owed here is owed there too.
+                    // owed here is owed there too, but for memory the kernel
+                    // empties in a child (MADV_WIPEONFORK).
                     stats.processes += 1;
+                    let mut pending = self.pending.clone();
+                    if let Some(pid) = self.pid {
+                        for (s, e) in wipe_on_fork(pid) {
+                            pending.drop_range(s, e);
+                        }
+                    }
+                    let child = self.find_child();
+                    if child.is_none() {
+                        log::warn!("{}: the child it forked was not found: it cannot be killed if its memory cannot be supplied", self.name());
+                    }
+                    let (pid, pidfd) = child.map_or((None, None), |(p, f)| (Some(p), Some(f)));
                     forked.push(Task {
                         vpid: self.vpid,
+                        id: 0,
                         uffd: fd,
-                        pidfd: None,
+                        pidfd,
+                        pid,
+                        known_children: pid.map(children).unwrap_or_default(),
+                        restored: false,
                         source: self.source.clone(),
-                        pending: self.pending.clone(),
+                        pending,
                         faults: VecDeque::new(),
                         gone: false,
                         conn: None,
@@ -165,11 +211,13 @@ impl Task {
     }
 
     /// Answers the fault at `addr`: the owed run holding it, or a zero page.
-    fn answer(&mut self, addr: u64, stats: &mut Summary, forked: &mut Vec<Task>) -> Result<()> {
+    /// False: the memory layout is changing (an event not queued yet); try
+    /// again later.
+    fn answer(&mut self, addr: u64, stats: &mut Summary, forked: &mut Vec<Task>) -> Result<bool> {
         let page = addr & !(PAGE - 1);
-        for _ in 0..1000 {
+        for _ in 0..2 {
             if self.gone {
-                return Ok(());
+                return Ok(true);
             }
             let r = match self.pending.take_containing(page) {
                 Some((at, run)) => {
@@ -200,12 +248,28 @@ impl Task {
             match r {
                 Copied::Done => {
                     stats.faults += 1;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Copied::Later => self.read_events(stats, forked)?,
             }
         }
-        Err(Error::Lazy { msg: format!("{}: the fault at {addr:#x} could not be answered (the memory layout kept changing)", self.name()) })
+        Ok(false)
+    }
+
+    /// Answers the faults read so far; those that must wait stay queued.
+    fn answer_all(&mut self, stats: &mut Summary, forked: &mut Vec<Task>) -> Result<()> {
+        let mut waiting = VecDeque::new();
+        while let Some((addr, since)) = self.faults.pop_front() {
+            if !self.answer(addr, stats, forked)? {
+                if since.elapsed() > FAULT_PATIENCE {
+                    return Err(Error::Lazy { msg: format!("{}: the fault at {addr:#x} could not be answered for {FAULT_PATIENCE:?} (the memory layout kept changing)", self.name()) });
+                }
+                waiting.push_back((addr, since));
+            }
+            self.read_events(stats, forked)?;
+        }
+        self.faults = waiting;
+        Ok(())
     }
 
     /// Pushes the lowest owed run.
@@ -239,6 +303,29 @@ impl Task {
     }
 }
 
+/// The children of every thread of `pid` (their PIDs here).
+fn children(pid: i32) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    if let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) {
+        for t in tasks.flatten() {
+            out.extend(t.children().unwrap_or_default().into_iter().map(|c| c as i32));
+        }
+    }
+    out
+}
+
+/// The memory of `pid` that a child gets empty (MADV_WIPEONFORK): (start, end).
+fn wipe_on_fork(pid: i32) -> Vec<(u64, u64)> {
+    use procfs::process::VmFlags;
+    let Ok(maps) = procfs::process::Process::new(pid).and_then(|p| p.smaps()) else { return Vec::new() };
+    maps.into_iter().filter(|m| m.extension.vm_flags.contains(VmFlags::WF)).map(|m| m.address).collect()
+}
+
+/// What a received fd is (`anon_inode:[userfaultfd]`, `anon_inode:[pidfd]`).
+fn fd_kind(fd: &OwnedFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 /// Removes the socket file when the daemon ends.
 struct Bound(PathBuf);
 
@@ -257,6 +344,9 @@ fn bind(dir: &Path) -> Result<(UnixListener, Bound)> {
         let _ = std::fs::remove_file(&path);
     }
     let l = UnixListener::bind(&path).map_err(|e| Error::io(&path, e))?;
+    // Only the restore (root, like the daemon) may hand memory over.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(&path, e))?;
     l.set_nonblocking(true).map_err(|e| Error::io(&path, e))?;
     Ok((l, Bound(path)))
 }
@@ -281,6 +371,10 @@ fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>, rem
     let (Some(uffd), Some(pidfd)) = (fds.next(), fds.next()) else {
         return Err(bad(format!("pid {vpid} sent no userfaultfd and pidfd")));
     };
+    if fd_kind(&uffd) != "anon_inode:[userfaultfd]" || fd_kind(&pidfd) != "anon_inode:[pidfd]" {
+        return Err(bad(format!("pid {vpid} sent {} and {}, not a userfaultfd and a pidfd", fd_kind(&uffd), fd_kind(&pidfd))));
+    }
+    let pid = crate::procinfo::pidfd_pid(pidfd.as_raw_fd());
     let entries: Vec<pb::PagemapEntry> = read_entries(dir, ImageKind::Pagemap, vpid)?;
     if remote.is_none() && entries.iter().any(|e| e.lazy) {
         return Err(bad(format!("the memory of pid {vpid} stayed with the dumped process (dump --lazy-pages): start the daemon with --page-server --address A --port P of that dump")));
@@ -302,11 +396,13 @@ fn take_task(dir: &Path, s: &mut UnixStream, head: &[u8], fds: Vec<OwnedFd>, rem
     log::info!("pid {vpid}: {} lazy ranges, {} KiB owed", ranges.len(), pending.bytes() >> 10);
     let pages = Pages::open(dir, vpid)?;
     let source = Rc::new(RefCell::new(Source { vpid, pages, entries, remote: remote.clone(), buf: Vec::new() }));
-    Ok(Task { vpid, uffd, pidfd: Some(pidfd), source, pending, faults: VecDeque::new(), gone: false, conn: None, ready: false })
+    let known_children = pid.map(children).unwrap_or_default();
+    Ok(Task { vpid, id: 0, uffd, pidfd: Some(pidfd), pid, known_children, restored: true, source, pending, faults: VecDeque::new(), gone: false, conn: None, ready: false })
 }
 
 enum Conn {
-    Control(UnixStream),
+    /// The restore's connection, with what came after its `C`.
+    Control(UnixStream, Vec<u8>),
     Task(Task),
 }
 
@@ -318,7 +414,8 @@ fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog, remote: &Option<Rc<RefCel
         Err(e) => return Err(Error::io(super::socket_path(dir), e)),
     };
     let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    // (A task sends its hand-over at once: a silent peer must not hold up faults.)
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 9];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -337,16 +434,20 @@ fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog, remote: &Option<Rc<RefCel
     match buf.first() {
         Some(b'C') if n >= 1 => {
             let _ = s.set_nonblocking(true);
-            Ok(Some(Conn::Control(s)))
+            Ok(Some(Conn::Control(s, buf[1..n].to_vec())))
         }
         Some(b'T') if n >= 1 => {
-            match take_task(dir, &mut s, &buf[1..n], fds, remote).and_then(|c| {
-                let p = c.pidfd.as_ref().ok_or_else(|| Error::Lazy { msg: "no pidfd".into() })?;
-                wd.task(c.uffd.as_fd(), p.as_fd())?;
+            match take_task(dir, &mut s, &buf[1..n], fds, remote).and_then(|mut c| {
+                c.id = wd.task(c.uffd.as_fd(), c.pidfd.as_ref().map(|p| p.as_fd()))?;
                 Ok(c)
             }) {
                 Ok(mut c) => {
-                    s.write_all(b"K").map_err(|e| Error::Lazy { msg: format!("answering pid {}: {e}", c.vpid) })?;
+                    if let Err(e) = s.write_all(b"K") {
+                        // (It gave up waiting: its restore fails.)
+                        log::warn!("pid {}: answering its hand-over: {e}", c.vpid);
+                        wd.release(c.id);
+                        return Ok(None);
+                    }
                     let _ = s.set_nonblocking(true);
                     c.conn = Some(s);
                     Ok(Some(Conn::Task(c)))
@@ -374,24 +475,48 @@ pub fn serve(dir: &Path, page_server: Option<(&str, u16)>) -> Result<Summary> {
         Some((a, p)) => Some(Rc::new(RefCell::new(Client::connect(a, p)?))),
         None => None,
     };
-    let r = serve_with(dir, &remote);
+    let (r, ran) = serve_with(dir, &remote);
     if let Some(c) = remote {
         let mut c = c.borrow_mut();
         log::info!("{} MiB fetched from the dump's page server", c.bytes >> 20);
-        if let Err(e) = c.finish(r.is_ok()) {
+        // Once the restored tree ran, the original must never run again.
+        let how = match (&r, ran) {
+            (Ok(_), _) => Finish::Done,
+            (Err(_), true) => Finish::Failed,
+            (Err(_), false) => Finish::Aborted,
+        };
+        if let Err(e) = c.finish(how) {
             log::warn!("{e}");
         }
     }
     r
 }
 
-fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summary> {
-    let (listener, _bound) = bind(dir)?;
-    let wd = Watchdog::start()?;
+/// Serves; also says whether the restored tree ran (the restore said so).
+fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> (Result<Summary>, bool) {
+    match serve_loop(dir, remote) {
+        Ok(s) => (Ok(s), true),
+        Err((e, ran)) => (Err(e), ran),
+    }
+}
+
+fn serve_loop(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> std::result::Result<Summary, (Error, bool)> {
+    let (listener, _bound) = bind(dir).map_err(|e| (e, false))?;
+    let wd = Watchdog::start().map_err(|e| (e, false))?;
+    let r = run(dir, remote, &listener, &wd);
+    wd.done();
+    r
+}
+
+fn run(dir: &Path, remote: &Option<Rc<RefCell<Client>>>, listener: &UnixListener, wd: &Watchdog) -> std::result::Result<Summary, (Error, bool)> {
     log::info!("lazy-pages: listening on {}", super::socket_path(dir).display());
     let mut stats = Summary::default();
     let mut control: Option<UnixStream> = None;
+    // What the restore said on its control connection.
+    let mut said: Vec<u8> = Vec::new();
     let mut restore_ok: Option<bool> = None;
+    // The restored tree's top process (its PID here), once it runs.
+    let mut tree_top: Option<i32> = None;
     let mut clients: Vec<Task> = Vec::new();
     let mut started: Option<Instant> = None;
     let mut next_push = 0usize;
@@ -401,7 +526,9 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
             break Ok(());
         }
         let held = hold && dir.join("lazy-pages.hold").exists();
-        let busy = clients.iter().any(|c| c.ready && ((!c.pending.is_empty() && !held) || !c.faults.is_empty()));
+        let busy = clients.iter().any(|c| c.ready && !c.pending.is_empty() && !held);
+        // Faults that must wait for an event not queued yet: look again soon.
+        let waiting = clients.iter().any(|c| !c.faults.is_empty());
         let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         if let Some(c) = &control {
             fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
@@ -415,7 +542,7 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
         let first_conn = fds.len();
         let with_conn: Vec<usize> = (0..clients.len()).filter(|&i| clients[i].conn.is_some()).collect();
         fds.extend(with_conn.iter().filter_map(|&i| clients[i].conn.as_ref()).map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
-        let timeout = if busy { PollTimeout::ZERO } else if held { PollTimeout::from(50u16) } else { PollTimeout::from(1000u16) };
+        let timeout = if busy { PollTimeout::ZERO } else if waiting { PollTimeout::from(1u16) } else if held { PollTimeout::from(50u16) } else { PollTimeout::from(1000u16) };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => break Err(Error::sys("poll", e)),
@@ -433,9 +560,12 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
             clients[i].read_ready();
         }
         if new_conn {
-            match accept(dir, &listener, &wd, remote) {
-                Ok(Some(Conn::Control(s))) if control.is_none() && restore_ok.is_none() => control = Some(s),
-                Ok(Some(Conn::Control(_))) => log::warn!("a second restore connected; it is refused"),
+            match accept(dir, listener, wd, remote) {
+                Ok(Some(Conn::Control(s, rest))) if control.is_none() && restore_ok.is_none() => {
+                    control = Some(s);
+                    said = rest;
+                }
+                Ok(Some(Conn::Control(..))) => log::warn!("a second restore connected; it is refused"),
                 Ok(Some(Conn::Task(c))) => {
                     started.get_or_insert_with(Instant::now);
                     stats.processes += 1;
@@ -446,16 +576,25 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
             }
         }
         if control_ready && let Some(c) = &mut control {
-            let mut b = [0u8; 1];
+            let mut b = [0u8; 16];
             match c.read(&mut b) {
-                Ok(1) if b[0] == b'S' => restore_ok = Some(true),
-                Ok(0) | Ok(_) => restore_ok = Some(false),
+                Ok(0) => restore_ok = Some(false),
+                Ok(n) => said.extend_from_slice(&b[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => restore_ok = Some(false),
             }
-            if restore_ok.is_some() {
-                control = None;
+        }
+        // `S` and the PID of the tree's top process, or `F`.
+        match said.first() {
+            Some(b'S') if said.len() >= 5 => {
+                restore_ok = Some(true);
+                tree_top = Some(i32::from_le_bytes([said[1], said[2], said[3], said[4]])).filter(|&p| p > 0);
             }
+            Some(b'S') | None => {}
+            Some(_) => restore_ok = Some(false),
+        }
+        if restore_ok.is_some() {
+            control = None;
         }
         if restore_ok == Some(false) {
             break Err(Error::Lazy { msg: "the restore failed; its tasks were killed".into() });
@@ -466,10 +605,7 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
                 if uffd_ready.get(i).copied().unwrap_or(false) {
                     c.read_events(&mut stats, &mut forked)?;
                 }
-                while let Some(addr) = c.faults.pop_front() {
-                    c.answer(addr, &mut stats, &mut forked)?;
-                    c.read_events(&mut stats, &mut forked)?;
-                }
+                c.answer_all(&mut stats, &mut forked)?;
             }
             // Then one run of one task, round robin.
             let owing: Vec<usize> = (0..clients.len()).filter(|&i| !held && clients[i].ready && !clients[i].pending.is_empty() && !clients[i].gone).collect();
@@ -482,9 +618,10 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
         if let Err(e) = step() {
             break Err(e);
         }
-        for c in &forked {
-            if let Err(e) = wd.forked(c.uffd.as_fd()) {
-                log::warn!("{e}");
+        for c in &mut forked {
+            match wd.task(c.uffd.as_fd(), c.pidfd.as_ref().map(|p| p.as_fd())) {
+                Ok(id) => c.id = id,
+                Err(e) => log::warn!("{e}"),
             }
         }
         clients.extend(forked);
@@ -492,6 +629,8 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
             let done = c.finished();
             if done {
                 log::info!("{}: {}", c.name(), if c.gone { "gone" } else { "has all of its memory" });
+                // (Its userfaultfd closes everywhere: nothing stays registered.)
+                wd.release(c.id);
             }
             !done
         });
@@ -499,6 +638,7 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
             stats.serving = t.elapsed();
         }
     };
+    let ran = restore_ok == Some(true);
     if let Err(e) = &result {
         // A task must never run on with memory it cannot get.
         for c in &clients {
@@ -506,10 +646,15 @@ fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> Result<Summar
                 super::watchdog::kill_tree(p.as_fd());
             }
         }
-        if !clients.is_empty() {
+        // Nor a tree with part of its processes gone.
+        if let Some(top) = tree_top.filter(|_| ran) {
+            if let Ok(p) = crate::sys::process::pidfd_open(nix::unistd::Pid::from_raw(top)) {
+                super::watchdog::kill_tree(p.as_fd());
+            }
+            log::error!("{e}: the restored tree was killed");
+        } else if !clients.is_empty() {
             log::error!("{e}: the tasks still owed memory were killed");
         }
     }
-    wd.done();
-    result.map(|()| stats)
+    result.map(|()| stats).map_err(|e| (e, ran))
 }

@@ -10,8 +10,8 @@
 //! Protocol, on the unix socket `DIR/lazy-pages.socket` the daemon listens on
 //! (SOCK_STREAM, little-endian):
 //! - the restore opens a control connection first: `C`; at the end it sends
-//!   `S` (the tree runs) or `F` (the restore failed, its tasks are killed) and
-//!   closes it;
+//!   `S` and the PID of the tree's top process i32 (the tree runs) or `F` (the
+//!   restore failed, its tasks are killed) and closes it;
 //! - each task opens a connection: `T`, its PID (as in the images) u32, a
 //!   count N u32 (with its userfaultfd and a pidfd of itself as SCM_RIGHTS),
 //!   then N ranges (start u64, length u64); the daemon answers `K`, or `E`
@@ -74,9 +74,16 @@ impl Control {
         Ok(Control(s))
     }
 
-    /// Tells the daemon how the restore ended (a failed one's tasks are dead).
-    pub fn finish(mut self, ok: bool) {
-        let _ = self.0.write_all(if ok { b"S" } else { b"F" });
+    /// Tells the daemon how the restore ended: the tree runs, its top process
+    /// being `top` (the restored root, or the init of its PID namespace), which
+    /// the daemon kills with all below it if it cannot supply the memory; or
+    /// None: the restore failed and its tasks are dead.
+    pub fn finish(mut self, top: Option<i32>) {
+        let msg = match top {
+            Some(p) => [&b"S"[..], &p.to_le_bytes()].concat(),
+            None => b"F".to_vec(),
+        };
+        let _ = self.0.write_all(&msg);
     }
 }
 

@@ -4,23 +4,33 @@
 //! daemon's requests by reading that memory (process_vm_readv(2)) until the
 //! daemon has it all.
 //!
-//! The frames are the page server's (src/pageserver.rs). The daemon sends GET
-//! (PID in the images u32, address u64, length u64), answered by PAGES (the
-//! bytes) or ERR (a message); then BYE (every page supplied: the dump kills the
-//! tree and ends) or ABORT (the lazy restore failed and its tasks are dead: the
-//! dump lets the tree run on, as after any failed dump). Only ranges the images
-//! mark `lazy` are served. A connection lost after pages were served ends the
-//! dump with an error and the tree killed (the restored copy may have run);
-//! one lost before any was asked for lets the tree run on.
+//! The frames are the page server's (src/pageserver.rs). The daemon sends HELLO
+//! first (another connection to the port is dropped: a port scan is not a
+//! daemon), then GET (PID in the images u32, address u64, length u64),
+//! answered by PAGES (the bytes) or ERR (a message); then BYE (every page
+//! supplied: the dump kills the tree and ends), ABORT (the lazy restore failed
+//! before its tree ran, and its tasks are dead: the dump lets the tree run on,
+//! as after any failed dump) or FAILED (the restored tree ran, then could not
+//! get its memory and was killed: the dump kills the tree and fails). Only
+//! ranges the images mark `lazy` are served.
+//!
+//! From HELLO on the tree dies with the dump (PTRACE_O_EXITKILL): a restored
+//! copy may run. A connection lost (TCP keepalive finds a vanished host within
+//! about 25 s), or a dump interrupted, after pages were served ends the dump
+//! with an error and the tree killed; before any was asked for, the tree runs
+//! on.
 
 use crate::error::{Error, Result};
 use crate::pageserver::{ACK, BYE, ERR, MAX_FRAME, recv, send};
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
 
 const GET: u8 = 7;
 const PAGES: u8 = 8;
 const ABORT: u8 = 9;
+const FAILED: u8 = 10;
+const HELLO: u8 = 11;
 
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,37 +48,78 @@ fn lazy_err(msg: String) -> Error {
     Error::Lazy { msg }
 }
 
-/// Serves one daemon on `listener`: `read(vpid, address, buf)` fills `buf` from
-/// the process's memory.
-pub fn serve(listener: &TcpListener, ranges: &Ranges, mut read: impl FnMut(u32, u64, &mut [u8]) -> std::io::Result<()>) -> Result<End> {
-    // Until a daemon connects, an interrupted dump lets the tree run on.
+/// Waits for a daemon's HELLO on `listener` (others are dropped). None: the
+/// dump was interrupted meanwhile.
+fn daemon(listener: &TcpListener) -> Result<Option<TcpStream>> {
     listener.set_nonblocking(true).map_err(|e| Error::io("the lazy-pages listener", e))?;
-    let (mut s, peer) = loop {
+    loop {
         match listener.accept() {
-            Ok(c) => break c,
+            Ok((mut s, peer)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                match recv(&mut s) {
+                    Ok((HELLO, _)) => {
+                        log::info!("lazy pages: daemon connected from {peer}");
+                        return Ok(Some(s));
+                    }
+                    _ => log::warn!("lazy pages: a connection from {peer} that is no lazy-pages daemon was dropped"),
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
                 if let Some(sig) = crate::sys::signals::interrupted() {
                     log::warn!("lazy pages: interrupted by signal {sig} before a daemon connected");
-                    return Ok(End::Aborted);
+                    return Ok(None);
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(Error::io("accepting the lazy-pages daemon", e)),
         }
-    };
-    let _ = s.set_nonblocking(false);
+    }
+}
+
+/// Waits until `s` has data; Err once the dump is interrupted.
+fn wait_readable(s: &TcpStream) -> std::result::Result<(), String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        if let Some(sig) = crate::sys::signals::interrupted() {
+            return Err(format!("interrupted by signal {sig}"));
+        }
+        let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Serves one daemon on `listener`: `read(vpid, address, buf)` fills `buf` from
+/// the process's memory; `connected` is called on the daemon's HELLO (the tree
+/// must then die with the dump).
+pub fn serve(listener: &TcpListener, ranges: &Ranges, connected: impl FnOnce() -> Result<()>, mut read: impl FnMut(u32, u64, &mut [u8]) -> std::io::Result<()>) -> Result<End> {
+    let Some(mut s) = daemon(listener)? else { return Ok(End::Aborted) };
+    connected()?;
     let _ = s.set_nodelay(true);
-    log::info!("lazy pages: daemon connected from {peer}");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let _ = setsockopt(&s, sockopt::KeepAlive, &true);
+        let _ = setsockopt(&s, sockopt::TcpKeepIdle, &10);
+        let _ = setsockopt(&s, sockopt::TcpKeepInterval, &5);
+        let _ = setsockopt(&s, sockopt::TcpKeepCount, &3);
+    }
     let mut bytes = 0u64;
     let mut buf = Vec::new();
     loop {
-        let (kind, p) = match recv(&mut s) {
+        let frame = wait_readable(&s).and_then(|()| recv(&mut s).map_err(|e| e.to_string()));
+        let (kind, p) = match frame {
             Ok(f) => f,
             Err(e) if bytes == 0 => {
-                log::warn!("lazy pages: the daemon went away before asking for any page ({e})");
+                log::warn!("lazy pages: the connection to the daemon ended before it asked for any page ({e})");
                 return Ok(End::Aborted);
             }
-            Err(e) => return Err(lazy_err(format!("the lazy-pages daemon went away after {} MiB ({e})", bytes >> 20))),
+            Err(e) => return Err(lazy_err(format!("the connection to the lazy-pages daemon ended after {} MiB were served ({e})", bytes >> 20))),
         };
         match kind {
             GET if p.len() == 20 => {
@@ -102,9 +153,20 @@ pub fn serve(listener: &TcpListener, ranges: &Ranges, mut read: impl FnMut(u32, 
                 let _ = send(&mut s, ACK, &[]);
                 return Ok(End::Aborted);
             }
+            FAILED => {
+                let _ = send(&mut s, ACK, &[]);
+                return Err(lazy_err("the lazy restore failed after its tree ran (the daemon killed it)".into()));
+            }
             k => return Err(lazy_err(format!("the lazy-pages daemon sent frame kind {k}"))),
         }
     }
+}
+
+/// How a lazy restore ended, for the dump (see `Client::finish`).
+pub enum Finish {
+    Done,
+    Aborted,
+    Failed,
 }
 
 /// The daemon's connection to the dump.
@@ -115,8 +177,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(address: &str, port: u16) -> Result<Client> {
-        let s = TcpStream::connect((address, port)).map_err(|e| Error::io(format!("connecting to the dump's page server at {address}:{port}"), e))?;
+        let mut s = TcpStream::connect((address, port)).map_err(|e| Error::io(format!("connecting to the dump's page server at {address}:{port}"), e))?;
         let _ = s.set_nodelay(true);
+        // A dump host that vanishes: a fault must not wait for ever.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        send(&mut s, HELLO, &[]).map_err(|e| lazy_err(format!("the dump's page server at {address}:{port}: {e}")))?;
         Ok(Client { s, bytes: 0 })
     }
 
@@ -139,9 +204,16 @@ impl Client {
         }
     }
 
-    /// Every page is supplied (`done`), or the restore failed: the dump ends.
-    pub fn finish(&mut self, done: bool) -> Result<()> {
-        send(&mut self.s, if done { BYE } else { ABORT }, &[]).map_err(|e| lazy_err(format!("the dump's page server: {e}")))?;
+    /// Tells the dump how it ended: every page supplied (`Done`: the tree goes),
+    /// the restore failed before its tree ran (`Aborted`: the tree runs on), or
+    /// after (`Failed`: the tree goes, the dump fails).
+    pub fn finish(&mut self, how: Finish) -> Result<()> {
+        let kind = match how {
+            Finish::Done => BYE,
+            Finish::Aborted => ABORT,
+            Finish::Failed => FAILED,
+        };
+        send(&mut self.s, kind, &[]).map_err(|e| lazy_err(format!("the dump's page server: {e}")))?;
         match recv(&mut self.s) {
             Ok((ACK, _)) => Ok(()),
             Ok((_, m)) => Err(lazy_err(format!("the dump's page server: {}", String::from_utf8_lossy(&m)))),

@@ -6,9 +6,11 @@
 //! what the kernel gives once the last copy of a userfaultfd is closed — and
 //! the watchdog kills the tasks and the children they forked since.
 //!
-//! Messages (SOCK_SEQPACKET, from the daemon): `A` with [userfaultfd, pidfd]
-//! (a restored task), `F` with [userfaultfd] (a child it forked), `E` (every
-//! page supplied: exit). The end of the connection without `E`: the daemon died.
+//! Messages (SOCK_SEQPACKET, from the daemon): `A` + id u32 with [userfaultfd,
+//! pidfd] or [userfaultfd] (a process: a restored task, or a child it forked,
+//! whose PID the daemon may not have found), `R` + id (that process has all of
+//! its memory: its fds go, so that nothing stays registered), `E` (every page
+//! supplied: exit). The end of the connection without `E`: the daemon died.
 
 use crate::error::{Error, Result};
 use nix::sys::socket::{AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair};
@@ -20,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 pub struct Watchdog {
     sock: OwnedFd,
     child: Child,
+    next_id: std::cell::Cell<u32>,
 }
 
 impl Watchdog {
@@ -35,7 +38,7 @@ impl Watchdog {
             .process_group(0)
             .spawn()
             .map_err(|e| Error::Lazy { msg: format!("starting the watchdog: {e}") })?;
-        Ok(Watchdog { sock: ours, child })
+        Ok(Watchdog { sock: ours, child, next_id: std::cell::Cell::new(1) })
     }
 
     fn send(&self, tag: &[u8], fds: &[BorrowedFd]) -> Result<()> {
@@ -46,14 +49,24 @@ impl Watchdog {
             .map_err(|e| Error::Lazy { msg: format!("the watchdog: {e}") })
     }
 
-    /// A restored task's userfaultfd and pidfd.
-    pub fn task(&self, uffd: BorrowedFd, pidfd: BorrowedFd) -> Result<()> {
-        self.send(b"A", &[uffd, pidfd])
+    /// A process's userfaultfd and pidfd (if known); returns its id.
+    pub fn task(&self, uffd: BorrowedFd, pidfd: Option<BorrowedFd>) -> Result<u32> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let mut m = vec![b'A'];
+        m.extend_from_slice(&id.to_le_bytes());
+        let fds: Vec<BorrowedFd> = std::iter::once(uffd).chain(pidfd).collect();
+        self.send(&m, &fds)?;
+        Ok(id)
     }
 
-    /// A forked child's userfaultfd.
-    pub fn forked(&self, uffd: BorrowedFd) -> Result<()> {
-        self.send(b"F", &[uffd])
+    /// Process `id` has all of its memory.
+    pub fn release(&self, id: u32) {
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&id.to_le_bytes());
+        if let Err(e) = self.send(&m, &[]) {
+            log::warn!("{e}");
+        }
     }
 
     /// Every page was supplied: the watchdog lets go.
@@ -95,10 +108,10 @@ pub fn run() -> i32 {
     // SAFETY: fd 0 is the socket the daemon passed as stdin; it lives as long as
     // this process.
     let sock = unsafe { BorrowedFd::borrow_raw(0) };
-    let mut held: Vec<OwnedFd> = Vec::new();
-    let mut tasks: Vec<OwnedFd> = Vec::new();
+    // id → (userfaultfd, pidfd)
+    let mut held: std::collections::BTreeMap<u32, (OwnedFd, Option<OwnedFd>)> = Default::default();
     loop {
-        let mut tag = [0u8; 1];
+        let mut tag = [0u8; 5];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
         let mut iov = [IoSliceMut::new(&mut tag)];
         let (n, fds) = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
@@ -114,23 +127,29 @@ pub fn run() -> i32 {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => (0, Vec::new()),
         };
+        let id = u32::from_le_bytes([tag[1], tag[2], tag[3], tag[4]]);
         match (n, tag[0]) {
             (1, b'E') => return 0,
-            (1, b'A') => {
+            (5, b'A') => {
                 let mut fds = fds.into_iter();
-                if let (Some(u), Some(p)) = (fds.next(), fds.next()) {
-                    held.push(u);
-                    tasks.push(p);
+                if let Some(u) = fds.next() {
+                    held.insert(id, (u, fds.next()));
                 }
             }
-            (1, b'F') => held.extend(fds),
-            (1, _) => {}
+            (5, b'R') => {
+                held.remove(&id);
+            }
+            (n, _) if n > 0 => {}
             _ => {
-                // The daemon is gone with pages still owed: no task may run on.
-                for p in &tasks {
-                    kill_tree(p.as_fd());
+                // The daemon is gone with pages still owed: no process may run on.
+                let mut killed = 0;
+                for (_, p) in held.values() {
+                    if let Some(p) = p {
+                        kill_tree(p.as_fd());
+                        killed += 1;
+                    }
                 }
-                eprintln!("crtool: the lazy-pages daemon died with pages still owed: {} restored process(es) killed", tasks.len());
+                eprintln!("crtool: the lazy-pages daemon died with memory still owed to {} process(es): {killed} of them killed (and their children)", held.len());
                 return 1;
             }
         }

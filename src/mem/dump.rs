@@ -202,7 +202,7 @@ impl PageDumper {
                 self.dump_shmem(v, out)?;
                 continue;
             }
-            if self.lazy && crate::mem::background::eligible(v) && !vma::has_flag(v, "lo") {
+            if self.lazy && crate::mem::background::eligible(v) && !vma::has_flag(v, "lo") && !vma::has_flag(v, "wf") {
                 // (Entries stay in address order: what is batched goes first.)
                 self.flush(&mut batch, batch_readable, parasite, out)?;
                 batch_bytes = 0;

@@ -134,7 +134,8 @@ impl Slot<'_> {
 ///
 /// With `lazy` (restore --lazy-pages), private anonymous runs are left empty
 /// (`Slot::lazy`) for the lazy-pages daemon, except locked ones (mlock fills
-/// them at once) and ones that overlap `lazy` (ranges children take over at
+/// them at once), wipe-on-fork ones (a child forked while pages are owed gets
+/// them empty, which the daemon could not tell from owed) and ones that overlap `lazy` (ranges children take over at
 /// fork: they must be filled before the children are forked). A VMA taken over
 /// from the parent is never lazy.
 #[allow(clippy::too_many_arguments)]
@@ -213,7 +214,7 @@ pub fn premap<'a>(
         let (start, end) = (v.start, v.start + len);
         let is_lazy = lazy.is_some_and(|kept| {
             !solo[first]
-                && members.iter().all(|m| m.kind() == VmaKind::VmaAnonPrivate && !vma::has_flag(m, "lo"))
+                && members.iter().all(|m| m.kind() == VmaKind::VmaAnonPrivate && !vma::has_flag(m, "lo") && !vma::has_flag(m, "wf"))
                 && !kept.iter().any(|&(s, e)| s < end && start < e)
         });
         slots.push(Slot { vmas: members, map, lazy: is_lazy });

@@ -390,7 +390,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
                 None => Ok(sup),
             });
             if let Some(l) = lazy {
-                l.finish(done.is_ok());
+                l.finish(done.as_ref().ok().map(|s| init.unwrap_or_else(|| s.outer_pid(root_pid).unwrap_or(root_pid))));
             }
             // Every task is in its working directory by now.
             ghost_dirs.remove();

@@ -75,6 +75,11 @@ pub fn seize(pid: Pid, exit_kill: bool) -> Result<(), Errno> {
     ptrace::seize(pid, opts)
 }
 
+/// Makes a seized, stopped tracee die if crtool dies (PTRACE_O_EXITKILL added).
+pub fn set_exit_kill(pid: Pid) -> Result<(), Errno> {
+    ptrace::setoptions(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL)
+}
+
 /// Seizes a task so that everything it forks or clones is traced too, and dies if
 /// crtool dies (used for the tree being restored).
 pub fn seize_tree(pid: Pid) -> Result<(), Errno> {
