@@ -153,6 +153,17 @@ enum Cmd {
         #[command(flatten)]
         log: LogOpts,
     },
+    /// CRIU's dedup: removes from the parent directories of DIR (its chain of
+    /// --prev-images-dir dumps) the page data no dump after them reads, punching
+    /// it out of their page files. DIR restores as before; a parent alone can
+    /// no longer be restored.
+    Dedup {
+        /// Image directory at the end of the chain.
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        #[command(flatten)]
+        log: LogOpts,
+    },
     /// Probe the kernel features crtool needs and say which are missing.
     Check,
     /// Summarise an image directory.
@@ -235,6 +246,10 @@ struct DumpArgs {
     /// those kernel writes cannot wait for a write-protected page).
     #[arg(long)]
     no_background_copy: bool,
+    /// With --prev-images-dir: once the dump is complete, remove from the
+    /// previous dumps the page data it makes unneeded (as `crtool dedup`).
+    #[arg(long, requires = "prev_images_dir")]
+    auto_dedup: bool,
     /// Track the tree's memory from this dump on (it must be left running: -R, or
     /// pre-dump), so that a later dump with --prev-images-dir naming this
     /// directory stores only the pages written since (userfaultfd write
@@ -516,6 +531,14 @@ fn run() -> Result<i32> {
             );
             Ok(0)
         }
+        Cmd::Dedup { dir, log } => {
+            let dir = absolute(&dir)?;
+            restore::check_dir(&dir)?;
+            init_log(&log, &dir, "dedup.log")?;
+            let d = crtool::mem::dedup::dedup(&dir)?;
+            eprintln!("crtool: dedup: {} chunks ({} MiB) of the parent directories of {} removed", d.chunks, d.bytes >> 20, dir.display());
+            Ok(0)
+        }
         Cmd::Check => {
             let probes = check::check();
             let mut ok = true;
@@ -580,7 +603,7 @@ fn main() {
 }
 
 fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
-    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, no_background_copy, track_mem, prev_images_dir, page_server, address, port, lazy_pages, status_fd, log, not_yet: n } = a;
+    let DumpArgs { pid, dir, leave_running, compress, shell_job, external, ext_unix_sk, file_locks, ghost_limit, link_remap, tcp_established, skip_in_flight, no_background_copy, track_mem, prev_images_dir, page_server, address, port, lazy_pages, status_fd, auto_dedup, log, not_yet: n } = a;
     not_yet(n.used())?;
     crtool::sys::signals::catch_interrupts();
     let dir = absolute(&dir)?;
@@ -630,6 +653,10 @@ fn run_dump(a: DumpArgs, pre_dump: bool) -> anyhow::Result<i32> {
         stats.fds,
         stats.frozen.as_secs_f64() * 1e3
     );
+    if auto_dedup {
+        let d = crtool::mem::dedup::dedup(&dir)?;
+        eprintln!("crtool: dedup: {} chunks ({} MiB) of the previous dumps removed", d.chunks, d.bytes >> 20);
+    }
     if let Some((bytes, t)) = stats.lazy_served {
         eprintln!("crtool: {} MiB of memory served to the lazy-pages daemon in {} ms; the tree is gone", bytes >> 20, t.as_millis());
     }

@@ -275,13 +275,16 @@ run check "$CRTOOL" check
 
 /// Incremental dumps: a pre-dump, a second pre-dump on top of it
 /// (--prev-images-dir), then the final dump on top of that (--prev-images-dir
-/// --track-mem), the workload changing pages between them (also with a write
-/// by the kernel, and a mapping replaced: tests/workloads/incmem.py). The final
-/// dump stores under a quarter of the pages (the rest are unchanged, read
-/// from the chain); a restore with the first pre-dump moved away fails naming
-/// it and leaves no process behind; the restore of the whole chain brings every
-/// page back as the workload recorded it. One tracker runs between the dumps,
-/// none after the final one.
+/// --track-mem --auto-dedup), the workload changing pages between them (also
+/// with a write by the kernel, and a mapping replaced: tests/workloads/incmem.py).
+/// The final dump stores under a quarter of the pages (the rest are unchanged,
+/// read from the chain) and removes from the pre-dumps the chunks it no longer
+/// reads (their page files take less disk; every directory still verifies; a
+/// second `crtool dedup` finds nothing); a restore with the first pre-dump moved
+/// away fails naming it and leaves no process behind; the restore of the whole
+/// chain brings every page back as the workload recorded it, and the first
+/// pre-dump alone no longer restores, saying why. One tracker runs between the
+/// dumps, none after the final one.
 #[test]
 fn incremental_dumps_store_only_changed_pages_and_restore_from_the_chain() {
     let s = Scenario::run(
@@ -298,8 +301,12 @@ put trackers "$(pgrep -xc crtool-track)"
 kill -USR2 $P; wait_until nonempty "$T/round2" || fail "round 2 not done: $(cat "$T/wl.err")"
 snapshot before $P --no-pos --tracked
 pidset before $(pgrep -x crtool-track)
-run dump crt dump -t $P -D "$T/ck" --prev-images-dir ../ck2 --track-mem
+put blocks_before "$(stat -c %b "$T"/ck1/pages-*.img "$T"/ck2/pages-*.img | awk "{s += \$1} END {print s}")"
+run dump crt dump -t $P -D "$T/ck" --prev-images-dir ../ck2 --track-mem --auto-dedup
 need dump
+put blocks_after "$(stat -c %b "$T"/ck1/pages-*.img "$T"/ck2/pages-*.img | awk "{s += \$1} END {print s}")"
+for d in ck1 ck2 ck; do run verify_$d crt verify "$T/$d"; done
+run dedup2 crt dedup -D "$T/ck"
 wait_until gone $P || fail "the dumped process is still there"
 put pages "$(sed -n 's/.*; \([0-9]*\) pages (\([0-9]*\) unchanged.*/\1 \2/p' "$T/dump.err")"
 mv "$T/ck1" "$T/ck1.away"
@@ -315,9 +322,17 @@ snapshot after $P --no-pos
 wait_until has_lines "$T/out.txt" $(( $(lines "$T/out.txt") + 10 )) && put counting yes
 kill -USR1 $P
 wait_until nonempty "$T/result" || fail "incmem.py wrote no result: $(cat "$T/wl.err")"
+run alone crt restore -D "$T/ck1" -d --pidns
 "#,
     );
     s.ok("pre1");
+    let (before, after) = (s.num("blocks_before"), s.num("blocks_after"));
+    s.ensure(after < before, || format!("--auto-dedup freed nothing in the pre-dumps' page files ({before} blocks before, {after} after): {}", s.err("dump")));
+    for d in ["ck1", "ck2", "ck"] {
+        s.ok(&format!("verify_{d}"));
+    }
+    s.ensure(s.err("dedup2").contains("dedup: 0 chunks"), || format!("a second dedup: {}", s.err("dedup2")));
+    s.failed_saying("alone", &["dedup"]);
     s.ok("pre2");
     s.ensure(s.var("trackers") == "1", || format!("{} memory trackers between the pre-dumps", s.var("trackers")));
     s.ok("dump");

@@ -170,7 +170,7 @@ fn file_crc(path: &Path) -> Result<u32, ImageError> {
 fn verify_pages(dir: &Path, pid: u32, path: &Path) -> Result<u64, ImageError> {
     let mut pages = PagesReader::open_path(path)?;
     let map: Vec<PagemapEntry> = read_entries(dir, ImageKind::Pagemap, pid)?;
-    for e in map.iter().filter(|e| !e.inherited && !e.guard && !e.in_parent && !e.lazy) {
+    for e in map.iter().filter(|e| !e.inherited && !e.guard && !e.in_parent && !e.lazy && !e.deduped) {
         let data_len = u64::from(e.nr_pages) * PAGE_SIZE;
         pages.verify_chunk(e.offset, e.stored_len, e.crc32, data_len)?;
     }

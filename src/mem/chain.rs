@@ -47,10 +47,14 @@ impl Pages {
 
     /// Reads the pages of entry `e` into `dst` (its size).
     pub fn read(&mut self, e: &pb::PagemapEntry, dst: &mut [u8]) -> Result<()> {
-        if e.lazy {
+        if e.lazy || e.deduped {
             return Err(Error::BadImage {
                 file: format!("{}/pagemap-{}.img", self.dir.display(), self.vpid),
-                msg: format!("the pages at {:#x} stayed with the dumped process (dump --lazy-pages): only its page server has them", e.vaddr),
+                msg: if e.lazy {
+                    format!("the pages at {:#x} stayed with the dumped process (dump --lazy-pages): only its page server has them", e.vaddr)
+                } else {
+                    format!("the pages at {:#x} were removed by crtool dedup (a later dump of the chain has them): restore that dump", e.vaddr)
+                },
             });
         }
         if !e.in_parent {
@@ -71,7 +75,7 @@ impl Pages {
         if e.in_parent {
             return self.read_parent(0, e.vaddr + from, dst);
         }
-        if e.lazy {
+        if e.lazy || e.deduped {
             return self.read(e, dst);
         }
         let slot = self.slot(0);
@@ -120,9 +124,9 @@ impl Pages {
         while at < end {
             let p = &self.parents[level];
             let i = p.entries.partition_point(|x| x.vaddr + x.nr_pages as u64 * PAGE <= at);
-            let e = p.entries.get(i).filter(|x| x.vaddr <= at && !x.inherited && !x.guard).cloned().ok_or_else(|| Error::BadImage {
+            let e = p.entries.get(i).filter(|x| x.vaddr <= at && !x.inherited && !x.guard && !x.deduped).cloned().ok_or_else(|| Error::BadImage {
                 file: format!("{}/pagemap-{}.img", p.dir.display(), self.vpid),
-                msg: format!("no page data at {at:#x}, which a later dump says is here"),
+                msg: format!("no page data at {at:#x}, which a later dump says is here (removed by a dedup of another chain?)"),
             })?;
             let e_end = e.vaddr + e.nr_pages as u64 * PAGE;
             let piece_end = end.min(e_end);

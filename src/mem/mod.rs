@@ -3,6 +3,7 @@
 
 pub mod background;
 pub mod chain;
+pub mod dedup;
 pub mod dump;
 mod pipeline;
 pub mod restore;

@@ -46,6 +46,9 @@ impl ShmemObjects {
                     file: format!("pagemap-{pid}.img"),
                     msg: format!("shared pages at {:#x} lie past the object", e.vaddr),
                 })?;
+                if e.deduped {
+                    return Err(Error::BadImage { file: format!("pagemap-{pid}.img"), msg: format!("the shared pages at {:#x} were removed by crtool dedup (a later dump of the chain has them): restore that dump", e.vaddr) });
+                }
                 pages.read_into(e.offset, e.stored_len, e.crc32, dst)?;
             }
         }
