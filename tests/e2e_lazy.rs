@@ -218,3 +218,49 @@ sed -i -E "s/\\b$N\\b/PID/g; s/^  NSpid .*/  NSpid -/; s/^  ppid [0-9]+/  ppid -
     s.passed("result");
     s.all_ok(s.state_problems("before", "after"));
 }
+
+/// Forks while memory is owed (tests/workloads/lazyfork.py, the daemon's push
+/// held): a child gets the owed pages of its copy, and its MADV_WIPEONFORK
+/// memory empty (not the dumped data); then a child is orphaned (its parent
+/// exits) and the daemon is SIGKILLed: the watchdog kills that child too, found
+/// after its fork event, before it can read zeros where it had data.
+#[test]
+fn children_forked_while_memory_is_owed_get_it_or_are_killed() {
+    let s = Scenario::run(
+        "lazy-fork",
+        r#"
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/lazyfork.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "lazyfork.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+touch "$T/ck/lazy-pages.hold"
+CRTOOL_FAULT=201:hold "$CRTOOL" lazy-pages -D "$T/ck" >"$T/daemon.out" 2>&1 & D=$!
+run restore crt restore -D "$T/ck" -d --lazy-pages
+need restore
+snapshot after $P --no-pos --lazy
+pidset after $D $(pgrep -f __lazy-watchdog)
+kill -USR2 $P
+wait_until nonempty "$T/child_result" || fail "no child result: $(cat "$T/wl.err")"
+put um_held "$(grep -cE '^VmFlags:.* um( |$)' /proc/$P/smaps)"
+kill -HUP $P
+wait_until nonempty "$T/orphan" || fail "no orphan: $(cat "$T/wl.err")"
+O=$(cat "$T/orphan"); put orphan $O
+wait_until gone $P
+put orphan_alive "$(alive $O && echo yes)"
+kill -9 $D
+wait_until gone $O; put orphan_gone "$(gone $O && echo yes)"
+touch "$T/go"; sleep 0.3
+put orphan_result "$(cat "$T/orphan_result" 2>/dev/null)"
+"#,
+    );
+    s.ok("restore");
+    s.ensure(s.num("um_held") > 0, || "nothing was registered with the daemon while its push was held".into());
+    s.passed("child_result");
+    s.ensure(s.var("orphan_alive") == "yes", || "the orphaned child was not running before the daemon died".into());
+    s.ensure(s.var("orphan_gone") == "yes", || format!("the orphaned child {} survived its daemon's death (it would read zeros)", s.var("orphan")));
+    s.ensure(s.var("orphan_result").is_empty(), || format!("the orphaned child ran on after its daemon died: {}", s.var("orphan_result")));
+    s.all_ok([s.state_problems("before", "after"), s.pidset_problems("before", "after")].concat());
+}
