@@ -9,6 +9,11 @@
 //! Background snapshots (`dump --leave-running`) use the synchronous mode: a
 //! write to a protected page stops the writer until the holder of the
 //! userfaultfd has read the page and lifts the protection (UFFDIO_WRITEPROTECT).
+//!
+//! Missing-page mode: a lazy restore (src/lazy) registers the memory it left
+//! empty and a daemon fills each page on fault (UFFDIO_COPY, UFFDIO_ZEROPAGE),
+//! following the process's forks, remaps and unmaps through its events; the
+//! eager restore fills premapped memory with UFFDIO_COPY (src/mem/restore.rs).
 
 use nix::errno::Errno;
 use std::os::fd::{AsRawFd, BorrowedFd};

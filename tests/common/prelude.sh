@@ -7,6 +7,10 @@ set -u
 # harness (pipes to cargo) are not theirs to keep.
 for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 cd "$T"
+# A devpts instance of the scenario's own (its mount namespace is private):
+# pseudo-terminal indexes are handed out lowest first, and a restore needs the
+# index the dump saw, which a scenario running beside this one could take.
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts /dev/pts && mount --bind /dev/pts/ptmx /dev/ptmx
 PS4='+ [${SECONDS}s] '
 set -x
 
