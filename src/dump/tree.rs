@@ -187,7 +187,7 @@ pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
                         procs[idx].threads.push(t);
                         if let Some(mut b) = blocked {
                             if let Some(before) = &timers {
-                                b.left_ns = crate::task::sleepers::Snapshot::take().and_then(|after| before.vanished(&after));
+                                b.left_ns = crate::task::sleepers::Snapshot::take().and_then(|after| before.vanished_confirmed(&after));
                                 log::info!("thread {tid}: in a timed wait, {}", b.left_ns.map_or("its timer not found".into(), |ns| format!("{ns} ns left")));
                             }
                             procs[idx].blocked.insert(tid, b);

@@ -34,8 +34,27 @@ impl Snapshot {
     /// The time left (ns) of the one sleeper that vanished between `self` and
     /// `after` before its expiry; `None` if there was not exactly one.
     pub fn vanished(&self, after: &Snapshot) -> Option<u64> {
+        self.vanished_in(after, None)
+    }
+
+    /// As `vanished`; where several did, another reading a little later tells
+    /// them apart: a busy program's timer (a sleep loop) comes back, armed again
+    /// at the same stack address, while the frozen thread's stays gone. Under a
+    /// load of other programs sleeping and waking, a single pair of readings
+    /// often sees more than one vanish.
+    pub fn vanished_confirmed(&self, after: &Snapshot) -> Option<u64> {
+        self.vanished(after).or_else(|| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let later = Snapshot::take()?;
+            self.vanished_in(after, Some(&later))
+        })
+    }
+
+    fn vanished_in(&self, after: &Snapshot, later: Option<&Snapshot>) -> Option<u64> {
         let gap = after.at.duration_since(self.at).as_nanos() as i64;
-        let mut gone = self.sleepers.iter().filter(|(k, left)| !after.sleepers.contains_key(*k) && **left > gap);
+        let mut gone = self.sleepers.iter().filter(|(k, left)| {
+            !after.sleepers.contains_key(*k) && **left > gap && later.is_none_or(|l| !l.sleepers.contains_key(*k))
+        });
         let (_, &left) = gone.next()?;
         if gone.next().is_some() {
             return None;
@@ -74,6 +93,18 @@ mod tests {
  #2: <0000000046b5dc88>, hrtimer_wakeup, S:01
  # expires at 5372964101022-5372964263021 nsecs [in -5 to 156106252 nsecs]
 ";
+
+    #[test]
+    fn a_timer_that_comes_back_is_not_the_frozen_threads() {
+        let at = Instant::now();
+        let snap = |keys: &[(&str, i64)]| Snapshot { at, sleepers: keys.iter().map(|(k, v)| (k.to_string(), *v)).collect() };
+        let before = snap(&[("frozen", 4_000_000_000), ("loop", 40_000_000)]);
+        let after = snap(&[]);
+        // Both vanished: ambiguous, until the loop's timer is seen again.
+        assert_eq!(before.vanished(&after), None);
+        assert_eq!(before.vanished_in(&after, Some(&snap(&[("loop", 45_000_000)]))), Some(4_000_000_000));
+        assert_eq!(before.vanished_in(&after, Some(&snap(&[]))), None);
+    }
 
     #[test]
     fn parses_sleepers_only() {
