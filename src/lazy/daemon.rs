@@ -14,10 +14,9 @@ use crate::sys::uffd::{self, Event};
 use images_format::{ImageKind, pb, read_entries};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{IoSliceMut, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -417,20 +416,7 @@ fn accept(dir: &Path, l: &UnixListener, wd: &Watchdog, remote: &Option<Rc<RefCel
     // (A task sends its hand-over at once: a silent peer must not hold up faults.)
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 9];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let (n, fds) = match recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-        Ok(m) => {
-            let mut fds = Vec::new();
-            for c in m.cmsgs().into_iter().flatten() {
-                if let ControlMessageOwned::ScmRights(r) = c {
-                    fds.extend(r);
-                }
-            }
-            (m.bytes, crate::sys::fd::take_received(fds))
-        }
-        Err(_) => return Ok(None),
-    };
+    let Ok((n, fds)) = crate::sys::sock::recv_with_fds(s.as_fd(), &mut buf) else { return Ok(None) };
     match buf.first() {
         Some(b'C') if n >= 1 => {
             let _ = s.set_nonblocking(true);

@@ -13,8 +13,8 @@
 //! supplied: exit). The end of the connection without `E`: the daemon died.
 
 use crate::error::{Error, Result};
-use nix::sys::socket::{AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair};
-use std::io::{IoSlice, IoSliceMut};
+use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 
@@ -112,18 +112,8 @@ pub fn run() -> i32 {
     let mut held: std::collections::BTreeMap<u32, (OwnedFd, Option<OwnedFd>)> = Default::default();
     loop {
         let mut tag = [0u8; 5];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-        let mut iov = [IoSliceMut::new(&mut tag)];
-        let (n, fds) = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(m) => {
-                let mut fds = Vec::new();
-                for c in m.cmsgs().into_iter().flatten() {
-                    if let ControlMessageOwned::ScmRights(r) = c {
-                        fds.extend(r);
-                    }
-                }
-                (m.bytes, crate::sys::fd::take_received(fds))
-            }
+        let (n, fds) = match crate::sys::sock::recv_with_fds(sock, &mut tag) {
+            Ok(r) => r,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => (0, Vec::new()),
         };

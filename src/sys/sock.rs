@@ -302,3 +302,20 @@ pub fn set_filter(fd: BorrowedFd, insns: &[u8]) -> Result<(), Errno> {
     let r = unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&raw const prog).cast(), std::mem::size_of::<SockFprog>() as libc::socklen_t) };
     Errno::result(r).map(drop)
 }
+
+/// recvmsg(2) into `buf` with up to two fds passed as SCM_RIGHTS (taken as
+/// owned, close-on-exec): the bytes read and the fds.
+pub fn recv_with_fds(fd: BorrowedFd, buf: &mut [u8]) -> Result<(usize, Vec<std::os::fd::OwnedFd>), Errno> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let m = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in m.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(r) = c {
+            fds.extend(r);
+        }
+    }
+    Ok((m.bytes, crate::sys::fd::take_received(fds)))
+}
