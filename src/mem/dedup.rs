@@ -72,7 +72,7 @@ pub fn dedup(dir: &Path) -> Result<DedupStats> {
                 let (s, end) = (e.vaddr, e.vaddr + e.nr_pages as u64 * PAGE);
                 if e.in_parent {
                     intersect(&need, s, end, &mut next);
-                } else if !(e.deduped || e.guard || e.inherited || e.lazy) && !overlaps(&need, s, end) {
+                } else if !e.deduped && !e.guard && !e.inherited && !e.lazy && !overlaps(&need, s, end) {
                     e.deduped = true;
                     punch.push((e.offset, e.stored_len));
                 }
