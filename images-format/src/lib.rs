@@ -40,4 +40,4 @@ pub use pages::{
     Compression, DEFAULT_ZSTD_LEVEL, PAGE_SIZE, PAGES_HEADER_LEN, PagesReader, PagesWriter,
     RemoteSink, StoredChunk,
 };
-pub use verify::{VerifyReport, check_manifest, verify_dir, verify_files};
+pub use verify::{VerifyReport, check_manifest, file_crc, verify_dir, verify_files};

@@ -152,7 +152,8 @@ pub fn check_manifest(dir: &Path, inv: &crate::pb::Inventory, full: bool) -> Res
     Ok(())
 }
 
-fn file_crc(path: &Path) -> Result<u32, ImageError> {
+/// CRC32 of a whole file (as the inventory's manifest records it).
+pub fn file_crc(path: &Path) -> Result<u32, ImageError> {
     use std::io::Read;
     let mut f = fs::File::open(path).map_err(|e| ImageError::io(path, 0, None, e))?;
     let mut h = crc32fast::Hasher::new();

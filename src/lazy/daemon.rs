@@ -461,7 +461,10 @@ pub fn serve(dir: &Path, page_server: Option<(&str, u16)>) -> Result<Summary> {
         Some((a, p)) => Some(Rc::new(RefCell::new(Client::connect(a, p)?))),
         None => None,
     };
-    let (r, ran) = serve_with(dir, &remote);
+    let (r, ran) = match serve_loop(dir, &remote) {
+        Ok(s) => (Ok(s), true),
+        Err((e, ran)) => (Err(e), ran),
+    };
     if let Some(c) = remote {
         let mut c = c.borrow_mut();
         log::info!("{} MiB fetched from the dump's page server", c.bytes >> 20);
@@ -478,14 +481,7 @@ pub fn serve(dir: &Path, page_server: Option<(&str, u16)>) -> Result<Summary> {
     r
 }
 
-/// Serves; also says whether the restored tree ran (the restore said so).
-fn serve_with(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> (Result<Summary>, bool) {
-    match serve_loop(dir, remote) {
-        Ok(s) => (Ok(s), true),
-        Err((e, ran)) => (Err(e), ran),
-    }
-}
-
+/// Serves; a failure also says whether the restored tree ran (the restore said so).
 fn serve_loop(dir: &Path, remote: &Option<Rc<RefCell<Client>>>) -> std::result::Result<Summary, (Error, bool)> {
     let (listener, _bound) = bind(dir).map_err(|e| (e, false))?;
     let wd = Watchdog::start().map_err(|e| (e, false))?;

@@ -84,7 +84,7 @@ pub fn dedup(dir: &Path) -> Result<DedupStats> {
                 log::info!("{}: no {} here: left as it is", parent.display(), path.display());
             } else if !punch.is_empty() || stale {
                 let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-                let pm = write_pagemap(&parent, vpid, &entries)?;
+                let pm = replace(&parent, ImageKind::Pagemap, vpid, &entries)?;
                 // Every removed chunk, also of an earlier dedup cut short.
                 for e in entries.iter().filter(|e| e.deduped) {
                     use nix::fcntl::{FallocateFlags as F, fallocate};
@@ -105,19 +105,8 @@ pub fn dedup(dir: &Path) -> Result<DedupStats> {
 
 /// CRC32 and size of a whole file.
 fn file_crc(path: &Path) -> Result<(u32, u64)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            return Ok((h.finalize(), len));
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    Ok((images_format::file_crc(path)?, size))
 }
 
 /// Whether `dir`'s inventory records file `name` other than it is (a dedup
@@ -129,14 +118,14 @@ fn manifest_stale(dir: &Path, name: &str) -> Result<bool> {
     Ok(f.crc32 != crc || f.size != size)
 }
 
-/// Writes `entries` as `dir`'s pagemap of `vpid` (in place, by rename); returns
-/// its record for the inventory.
-fn write_pagemap(dir: &Path, vpid: u32, entries: &[pb::PagemapEntry]) -> Result<pb::ImageFile> {
+/// Replaces `dir`'s image file of `kind` (and `pid`) with one of `entries`:
+/// written aside, then renamed into place. Returns its record for the inventory.
+fn replace<M: prost::Message>(dir: &Path, kind: ImageKind, pid: u32, entries: &[M]) -> Result<pb::ImageFile> {
     let tmp = dir.join(".crtool-dedup");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let name = ImageKind::Pagemap.file_name(vpid);
-    let file = write_entries(&tmp, ImageKind::Pagemap, vpid, entries)?;
+    let name = kind.file_name(pid);
+    let file = write_entries(&tmp, kind, pid, entries)?;
     std::fs::rename(tmp.join(&name), dir.join(&name)).map_err(|e| Error::io(dir.join(&name), e))?;
     let _ = std::fs::remove_dir(&tmp);
     Ok(pb::ImageFile { name, ..file })
@@ -156,12 +145,5 @@ fn record(dir: &Path, pagemap: &pb::ImageFile, vpid: u32, pages: &Path) -> Resul
             f.size = size;
         }
     }
-    let tmp = dir.join(".crtool-dedup");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    write_entries(&tmp, ImageKind::Inventory, 0, &[inv])?;
-    let name = ImageKind::Inventory.file_name(0);
-    std::fs::rename(tmp.join(&name), dir.join(&name)).map_err(|e| Error::io(dir.join(&name), e))?;
-    let _ = std::fs::remove_dir(&tmp);
-    Ok(())
+    replace(dir, ImageKind::Inventory, 0, &[inv]).map(drop)
 }

@@ -143,7 +143,7 @@ pub fn premap<'a>(
     pid: i32,
     vmas: &'a [pb::Vma],
     pagemap: &[pb::PagemapEntry],
-    pages: &mut Option<crate::mem::chain::Pages>,
+    pages: &mut crate::mem::chain::Pages,
     area: &mut Area,
     shmem: &ShmemObjects,
     parent: Option<&[Slot]>,
@@ -252,9 +252,6 @@ pub fn premap<'a>(
         if e.lazy {
             return Err(bad(format!("pages at {:#x} stayed with the dumped process (dump --lazy-pages), but their mapping cannot be restored lazily", e.vaddr)));
         }
-        let Some(pages) = pages.as_mut() else {
-            return Err(Error::Restore { pid, msg: format!("pages at {:#x}: the page image is not here", e.vaddr) });
-        };
         if v.kind() == VmaKind::VmaAnonShared {
             continue; // filled once, in the shared object, by crtool
         }

@@ -322,12 +322,14 @@ fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Opt
     let mut area = Area::reserve(area_at, area_len).map_err(|e| fail(format!("reserving the restore area at {area_at:#x}: {e}")))?;
 
     // Lazy: what children take over at fork must be there before they are forked.
-    let kept: Vec<(u64, u64)> = ctx.imgs.children(pid as u32).into_iter()
-        .filter_map(|c| ctx.imgs.procs[c].task.as_ref())
-        .flat_map(|t| t.pagemap.iter().filter(|e| e.inherited).map(|e| (e.vaddr, e.vaddr + e.nr_pages as u64 * PAGE)))
-        .collect();
-    let mut pages = Some(crate::mem::chain::Pages::open(ctx.dir, pid as u32)?);
-    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited, ctx.lazy.then_some(kept.as_slice()))?;
+    let kept: Option<Vec<(u64, u64)>> = ctx.lazy.then(|| {
+        ctx.imgs.children(pid as u32).into_iter()
+            .filter_map(|c| ctx.imgs.procs[c].task.as_ref())
+            .flat_map(|t| t.pagemap.iter().filter(|e| e.inherited).map(|e| (e.vaddr, e.vaddr + e.nr_pages as u64 * PAGE)))
+            .collect()
+    });
+    let mut pages = crate::mem::chain::Pages::open(ctx.dir, pid as u32)?;
+    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited, kept.as_deref())?;
     crate::fault::point(103)?;
     Ok(Premapped { area, slots, reg, specials, protects })
 }
