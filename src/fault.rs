@@ -29,6 +29,10 @@
 //! | 106 | restore: the tree is ready to run |
 //! | 201 | lazy-pages: a page is about to be supplied |
 //!
+//! `CRTOOL_FAULT=N@PID` (and `N@PID:kill`) limits a per-process step (3 to 7)
+//! to the process PID (as crtool sees it), so that a test can fail the dump of
+//! a tree in its middle, with other processes' memory still being copied.
+//!
 //! `CRTOOL_FAULT=201:hold` instead holds the lazy-pages daemon's background push
 //! while DIR/lazy-pages.hold exists: only faults are answered, so a test can make
 //! the restored process fork, move and drop memory while pages are still owed.
@@ -37,9 +41,20 @@ use crate::error::{Error, Result};
 
 /// Fails (or dies) here if `CRTOOL_FAULT` names `step`.
 pub fn point(step: u32) -> Result<()> {
+    at(step, None)
+}
+
+/// Step `step` of the dump of process `pid`: fails (or dies) here if
+/// `CRTOOL_FAULT` names `step` alone or `step@pid`.
+pub fn point_in(step: u32, pid: i32) -> Result<()> {
+    at(step, Some(pid))
+}
+
+fn at(step: u32, pid: Option<i32>) -> Result<()> {
     let Ok(v) = std::env::var("CRTOOL_FAULT") else { return Ok(()) };
     let (n, kill) = v.split_once(':').unwrap_or((v.as_str(), ""));
-    if n.parse::<u32>().ok() != Some(step) || kill == "hold" {
+    let (n, only) = n.split_once('@').map_or((n, None), |(n, p)| (n, Some(p.parse::<i32>().ok())));
+    if n.parse::<u32>().ok() != Some(step) || kill == "hold" || only.is_some_and(|o| o.is_none() || o != pid) {
         return Ok(());
     }
     if kill == "kill" {

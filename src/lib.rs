@@ -14,6 +14,7 @@ pub mod ipc;
 pub mod lazy;
 pub mod net;
 pub mod pageserver;
+pub mod par;
 pub mod mem;
 pub mod procinfo;
 pub mod restore;

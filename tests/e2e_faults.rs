@@ -36,11 +36,12 @@ need first
 sums() {{ (cd "$T/ck" && ls -A | sort && sha256sum *.img); }}
 sums >"$T/sums.first"
 : >"$T/faults"
-for run in {dump_runs}; do
-    step=${{run%:*}}; mode=${{run#*:}}
-    f=$step; [ $mode = kill ] && f=$step:kill
-    n="d$step$mode"
+# (Breadth first, children by pid: the order crtool dumps them in.)
+KIDS=$(tree_of $P | grep -vx $P | sort -n | tr '\n' ' '); FIRST=${{KIDS%% *}}; SECOND=$(echo $KIDS | cut -d' ' -f2)
+dump_with_fault() {{
+    n=$1 f=$2 step=${{2%%[@:]*}}
     CRTOOL_FAULT=$f run $n crt dump -t $P -D "$T/ck"
+    cp "$T/ck/dump.log" "$T/$n.log" 2>/dev/null
     # The next command of a user: verify puts back what a killed dump set aside.
     run v$n crt verify "$T/ck"
     sums >"$T/sums.$n"
@@ -56,7 +57,18 @@ for run in {dump_runs}; do
     done
     snapshot $n $P --no-pos
     echo "$n $(cat "$T/$n.rc") $(tail -1 "$T/$n.err")" >>"$T/dump_results"
+}}
+for run in {dump_runs}; do
+    step=${{run%:*}}; mode=${{run#*:}}
+    f=$step; [ $mode = kill ] && f=$step:kill
+    dump_with_fault "d$step$mode" $f
 done
+# Failures in the middle of the tree, while the other child's memory is being
+# copied on a thread of its own (see dump::collect).
+nproc >"$T/nproc"
+dump_with_fault m4fail "4@$SECOND"
+dump_with_fault m5fail "5@$FIRST"
+dump_with_fault m7fail "7@$SECOND"
 # Now for real; each failed restore must leave nothing behind.
 snapshot last $P --no-pos
 run last crt dump -t $P -D "$T/ck"
@@ -114,6 +126,24 @@ kill -TERM -- -$P
             p.extend(s.state_problems("before", &n).into_iter().map(|e| format!("after {n}: {e}")));
         }
         prev = n;
+    }
+    let results = s.read("dump_results");
+    // (After the runs above, which may have left parasite mappings: nothing changes.)
+    for n in ["m4fail", "m5fail", "m7fail"] {
+        let line = results.lines().find(|l| l.split_whitespace().next() == Some(n)).unwrap_or("");
+        let rc: i32 = line.split_whitespace().nth(1).and_then(|r| r.parse().ok()).unwrap_or(-1);
+        if rc == 0 || rc == 124 || rc == 137 || !line.contains("step") {
+            p.push(format!("{n}: unexpected outcome (exit code, last line of stderr): {line}"));
+        }
+        s.ensure(s.rc(&format!("v{n}")) == 0, || format!("verify after {n} failed: {}", s.err(&format!("v{n}"))));
+        p.extend(s.state_problems(&prev, n).into_iter().map(|e| format!("after {n}: {e}")));
+        prev = n.to_string();
+        // With two CPUs or more, the two children's memory was copied at once
+        // when m5 failed.
+        let cpus: u32 = s.read("nproc").trim().parse().unwrap_or(1);
+        if n == "m5fail" && cpus >= 2 && !s.read("m5fail.log").contains("2 processes' memory being copied") {
+            p.push(format!("m5fail: the second child's memory was not being copied when the first failed (dump log: {})", s.read("m5fail.log")));
+        }
     }
     for step in RESTORE_STEPS {
         for mode in ["fail", "kill"] {

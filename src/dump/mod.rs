@@ -83,7 +83,7 @@ pub struct DumpCtx {
     pub files: FileTable,
     pub shmem_seen: BTreeSet<u64>,
     /// Page frames of each dumped process (by pid in the tree), for its children.
-    pub frames: std::collections::BTreeMap<i32, crate::mem::dump::Frames>,
+    pub frames: std::collections::BTreeMap<i32, std::sync::Arc<crate::mem::dump::Frames>>,
     /// Identities of mapped files, computed once per file.
     pub identities: crate::files::identity::Cache,
     pub stats: DumpStats,
@@ -237,6 +237,9 @@ fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
     // waits for an RCU grace period (fs/locks.c takes file_rwsem for writing):
     // taken here, before the freeze, the next one is quick.
     let _ = std::fs::read("/proc/locks");
+    if let Some(w) = &work {
+        w.prepare(image_names(pid, opts.page_server.is_none()));
+    }
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
     // A tree with a network namespace of its own: crtool works in it (sock_diag,
@@ -348,6 +351,28 @@ fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
     };
     drop(netns);
     outcome
+}
+
+/// The names of the image files a dump of the tree of `pid` is expected to
+/// write here (from the tree as it is now, before the freeze); `pages`: page
+/// images too (not with a page server, which gets them instead).
+fn image_names(pid: i32, pages: bool) -> Vec<String> {
+    let per_task = if pages { &[ImageKind::Core, ImageKind::Mm, ImageKind::Fdinfo, ImageKind::Pagemap, ImageKind::Pages][..] } else { &[ImageKind::Core, ImageKind::Mm, ImageKind::Fdinfo, ImageKind::Pagemap][..] };
+    let mut names: Vec<String> = ImageKind::all().iter().filter(|k| !k.per_task() && **k != ImageKind::Inventory).map(|k| k.file_name(0)).collect();
+    for p in tree::predict(pid) {
+        names.extend(per_task.iter().map(|k| k.file_name(p as u32)));
+    }
+    names
+}
+
+/// How many processes of a tree have their memory copied at once: one per CPU
+/// (each copy also keeps the task's own vmsplice and a writer thread busy),
+/// one with a page server (one connection carries every page image).
+fn memory_threads(ctx: &DumpCtx) -> usize {
+    if ctx.page_client.is_some() {
+        return 1;
+    }
+    crate::par::width()
 }
 
 /// A pseudo-terminal that is a session's controlling terminal comes back as that
@@ -476,6 +501,9 @@ fn complete(ctx: &mut DumpCtx, seal: &Seal, work: &mut Option<workdir::WorkDir>)
     let dir = &ctx.work.clone();
     let mut files = std::mem::take(&mut ctx.manifest);
     files.sort_by(|a, b| a.name.cmp(&b.name));
+    let inventory_name = ImageKind::Inventory.file_name(0);
+    let keep: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).chain([inventory_name.as_str()]).collect();
+    work.as_ref().ok_or_else(|| Error::io(&ctx.work, std::io::Error::other("no working directory")))?.sweep(&keep)?;
     let inventory = pb::Inventory {
         format_version: images_format::FORMAT_VERSION,
         root_pid: seal.root_vpid,
@@ -505,7 +533,7 @@ fn complete(ctx: &mut DumpCtx, seal: &Seal, work: &mut Option<workdir::WorkDir>)
     crate::error::check_interrupt()?;
     // (The page server keeps what it has only once the images are complete.)
     ctx.page_client.as_ref().map_or(Ok(()), |c| c.bye())?;
-    work.take().ok_or_else(|| Error::io(&ctx.work, std::io::Error::other("committed twice")))?.commit()?;
+    work.as_mut().ok_or_else(|| Error::io(&ctx.work, std::io::Error::other("no working directory")))?.commit()?;
     crate::fault::point(12)
 }
 
@@ -547,20 +575,15 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<Seal> {
             return Err(Error::Unsupported { pid: root, fd: None, what: format!("its network namespace is also used by pid {o} ({}), outside the dumped tree", comm.trim()), hint: Some("dump the tree of every process in the namespace, or keep the namespace as the caller's with --external net[INO]:KEY") });
         }
     }
-    for p in &live {
-        task::precheck::check_process(p, root_mnt.as_deref(), &tree_ns)?;
-    }
+    crate::par::map(&live, crate::par::width(), |p| task::precheck::check_process(p, root_mnt.as_deref(), &tree_ns))?;
     task::precheck::check_sharing(&live)?;
     if !ctx.opts.file_locks {
         task::precheck::check_locks(&live.iter().map(|p| p.pid).collect::<Vec<_>>())?;
     }
     crate::fault::point(2)?;
     ctx.parents = tree.procs.iter().map(|p| p.ppid).collect();
-    let mut surveys = Vec::new();
-    for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
-        let tracked = ctx.tracked.iter().any(|(_, (outer, _))| *outer == p.pid);
-        surveys.push(process::Survey::take(p.pid, ctx.opts.file_locks, tracked)?);
-    }
+    let tracked: Vec<(i32, bool)> = tree.procs.iter().filter(|p| p.zombie.is_none()).map(|p| (p.pid, ctx.tracked.iter().any(|(_, (outer, _))| *outer == p.pid))).collect();
+    let surveys = crate::par::map(&tracked, crate::par::width(), |&(pid, tracked)| process::Survey::take(pid, ctx.opts.file_locks, tracked))?;
     ctx.files.ptys.masters = surveys.iter().flat_map(|s| s.pty_masters()).collect();
     let mut surveys = surveys.into_iter();
     let vpids: Vec<i32> = tree.procs.iter().map(|p| p.vpid).collect();
@@ -568,6 +591,10 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<Seal> {
     // it so when it inherits crtool's at restore.
     let outside_ok = ctx.opts.shell_job || tree.new_pid_ns;
     let mut entries = Vec::new();
+    // Processes whose memory is being copied (see process::Started), at most
+    // `width` at once.
+    let width = memory_threads(ctx);
+    let mut started: std::collections::VecDeque<process::Started> = Default::default();
     for p in tree.procs.iter_mut() {
         let ids = process::group_and_session(p.pid, &vpids)?;
         let outside = |what: &str, id: i32| Error::Unsupported {
@@ -610,12 +637,23 @@ fn collect(tree: &mut tree::FrozenTree, ctx: &mut DumpCtx) -> Result<Seal> {
         }
         crate::error::check_interrupt()?;
         let survey = surveys.next().ok_or(Error::NoProcess(p.pid))?;
-        process::dump_process(p, survey, ctx)?;
         ctx.stats.processes += 1;
         ctx.stats.threads += p.threads.len();
         let threads = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw()) as u32).collect();
         entries.push(pb::PstreeEntry { pid: p.vpid as u32, ppid: p.ppid as u32, pgid: vpgid as u32, sid: vsid as u32, threads, zombie: false, exit_status: 0, comm: String::new(), uids: vec![], gids: vec![], exit_signal });
+        // The parent's memory is complete first: its page frames tell which pages
+        // this process still shares with it.
+        while started.len() >= width || started.iter().any(|s| s.vpid() == p.ppid) {
+            let Some(s) = started.pop_front() else { break };
+            process::finish(s, ctx)?;
+        }
+        started.push_back(process::start(p, survey, ctx)?);
+        log::debug!("pid {}: copying its memory; {} processes' memory being copied", started.back().map_or(0, |s| s.pid()), started.len());
     }
+    while let Some(s) = started.pop_front() {
+        process::finish(s, ctx)?;
+    }
+    drop(started);
 
     ctx.files.finish_epolls()?;
     // Unix sockets: how they connect, and their queues (files passed in them join

@@ -91,7 +91,70 @@ impl Survey {
     }
 }
 
-pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Result<()> {
+/// A process between `start` and `finish`: the parasite in place, the fds
+/// dumped, the private memory being copied on a thread of its own (whose
+/// parasite commands go through the lent control socket, see
+/// `infect::Channel`). Dropped unfinished (a failed dump), it waits for that
+/// thread, then removes the parasite.
+pub struct Started<'a> {
+    p: &'a FrozenProc,
+    parasite: Option<Parasite<'a>>,
+    memory: Option<std::thread::JoinHandle<Memory>>,
+    fds: usize,
+    fd_entries: Vec<pb::FdEntry>,
+    timers: Vec<pb::PosixTimer>,
+    info: crate::sys::abi::ParasiteInfo,
+    mlockall: u32,
+    exe: (String, bool, u64),
+}
+
+/// What the memory thread hands back.
+struct Memory {
+    dumper: PageDumper,
+    vmas: Vec<pb::Vma>,
+    chan: Option<crate::infect::Channel>,
+    pool: Vec<memmap2::MmapMut>,
+    pages: Result<PagesWriter>,
+}
+
+impl Started<'_> {
+    /// The process's pid in the tree's namespace.
+    pub fn vpid(&self) -> i32 {
+        self.p.vpid
+    }
+
+    /// The process's pid (in crtool's namespace).
+    pub fn pid(&self) -> i32 {
+        self.p.pid
+    }
+
+    /// Waits for the memory thread; its control socket goes back to the parasite.
+    fn join(&mut self) -> Result<Option<Memory>> {
+        let Some(h) = self.memory.take() else { return Ok(None) };
+        let m = h.join().map_err(|_| Error::io("the memory thread", std::io::Error::other(format!("it panicked dumping pid {}", self.p.pid))))?;
+        let mut m = m;
+        if let (Some(par), Some(chan)) = (self.parasite.as_mut(), m.chan.take()) {
+            par.give_back(chan);
+        }
+        Ok(Some(m))
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        // (The parasite, dropped after, is removed by crtool's main thread.)
+        let _ = self.join();
+    }
+}
+
+/// Buffers of a page pipeline (see mem::pipeline) handed to one memory thread.
+const POOL_SHARE: usize = 3;
+
+/// Dumps what of `p` needs its threads stopped by crtool's main thread (the
+/// tracer): files, the parasite's reports; starts the copy of its memory on a
+/// thread of its own. `finish` completes it. `ctx.frames` must hold the
+/// parent's page frames, if the parent is in the tree (its `finish` first).
+pub fn start<'a>(p: &'a mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Result<Started<'a>> {
     let pid = p.pid;
     let unsupported = |what: String, hint: Option<&'static str>| Error::Unsupported { pid, fd: None, what, hint };
     let Survey { fds, mut vmas } = survey;
@@ -136,7 +199,8 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
             t.set_stack_cure(crate::infect::tracee::StackCure { syscall_ret: vdso + ret, sigreturn, geometry: ctx.geometry });
         }
     }
-    let mut timers = timers::list(pid)?;
+    let p: &'a FrozenProc = p;
+    let timers = timers::list(pid)?;
 
     // Every thread's rseq area (read while all of them sit in ptrace stops: the
     // main thread runs the parasite from the next line on).
@@ -145,11 +209,13 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         let r = crate::sys::ptrace::get_rseq(t.pid).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "PTRACE_GET_RSEQ_CONFIGURATION", errno: e })?;
         rseq_areas.push(r.rseq_abi_pointer);
     }
-    let (main, _) = p.threads.split_first().ok_or_else(|| unsupported("it has no threads".into(), None))?;
+    if p.threads.is_empty() {
+        return Err(unsupported("it has no threads".into(), None));
+    }
     let locked_before = vma::locked_kib(pid)?;
     let mut parasite = Parasite::inject(&p.threads, ctx.geometry)?;
     let info = parasite.info()?;
-    crate::fault::point(3)?;
+    crate::fault::point_in(3, pid)?;
     // (The parasite's mapping is locked, hence counted, only under MCL_FUTURE.)
     let mlockall = if vma::locked_kib(pid)? != locked_before { vma::future_lock(pid, parasite.base())? } else { 0 };
     let vpids: std::collections::HashMap<i32, i32> = ctx.tids.iter().copied().collect();
@@ -162,7 +228,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         fd_entries.extend(ctx.files.dump_fds(pid, chunk, &dups, &vpid)?);
     }
     ctx.files.resolve_epolls(pid, p.vpid, &fd_entries)?;
-    crate::fault::point(4)?;
+    crate::fault::point_in(4, pid)?;
 
     let pages = match &ctx.page_client {
         Some(c) => PagesWriter::remote(&ctx.work, p.vpid as u32, ctx.compression, c.file(&ImageKind::Pages.file_name(p.vpid as u32))?)?,
@@ -185,14 +251,44 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     dumper.defer = ctx.background;
     dumper.lazy = ctx.opts.lazy_pages.is_some();
     dumper.frames_needed = ctx.frames.contains_key(&p.ppid) || ctx.parents.contains(&p.vpid);
-    let pages = dumper.dump(&vmas, ctx.frames.get(&p.ppid), &mut parasite, pages, &mut ctx.page_buffers)?;
+    let parent = ctx.frames.get(&p.ppid).cloned();
+    let mut chan = parasite.lend();
+    let share = ctx.page_buffers.len().min(POOL_SHARE);
+    let mut pool: Vec<memmap2::MmapMut> = ctx.page_buffers.drain(..share).collect();
+    let memory = std::thread::Builder::new()
+        .name(format!("crtool-mem-{pid}"))
+        .spawn(move || {
+            let pages = dumper.dump(&vmas, parent.as_deref(), &mut chan, pages, &mut pool);
+            Memory { dumper, vmas, chan: Some(chan), pool, pages }
+        })
+        .map_err(|e| Error::io("starting a memory thread", e));
+    let mut started = Started { p, parasite: Some(parasite), memory: None, fds: fds.len(), fd_entries, timers, info, mlockall, exe: (exe, exe_ghost, exe_ino) };
+    match memory {
+        Ok(h) => started.memory = Some(h),
+        Err(e) => return Err(e),
+    }
+    Ok(started)
+}
+
+/// Completes the dump `start` began: waits for the memory, stops the parasite,
+/// reads each thread's state, writes the process's images.
+pub fn finish(mut s: Started, ctx: &mut DumpCtx) -> Result<()> {
+    let p = s.p;
+    let pid = p.pid;
+    let Memory { mut dumper, vmas, pool, pages, .. } = s.join()?.ok_or_else(|| Error::io("the memory thread", std::io::Error::other(format!("it was not started for pid {pid}"))))?;
+    ctx.page_buffers.extend(pool);
+    let pages = pages?;
+    let mut parasite = s.parasite.take().ok_or(Error::NoProcess(pid))?;
+    let main = &p.threads[0];
+    let (fd_entries, mut timers, info, mlockall) = (std::mem::take(&mut s.fd_entries), std::mem::take(&mut s.timers), s.info, s.mlockall);
+    let (exe, exe_ghost, exe_ino) = std::mem::take(&mut s.exe);
     let pages = if ctx.background {
         Some(pages)
     } else {
         ctx.manifest.push(pages.finish()?);
         None
     };
-    crate::fault::point(5)?;
+    crate::fault::point_in(5, pid)?;
     let made = if pages.is_some() { crate::mem::background::uffd_from_device(&mut parasite, pid) } else { None };
     parasite.stop()?;
     if ctx.opts.track_mem {
@@ -208,7 +304,7 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     let extras = p.threads.iter().map(|t| task::probe_thread(t, scratch)).collect::<Result<Vec<_>>>()?;
     timers::read_values(main, &mut timers, scratch)?;
     parasite.finish()?;
-    crate::fault::point(6)?;
+    crate::fault::point_in(6, pid)?;
     if let Some(pages) = pages {
         // Private anonymous memory: protected now (crtool writes nothing into the
         // task after this), copied once the tree runs. The words the kernel
@@ -234,9 +330,9 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     ctx.stats.pages.in_parent += dumper.stats.in_parent;
     ctx.stats.pages.lazy += dumper.stats.lazy;
     ctx.stats.vmas += vmas.len();
-    ctx.stats.fds += fds.len();
+    ctx.stats.fds += s.fds;
     log::info!("pid {pid}: {} pages dumped ({} scanned, {} zero), {} VMAs, {} fds, {} threads",
-        dumper.stats.dumped, dumper.stats.scanned, dumper.stats.zero, vmas.len(), fds.len(), p.threads.len());
+        dumper.stats.dumped, dumper.stats.scanned, dumper.stats.zero, vmas.len(), s.fds, p.threads.len());
 
     let vtids: Vec<i32> = p.threads.iter().map(|t| ctx.vtid(t.pid.as_raw())).collect();
     let mut core = task::dump(p.vpid, &p.threads, &vtids, &extras, &info, timers)?;
@@ -281,6 +377,6 @@ pub fn dump_process(p: &mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
         // (A background copy writes it once done.)
         ctx.manifest.push(write_entries(dir, ImageKind::Pagemap, v, &dumper.entries)?);
     }
-    ctx.frames.insert(p.vpid, std::mem::take(&mut dumper.frames));
-    crate::fault::point(7)
+    ctx.frames.insert(p.vpid, std::sync::Arc::new(std::mem::take(&mut dumper.frames)));
+    crate::fault::point_in(7, pid)
 }

@@ -91,6 +91,21 @@ fn ns_id(pid: i32, ns: &str) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()
 }
 
+/// The pids, in the tree's PID namespace, of the processes in the tree of
+/// `root` as it is now (not frozen: a guess of what `freeze` will find).
+pub fn predict(root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        if out.len() >= 100_000 {
+            break;
+        }
+        out.push(crate::procinfo::innermost_pid(p).unwrap_or(p));
+        todo.extend(children_of(p));
+    }
+    out
+}
+
 /// Seizes every thread of every process in the tree rooted at `root`.
 pub fn freeze(root: i32, xsave_size: usize) -> Result<FrozenTree> {
     let root_ns = procinfo::ids(root, "NSpid").ok_or(Error::NoProcess(root))?;

@@ -144,17 +144,54 @@ impl WorkDir {
         Ok(work)
     }
 
+    /// Creates the (empty) image files `names` and what `commit` will need, so
+    /// that no inode is allocated while the tree is frozen: on ext4 with many
+    /// recently deleted inodes (a directory of dumps replaced again and again)
+    /// each costs 0.2-0.3 ms. Files the dump does not write are removed by `sweep`.
+    pub fn prepare(&self, names: impl IntoIterator<Item = String>) {
+        for n in names {
+            let _ = std::fs::File::create(self.path.join(n));
+        }
+        let _ = std::fs::File::create(self.path.join(SET_ASIDE));
+        if !image_files(&self.dir).unwrap_or_default().is_empty() {
+            let _ = std::fs::create_dir(self.old_dir());
+        }
+    }
+
+    /// Removes the image files the dump did not write (see `prepare`): all but
+    /// `keep`.
+    pub fn sweep(&self, keep: &std::collections::BTreeSet<&str>) -> Result<()> {
+        for name in image_files(&self.path)? {
+            if name != "parent" && !keep.contains(name.as_str()) {
+                let p = self.path.join(&name);
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn old_dir(&self) -> PathBuf {
+        self.dir.join(format!("{OLD_PREFIX}{}", self.tag))
+    }
+
     /// Moves the new images into the target directory, replacing the image files of
     /// an earlier dump there (set aside first and put back if anything fails).
-    pub fn commit(mut self) -> Result<()> {
-        let old_dir = self.dir.join(format!("{OLD_PREFIX}{}", self.tag));
+    /// Only renames: the set-aside files are removed when the WorkDir is dropped
+    /// (by `recover` should crtool die first).
+    pub fn commit(&mut self) -> Result<()> {
+        if self.committed {
+            return Err(Error::io(&self.path, std::io::Error::other("committed twice")));
+        }
+        let old_dir = self.old_dir();
         let old = image_files(&self.dir)?;
         let new = image_files(&self.path)?;
         let mut set_aside = Vec::new();
         let mut moved_in = Vec::new();
         let result = (|| -> Result<()> {
             if !old.is_empty() {
-                std::fs::create_dir(&old_dir).map_err(|e| Error::io(&old_dir, e))?;
+                if !old_dir.is_dir() {
+                    std::fs::create_dir(&old_dir).map_err(|e| Error::io(&old_dir, e))?;
+                }
                 // The inventory first: from here on the target holds no complete dump
                 // until the new inventory arrives.
                 for name in old.iter().rev() {
@@ -166,7 +203,9 @@ impl WorkDir {
                     }
                 }
                 let done = old_dir.join(SET_ASIDE);
-                std::fs::File::create(&done).map_err(|e| Error::io(&done, e))?;
+                if std::fs::rename(self.path.join(SET_ASIDE), &done).is_err() {
+                    std::fs::File::create(&done).map_err(|e| Error::io(&done, e))?;
+                }
             }
             for name in &new {
                 let (from, to) = (self.path.join(name), self.dir.join(name));
@@ -193,17 +232,19 @@ impl WorkDir {
             return Err(e);
         }
         self.committed = true;
-        let _ = std::fs::remove_dir_all(&old_dir);
-        let _ = std::fs::remove_dir_all(&self.path);
         Ok(())
     }
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
+        if self.committed {
+            let _ = std::fs::remove_dir_all(self.old_dir());
+        } else if std::fs::read_dir(self.old_dir()).is_ok_and(|mut d| d.next().is_none()) {
+            // (Made by `prepare`, never used.)
+            let _ = std::fs::remove_dir(self.old_dir());
         }
+        let _ = std::fs::remove_dir_all(&self.path);
         // After the directories (a set-aside one stays only if putting it back
         // failed, and then recovery needs no lock to see it is orphaned).
         let _ = std::fs::remove_file(&self.lock_path);

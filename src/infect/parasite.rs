@@ -1,23 +1,18 @@
 //! Injecting the parasite blob into a frozen task and talking to it.
 
+use super::channel::{Channel, as_bytes, as_bytes_mut, slice_as_bytes};
 use super::tracee::Tracee;
 use crate::error::{Error, PtraceCtx, Result};
-use crate::sys::abi::{self, Cmd, IoVec, ParasiteArgs, ParasiteInfo, Reply};
+use crate::sys::abi::{self, ParasiteArgs, ParasiteInfo};
 use crate::sys::blobs;
 use crate::sys::cpu::SigFrameXstate;
 use crate::task;
 use crate::sys::process::{pidfd_getfd, pidfd_open, read_remote, write_remote};
 use crate::sys::ptrace;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use std::io::{IoSlice, IoSliceMut};
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 const PAGE: u64 = 4096;
-/// Longest crtool waits for one parasite reply before giving up on it.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A parasite running inside a tracee. `finish` (or drop) stops it, unmaps it and
 /// leaves the tracee stopped with its state ready to be restored.
@@ -33,11 +28,9 @@ pub struct Parasite<'t> {
     threads: &'t [Tracee],
     base: u64,
     size: u64,
-    sock: Option<OwnedFd>,
+    chan: Channel,
     /// The parasite's end of the control socket, as an fd number in the task.
     theirs: i32,
-    /// The page pipe's fd number in the task, once given.
-    pipe: i32,
     /// The blob has stopped (or died): no more commands.
     stopped: bool,
     unmapped: bool,
@@ -80,7 +73,7 @@ impl<'t> Parasite<'t> {
             },
             e => e,
         })?;
-        let mut p = Parasite { threads, base, size, sock: None, theirs: -1, pipe: -1, stopped: true, unmapped: false };
+        let mut p = Parasite { threads, base, size, chan: Channel::new(pid), theirs: -1, stopped: true, unmapped: false };
 
         let image = blobs::relocated(blobs::PARASITE_IMAGE, blobs::PARASITE_RELOCS, base);
         write_remote(pid, base, &image).ptrace(pid, "process_vm_writev")?;
@@ -103,7 +96,7 @@ impl<'t> Parasite<'t> {
         let pidfd = pidfd_open(pid).ptrace(pid, "pidfd_open")?;
         let sock = pidfd_getfd(&pidfd, ours).ptrace(pid, "pidfd_getfd");
         p.close_slot(1)?;
-        p.sock = Some(sock?);
+        p.chan.connect(sock?);
         crate::fault::point(16)?;
 
         let args = ParasiteArgs { sock: theirs, socketpair: [theirs, ours], _pad: 0, frame: base + frames[0] };
@@ -133,117 +126,43 @@ impl<'t> Parasite<'t> {
     }
 
     fn err(&self, msg: impl Into<String>) -> Error {
-        Error::Parasite { pid: self.main().pid.as_raw(), msg: msg.into() }
+        self.chan.err(msg)
     }
 
-    fn send(&mut self, op: u32, payload: &[u8], n: u32, fd: Option<BorrowedFd>) -> Result<()> {
-        self.send_arg(op, 0, payload, n, fd)
+    /// The control socket, for page commands (see `Channel`).
+    pub fn channel(&mut self) -> &mut Channel {
+        &mut self.chan
     }
 
-    fn send_arg(&mut self, op: u32, arg: u64, payload: &[u8], n: u32, fd: Option<BorrowedFd>) -> Result<()> {
-        let cmd = Cmd { op, n, arg };
-        let iov = [IoSlice::new(as_bytes(&cmd)), IoSlice::new(payload)];
-        let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        let sock = self.sock.as_ref().ok_or_else(|| self.err("control socket closed"))?.as_raw_fd();
-        sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(|e| self.err(format!("send command {op}: {e}")))?;
-        Ok(())
+    /// Lends the control socket to another thread of crtool (see `Channel`); the
+    /// parasite takes no command until it is given back.
+    pub fn lend(&mut self) -> Channel {
+        let pid = self.main().pid;
+        std::mem::replace(&mut self.chan, Channel::new(pid))
     }
 
-    /// Waits for a reply; notices a parasite that crashed instead of answering, and
-    /// crtool being interrupted.
-    fn recv(&mut self, want_op: u32, payload: &mut [u8]) -> Result<(Reply, usize, Vec<OwnedFd>)> {
-        self.recv_reply(want_op, payload, true)
-    }
-
-    fn recv_reply(&mut self, want_op: u32, payload: &mut [u8], interruptible: bool) -> Result<(Reply, usize, Vec<OwnedFd>)> {
-        let start = Instant::now();
-        let sock = self.sock.as_ref().ok_or_else(|| self.err("control socket closed"))?;
-        loop {
-            if interruptible {
-                crate::error::check_interrupt()?;
-            }
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            let n = match poll(&mut fds, PollTimeout::from(100u16)) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                r => r.map_err(|e| self.err(format!("poll: {e}")))?,
-            };
-            if n > 0 {
-                break;
-            }
-            if let Some(stop) = ptrace::wait(self.main().pid, true).ptrace(self.main().pid, "waitpid")? {
-                self.stopped = true;
-                return Err(self.err(format!("stopped unexpectedly ({stop:?}) instead of answering command {want_op}")));
-            }
-            if start.elapsed() > REPLY_TIMEOUT {
-                return Err(self.err(format!("no answer to command {want_op} in {REPLY_TIMEOUT:?}")));
-            }
-        }
-        let mut hdr = Reply::default();
-        let mut cbuf = nix::cmsg_space!([i32; abi::MAX_FDS_PER_MSG]);
-        let (bytes, got_fds) = {
-            let mut iov = [IoSliceMut::new(as_bytes_mut(&mut hdr)), IoSliceMut::new(payload)];
-            let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cbuf), MsgFlags::MSG_CMSG_CLOEXEC)
-                .map_err(|e| self.err(format!("receive reply: {e}")))?;
-            let mut got = Vec::new();
-            for c in msg.cmsgs().map_err(|e| self.err(format!("control message: {e}")))? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    // SAFETY: SCM_RIGHTS installed these fds in our table; we own them now.
-                    got.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-            (msg.bytes, got)
-        };
-        if bytes < size_of::<Reply>() {
-            self.stopped = true;
-            return Err(self.err(format!("short reply ({bytes} bytes) to command {want_op}")));
-        }
-        if hdr.op != want_op {
-            return Err(self.err(format!("reply to command {} while waiting for {want_op}", hdr.op)));
-        }
-        Ok((hdr, bytes - size_of::<Reply>(), got_fds))
-    }
-
-    /// Gives the parasite the write end of the pipe it vmsplice()s pages into.
-    pub fn take_pipe(&mut self, pipe_w: BorrowedFd) -> Result<()> {
-        self.send(abi::CMD_TAKE_PIPE, &[], 0, Some(pipe_w))?;
-        let (r, _, _) = self.recv(abi::CMD_TAKE_PIPE, &mut [])?;
-        if r.ret < 0 {
-            return Err(self.err(format!("taking the page pipe failed: errno {}", -r.ret)));
-        }
-        self.pipe = r.ret as i32;
-        Ok(())
+    /// Takes back the control socket `lend` gave out.
+    pub fn give_back(&mut self, chan: Channel) {
+        self.chan = chan;
     }
 
     /// Has the task make a userfaultfd from `dev` (/dev/userfaultfd opened by
     /// crtool: USERFAULTFD_IOC_NEW with `flags`, see userfaultfd(2)) and hand it
     /// over; the task keeps no fd of it.
     pub fn new_uffd(&mut self, dev: BorrowedFd, flags: u64) -> Result<OwnedFd> {
-        self.send_arg(abi::CMD_NEW_UFFD, flags, &[], 0, Some(dev))?;
-        let (r, _, mut got) = self.recv(abi::CMD_SEND_FDS, &mut [])?;
+        self.chan.send_arg(abi::CMD_NEW_UFFD, flags, &[], 0, Some(dev))?;
+        let (r, _, mut got) = self.chan.recv(abi::CMD_SEND_FDS, &mut [])?;
         if r.ret < 0 {
             return Err(Error::Ptrace { pid: self.main().pid.as_raw(), op: "USERFAULTFD_IOC_NEW", errno: nix::errno::Errno::from_raw(-r.ret as i32) });
         }
         got.pop().ok_or_else(|| self.err("the userfaultfd did not come"))
     }
 
-    /// vmsplice()s the given ranges of the task's memory into the page pipe.
-    pub fn splice_pages(&mut self, iovs: &[IoVec]) -> Result<u64> {
-        let bytes: &[u8] = slice_as_bytes(iovs);
-        self.send(abi::CMD_DUMP_PAGES, bytes, iovs.len() as u32, None)?;
-        let (r, _, _) = self.recv(abi::CMD_DUMP_PAGES, &mut [])?;
-        if r.ret < 0 {
-            return Err(self.err(format!("vmsplice failed: {}", nix::errno::Errno::from_raw(-r.ret as i32))));
-        }
-        Ok(r.ret as u64)
-    }
-
     pub fn info(&mut self) -> Result<ParasiteInfo> {
-        self.send(abi::CMD_GET_INFO, &[], 0, None)?;
+        self.chan.send(abi::CMD_GET_INFO, &[], 0, None)?;
         // SAFETY: ParasiteInfo is plain integers; zero is a valid value.
         let mut info: ParasiteInfo = unsafe { std::mem::zeroed() };
-        let (_, len, _) = self.recv(abi::CMD_GET_INFO, as_bytes_mut(&mut info))?;
+        let (_, len, _) = self.chan.recv(abi::CMD_GET_INFO, as_bytes_mut(&mut info))?;
         if len != size_of::<ParasiteInfo>() {
             return Err(self.err(format!("info reply has {len} bytes, expected {}", size_of::<ParasiteInfo>())));
         }
@@ -254,8 +173,8 @@ impl<'t> Parasite<'t> {
     pub fn fds(&mut self, fds: &[i32]) -> Result<Vec<OwnedFd>> {
         let mut out = Vec::with_capacity(fds.len());
         for chunk in fds.chunks(abi::MAX_FDS_PER_MSG) {
-            self.send(abi::CMD_SEND_FDS, slice_as_bytes(chunk), chunk.len() as u32, None)?;
-            let (r, _, got) = self.recv(abi::CMD_SEND_FDS, &mut [])?;
+            self.chan.send(abi::CMD_SEND_FDS, slice_as_bytes(chunk), chunk.len() as u32, None)?;
+            let (r, _, got) = self.chan.recv(abi::CMD_SEND_FDS, &mut [])?;
             if r.ret < 0 || got.len() != chunk.len() {
                 return Err(self.err(format!("sending fds {chunk:?} failed (errno {}, got {})", -r.ret, got.len())));
             }
@@ -314,18 +233,19 @@ impl<'t> Parasite<'t> {
     }
 
     fn stop_blob(&mut self) -> Result<()> {
-        if self.stopped {
-            self.sock = None;
+        if self.stopped || self.chan.dead {
+            self.stopped = true;
+            self.chan.close();
             return Ok(());
         }
         // After FINI the parasite closes its page pipe, answers, and waits on the
         // control socket: crtool takes the thread back there (were crtool gone, the
         // socket would close and the thread cure itself). Answers to a command an
         // interruption cut short come first; they are skipped.
-        let mut said_bye = self.send(abi::CMD_FINI, &[], 0, None);
+        let mut said_bye = self.chan.send(abi::CMD_FINI, &[], 0, None);
         if said_bye.is_ok() {
             said_bye = loop {
-                match self.recv_reply(abi::CMD_FINI, &mut [], false) {
+                match self.chan.recv_reply(abi::CMD_FINI, &mut [], false) {
                     Err(Error::Parasite { msg, .. }) if msg.starts_with("reply to command") => continue,
                     r => break r.map(drop),
                 }
@@ -333,13 +253,13 @@ impl<'t> Parasite<'t> {
         }
         self.stopped = true;
         let interrupted = self.main().interrupt();
-        self.sock = None;
+        self.chan.close();
         interrupted?;
         // Its fds in the task: the socket end always, the pipe if FINI did not get
         // through.
         let mut left = vec![std::mem::replace(&mut self.theirs, -1)];
         if said_bye.is_err() {
-            left.push(std::mem::replace(&mut self.pipe, -1));
+            left.push(std::mem::replace(&mut self.chan.pipe, -1));
         }
         if left[0] >= 0 {
             self.close_slot(0)?;
@@ -357,19 +277,4 @@ impl Drop for Parasite<'_> {
             log::error!("pid {}: removing the parasite: {e}", self.main().pid);
         }
     }
-}
-
-fn as_bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is a plain #[repr(C)] ABI struct; viewing it as bytes is sound.
-    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }
-}
-
-fn as_bytes_mut<T: Copy>(v: &mut T) -> &mut [u8] {
-    // SAFETY: T is a plain #[repr(C)] ABI struct of integers; any bytes are valid.
-    unsafe { std::slice::from_raw_parts_mut(v as *mut T as *mut u8, size_of::<T>()) }
-}
-
-fn slice_as_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: as for `as_bytes`, over a slice.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }

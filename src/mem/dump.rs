@@ -2,7 +2,7 @@
 //! vmsplice() them into a pipe, drain the pipe into the page image.
 
 use crate::error::{Error, Result};
-use crate::infect::Parasite;
+use crate::infect::Channel;
 use crate::mem::vma;
 use crate::sys::abi::IoVec;
 use crate::sys::mm::{PAGE, PM_FILE, PM_GUARD_REGION, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, read_pagemap};
@@ -172,7 +172,7 @@ impl PageDumper {
     /// handed back once complete.
     /// `pool`: page buffers to use and give back (kept from one process to the
     /// next).
-    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: PagesWriter, pool: &mut Vec<memmap2::MmapMut>) -> Result<PagesWriter> {
+    pub fn dump(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Channel, out: PagesWriter, pool: &mut Vec<memmap2::MmapMut>) -> Result<PagesWriter> {
         let mut pipe = Pipeline::start(out, self.chunk as usize, pool)?;
         self.pending.clear();
         self.dump_to(vmas, parent, parasite, &mut pipe)?;
@@ -189,7 +189,7 @@ impl PageDumper {
         Ok(out)
     }
 
-    fn dump_to(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Parasite, out: &mut Pipeline) -> Result<()> {
+    fn dump_to(&mut self, vmas: &[pb::Vma], parent: Option<&Frames>, parasite: &mut Channel, out: &mut Pipeline) -> Result<()> {
         parasite.take_pipe(self.pipe_w.as_fd())?;
         let mut batch: Vec<Run> = Vec::new();
         let mut batch_bytes = 0;
@@ -416,7 +416,7 @@ impl PageDumper {
         self.entries.push(pb::PagemapEntry { vaddr: r.vaddr, nr_pages: r.pages as u32, inherited, guard, in_parent, ..Default::default() });
     }
 
-    fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Parasite, out: &mut Pipeline) -> Result<()> {
+    fn flush(&mut self, batch: &mut Vec<Run>, readable: bool, parasite: &mut Channel, out: &mut Pipeline) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -43,7 +43,8 @@ const PF_KTHREAD: u64 = 0x20_0000;
 /// `tree_ns` the root's own IPC and UTS namespaces (see `ipc::tree_namespaces`).
 pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>, tree_ns: &[(&str, std::path::PathBuf)]) -> Result<()> {
     let pid = p.pid;
-    let own = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+    const KINDS: [&str; 7] = ["net", "ipc", "uts", "user", "time", "cgroup", "mnt"];
+    let own: Vec<_> = KINDS.iter().map(|ns| std::fs::read_link(format!("/proc/self/ns/{ns}")).ok()).collect();
     for &tid in &p.tids {
         let flags = task_flags(pid, tid);
         if flags & PF_KTHREAD != 0 {
@@ -58,9 +59,9 @@ pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>, tree_ns: &[(&st
                 return Err(refuse(pid, format!("thread {tid} runs under seccomp (mode {mode})"), "seccomp filters are not supported yet"));
             }
         }
-        for ns in ["net", "ipc", "uts", "user", "time", "cgroup", "mnt"] {
+        for (ns, own) in KINDS.into_iter().zip(&own) {
             let theirs = std::fs::read_link(format!("/proc/{pid}/task/{tid}/ns/{ns}")).ok();
-            let allowed = theirs == own(ns) || (ns == "mnt" && theirs.as_deref() == mnt_ok) || tree_ns.iter().any(|(n, l)| *n == ns && theirs.as_ref() == Some(l));
+            let allowed = theirs == *own || (ns == "mnt" && theirs.as_deref() == mnt_ok) || tree_ns.iter().any(|(n, l)| *n == ns && theirs.as_ref() == Some(l));
             if !allowed {
                 let t = theirs.map(|p| p.display().to_string()).unwrap_or_else(|| "?".into());
                 return Err(refuse(pid, format!("thread {tid} is in a {ns} namespace of its own ({t})"), "namespaces other than PID (and mount with unshare --mount-proc) are not supported yet"));
