@@ -170,16 +170,21 @@ pidset before
 run dump1 "$CRTOOL" dump -t $P -D "$T/ck1" --leave-running
 sleep 0.3
 run dump2 "$CRTOOL" dump -t $P -D "$T/ck2" --leave-running
+# Compressed on several threads, chunks stored in order all the same.
+run dump1z "$CRTOOL" dump -t $P -D "$T/ck1z" --leave-running --compress
+run dump2z "$CRTOOL" dump -t $P -D "$T/ck2z" --leave-running --compress
 pidset after
 snapshot after $P
 kill -USR1 $P
 wait_until nonempty "$T/result"
 "#,
     );
-    s.ok("dump1");
-    s.ok("dump2");
+    for d in ["dump1", "dump2", "dump1z", "dump2z"] {
+        s.ok(d);
+    }
     let mut p = dump_differences(&s, 8);
-    p.extend(s.verdict("result").err().map(|e| format!("after two dumps with --leave-running: {e}")));
+    p.extend(dump_differences_between(&s, "ck1z", "ck2z", 8));
+    p.extend(s.verdict("result").err().map(|e| format!("after four dumps with --leave-running: {e}")));
     p.extend(s.state_problems("before", "after"));
     p.extend(s.pidset_problems("before", "after"));
     s.all_ok(p);
@@ -201,6 +206,9 @@ pidset before
 run dump1 "$CRTOOL" dump -t $P -D "$T/ck1" --leave-running
 sleep 0.3
 run dump2 "$CRTOOL" dump -t $P -D "$T/ck2" --leave-running
+# Compressed on several threads, chunks stored in order all the same.
+run dump1z "$CRTOOL" dump -t $P -D "$T/ck1z" --leave-running --compress
+run dump2z "$CRTOOL" dump -t $P -D "$T/ck2z" --leave-running --compress
 pidset after
 snapshot after $P
 kill -USR1 $P

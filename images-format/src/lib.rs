@@ -37,7 +37,7 @@ pub use frame::{
 pub use json::{decode_to_json, descriptor_pool};
 pub use kinds::ImageKind;
 pub use pages::{
-    Compression, DEFAULT_ZSTD_LEVEL, PAGE_SIZE, PAGES_HEADER_LEN, PagesReader, PagesWriter,
+    ChunkCompressor, Compression, DEFAULT_ZSTD_LEVEL, PAGE_SIZE, PAGES_HEADER_LEN, PagesReader, PagesWriter,
     RemoteSink, StoredChunk,
 };
 pub use verify::{VerifyReport, check_manifest, file_crc, verify_dir, verify_files};

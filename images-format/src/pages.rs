@@ -185,11 +185,30 @@ fn direct_off(f: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Compresses page data chunks as a zstd [`PagesWriter`] does (one frame per
+/// chunk, at the writer's level: the same bytes on any thread).
+pub struct ChunkCompressor {
+    c: zstd::bulk::Compressor<'static>,
+    /// The pages file (for errors).
+    path: PathBuf,
+}
+
+impl ChunkCompressor {
+    /// `raw` compressed into `out` (cleared first; its capacity is reused).
+    pub fn compress_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), ImageError> {
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        self.c.compress_to_buffer(raw, out).map(drop).map_err(|e| ImageError::io(&self.path, 0, None, e))
+    }
+}
+
 /// Appends page data chunks to a new pages file.
 pub struct PagesWriter {
     path: PathBuf,
     file: Sink,
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// The zstd level (for compression on other threads, see [`ChunkCompressor`]).
+    level: i32,
     offset: u64,
     buf: Vec<u8>,
     /// CRC32 of the whole file so far (chunk CRCs combined into it).
@@ -264,6 +283,7 @@ impl PagesWriter {
             path,
             file,
             compressor,
+            level,
             offset: PAGES_HEADER_LEN,
             buf: Vec::new(),
             hasher,
@@ -275,16 +295,37 @@ impl PagesWriter {
     pub fn append(&mut self, raw: &[u8]) -> Result<StoredChunk, ImageError> {
         let offset = self.offset;
         let io_err = |path: &Path, e| ImageError::io(path, offset, None, e);
-        let stored: &[u8] = match &mut self.compressor {
-            None => raw,
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = match &mut self.compressor {
+            None => self.append_stored(raw),
             Some(c) => {
-                self.buf.clear();
-                self.buf.reserve(zstd::zstd_safe::compress_bound(raw.len()));
-                c.compress_to_buffer(raw, &mut self.buf)
-                    .map_err(|e| io_err(&self.path, e))?;
-                &self.buf
+                buf.clear();
+                buf.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                match c.compress_to_buffer(raw, &mut buf) {
+                    Ok(_) => self.append_stored(&buf),
+                    Err(e) => Err(io_err(&self.path, e)),
+                }
             }
         };
+        self.buf = buf;
+        r
+    }
+
+    /// A compressor that makes, on another thread, exactly the chunks `append`
+    /// would store (None for a raw file); what it makes goes to `append_stored`.
+    pub fn chunk_compressor(&self) -> Result<Option<ChunkCompressor>, ImageError> {
+        if self.compressor.is_none() {
+            return Ok(None);
+        }
+        let c = zstd::bulk::Compressor::new(self.level).map_err(|e| ImageError::io(&self.path, self.offset, None, e))?;
+        Ok(Some(ChunkCompressor { c, path: self.path.clone() }))
+    }
+
+    /// Stores a chunk as it is to be stored: `raw` data for a raw file, what a
+    /// [`ChunkCompressor`] made of it for a zstd one.
+    pub fn append_stored(&mut self, stored: &[u8]) -> Result<StoredChunk, ImageError> {
+        let offset = self.offset;
+        let io_err = |path: &Path, e| ImageError::io(path, offset, None, e);
         self.file
             .write_all(stored)
             .map_err(|e| io_err(&self.path, e))?;

@@ -559,7 +559,12 @@ need dump_r"#;
 /// How the images in ck1 and ck2 (two dumps of one unchanged tree) differ: they
 /// must be the same files, byte for byte, and at least `min_images` of them.
 pub fn dump_differences(s: &Scenario, min_images: usize) -> Vec<String> {
-    let (a, b) = (image_files(&s.path("ck1")), image_files(&s.path("ck2")));
+    dump_differences_between(s, "ck1", "ck2", min_images)
+}
+
+/// The same for the dumps in directories `d1` and `d2` of the scenario.
+pub fn dump_differences_between(s: &Scenario, d1: &str, d2: &str, min_images: usize) -> Vec<String> {
+    let (a, b) = (image_files(&s.path(d1)), image_files(&s.path(d2)));
     let mut out = Vec::new();
     if a.len() < min_images {
         out.push(format!("only {} images: {:?}", a.len(), a.keys().collect::<Vec<_>>()));
