@@ -237,8 +237,9 @@ fn dump_once(opts: &DumpOpts, background: bool) -> Result<DumpStats> {
     // waits for an RCU grace period (fs/locks.c takes file_rwsem for writing):
     // taken here, before the freeze, the next one is quick.
     let _ = std::fs::read("/proc/locks");
-    if let Some(w) = &work {
-        w.prepare(image_names(pid, opts.page_server.is_none()));
+    if let Some(w) = work.as_mut() {
+        let pages = opts.page_server.is_none();
+        w.prepare(move || image_names(pid, pages));
     }
     let t0 = Instant::now();
     let mut frozen = tree::freeze(pid, cpu::xsave_size())?;
@@ -365,14 +366,18 @@ fn image_names(pid: i32, pages: bool) -> Vec<String> {
     names
 }
 
+/// Most processes whose memory is copied at once (each with its page
+/// buffers and compressors, see mem::pipeline).
+const MAX_MEMORY_THREADS: usize = 8;
+
 /// How many processes of a tree have their memory copied at once: one per CPU
 /// (each copy also keeps the task's own vmsplice and a writer thread busy),
 /// one with a page server (one connection carries every page image).
-fn memory_threads(ctx: &DumpCtx) -> usize {
+pub(crate) fn memory_threads(ctx: &DumpCtx) -> usize {
     if ctx.page_client.is_some() {
         return 1;
     }
-    crate::par::width()
+    crate::par::width().min(MAX_MEMORY_THREADS)
 }
 
 /// A pseudo-terminal that is a session's controlling terminal comes back as that
@@ -503,7 +508,7 @@ fn complete(ctx: &mut DumpCtx, seal: &Seal, work: &mut Option<workdir::WorkDir>)
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let inventory_name = ImageKind::Inventory.file_name(0);
     let keep: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).chain([inventory_name.as_str()]).collect();
-    work.as_ref().ok_or_else(|| Error::io(&ctx.work, std::io::Error::other("no working directory")))?.sweep(&keep)?;
+    work.as_mut().ok_or_else(|| Error::io(&ctx.work, std::io::Error::other("no working directory")))?.sweep(&keep)?;
     let inventory = pb::Inventory {
         format_version: images_format::FORMAT_VERSION,
         root_pid: seal.root_vpid,

@@ -99,13 +99,25 @@ impl Survey {
 pub struct Started<'a> {
     p: &'a FrozenProc,
     parasite: Option<Parasite<'a>>,
-    memory: Option<std::thread::JoinHandle<Memory>>,
+    memory: Option<std::thread::JoinHandle<Option<Memory>>>,
+    /// Set when the dump failed: the memory thread stops at its next pipe-full.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     fds: usize,
     fd_entries: Vec<pb::FdEntry>,
     timers: Vec<pb::PosixTimer>,
     info: crate::sys::abi::ParasiteInfo,
     mlockall: u32,
     exe: (String, bool, u64),
+}
+
+/// What the memory thread gets.
+struct Lent {
+    dumper: PageDumper,
+    vmas: Vec<pb::Vma>,
+    chan: crate::infect::Channel,
+    pool: Vec<memmap2::MmapMut>,
+    pages: PagesWriter,
+    parent: Option<std::sync::Arc<crate::mem::dump::Frames>>,
 }
 
 /// What the memory thread hands back.
@@ -131,7 +143,7 @@ impl Started<'_> {
     /// Waits for the memory thread; its control socket goes back to the parasite.
     fn join(&mut self) -> Result<Option<Memory>> {
         let Some(h) = self.memory.take() else { return Ok(None) };
-        let m = h.join().map_err(|_| Error::io("the memory thread", std::io::Error::other(format!("it panicked dumping pid {}", self.p.pid))))?;
+        let m = h.join().ok().flatten().ok_or_else(|| Error::io("the memory thread", std::io::Error::other(format!("it ended without pid {}'s memory", self.p.pid))))?;
         let mut m = m;
         if let (Some(par), Some(chan)) = (self.parasite.as_mut(), m.chan.take()) {
             par.give_back(chan);
@@ -142,13 +154,11 @@ impl Started<'_> {
 
 impl Drop for Started<'_> {
     fn drop(&mut self) {
+        self.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         // (The parasite, dropped after, is removed by crtool's main thread.)
         let _ = self.join();
     }
 }
-
-/// Buffers of a page pipeline (see mem::pipeline) handed to one memory thread.
-const POOL_SHARE: usize = 3;
 
 /// Dumps what of `p` needs its threads stopped by crtool's main thread (the
 /// tracer): files, the parasite's reports; starts the copy of its memory on a
@@ -252,22 +262,29 @@ pub fn start<'a>(p: &'a mut FrozenProc, survey: Survey, ctx: &mut DumpCtx) -> Re
     dumper.lazy = ctx.opts.lazy_pages.is_some();
     dumper.frames_needed = ctx.frames.contains_key(&p.ppid) || ctx.parents.contains(&p.vpid);
     let parent = ctx.frames.get(&p.ppid).cloned();
-    let mut chan = parasite.lend();
-    let share = ctx.page_buffers.len().min(POOL_SHARE);
-    let mut pool: Vec<memmap2::MmapMut> = ctx.page_buffers.drain(..share).collect();
+    let share = ctx.page_buffers.len().min(crate::mem::pipeline::buffers());
+    let pool: Vec<memmap2::MmapMut> = ctx.page_buffers.drain(..share).collect();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    dumper.cancel = Some(cancel.clone());
+    // The thread first: the control socket is lent only to a thread that runs
+    // (a socket dropped on the way would let the parasite cure the task while
+    // crtool still holds it), and comes back even if the copy panics.
+    let (give, take) = std::sync::mpsc::sync_channel::<Lent>(1);
     let memory = std::thread::Builder::new()
         .name(format!("crtool-mem-{pid}"))
         .spawn(move || {
-            let pages = dumper.dump(&vmas, parent.as_deref(), &mut chan, pages, &mut pool);
-            Memory { dumper, vmas, chan: Some(chan), pool, pages }
+            let Lent { mut dumper, vmas, mut chan, mut pool, pages, parent } = take.recv().ok()?;
+            let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dumper.dump(&vmas, parent.as_deref(), &mut chan, pages, &mut pool)));
+            let pages = copied.unwrap_or_else(|_| Err(Error::io("the memory thread", std::io::Error::other(format!("it panicked dumping pid {pid}")))));
+            Some(Memory { dumper, vmas, chan: Some(chan), pool, pages })
         })
-        .map_err(|e| Error::io("starting a memory thread", e));
-    let mut started = Started { p, parasite: Some(parasite), memory: None, fds: fds.len(), fd_entries, timers, info, mlockall, exe: (exe, exe_ghost, exe_ino) };
-    match memory {
-        Ok(h) => started.memory = Some(h),
-        Err(e) => return Err(e),
+        .map_err(|e| Error::io("starting a memory thread", e))?;
+    let chan = parasite.lend();
+    if let Err(std::sync::mpsc::SendError(l)) = give.send(Lent { dumper, vmas, chan, pool, pages, parent }) {
+        parasite.give_back(l.chan);
+        return Err(Error::io("the memory thread", std::io::Error::other(format!("it ended before it got pid {pid}'s memory"))));
     }
-    Ok(started)
+    Ok(Started { p, parasite: Some(parasite), memory: Some(memory), cancel, fds: fds.len(), fd_entries, timers, info, mlockall, exe: (exe, exe_ghost, exe_ino) })
 }
 
 /// Completes the dump `start` began: waits for the memory, stops the parasite,
@@ -277,6 +294,8 @@ pub fn finish(mut s: Started, ctx: &mut DumpCtx) -> Result<()> {
     let pid = p.pid;
     let Memory { mut dumper, vmas, pool, pages, .. } = s.join()?.ok_or_else(|| Error::io("the memory thread", std::io::Error::other(format!("it was not started for pid {pid}"))))?;
     ctx.page_buffers.extend(pool);
+    // (Kept for the processes in flight at once, no more.)
+    ctx.page_buffers.truncate(crate::mem::pipeline::buffers() * super::memory_threads(ctx));
     let pages = pages?;
     let mut parasite = s.parasite.take().ok_or(Error::NoProcess(pid))?;
     let main = &p.threads[0];

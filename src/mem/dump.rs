@@ -108,6 +108,9 @@ pub struct PageDumper {
     /// Page frames are wanted (the process has a parent or children in the
     /// tree: see `Frames`).
     pub frames_needed: bool,
+    /// Set by another thread when the dump failed elsewhere: stop at the next
+    /// pipe-full.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Data runs left for the background copy: (address, pages), in order.
     pub deferred: Vec<(u64, u64)>,
     /// The VMAs (start, end) those runs are in.
@@ -149,6 +152,7 @@ impl PageDumper {
             parent_data: Vec::new(),
             defer: false,
             frames_needed: true,
+            cancel: None,
             deferred: Vec::new(),
             deferred_vmas: Vec::new(),
             lazy: false,
@@ -421,6 +425,9 @@ impl PageDumper {
             return Ok(());
         }
         crate::error::check_interrupt()?;
+        if self.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::io(format!("pid {}: copying its memory", self.pid), std::io::Error::other("cancelled: the dump failed elsewhere")));
+        }
         let data = |r: &&Run| r.kind == RunKind::Data;
         let total: u64 = batch.iter().filter(data).map(|r| r.pages * PAGE).sum();
         if total == 0 {

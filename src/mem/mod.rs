@@ -5,7 +5,7 @@ pub mod background;
 pub mod chain;
 pub mod dedup;
 pub mod dump;
-mod pipeline;
+pub mod pipeline;
 pub mod restore;
 pub mod shmem;
 pub mod track;

@@ -21,6 +21,24 @@ use std::thread::JoinHandle;
 /// being written, one spare.
 const POOL: usize = 3;
 
+/// Most compressor threads of one pipeline (a tree's processes have theirs
+/// side by side).
+const MAX_COMPRESSORS: usize = 8;
+
+/// Compressor threads of a pipeline of a compressed image: one per CPU, none
+/// with one CPU (the writer compresses as it writes).
+fn compressor_threads() -> usize {
+    match crate::par::width().min(MAX_COMPRESSORS) {
+        1 => 0,
+        n => n,
+    }
+}
+
+/// Page buffers a pipeline uses.
+pub fn buffers() -> usize {
+    POOL + compressor_threads()
+}
+
 /// A filled buffer and its parts (offset, length): one chunk each; `seq`: its
 /// place in the image.
 struct Job {
@@ -51,17 +69,13 @@ impl Pipeline {
     /// of the previous process's dump: handed back by `finish`) where it has them.
     pub fn start(out: PagesWriter, chunk: usize, pool: &mut Vec<MmapMut>) -> Result<Pipeline> {
         let mut compressors = Vec::new();
-        for _ in 0..crate::par::width() {
+        for _ in 0..compressor_threads() {
             match out.chunk_compressor()? {
                 Some(c) => compressors.push(c),
                 None => break,
             }
         }
-        // (With one CPU, compressing on the writer's thread as it writes.)
-        if compressors.len() < 2 {
-            compressors.clear();
-        }
-        let bufs = POOL + compressors.len();
+        let bufs = buffers();
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(bufs);
         let (free_tx, free_rx) = sync_channel::<MmapMut>(bufs);
         pool.retain(|b| b.len() >= chunk);
@@ -72,6 +86,7 @@ impl Pipeline {
             };
             let _ = free_tx.send(b);
         }
+        let path = out.path().to_path_buf();
         let writer = |jobs: Box<dyn Iterator<Item = std::result::Result<Compressed, ImageError>> + Send>, spent| {
             std::thread::Builder::new()
                 .name("crtool-pages".into())
@@ -90,26 +105,28 @@ impl Pipeline {
         let spent_rx = Arc::new(Mutex::new(spent_rx));
         let mut handles = Vec::new();
         for mut c in compressors {
-            let (jobs_rx, done_tx, spent_rx) = (jobs_rx.clone(), done_tx.clone(), spent_rx.clone());
+            let (jobs_rx, done_tx, spent_rx, path) = (jobs_rx.clone(), done_tx.clone(), spent_rx.clone(), path.clone());
             let compressor = std::thread::Builder::new().name("crtool-zstd".into()).spawn(move || {
                 loop {
                     let job = match jobs_rx.lock().map(|r| r.recv()) {
                         Ok(Ok(job)) => job,
                         _ => return,
                     };
-                    let mut stored = Vec::with_capacity(job.parts.len());
-                    let mut failed = None;
-                    for &(off, len) in &job.parts {
-                        let mut out = spent_rx.lock().ok().and_then(|r| r.try_recv().ok()).unwrap_or_default();
-                        if let Err(e) = c.compress_into(&job.buf[off..off + len], &mut out) {
-                            failed = Some(e);
-                            break;
+                    // (A panic too ends as an error: the writer must not wait
+                    // for this job forever.)
+                    let compressed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut stored = Vec::with_capacity(job.parts.len());
+                        for &(off, len) in &job.parts {
+                            let mut out = spent_rx.lock().ok().and_then(|r| r.try_recv().ok()).unwrap_or_default();
+                            c.compress_into(&job.buf[off..off + len], &mut out)?;
+                            stored.push(out);
                         }
-                        stored.push(out);
-                    }
-                    let sent = match failed {
-                        Some(e) => done_tx.send(Err(e)),
-                        None => done_tx.send(Ok(Compressed { job, stored })),
+                        Ok(stored)
+                    }));
+                    let sent = match compressed {
+                        Ok(Ok(stored)) => done_tx.send(Ok(Compressed { job, stored })),
+                        Ok(Err(e)) => done_tx.send(Err(e)),
+                        Err(_) => done_tx.send(Err(ImageError::Io { path: path.clone(), source: std::io::Error::other("a page compressor thread panicked") })),
                     };
                     if sent.is_err() {
                         return;
