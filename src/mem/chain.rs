@@ -45,6 +45,11 @@ impl Pages {
         Ok(Pages { own: PagesReader::open(dir, vpid)?, dir: dir.to_path_buf(), vpid, parents: Vec::new(), cached: Vec::new() })
     }
 
+    /// Another reader of the same page images (for another process).
+    pub fn reopen(&self) -> Result<Pages> {
+        Pages::open(&self.dir, self.vpid)
+    }
+
     /// Reads the pages of entry `e` into `dst` (its size).
     pub fn read(&mut self, e: &pb::PagemapEntry, dst: &mut [u8]) -> Result<()> {
         if e.lazy || e.deduped {

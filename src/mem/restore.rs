@@ -148,6 +148,7 @@ pub fn premap<'a>(
     shmem: &ShmemObjects,
     parent: Option<&[Slot]>,
     lazy: Option<&[(u64, u64)]>,
+    helper: &[i32],
 ) -> Result<Vec<Slot<'a>>> {
     let fail = |what: String, e: nix::errno::Errno| Error::Restore { pid, msg: format!("{what}: {e}") };
     let bad = |msg: String| Error::BadImage { file: format!("pagemap-{pid}.img"), msg };
@@ -271,12 +272,15 @@ pub fn premap<'a>(
             continue;
         }
         if let Some(c) = copier.as_mut().filter(|c| c.covers(i)) {
-            c.fill(pid, pages, e, slot.map.addr() + off)?;
+            c.jobs.push((e.clone(), slot.map.addr() + off));
             continue;
         }
         slot.map.populate(off, len);
         let dst = slot.map.bytes_mut(off, len).ok_or_else(|| Error::Restore { pid, msg: format!("premapped {:#x} is not writable", v.start) })?;
         pages.read(e, dst)?;
+    }
+    if let Some(c) = copier.as_mut() {
+        c.fill(pid, pages, helper)?;
     }
     drop(copier); // (closing the userfaultfd unregisters the slots)
     // Memory taken over from the parent: pages this process did not have (zero, or
@@ -327,11 +331,20 @@ pub fn premap<'a>(
 /// pages are there), nor ones that may get transparent huge pages ("hg"), which
 /// UFFDIO_COPY would fill with small ones. Without a userfaultfd (a kernel or
 /// policy that refuses one) memory is filled the other way.
+///
+/// With more than one CPU, a helper process shares the work: forked from this
+/// one (untraced, with PIDs no process of the tree needs: see
+/// restore::child::helper_pids), it reads the second half of the pages from
+/// the images and copies them in through the inherited userfaultfd, whose
+/// UFFDIO_COPY fills this process's memory from whoever calls it.
+/// (A helper thread cannot be: it would take a TID the tree may need, and
+/// crtool's tracer would see it.)
 struct Copier {
     uffd: std::os::fd::OwnedFd,
     /// Which slots are registered.
     covered: Vec<bool>,
-    buf: Vec<u8>,
+    /// The entries to fill and where their first page is premapped.
+    jobs: Vec<(pb::PagemapEntry, u64)>,
 }
 
 /// Largest piece of a parent directory's entry read at once (such an entry may
@@ -357,37 +370,109 @@ impl Copier {
                 covered[i] = crate::sys::uffd::register_missing(uffd.as_fd(), s.map.addr(), s.map.addr() + s.map.len()).is_ok();
             }
         }
-        Some(Copier { uffd, covered, buf: Vec::new() })
+        Some(Copier { uffd, covered, jobs: Vec::new() })
     }
 
     fn covers(&self, slot: usize) -> bool {
         self.covered.get(slot).copied().unwrap_or(false)
     }
 
-    /// The pages of `e`, to `at` (where the entry's first page is premapped).
-    fn fill(&mut self, pid: i32, pages: &mut crate::mem::chain::Pages, e: &pb::PagemapEntry, at: u64) -> Result<()> {
-        let len = e.nr_pages as u64 * PAGE;
-        let piece = if e.in_parent { COPY_PIECE } else { len };
-        let mut from = 0;
-        while from < len {
-            let n = piece.min(len - from);
-            self.buf.resize(n as usize, 0);
-            pages.read_part(e, from, &mut self.buf)?;
-            let mut done = 0u64;
-            while done < n {
-                match crate::sys::uffd::copy(self.uffd.as_fd(), at + from + done, &self.buf[done as usize..]) {
-                    Ok(0) => return Err(Error::Restore { pid, msg: format!("filling {:#x} (UFFDIO_COPY): nothing copied", e.vaddr + from + done) }),
-                    Ok(k) => done += k,
-                    Err((_, k)) if k > 0 => done += k,
-                    Err((err, _)) => {
-                        return Err(Error::Restore { pid, msg: format!("filling {:#x} (UFFDIO_COPY): {err}", e.vaddr + from + done) });
-                    }
-                }
+    /// Fills every job's pages, the second half (by bytes) on a helper process
+    /// forked with the PIDs `helper` when there is more than one CPU (alone
+    /// when it cannot be forked).
+    fn fill(&mut self, pid: i32, pages: &mut crate::mem::chain::Pages, helper: &[i32]) -> Result<()> {
+        // (entry, byte in it, length, where it goes)
+        let mut pieces = Vec::new();
+        for (e, at) in &self.jobs {
+            let len = e.nr_pages as u64 * PAGE;
+            let piece = if e.in_parent { COPY_PIECE } else { len };
+            let mut from = 0;
+            while from < len {
+                let n = piece.min(len - from);
+                pieces.push((e, from, n, at + from));
+                from += n;
             }
-            from += n;
         }
-        Ok(())
+        let uffd = self.uffd.as_fd();
+        let fill = |pages: &mut crate::mem::chain::Pages, part: &[(&pb::PagemapEntry, u64, u64, u64)]| -> Result<()> {
+            let mut buf = Vec::new();
+            for &(e, from, n, at) in part {
+                buf.resize(n as usize, 0);
+                pages.read_part(e, from, &mut buf)?;
+                copy_in(pid, uffd, e.vaddr + from, at, &buf)?;
+            }
+            Ok(())
+        };
+        let total: u64 = pieces.iter().map(|p| p.2).sum();
+        if total < HELPER_MIN || crate::par::width() < 2 || helper.is_empty() {
+            return fill(pages, &pieces);
+        }
+        let mut half = 0;
+        let mut bytes = 0;
+        while half < pieces.len() && bytes < total / 2 {
+            bytes += pieces[half].2;
+            half += 1;
+        }
+        let (mine, theirs) = pieces.split_at(half);
+        // What the helper says when it fails.
+        let (said_r, said_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Restore { pid, msg: format!("pipe for the memory helper: {e}") })?;
+        let me = nix::unistd::getpid();
+        let forked = crate::sys::process::fork_with_pids_signal(helper, libc::CLONE_UNTRACED as u64, 0);
+        match forked {
+            Ok(crate::sys::process::Forked::Child) => {
+                drop(said_r);
+                // (Dies with the restoring process, whatever becomes of it.)
+                crate::sys::process::die_with_parent(me);
+                let r = pages.reopen().and_then(|mut p| fill(&mut p, theirs));
+                if let Err(e) = &r {
+                    let _ = nix::unistd::write(&said_w, e.to_string().as_bytes());
+                }
+                crate::sys::process::exit_now(if r.is_ok() { 0 } else { 1 });
+            }
+            Ok(crate::sys::process::Forked::Parent(h)) => {
+                drop(said_w);
+                let r = fill(pages, mine);
+                if r.is_err() {
+                    let _ = nix::sys::signal::kill(h, nix::sys::signal::Signal::SIGKILL);
+                }
+                let status = crate::sys::process::wait_any_child(h);
+                r?;
+                if status != Some(0) {
+                    let mut said = vec![0u8; 4096];
+                    let n = nix::unistd::read(&said_r, &mut said).unwrap_or(0);
+                    let why = if n > 0 { String::from_utf8_lossy(&said[..n]).into_owned() } else { format!("it ended with status {status:?}") };
+                    return Err(Error::Restore { pid, msg: format!("filling memory on a helper process: {why}") });
+                }
+                log::debug!("pid {pid}: memory filled with a helper (pid {h}), {} MiB each", bytes >> 20);
+                Ok(())
+            }
+            // (Its PIDs taken: alone.)
+            Err(e) => {
+                log::debug!("pid {pid}: no helper process with PIDs {helper:?} ({e}): memory filled alone");
+                fill(pages, &pieces)
+            }
+        }
     }
+}
+
+/// Memory filled alone below this (a fork costs more than it saves).
+const HELPER_MIN: u64 = 32 << 20;
+
+/// UFFDIO_COPY of `data` to `at` (the premapped place of `vaddr`).
+fn copy_in(pid: i32, uffd: std::os::fd::BorrowedFd, vaddr: u64, at: u64, data: &[u8]) -> Result<()> {
+    let n = data.len() as u64;
+    let mut done = 0u64;
+    while done < n {
+        match crate::sys::uffd::copy(uffd, at + done, &data[done as usize..]) {
+            Ok(0) => return Err(Error::Restore { pid, msg: format!("filling {:#x} (UFFDIO_COPY): nothing copied", vaddr + done) }),
+            Ok(k) => done += k,
+            Err((_, k)) if k > 0 => done += k,
+            Err((err, _)) => {
+                return Err(Error::Restore { pid, msg: format!("filling {:#x} (UFFDIO_COPY): {err}", vaddr + done) });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The restorer's moves for the premapped slots.

@@ -171,7 +171,7 @@ fn setup(ctx: &Ctx, idx: usize, inherited: Option<&[Slot]>) -> Result<Infallible
     // Memory first: children forked after this inherit it copy-on-write, and take
     // over the parts they still shared with this process when it was dumped.
     let task = me.task.as_ref().ok_or_else(|| fail("no task images".into()))?;
-    let pm = premap_task(ctx, pid, task, inherited)?;
+    let pm = premap_task(ctx, idx, pid, task, inherited)?;
     let mut zombies = Vec::new();
     for c in imgs.children(t.pid) {
         let cpid = imgs.procs[c].tree.pid as i32;
@@ -287,7 +287,24 @@ struct Premapped<'a> {
 }
 
 /// Everything up to the memory: early task state, the area, the premapped VMAs.
-fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Option<&[Slot]>) -> Result<Premapped<'a>> {
+/// PIDs (innermost first) for a short-lived helper of process `idx` (see
+/// mem::restore::premap): in the tree's namespace, above every PID and TID the
+/// images hold, so that no process or thread of the tree can need it meanwhile
+/// (one per process: helpers of processes restored side by side do not meet);
+/// in crtool's, for a new PID namespace, from the top of the range. A PID taken
+/// by something else fails the fork (EEXIST): the memory is then filled alone.
+fn helper_pids(ctx: &Ctx, idx: usize) -> Vec<i32> {
+    let imgs = ctx.imgs;
+    let top = imgs.procs.iter().flat_map(|p| std::iter::once(p.tree.pid).chain(p.tree.threads.iter().copied())).max().unwrap_or(0) as i32;
+    let mut pids = vec![top + 1 + idx as i32];
+    if imgs.inv.new_pid_ns {
+        let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
+        pids.push(pid_max - 1 - idx as i32);
+    }
+    pids
+}
+
+fn premap_task<'a>(ctx: &Ctx<'a>, idx: usize, pid: i32, task: &'a TaskImages, inherited: Option<&[Slot]>) -> Result<Premapped<'a>> {
     let core = &task.core;
     let fail = |msg: String| Error::Restore { pid, msg };
     task::apply_early(core)?;
@@ -329,7 +346,8 @@ fn premap_task<'a>(ctx: &Ctx<'a>, pid: i32, task: &'a TaskImages, inherited: Opt
             .collect()
     });
     let mut pages = crate::mem::chain::Pages::open(ctx.dir, pid as u32)?;
-    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited, kept.as_deref())?;
+    let helper = helper_pids(ctx, idx);
+    let slots = premap(pid, vmas, &task.pagemap, &mut pages, &mut area, ctx.shmem, inherited, kept.as_deref(), &helper)?;
     crate::fault::point(103)?;
     Ok(Premapped { area, slots, reg, specials, protects })
 }

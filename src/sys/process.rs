@@ -475,3 +475,29 @@ pub fn fd_from_helper(make: impl FnOnce() -> std::io::Result<OwnedFd>) -> std::i
         }
     }
 }
+
+/// In a forked helper: SIGKILL when the process that forked it (`parent`)
+/// ends (PR_SET_PDEATHSIG, prctl(2)); ends at once if it already has.
+pub fn die_with_parent(parent: Pid) {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    if nix::unistd::getppid() != parent {
+        exit_now(1);
+    }
+}
+
+/// Waits for child `pid`, whatever signal it sends at its end (__WALL), and
+/// reaps it: its exit code, None if a signal killed it (or it is not our child).
+pub fn wait_any_child(pid: Pid) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes only into `status`.
+        let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::__WALL) };
+        if r == pid.as_raw() {
+            return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        }
+        if r < 0 && Errno::last() != Errno::EINTR {
+            return None;
+        }
+    }
+}

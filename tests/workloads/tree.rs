@@ -1,6 +1,6 @@
 //! `tree`: a process tree with process groups, a second session, zombies and orphans.
 //!
-//!     tree DIR [zombies] [leaderless]
+//!     tree DIR [zombies] [leaderless] [bigmem]
 //!
 //! Start it as a session leader (setsid), or as PID 1 of a PID namespace. The root
 //! becomes a child subreaper and forks a tree of depth 3 and width 3 (nodes named
@@ -14,6 +14,10 @@
 //!   o2 into it, then p exits: x is orphaned and reparented to the root. With
 //!   `leaderless` x exits instead (before p): o1 and o2 are reparented to the root
 //!   and their process group x has no leader any more.
+//!
+//! With `bigmem`, r, r.0 and r.1 each fill 40 MiB of their own memory with a
+//! pattern of their name (after forking their children) and check every word of
+//! it on SIGUSR1 (enough for a restore to fill it on two processes).
 //!
 //! Every live process records "NAME PID PPID PGID SID" in DIR/tree/PID.rec (zombies
 //! are recorded by their parent), the root runs `ps` and writes DIR/ready.
@@ -115,6 +119,38 @@ fn spawn(f: impl FnOnce()) -> i32 {
 struct Opts {
     zombies: bool,
     leaderless: bool,
+    bigmem: bool,
+}
+
+/// `bigmem`'s memory: 40 MiB of words from a xorshift seeded by the name.
+struct Big {
+    name: String,
+    words: Vec<u64>,
+}
+
+impl Big {
+    const WORDS: usize = 40 << 17;
+
+    fn pattern(name: &str) -> impl Iterator<Item = u64> {
+        let mut x = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3));
+        (0..Self::WORDS).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        })
+    }
+
+    fn new(name: &str) -> Big {
+        Big { name: name.to_string(), words: std::hint::black_box(Self::pattern(name).collect()) }
+    }
+
+    fn check(&self) -> Report {
+        let mut r = Report::default();
+        let bad = self.words.iter().zip(Self::pattern(&self.name)).position(|(a, b)| *a != b);
+        r.expect(bad.is_none() && self.words.len() == Self::WORDS, || format!("{}: its 40 MiB differ from what it wrote, first at word {bad:?}", self.name));
+        r
+    }
 }
 
 fn node(dir: &Path, name: &str, depth: usize, opts: Opts) -> ! {
@@ -151,8 +187,9 @@ fn node(dir: &Path, name: &str, depth: usize, opts: Opts) -> ! {
         let p = spawn(|| orphans(dir, opts.leaderless));
         check(waitpid(p, 0).is_some(), "waitpid p");
     }
+    let big = (opts.bigmem && (name == "r.0" || name == "r.1")).then(|| Big::new(name));
     settle(dir, name, || {
-        let mut r = Report::default();
+        let mut r = big.map(|b| b.check()).unwrap_or_default();
         for (zname, z) in zombies {
             let got = waitpid(z, libc::WNOHANG);
             let want = if zname == "z42" { "exited with 42" } else { "killed by signal 15" };
@@ -236,7 +273,7 @@ fn ps() -> Vec<String> {
 
 fn main() {
     let (dir, opts) = args();
-    let opts = Opts { zombies: opts.iter().any(|o| o == "zombies"), leaderless: opts.iter().any(|o| o == "leaderless") };
+    let opts = Opts { zombies: opts.iter().any(|o| o == "zombies"), leaderless: opts.iter().any(|o| o == "leaderless"), bigmem: opts.iter().any(|o| o == "bigmem") };
     let root = ids();
     check(root.sid == root.pid, "the root must be a session leader (start it with setsid)");
     let own_ns = root.pid == 1;
@@ -249,6 +286,7 @@ fn main() {
         let child = format!("r.{k}");
         spawn(|| node(&dir, &child, 1, opts));
     }
+    let big = opts.bigmem.then(|| Big::new("r"));
     record(&dir, "r", &root);
     let regular: usize = (0..=DEPTH).map(|d| WIDTH.pow(d as u32)).sum();
     let expected = regular + if opts.zombies { 2 } else { 0 } + if opts.leaderless { 2 } else { 3 };
@@ -269,7 +307,7 @@ fn main() {
             unsafe { libc::kill(p, libc::SIGUSR1) };
         }
     }
-    let mut extra = Report::default();
+    let mut extra = big.map(|b| b.check()).unwrap_or_default();
     let mut sub = 0i32;
     // SAFETY: prctl(PR_GET_CHILD_SUBREAPER) into a local.
     unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut sub as *mut i32) };
