@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub ipc: &'a crate::ipc::IpcRestore,
     /// restore --lazy-pages: private anonymous memory is left to the daemon.
     pub lazy: bool,
+    /// The tree gets a PID namespace of its own (the dumped one had, or --pidns).
+    pub own_pidns: bool,
 }
 
 /// A process group whose leader had exited: restore recreates it with a helper
@@ -286,24 +288,26 @@ struct Premapped<'a> {
     protects: Vec<abi::VmaProtect>,
 }
 
-/// Everything up to the memory: early task state, the area, the premapped VMAs.
-/// PIDs (innermost first) for a short-lived helper of process `idx` (see
-/// mem::restore::premap): in the tree's namespace, above every PID and TID the
-/// images hold, so that no process or thread of the tree can need it meanwhile
-/// (one per process: helpers of processes restored side by side do not meet);
-/// in crtool's, for a new PID namespace, from the top of the range. A PID taken
-/// by something else fails the fork (EEXIST): the memory is then filled alone.
+/// The PID (in the tree's namespace) of a short-lived helper of process `idx`
+/// (see mem::restore::premap), chosen so that no process of the tree can need it
+/// while the helper lives. In a PID namespace of the tree's own: above every PID,
+/// TID, process group and session the images hold (one per process: helpers of
+/// processes restored side by side do not meet). In crtool's namespace, where
+/// other trees may be restored side by side with PIDs near this one's: from the
+/// top of the range down. The other namespaces' PIDs are the kernel's choice. A
+/// PID taken by something else fails the helper's fork (EEXIST, or EINVAL past
+/// pid_max): the memory is then filled alone.
 fn helper_pids(ctx: &Ctx, idx: usize) -> Vec<i32> {
     let imgs = ctx.imgs;
-    let top = imgs.procs.iter().flat_map(|p| std::iter::once(p.tree.pid).chain(p.tree.threads.iter().copied())).max().unwrap_or(0) as i32;
-    let mut pids = vec![top + 1 + idx as i32];
-    if imgs.inv.new_pid_ns {
+    if !ctx.own_pidns {
         let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
-        pids.push(pid_max - 1 - idx as i32);
+        return vec![pid_max - 1 - idx as i32];
     }
-    pids
+    let ids = imgs.procs.iter().flat_map(|p| [p.tree.pid, p.tree.pgid, p.tree.sid].into_iter().chain(p.tree.threads.iter().copied()));
+    vec![ids.max().unwrap_or(0) as i32 + 1 + idx as i32]
 }
 
+/// Everything up to the memory: early task state, the area, the premapped VMAs.
 fn premap_task<'a>(ctx: &Ctx<'a>, idx: usize, pid: i32, task: &'a TaskImages, inherited: Option<&[Slot]>) -> Result<Premapped<'a>> {
     let core = &task.core;
     let fail = |msg: String| Error::Restore { pid, msg };

@@ -327,6 +327,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<Outcome> {
         groups: &groups,
         ipc: &ipc,
         lazy: lazy.is_some(),
+        own_pidns: imgs.inv.new_pid_ns || opts.pidns,
     };
     log::info!("pid {root_pid}: forking the tree ({} processes)", imgs.procs.len());
     let mut init = None;
