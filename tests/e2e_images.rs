@@ -139,3 +139,53 @@ kill $P
     p.extend(s.pidset_problems("before", "after"));
     s.all_ok(p);
 }
+
+/// A process large enough for the restore to fill its memory with a helper
+/// process (see mem::restore::Copier), its page image damaged in the half the
+/// helper reads (a byte flipped, then the file cut short): the restore fails
+/// naming the file (flipped: the offset, as the helper found it), and leaves no
+/// process behind (nor the helper); the intact images then restore.
+#[test]
+fn damage_in_the_half_a_helper_fills_is_refused_too() {
+    let s = Scenario::run(
+        "images-helper",
+        r#"
+"${AS_WL[@]}" setsid "$EXAMPLES/bench_mem" 48 "$T/bm_ready" </dev/null >"$T/bench_mem.log" 2>&1 & P=$!; put pid $P
+wait_until nonempty "$T/bm_ready" || fail "bench_mem did not get ready: $(cat "$T/bench_mem.log")"
+snapshot before $P --no-pos
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+F="pages-$P.img"; put file "$F"
+size=$(stat -c %s "$T/ck/$F")
+rm -rf "$T/bad"; cp -a "$T/ck" "$T/bad"
+python3 -c 'import sys
+p, off = sys.argv[1], int(sys.argv[2])
+with open(p, "r+b") as f:
+    f.seek(off); b = f.read(1); f.seek(off); f.write(bytes([b[0] ^ 0x5a]))' "$T/bad/$F" $(( size * 3 / 4 ))
+run flipped crt restore -D "$T/bad" -d
+sleep 0.1
+put left_flipped "$(pgrep -c -x bench_mem)"
+rm -rf "$T/bad"; cp -a "$T/ck" "$T/bad"; truncate -s $(( size * 7 / 8 )) "$T/bad/$F"
+run cut crt restore -D "$T/bad" -d
+sleep 0.1
+put left_cut "$(pgrep -c -x bench_mem)"
+run restore crt restore -D "$T/ck" -d
+need restore
+snapshot after $P --no-pos
+kill -9 $P
+"#,
+    );
+    let file = s.var("file");
+    for (step, left) in [("flipped", "left_flipped"), ("cut", "left_cut")] {
+        let err = s.err(step);
+        s.ensure(s.rc(step) != 0 && s.rc(step) < 128, || format!("restore of the {step} image: exit {} ({})", s.rc(step), tail(&err, 3)));
+        // (A cut file is refused before any process is forked: its size is
+        // not the one the inventory lists.)
+        let named = err.contains(&file) && (step == "cut" || (err.contains("offset") && err.contains("helper")));
+        s.ensure(named, || format!("restore of the {step} image does not name {file} (and, flipped, the helper finding it damaged at an offset): {}", tail(&err, 3)));
+        s.ensure(s.var(left) == "0", || format!("{} bench_mem processes left after the refused restore of the {step} image", s.var(left)));
+    }
+    s.ok("restore");
+    s.all_ok(s.state_problems("before", "after"));
+}

@@ -421,8 +421,14 @@ impl Copier {
         match forked {
             Ok(crate::sys::process::Forked::Child) => {
                 drop(said_r);
-                // (Dies with the restoring process, whatever becomes of it.)
+                // (Dies with the restoring process, whatever becomes of it, and
+                // holds none of the tree's files: should it outlive a failed
+                // restore for a moment, no socket or lock of the tree stays.)
                 crate::sys::process::die_with_parent(me);
+                {
+                    use std::os::fd::AsRawFd;
+                    crate::sys::fd::close_all_except(&[uffd.as_raw_fd(), said_w.as_raw_fd()]);
+                }
                 let r = pages.reopen().and_then(|mut p| fill(&mut p, theirs));
                 if let Err(e) = &r {
                     let _ = nix::unistd::write(&said_w, e.to_string().as_bytes());
