@@ -134,6 +134,20 @@ pub struct ParasiteInfo {
     pub mdwe: i32,
     /// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_PROCESS_KEYRING, 0): > 0 if one exists.
     pub process_keyring: i32,
+    /// The main thread's (the one running the parasite) per-thread state, as
+    /// crtool's probe of other threads reads it with remote syscalls:
+    /// PR_GET_PDEATHSIG.
+    pub pdeath_signal: i32,
+    /// PR_GET_TSC.
+    pub tsc: i32,
+    /// PR_GET_SECUREBITS (the return value).
+    pub securebits: i32,
+    /// PR_MCE_KILL_GET (the return value).
+    pub mce_kill: i32,
+    /// arch_prctl(ARCH_GET_CPUID) (the return value: negative errno if unsupported).
+    pub cpuid: i64,
+    /// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_THREAD_KEYRING, 0) (the return value).
+    pub thread_keyring: i64,
 }
 
 /// Kernel `struct prctl_mm_map` (PR_SET_MM_MAP).

@@ -362,6 +362,12 @@ fn get_info() -> ParasiteInfo {
         membarrier: 0,
         mdwe: 0,
         process_keyring: 0,
+        pdeath_signal: 0,
+        tsc: 0,
+        securebits: 0,
+        mce_kill: 0,
+        cpuid: 0,
+        thread_keyring: 0,
     };
     // SAFETY: every call below writes only into `info`, with the kernel's layouts.
     unsafe {
@@ -385,6 +391,12 @@ fn get_info() -> ParasiteInfo {
         info.membarrier = syscall3(NR_MEMBARRIER, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0) as i32;
         info.mdwe = syscall6(NR_PRCTL, 66 /* PR_GET_MDWE */, 0, 0, 0, 0, 0) as i32;
         info.process_keyring = syscall3(NR_KEYCTL, 0 /* KEYCTL_GET_KEYRING_ID */, -2isize as usize /* KEY_SPEC_PROCESS_KEYRING */, 0) as i32;
+        syscall6(NR_PRCTL, 2 /* PR_GET_PDEATHSIG */, &mut info.pdeath_signal as *mut i32 as usize, 0, 0, 0, 0);
+        syscall6(NR_PRCTL, 25 /* PR_GET_TSC */, &mut info.tsc as *mut i32 as usize, 0, 0, 0, 0);
+        info.securebits = syscall6(NR_PRCTL, 27 /* PR_GET_SECUREBITS */, 0, 0, 0, 0, 0) as i32;
+        info.mce_kill = syscall6(NR_PRCTL, 34 /* PR_MCE_KILL_GET */, 0, 0, 0, 0, 0) as i32;
+        info.cpuid = syscall3(NR_ARCH_PRCTL, 0x1011 /* ARCH_GET_CPUID */, 0, 0) as i64;
+        info.thread_keyring = syscall3(NR_KEYCTL, 0 /* KEYCTL_GET_KEYRING_ID */, -1isize as usize /* KEY_SPEC_THREAD_KEYRING */, 0) as i64;
     }
     info
 }

@@ -320,7 +320,9 @@ pub fn finish(mut s: Started, ctx: &mut DumpCtx) -> Result<()> {
     // Per-thread state only the thread can report, through remote syscalls that use
     // the parasite's memory as scratch.
     let scratch = parasite.scratch();
-    let extras = p.threads.iter().map(|t| task::probe_thread(t, scratch)).collect::<Result<Vec<_>>>()?;
+    let extras = p.threads.iter().enumerate()
+        .map(|(i, t)| if i == 0 { task::probe_main(t, scratch, &info) } else { task::probe_thread(t, scratch) })
+        .collect::<Result<Vec<_>>>()?;
     timers::read_values(main, &mut timers, scratch)?;
     parasite.finish()?;
     crate::fault::point_in(6, pid)?;
