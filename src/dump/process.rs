@@ -320,9 +320,9 @@ pub fn finish(mut s: Started, ctx: &mut DumpCtx) -> Result<()> {
     // Per-thread state only the thread can report, through remote syscalls that use
     // the parasite's memory as scratch.
     let scratch = parasite.scratch();
-    let extras = p.threads.iter().enumerate()
-        .map(|(i, t)| if i == 0 { task::probe_main(t, scratch, &info) } else { task::probe_thread(t, scratch) })
-        .collect::<Result<Vec<_>>>()?;
+    let mut extras = vec![task::probe_main(main, scratch, &info)?];
+    let others: Vec<&crate::infect::Tracee> = p.threads.iter().skip(1).collect();
+    extras.extend(task::probe_threads(&others, scratch, parasite.scratch_len())?);
     timers::read_values(main, &mut timers, scratch)?;
     parasite.finish()?;
     crate::fault::point_in(6, pid)?;

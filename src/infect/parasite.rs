@@ -201,6 +201,11 @@ impl<'t> Parasite<'t> {
         self.base + blobs::PARASITE_IMAGE.len() as u64 + 2048
     }
 
+    /// Bytes at `scratch()` (the rest of the page after the blob's arguments).
+    pub fn scratch_len(&self) -> u64 {
+        2048
+    }
+
     /// Closes the control socket's fd in slot `slot` of the blob's
     /// `parasite_open_fds` (0: the parasite's end, 1: crtool's), exactly once
     /// whoever else (a cure path) might try.

@@ -220,6 +220,80 @@ impl Tracee {
         ptrace::set_sigmask(self.pid, self.sigmask).ptrace(self.pid, "PTRACE_SETSIGMASK")
     }
 
+    /// `syscall` in several threads at once, `calls[i]` (number, arguments) in
+    /// `threads[i]`, each through the parasite's stub (`set_cure`): every thread
+    /// is resumed before any is waited for, so that their stops overlap instead
+    /// of following one another (a remote call is mostly waiting for the thread
+    /// to run and stop). Each thread is parked again whatever happens to the
+    /// others; the results in order, or the first error.
+    pub fn syscall_each(threads: &[&Tracee], calls: &[(i64, [u64; 6])]) -> Result<Vec<i64>> {
+        if threads.iter().any(|t| t.cure.get().is_none()) {
+            return threads.iter().zip(calls).map(|(t, (nr, args))| t.syscall(*nr, args)).collect();
+        }
+        let mut first_err: Option<Error> = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+                false
+            } else {
+                true
+            }
+        };
+        // Set up and resumed to the syscall's entry.
+        let mut live: Vec<bool> = threads
+            .iter()
+            .zip(calls)
+            .map(|(t, (nr, args))| {
+                let Some((stub, frame)) = t.cure.get() else { return false };
+                let pid = t.pid;
+                let mut r = t.regs;
+                r.rip = stub;
+                r.r12 = frame;
+                r.rax = *nr as u64;
+                r.orig_rax = u64::MAX;
+                (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+                note((|| {
+                    ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
+                    ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
+                    ptrace::cont_syscall(pid).ptrace(pid, "PTRACE_SYSCALL")
+                })())
+            })
+            .collect();
+        // Entry stops, then on to the exit stops.
+        for (t, l) in threads.iter().zip(live.iter_mut()) {
+            if *l {
+                *l = note(t.wait_syscall_stop().and_then(|()| ptrace::cont_syscall(t.pid).ptrace(t.pid, "PTRACE_SYSCALL")));
+            }
+        }
+        let mut out = vec![0i64; threads.len()];
+        for (i, t) in threads.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            let got = t.wait_syscall_stop().and_then(|()| ptrace::getregs(t.pid).ptrace(t.pid, "PTRACE_GETREGS"));
+            if let Ok(r) = &got {
+                out[i] = r.rax as i64;
+            }
+            note(got.map(drop));
+            note(t.park());
+        }
+        first_err.map_or(Ok(out), Err)
+    }
+
+    /// Waits for the syscall stop a PTRACE_SYSCALL resumed the thread to
+    /// (stepping over pending interrupt and group-stop reports, as
+    /// `resume_to_syscall_stop` does).
+    fn wait_syscall_stop(&self) -> Result<()> {
+        let pid = self.pid;
+        loop {
+            match ptrace::wait(pid, false).ptrace(pid, "waitpid")? {
+                Some(Stop::Syscall) => return Ok(()),
+                Some(Stop::Event(PTRACE_EVENT_STOP, _)) => ptrace::cont_syscall(pid).ptrace(pid, "PTRACE_SYSCALL")?,
+                other => return Err(self.unexpected(other, "a syscall stop")),
+            }
+        }
+    }
+
     /// Like `syscall` but turns a negative result into an error naming the call.
     pub fn syscall_ok(&self, name: &'static str, nr: i64, args: &[u64]) -> Result<u64> {
         let r = self.syscall(nr, args)?;

@@ -258,7 +258,10 @@ impl PageDumper {
     /// Runs of pages in `v` worth recording: data (each run at most one pipe-full),
     /// pages inherited from the parent, guard pages. Also notes `v`'s frames.
     fn runs(&mut self, v: &pb::Vma, parent: Option<&Frames>) -> Result<Vec<Run>> {
-        if self.defer && !self.frames_needed && parent.is_none() && crate::mem::background::eligible(v) {
+        // (Page by page only where a page's frame matters: shared with a parent
+        // or child, or in a previous dump's images.)
+        let may_be_in_parent = !self.parent_data.is_empty() && crate::mem::track::tracked(v);
+        if !self.frames_needed && parent.is_none() && !may_be_in_parent && crate::mem::background::eligible(v) {
             return self.scanned_runs(v);
         }
         let kind = v.kind();
@@ -268,7 +271,6 @@ impl PageDumper {
         let mut runs: Vec<Run> = Vec::new();
         let max_pages = self.chunk / PAGE;
         // (Cursors into the written ranges and the parent's data, in address order.)
-        let may_be_in_parent = !self.parent_data.is_empty() && crate::mem::track::tracked(v);
         let mut written_at = 0;
         let mut parent_at = self.parent_data.partition_point(|&(_, e)| e <= v.start);
         let mut at = v.start;
@@ -326,9 +328,11 @@ impl PageDumper {
     }
 
     /// Runs of private anonymous `v` from PAGEMAP_SCAN (ranges, not a word per
-    /// page: a tenth of the time for 4 KiB pages), when no frames are wanted
-    /// (the process has neither a parent nor children in the tree): data where
-    /// a page is present or swapped out, except the zero page; guard pages.
+    /// page: a tenth of the time for 4 KiB pages, far less for sparse memory
+    /// such as threads' stacks), when no frames are wanted (the process has
+    /// neither a parent nor children in the tree) and no page can be in a
+    /// previous dump: data where a page is present or swapped out, except the
+    /// zero page; guard pages.
     fn scanned_runs(&mut self, v: &pb::Vma) -> Result<Vec<Run>> {
         use crate::sys::uffd::{PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, regions};
         let pid = self.pid;

@@ -187,7 +187,7 @@ pub struct ThreadExtra {
     pub mce_kill: i32,
 }
 
-/// `probe_thread` for the main thread, which the parasite has already asked for
+/// `probe_threads` for the main thread, which the parasite has already asked for
 /// everything but its alternate signal stack (`info`): one remote syscall
 /// instead of eight. (sigaltstack stays remote: its SS_ONSTACK flag depends on
 /// the stack pointer of the caller, which is the thread's own only then.)
@@ -209,32 +209,53 @@ pub fn probe_main(t: &Tracee, scratch: u64, info: &crate::sys::abi::ParasiteInfo
     })
 }
 
-/// Asks a stopped thread for its per-thread state with remote syscalls; `scratch`
-/// is 128 bytes of the task's memory free for their results.
-pub fn probe_thread(t: &Tracee, scratch: u64) -> Result<ThreadExtra> {
+/// Bytes of scratch memory `probe_threads` uses per thread.
+const PROBE_SCRATCH: u64 = 80;
+
+/// Asks stopped threads for their per-thread state with remote syscalls, several
+/// threads at once (see `Tracee::syscall_each`): each gets `PROBE_SCRATCH` bytes
+/// of the `scratch_len` free bytes of the task's memory at `scratch` for the
+/// results, so as many at a time as fit.
+pub fn probe_threads(threads: &[&Tracee], scratch: u64, scratch_len: u64) -> Result<Vec<ThreadExtra>> {
     use libc::SYS_prctl as PRCTL;
-    t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
-    t.syscall_ok("prctl(PR_GET_TID_ADDRESS)", PRCTL, &[libc::PR_GET_TID_ADDRESS as u64, scratch + 64])?;
-    t.syscall_ok("prctl(PR_GET_PDEATHSIG)", PRCTL, &[libc::PR_GET_PDEATHSIG as u64, scratch + 72])?;
-    t.syscall_ok("prctl(PR_GET_TSC)", PRCTL, &[libc::PR_GET_TSC as u64, scratch + 76])?;
-    let securebits = t.syscall_ok("prctl(PR_GET_SECUREBITS)", PRCTL, &[libc::PR_GET_SECUREBITS as u64])? as u32;
-    let mce_kill = t.syscall_ok("prctl(PR_MCE_KILL_GET)", PRCTL, &[libc::PR_MCE_KILL_GET as u64])? as i32;
-    let cpuid = t.syscall(libc::SYS_arch_prctl, &[0x1011 /* ARCH_GET_CPUID */])?;
-    let thread_keyring = t.syscall(libc::SYS_keyctl, &[0 /* KEYCTL_GET_KEYRING_ID */, (-1i64) as u64 /* KEY_SPEC_THREAD_KEYRING */, 0])?;
-    let mut b = [0u8; 80];
-    process::read_remote(t.pid, scratch, &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
-    let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-    let d = |i: usize| i32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-    Ok(ThreadExtra {
-        altstack: StackT { sp: w(0), flags: d(8), _pad: 0, size: w(16) },
-        clear_child_tid: w(64),
-        pdeath_signal: d(72),
-        tsc: d(76),
-        securebits,
-        cpuid,
-        thread_keyring,
-        mce_kill,
-    })
+    let per_batch = (scratch_len / PROBE_SCRATCH).max(1) as usize;
+    let mut out = Vec::with_capacity(threads.len());
+    for batch in threads.chunks(per_batch) {
+        let at = |i: usize| scratch + i as u64 * PROBE_SCRATCH;
+        let round = |what: &'static str, nr: i64, args: &dyn Fn(usize) -> [u64; 6], check: bool| -> Result<Vec<i64>> {
+            let calls: Vec<(i64, [u64; 6])> = (0..batch.len()).map(|i| (nr, args(i))).collect();
+            let got = Tracee::syscall_each(batch, &calls)?;
+            if check && let Some((i, r)) = got.iter().enumerate().find(|(_, r)| (-4095..0).contains(*r)) {
+                return Err(Error::Ptrace { pid: batch[i].pid.as_raw(), op: what, errno: nix::errno::Errno::from_raw(-*r as i32) });
+            }
+            Ok(got)
+        };
+        round("sigaltstack", libc::SYS_sigaltstack, &|i| [0, at(i), 0, 0, 0, 0], true)?;
+        round("prctl(PR_GET_TID_ADDRESS)", PRCTL, &|i| [libc::PR_GET_TID_ADDRESS as u64, at(i) + 64, 0, 0, 0, 0], true)?;
+        round("prctl(PR_GET_PDEATHSIG)", PRCTL, &|i| [libc::PR_GET_PDEATHSIG as u64, at(i) + 72, 0, 0, 0, 0], true)?;
+        round("prctl(PR_GET_TSC)", PRCTL, &|i| [libc::PR_GET_TSC as u64, at(i) + 76, 0, 0, 0, 0], true)?;
+        let securebits = round("prctl(PR_GET_SECUREBITS)", PRCTL, &|_| [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0], true)?;
+        let mce_kill = round("prctl(PR_MCE_KILL_GET)", PRCTL, &|_| [libc::PR_MCE_KILL_GET as u64, 0, 0, 0, 0, 0], true)?;
+        let cpuid = round("arch_prctl(ARCH_GET_CPUID)", libc::SYS_arch_prctl, &|_| [0x1011, 0, 0, 0, 0, 0], false)?;
+        let keyring = round("keyctl", libc::SYS_keyctl, &|_| [0, (-1i64) as u64, 0, 0, 0, 0], false)?;
+        for (i, t) in batch.iter().enumerate() {
+            let mut b = [0u8; PROBE_SCRATCH as usize];
+            process::read_remote(t.pid, at(i), &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
+            let w = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+            let d = |o: usize| i32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+            out.push(ThreadExtra {
+                altstack: StackT { sp: w(0), flags: d(8), _pad: 0, size: w(16) },
+                clear_child_tid: w(64),
+                pdeath_signal: d(72),
+                tsc: d(76),
+                securebits: securebits[i] as u32,
+                cpuid: cpuid[i],
+                thread_keyring: keyring[i],
+                mce_kill: mce_kill[i] as i32,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn thread_core(t: &Tracee, extra: &ThreadExtra, comm: String) -> Result<pb::ThreadCore> {
