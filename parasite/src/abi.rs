@@ -136,13 +136,13 @@ pub struct ParasiteInfo {
     pub process_keyring: i32,
     /// The main thread's (the one running the parasite) per-thread state, as
     /// crtool's probe of other threads reads it with remote syscalls:
-    /// PR_GET_PDEATHSIG.
+    /// PR_GET_PDEATHSIG (negative: the errno of its failure).
     pub pdeath_signal: i32,
-    /// PR_GET_TSC.
+    /// PR_GET_TSC (negative: the errno of its failure).
     pub tsc: i32,
-    /// PR_GET_SECUREBITS (the return value).
+    /// PR_GET_SECUREBITS (the return value: negative errno on failure).
     pub securebits: i32,
-    /// PR_MCE_KILL_GET (the return value).
+    /// PR_MCE_KILL_GET (the return value: negative errno on failure).
     pub mce_kill: i32,
     /// arch_prctl(ARCH_GET_CPUID) (the return value: negative errno if unsupported).
     pub cpuid: i64,

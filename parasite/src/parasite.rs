@@ -391,8 +391,15 @@ fn get_info() -> ParasiteInfo {
         info.membarrier = syscall3(NR_MEMBARRIER, 1 << 9 /* MEMBARRIER_CMD_GET_REGISTRATIONS */, 0, 0) as i32;
         info.mdwe = syscall6(NR_PRCTL, 66 /* PR_GET_MDWE */, 0, 0, 0, 0, 0) as i32;
         info.process_keyring = syscall3(NR_KEYCTL, 0 /* KEYCTL_GET_KEYRING_ID */, -2isize as usize /* KEY_SPEC_PROCESS_KEYRING */, 0) as i32;
-        syscall6(NR_PRCTL, 2 /* PR_GET_PDEATHSIG */, &mut info.pdeath_signal as *mut i32 as usize, 0, 0, 0, 0);
-        syscall6(NR_PRCTL, 25 /* PR_GET_TSC */, &mut info.tsc as *mut i32 as usize, 0, 0, 0, 0);
+        // (A failure leaves the negative errno: both values are >= 0 otherwise.)
+        let r = syscall6(NR_PRCTL, 2 /* PR_GET_PDEATHSIG */, &mut info.pdeath_signal as *mut i32 as usize, 0, 0, 0, 0);
+        if r < 0 {
+            info.pdeath_signal = r as i32;
+        }
+        let r = syscall6(NR_PRCTL, 25 /* PR_GET_TSC */, &mut info.tsc as *mut i32 as usize, 0, 0, 0, 0);
+        if r < 0 {
+            info.tsc = r as i32;
+        }
         info.securebits = syscall6(NR_PRCTL, 27 /* PR_GET_SECUREBITS */, 0, 0, 0, 0, 0) as i32;
         info.mce_kill = syscall6(NR_PRCTL, 34 /* PR_MCE_KILL_GET */, 0, 0, 0, 0, 0) as i32;
         info.cpuid = syscall3(NR_ARCH_PRCTL, 0x1011 /* ARCH_GET_CPUID */, 0, 0) as i64;

@@ -252,17 +252,29 @@ impl Tracee {
                 r.rax = *nr as u64;
                 r.orig_rax = u64::MAX;
                 (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
-                note((|| {
+                let ok = note((|| {
                     ptrace::set_sigmask(pid, !0).ptrace(pid, "PTRACE_SETSIGMASK")?;
                     ptrace::setregs(pid, &r).ptrace(pid, "PTRACE_SETREGS")?;
                     ptrace::cont_syscall(pid).ptrace(pid, "PTRACE_SYSCALL")
-                })())
+                })());
+                if !ok {
+                    // (Still stopped, or gone.)
+                    let _ = t.park();
+                }
+                ok
             })
             .collect();
         // Entry stops, then on to the exit stops.
         for (t, l) in threads.iter().zip(live.iter_mut()) {
-            if *l {
-                *l = note(t.wait_syscall_stop().and_then(|()| ptrace::cont_syscall(t.pid).ptrace(t.pid, "PTRACE_SYSCALL")));
+            if !*l {
+                continue;
+            }
+            let stopped = t.wait_syscall_stop();
+            let stopped_ok = stopped.is_ok();
+            *l = note(stopped.and_then(|()| ptrace::cont_syscall(t.pid).ptrace(t.pid, "PTRACE_SYSCALL")));
+            if !*l && stopped_ok {
+                // (At its entry stop: parked without making the call.)
+                let _ = t.park();
             }
         }
         let mut out = vec![0i64; threads.len()];

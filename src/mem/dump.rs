@@ -261,8 +261,10 @@ impl PageDumper {
         // (Page by page only where a page's frame matters: shared with a parent
         // or child, or in a previous dump's images.)
         let may_be_in_parent = !self.parent_data.is_empty() && crate::mem::track::tracked(v);
-        if !self.frames_needed && parent.is_none() && !may_be_in_parent && crate::mem::background::eligible(v) {
-            return self.scanned_runs(v);
+        if !self.frames_needed && parent.is_none() && !may_be_in_parent && crate::mem::background::eligible(v)
+            && let Some(runs) = self.scanned_runs(v)?
+        {
+            return Ok(runs);
         }
         let kind = v.kind();
         let private = matches!(kind, VmaKind::VmaAnonPrivate | VmaKind::VmaFilePrivate | VmaKind::VmaMemfdPrivate);
@@ -332,15 +334,21 @@ impl PageDumper {
     /// such as threads' stacks), when no frames are wanted (the process has
     /// neither a parent nor children in the tree) and no page can be in a
     /// previous dump: data where a page is present or swapped out, except the
-    /// zero page; guard pages.
-    fn scanned_runs(&mut self, v: &pb::Vma) -> Result<Vec<Run>> {
+    /// zero page; guard pages. None where the kernel has no PAGEMAP_SCAN (before
+    /// 6.7: ENOTTY) or no category of it (EINVAL): the caller reads page by page.
+    fn scanned_runs(&mut self, v: &pb::Vma) -> Result<Option<Vec<Run>>> {
         use crate::sys::uffd::{PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, regions};
+        use nix::errno::Errno;
         let pid = self.pid;
-        let sys = |e| Error::sys(format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end), e);
         let pm = self.pagemap.as_fd();
-        let guards = regions(pm, v.start, v.end, 0, PAGE_IS_GUARD, 0).map_err(sys)?;
         let not = PAGE_IS_PFNZERO | PAGE_IS_GUARD;
-        let data = regions(pm, v.start, v.end, not, not, PAGE_IS_PRESENT | PAGE_IS_SWAPPED).map_err(sys)?;
+        let scanned = regions(pm, v.start, v.end, 0, PAGE_IS_GUARD, 0)
+            .and_then(|g| Ok((g, regions(pm, v.start, v.end, not, not, PAGE_IS_PRESENT | PAGE_IS_SWAPPED)?)));
+        let (guards, data) = match scanned {
+            Ok(r) => r,
+            Err(Errno::ENOTTY | Errno::EINVAL) => return Ok(None),
+            Err(e) => return Err(Error::sys(format!("pid {pid}: PAGEMAP_SCAN of {:#x}-{:#x}", v.start, v.end), e)),
+        };
         self.stats.scanned += (v.end - v.start) / PAGE;
         let max_pages = self.chunk / PAGE;
         let mut runs: Vec<Run> = guards.iter().map(|&(s, e)| Run { vaddr: s, pages: (e - s) / PAGE, kind: RunKind::Guard }).collect();
@@ -365,7 +373,7 @@ impl PageDumper {
             }
         }
         runs.sort_by_key(|r| r.vaddr);
-        Ok(runs)
+        Ok(Some(runs))
     }
 
     /// Shared anonymous memory, by its owner (the first task seen mapping it): every

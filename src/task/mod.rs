@@ -192,6 +192,12 @@ pub struct ThreadExtra {
 /// instead of eight. (sigaltstack stays remote: its SS_ONSTACK flag depends on
 /// the stack pointer of the caller, which is the thread's own only then.)
 pub fn probe_main(t: &Tracee, scratch: u64, info: &crate::sys::abi::ParasiteInfo) -> Result<ThreadExtra> {
+    // (As the remote calls would have failed.)
+    for (op, v) in [("prctl(PR_GET_PDEATHSIG)", info.pdeath_signal), ("prctl(PR_GET_TSC)", info.tsc), ("prctl(PR_GET_SECUREBITS)", info.securebits), ("prctl(PR_MCE_KILL_GET)", info.mce_kill)] {
+        if v < 0 {
+            return Err(Error::Ptrace { pid: t.pid.as_raw(), op, errno: nix::errno::Errno::from_raw(-v) });
+        }
+    }
     t.syscall_ok("sigaltstack", libc::SYS_sigaltstack, &[0, scratch])?;
     let mut b = [0u8; 24];
     process::read_remote(t.pid, scratch, &mut b).map_err(|e| Error::Ptrace { pid: t.pid.as_raw(), op: "process_vm_readv", errno: e })?;
