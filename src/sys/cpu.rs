@@ -10,17 +10,20 @@ pub struct XComponent {
     pub size: u32,
 }
 
-/// XCR0: the state components the OS enabled.
+/// XCR0: the state components the OS enabled (read once: see `xsave_layout`).
 pub fn xcr0() -> u64 {
-    let (lo, hi): (u32, u32);
-    if __cpuid_count(1, 0).ecx & (1 << 27) == 0 {
-        return 0;
-    }
-    // SAFETY: xgetbv with ecx=0 reads XCR0; OSXSAVE (checked above) guarantees it.
-    unsafe {
-        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
-    }
-    ((hi as u64) << 32) | lo as u64
+    static XCR0: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *XCR0.get_or_init(|| {
+        let (lo, hi): (u32, u32);
+        if __cpuid_count(1, 0).ecx & (1 << 27) == 0 {
+            return 0;
+        }
+        // SAFETY: xgetbv with ecx=0 reads XCR0; OSXSAVE (checked above) guarantees it.
+        unsafe {
+            std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
+        }
+        ((hi as u64) << 32) | lo as u64
+    })
 }
 
 /// Size of the standard-format XSAVE area for every feature in XCR0 (what
@@ -32,16 +35,25 @@ pub fn xsave_size() -> usize {
 }
 
 /// Layout of the enabled user components beyond legacy x87/SSE (features 2..=18).
+/// Read once per process: CPUID traps to the hypervisor on a VM (3.75 us each
+/// on the development VM), and it was read for every thread of every dumped
+/// process several times over; XCR0 and CPUID leaf 0xD do not change while
+/// crtool runs.
 pub fn xsave_layout() -> Vec<XComponent> {
-    let xcr0 = xcr0();
-    (2..64u32)
-        .filter(|f| xcr0 & (1 << f) != 0)
-        .map(|f| {
-            // cpuid leaf 0xD subleaf f describes enabled component f.
-            let r = __cpuid_count(0xd, f);
-            XComponent { feature: f, offset: r.ebx, size: r.eax }
+    static LAYOUT: std::sync::OnceLock<Vec<XComponent>> = std::sync::OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let xcr0 = xcr0();
+            (2..64u32)
+                .filter(|f| xcr0 & (1 << f) != 0)
+                .map(|f| {
+                    // cpuid leaf 0xD subleaf f describes enabled component f.
+                    let r = __cpuid_count(0xd, f);
+                    XComponent { feature: f, offset: r.ebx, size: r.eax }
+                })
+                .collect()
         })
-        .collect()
+        .clone()
 }
 
 /// The `fx_sw_bytes` the kernel writes into a signal frame for this process: its
