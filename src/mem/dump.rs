@@ -236,13 +236,17 @@ impl PageDumper {
                 }
                 continue;
             }
+            let runs = self.runs(v, parent)?;
             let readable = v.prot & libc::PROT_READ as u32 != 0;
-            if readable != batch_readable {
+            // (A mapping without data, such as the guard below each thread's
+            // stack, does not cut the batch: the stacks of a process's threads
+            // go in one parasite command, not one each.)
+            if readable != batch_readable && runs.iter().any(|r| r.kind == RunKind::Data) {
                 self.flush(&mut batch, batch_readable, parasite, out)?;
                 batch_bytes = 0;
                 batch_readable = readable;
             }
-            for run in self.runs(v, parent)? {
+            for run in runs {
                 let bytes = if run.kind == RunKind::Data { run.pages * PAGE } else { 0 };
                 if batch_bytes + bytes > self.chunk || batch.len() >= crate::sys::abi::MAX_IOVS {
                     self.flush(&mut batch, batch_readable, parasite, out)?;
