@@ -45,7 +45,9 @@ pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>, tree_ns: &[(&st
     let pid = p.pid;
     const KINDS: [&str; 7] = ["net", "ipc", "uts", "user", "time", "cgroup", "mnt"];
     let own: Vec<_> = KINDS.iter().map(|ns| std::fs::read_link(format!("/proc/self/ns/{ns}")).ok()).collect();
-    for &tid in &p.tids {
+    // (A process of many threads: its threads checked on every CPU.)
+    let width = if p.tids.len() >= 64 { crate::par::width() } else { 1 };
+    crate::par::map(&p.tids, width, |&tid| {
         let flags = task_flags(pid, tid);
         if flags & PF_KTHREAD != 0 {
             return Err(refuse(pid, "it is a kernel thread".into(), "kernel threads cannot be checkpointed"));
@@ -74,7 +76,8 @@ pub fn check_process(p: &Proc, mnt_ok: Option<&std::path::Path>, tree_ns: &[(&st
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     // A new PID or time namespace for the children this process will create.
     for (ns, base) in [("pid_for_children", "pid"), ("time_for_children", "time")] {
         let child = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
