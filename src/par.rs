@@ -25,9 +25,12 @@ pub fn map<T: Sync, R: Send, E: Send>(items: &[T], width: usize, f: impl Fn(&T) 
     slots.into_iter().map(|r| r.expect("every item is mapped")).collect()
 }
 
-/// Threads for work over a frozen tree: one per CPU.
+/// Threads for work over a frozen tree: one per CPU (counted once per crtool
+/// process: std reads the affinity mask and the cgroup's CPU quota files for
+/// it, and it is asked several times per dumped process).
 pub fn width() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static WIDTH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WIDTH.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

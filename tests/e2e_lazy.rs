@@ -6,6 +6,30 @@ mod common;
 
 use common::*;
 
+/// The start of a scenario: tests/workloads/`wl`.py (incmem or lazyfork) dumped,
+/// then restored with --lazy-pages while the daemon's background push is held
+/// (CRTOOL_FAULT=201:hold, until $T/ck/lazy-pages.hold goes): only faults are
+/// answered. Leaves P (the process), D (the daemon) and the before/after
+/// snapshots and pid sets.
+fn held_lazy_restore(wl: &str) -> String {
+    r#"
+"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/@WORKLOAD@.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
+wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "@WORKLOAD@.py did not start: $(cat "$T/wl.err")"
+snapshot before $P --no-pos
+pidset before
+run dump crt dump -t $P -D "$T/ck"
+need dump
+wait_until gone $P || fail "the dumped process is still there"
+touch "$T/ck/lazy-pages.hold"
+CRTOOL_FAULT=201:hold "$CRTOOL" lazy-pages -D "$T/ck" >"$T/daemon.out" 2>&1 & D=$!
+run restore crt restore -D "$T/ck" -d --lazy-pages
+need restore
+snapshot after $P --no-pos --lazy
+pidset after $D $(pgrep -f __lazy-watchdog)
+"#
+    .replace("@WORKLOAD@", wl)
+}
+
 /// A process restored lazily with the daemon's background push held
 /// (CRTOOL_FAULT=201:hold: only faults are answered) changes its memory and its
 /// layout while pages are still owed: writes from user and kernel mode, a
@@ -18,20 +42,7 @@ use common::*;
 fn a_lazily_restored_process_runs_forks_and_remaps_while_pages_are_owed() {
     let s = Scenario::run(
         "lazy-events",
-        r#"
-"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/incmem.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
-wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "incmem.py did not start: $(cat "$T/wl.err")"
-snapshot before $P --no-pos
-pidset before
-run dump crt dump -t $P -D "$T/ck"
-need dump
-wait_until gone $P || fail "the dumped process is still there"
-touch "$T/ck/lazy-pages.hold"
-CRTOOL_FAULT=201:hold "$CRTOOL" lazy-pages -D "$T/ck" >"$T/daemon.out" 2>&1 & D=$!
-run restore crt restore -D "$T/ck" -d --lazy-pages
-need restore
-snapshot after $P --no-pos --lazy
-pidset after $D $(pgrep -f __lazy-watchdog)
+        &(held_lazy_restore("incmem") + r#"
 put um_held "$(grep -cE '^VmFlags:.* um( |$)' /proc/$P/smaps)"
 L=$(lines "$T/out.txt"); wait_until has_lines "$T/out.txt" $((L + 3)) && put counting yes
 for n in 1 2 3 4 5; do
@@ -44,7 +55,7 @@ wait $D; put daemon_rc $?
 put um_after "$(grep -cE '^VmFlags:.* um( |$)' /proc/$P/smaps)"
 kill -USR1 $P
 wait_until nonempty "$T/result" || fail "incmem.py wrote no result: $(cat "$T/wl.err")"
-"#,
+"#),
     );
     s.ok("dump");
     s.ok("restore");
@@ -228,20 +239,7 @@ sed -i -E "s/\\b$N\\b/PID/g; s/^  NSpid .*/  NSpid -/; s/^  ppid [0-9]+/  ppid -
 fn children_forked_while_memory_is_owed_get_it_or_are_killed() {
     let s = Scenario::run(
         "lazy-fork",
-        r#"
-"${AS_WL[@]}" setsid "$PY3" "$(dirname "$LOOP_PY")/lazyfork.py" "$T" </dev/null >"$T/out.txt" 2>"$T/wl.err" & P=$!; put pid $P
-wait_until nonempty "$T/ready" && wait_until has_lines "$T/out.txt" 3 || fail "lazyfork.py did not start: $(cat "$T/wl.err")"
-snapshot before $P --no-pos
-pidset before
-run dump crt dump -t $P -D "$T/ck"
-need dump
-wait_until gone $P || fail "the dumped process is still there"
-touch "$T/ck/lazy-pages.hold"
-CRTOOL_FAULT=201:hold "$CRTOOL" lazy-pages -D "$T/ck" >"$T/daemon.out" 2>&1 & D=$!
-run restore crt restore -D "$T/ck" -d --lazy-pages
-need restore
-snapshot after $P --no-pos --lazy
-pidset after $D $(pgrep -f __lazy-watchdog)
+        &(held_lazy_restore("lazyfork") + r#"
 kill -USR2 $P
 wait_until nonempty "$T/child_result" || fail "no child result: $(cat "$T/wl.err")"
 put um_held "$(grep -cE '^VmFlags:.* um( |$)' /proc/$P/smaps)"
@@ -254,7 +252,7 @@ kill -9 $D
 wait_until gone $O; put orphan_gone "$(gone $O && echo yes)"
 touch "$T/go"; sleep 0.3
 put orphan_result "$(cat "$T/orphan_result" 2>/dev/null)"
-"#,
+"#),
     );
     s.ok("restore");
     s.ensure(s.num("um_held") > 0, || "nothing was registered with the daemon while its push was held".into());
